@@ -1,0 +1,785 @@
+"""Inception-based metrics: IS, FID and KID, with two Inception backends.
+
+Backends:
+  'torchvision'  torchvision's ImageNet Inception-v3 with the release's
+                 preprocessing (the release's choice; its numbers are not
+                 comparable to published ones).
+  'tf_fid'       the TF-ported FID Inception used by pytorch-fid and by
+                 published FIDs (1008 classes, TF-style pooling).
+
+Both wrappers take images in [-1, 1] of any size and return
+(pool features (N, 2048), logits (N, num_classes)).
+
+FID is computed in float64 through a Cholesky factor and a symmetric
+eigenvalue solver, so it is never NaN on positive semi-definite covariances,
+and the Gaussian statistics accumulate in a streaming way so memory does not
+grow with the image count.
+"""
+import hashlib
+import os
+import urllib.request
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import inception as tv_inception
+
+BACKENDS = ('torchvision', 'tf_fid')
+WEIGHT_FILES = {
+    'torchvision': 'inception_v3_google-0cc3c7bd.pth',
+    'tf_fid': 'pt_inception-2015-12-05-6726825d.pth',
+}
+TORCHVISION_URL = ('https://download.pytorch.org/models/'
+                   + WEIGHT_FILES['torchvision'])
+TF_FID_NUM_CLASSES = 1008
+# Rows of real pool features stored in a moments file for KID by default.
+DEFAULT_KID_FEATS = 10000
+# Value the release reports for FID when it is not computed.
+NO_FID = 9999.0
+
+
+class InceptionWeightsError(RuntimeError):
+    """Inception weights could not be found, fetched or loaded."""
+
+
+class InceptionMomentsError(RuntimeError):
+    """A dataset's Inception moments file is missing or unusable."""
+
+
+# ----------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------
+
+class WrapInception(nn.Module):
+    """torchvision Inception-v3 giving (pool, logits), as the release."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        # Buffers (not parameters) so that they follow .to() but never
+        # appear among trainable weights; non-persistent so the state dict
+        # holds the Inception weights only.
+        self.register_buffer(
+            'mean', torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1),
+            persistent=False)
+        self.register_buffer(
+            'std', torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1),
+            persistent=False)
+
+    def forward(self, x):
+        """Map [-1, 1] images to (pool (N, 2048), logits (N, 1000))."""
+        x = ((x + 1.) / 2.0 - self.mean) / self.std
+        # The release resizes with align_corners=True; keeping it keeps
+        # release-made moments files comparable.
+        x = _resize_299(x, align_corners=True)
+        net = self.net
+        x = net.Conv2d_1a_3x3(x)
+        x = net.Conv2d_2a_3x3(x)
+        x = net.Conv2d_2b_3x3(x)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = net.Conv2d_3b_1x1(x)
+        x = net.Conv2d_4a_3x3(x)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for name in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
+                     'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e',
+                     'Mixed_7a', 'Mixed_7b', 'Mixed_7c'):
+            x = getattr(net, name)(x)
+        pool = torch.mean(x.flatten(2), 2)
+        logits = net.fc(F.dropout(pool, training=False))
+        return pool, logits
+
+
+def _resize_299(x, align_corners):
+    """Bilinearly resize a batch to 299x299 unless it already is."""
+    if x.shape[2] != 299 or x.shape[3] != 299:
+        x = F.interpolate(x, size=(299, 299), mode='bilinear',
+                          align_corners=align_corners)
+    return x
+
+
+def _avg_pool_no_pad(x):
+    """3x3 stride-1 average pool that, as TF does, ignores the padding."""
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1,
+                        count_include_pad=False)
+
+
+def _max_pool_same(x):
+    """3x3 stride-1 max pool keeping the spatial size."""
+    return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+
+
+class _TFInceptionA(tv_inception.InceptionA):
+    """InceptionA whose pooling branch excludes padding (TF semantics)."""
+
+    def forward(self, x):
+        """Concatenate the four branches along channels."""
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(_avg_pool_no_pad(x))
+        return torch.cat([b1, b5, bd, bp], 1)
+
+
+class _TFInceptionC(tv_inception.InceptionC):
+    """InceptionC whose pooling branch excludes padding (TF semantics)."""
+
+    def forward(self, x):
+        """Concatenate the four branches along channels."""
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = x
+        for i in range(1, 6):
+            bd = getattr(self, f'branch7x7dbl_{i}')(bd)
+        bp = self.branch_pool(_avg_pool_no_pad(x))
+        return torch.cat([b1, b7, bd, bp], 1)
+
+
+class _TFInceptionE(tv_inception.InceptionE):
+    """InceptionE with TF pooling: padding-free average, or max (Mixed_7c)."""
+
+    def __init__(self, in_channels, pool='avg'):
+        super().__init__(in_channels)
+        self.pool_fn = _avg_pool_no_pad if pool == 'avg' else _max_pool_same
+
+    def forward(self, x):
+        """Concatenate the (split) branches along channels."""
+        b1 = self.branch1x1(x)
+        t = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(t), self.branch3x3_2b(t)], 1)
+        t = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(t), self.branch3x3dbl_3b(t)], 1)
+        bp = self.branch_pool(self.pool_fn(x))
+        return torch.cat([b1, b3, bd, bp], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """The TF-ported FID Inception; state-dict keys match the public .pth."""
+
+    def __init__(self, num_classes=TF_FID_NUM_CLASSES):
+        super().__init__()
+        conv = tv_inception.BasicConv2d
+        self.Conv2d_1a_3x3 = conv(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = conv(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = conv(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = conv(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = conv(80, 192, kernel_size=3)
+        self.Mixed_5b = _TFInceptionA(192, pool_features=32)
+        self.Mixed_5c = _TFInceptionA(256, pool_features=64)
+        self.Mixed_5d = _TFInceptionA(288, pool_features=64)
+        self.Mixed_6a = tv_inception.InceptionB(288)
+        self.Mixed_6b = _TFInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = _TFInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = _TFInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = _TFInceptionC(768, channels_7x7=192)
+        self.Mixed_7a = tv_inception.InceptionD(768)
+        self.Mixed_7b = _TFInceptionE(1280, pool='avg')
+        self.Mixed_7c = _TFInceptionE(2048, pool='max')
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        """Map 299x299 inputs in [-1, 1] to (pool (N, 2048), logits)."""
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for name in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
+                     'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e',
+                     'Mixed_7a', 'Mixed_7b', 'Mixed_7c'):
+            x = getattr(self, name)(x)
+        pool = torch.mean(x.flatten(2), 2)
+        return pool, self.fc(pool)
+
+
+class WrapFIDInception(nn.Module):
+    """FID Inception wrapper: [-1, 1] images of any size to (pool, logits)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        """The FID network already expects [-1, 1]; only resize."""
+        # pytorch-fid's resize (align_corners=False), as published FIDs use.
+        return self.net(_resize_299(x, align_corners=False))
+
+
+def build_inception_net(backend='torchvision'):
+    """Build a backend's bare network with untrained weights (no wrapper)."""
+    _check_backend(backend)
+    if backend == 'tf_fid':
+        return FIDInceptionV3()
+    # aux_logits=True so that torchvision's released state dict loads
+    # strictly; init_weights=False skips a slow init overwritten anyway.
+    return tv_inception.inception_v3(weights=None, aux_logits=True,
+                                     transform_input=False,
+                                     init_weights=False)
+
+
+def wrap_inception_net(net, backend='torchvision'):
+    """Wrap a bare network so it maps [-1, 1] images to (pool, logits)."""
+    _check_backend(backend)
+    return WrapFIDInception(net) if backend == 'tf_fid' else WrapInception(net)
+
+
+def _check_backend(backend):
+    """Refuse unknown backend names."""
+    if backend not in BACKENDS:
+        raise ValueError(f'Unknown Inception backend {backend!r}; '
+                         f'choose one of {", ".join(BACKENDS)}')
+
+
+def default_weights_path(backend='torchvision'):
+    """Where weights are looked for when no path is given (torch hub)."""
+    _check_backend(backend)
+    return os.path.join(torch.hub.get_dir(), 'checkpoints',
+                        WEIGHT_FILES[backend])
+
+
+def _weights_error(backend, path, reason):
+    """Build the one-line error telling the user which flag to pass."""
+    name = WEIGHT_FILES[backend]
+    return InceptionWeightsError(
+        f'{backend} Inception weights {name} {reason} (looked for {path}); '
+        f'pass --inception_weights PATH pointing to {name}')
+
+
+def _download_torchvision_weights(path, timeout=30):
+    """Fetch torchvision's Inception-v3 weights to path (needs the network).
+
+    A timeout keeps a firewalled machine from hanging at start-up; the file
+    is checked against the hash prefix in its name and renamed into place
+    only when complete.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    expected = WEIGHT_FILES['torchvision'].rsplit('-', 1)[1].split('.')[0]
+    digest = hashlib.sha256()
+    tmp = path + '.partial'
+    try:
+        with urllib.request.urlopen(TORCHVISION_URL, timeout=timeout) as src, \
+                open(tmp, 'wb') as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+        if not digest.hexdigest().startswith(expected):
+            raise OSError('downloaded file has the wrong hash')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_inception_weights(backend='torchvision', weights_path=None):
+    """Return the path of usable weights or raise InceptionWeightsError.
+
+    Cheap enough to call at start-up, before any training: it only checks
+    that the file exists, fetching torchvision's default file if the
+    network allows.
+    """
+    _check_backend(backend)
+    path = weights_path or default_weights_path(backend)
+    if os.path.isfile(path):
+        return path
+    if not weights_path and backend == 'torchvision':
+        try:
+            _download_torchvision_weights(path)
+        except Exception as err:  # any network/file failure means "no weights"
+            raise _weights_error(
+                backend, path,
+                f'not found and download failed ({type(err).__name__})',
+            ) from err
+        if os.path.isfile(path):
+            return path
+    raise _weights_error(backend, path, 'not found')
+
+
+def _load_state_dict_file(net, path, backend):
+    """Load weights strictly, tolerating only missing num_batches_tracked."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise _weights_error(backend, path,
+                             f'unreadable ({type(err).__name__})') from err
+    if not isinstance(state, dict):
+        raise _weights_error(backend, path, 'does not hold a state dict')
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise _weights_error(backend, path, 'has wrong shapes') from err
+    missing = [k for k in result.missing_keys
+               if not k.endswith('num_batches_tracked')]
+    if missing or result.unexpected_keys:
+        raise _weights_error(
+            backend, path, f'has mismatched keys ({len(missing)} missing, '
+            f'{len(result.unexpected_keys)} unexpected)')
+
+
+def resolve_device(device=None):
+    """Default to CUDA when available, else CPU."""
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(device)
+
+
+def load_inception_net(parallel=False, backend='torchvision',
+                       weights_path=None, device=None):
+    """Build a backend's wrapped Inception, load its weights, eval mode."""
+    path = check_inception_weights(backend, weights_path)
+    net = build_inception_net(backend)
+    _load_state_dict_file(net, path, backend)
+    net = wrap_inception_net(net, backend).to(resolve_device(device)).eval()
+    if parallel and torch.cuda.device_count() > 1:
+        net = nn.DataParallel(net)
+    return net
+
+
+# ----------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------
+
+def _to_numpy64(x):
+    """Any array-like or tensor to a float64 numpy array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+class FeatureStats:
+    """Streaming float64 mean/covariance, plus an optional sample of rows.
+
+    Batches are merged with Chan et al.'s pairwise update, which keeps the
+    covariance accurate even when the mean is large against the spread.
+    The sums live on the device of the first batch (a GPU does the D x D
+    products far faster). `keep` rows are reservoir-sampled (for KID) so
+    memory stays bounded.
+    """
+
+    def __init__(self, keep=0, seed=0):
+        self.n = 0
+        self._mean = None
+        self._m2 = None
+        self.keep = int(keep)
+        self._rng = np.random.default_rng(seed)
+        self._kept = None
+
+    def update(self, feats):
+        """Add a batch of rows (N, D)."""
+        x = torch.as_tensor(feats).detach()
+        if x.ndim != 2:
+            raise ValueError('FeatureStats.update expects (N, D) features')
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        if self._mean is not None:
+            x = x.to(self._mean.device)
+        x = x.to(torch.float64)
+        self._keep_rows(x)
+        mb = x.mean(0)
+        xc = x - mb
+        m2b = xc.T @ xc
+        if self.n == 0:
+            self._mean, self._m2 = mb, m2b
+        else:
+            total = self.n + nb
+            delta = mb - self._mean
+            self._m2 += m2b + torch.outer(delta, delta) * (
+                self.n * nb / total)
+            self._mean += delta * (nb / total)
+        self.n += nb
+
+    def _keep_rows(self, x):
+        """Reservoir sampling (Algorithm R) of up to `keep` rows."""
+        if self.keep <= 0:
+            return
+        x = x.cpu().numpy()
+        if self._kept is None:
+            self._kept = np.empty((self.keep, x.shape[1]), dtype=np.float32)
+        t = self.n + np.arange(x.shape[0])
+        fill = t < self.keep
+        self._kept[t[fill]] = x[fill]
+        rest = ~fill
+        if rest.any():
+            # Row t takes a random slot j < keep with probability keep/(t+1).
+            j = self._rng.integers(0, t[rest] + 1)
+            for row, slot in zip(x[rest][j < self.keep], j[j < self.keep]):
+                self._kept[slot] = row
+
+    @property
+    def mean(self):
+        """Mean of all rows seen, (D,) float64."""
+        if self.n == 0:
+            raise ValueError('FeatureStats has seen no rows')
+        return self._mean.cpu().numpy().copy()
+
+    @property
+    def cov(self):
+        """Unbiased covariance of all rows seen (as np.cov), (D, D) float64."""
+        if self.n < 2:
+            raise ValueError('FeatureStats needs at least two rows')
+        cov = (self._m2 / (self.n - 1)).cpu().numpy()
+        return (cov + cov.T) / 2
+
+    @property
+    def feats(self):
+        """The reservoir-sampled rows, (min(n, keep), D) float32."""
+        if self._kept is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self._kept[:min(self.n, self.keep)].copy()
+
+
+class InceptionScoreStats:
+    """Streaming Inception Score over exactly `num_images` probability rows.
+
+    As the release, the first `num_splits * (num_images // num_splits)`
+    rows are cut into contiguous splits; each split scores
+    exp(mean_i KL(p(y|x_i) || p(y))), using
+    mean KL = mean_i sum p log p - sum pbar log pbar.
+    """
+
+    def __init__(self, num_images, num_splits=10):
+        if num_images < num_splits or num_splits < 1:
+            raise ValueError(f'Need at least num_splits={num_splits} '
+                             f'images, got {num_images}')
+        self.num_splits = num_splits
+        self.split_size = num_images // num_splits
+        self.seen = 0
+        self._plogp = np.zeros(num_splits)
+        self._count = np.zeros(num_splits)
+        self._psum = None
+
+    def update(self, probs):
+        """Add a batch of softmax probabilities (N, C)."""
+        p = _to_numpy64(probs)
+        if self._psum is None:
+            self._psum = np.zeros((self.num_splits, p.shape[1]))
+        split = (self.seen + np.arange(p.shape[0])) // self.split_size
+        self.seen += p.shape[0]
+        # 0 * log 0 is taken as 0, where the release would give NaN.
+        plogp = (p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+        for s in np.unique(split[split < self.num_splits]):
+            rows = split == s
+            self._plogp[s] += plogp[rows].sum()
+            self._psum[s] += p[rows].sum(0)
+            self._count[s] += rows.sum()
+
+    def result(self):
+        """(mean, std) of the per-split scores."""
+        scores = []
+        for s in range(self.num_splits):
+            if self._count[s] == 0:
+                continue
+            pbar = self._psum[s] / self._count[s]
+            entropy_term = (pbar * np.log(np.where(pbar > 0, pbar, 1.0))).sum()
+            kl = self._plogp[s] / self._count[s] - entropy_term
+            scores.append(np.exp(kl))
+        if not scores:
+            raise ValueError('InceptionScoreStats has seen no images')
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+def calculate_inception_score(pred, num_splits=10):
+    """IS (mean, std over splits) of softmax predictions (N, C)."""
+    stats = InceptionScoreStats(len(pred), num_splits)
+    stats.update(pred)
+    return stats.result()
+
+
+# ----------------------------------------------------------------------------
+# Frechet distance and KID
+# ----------------------------------------------------------------------------
+
+def _sqrt_psd_numpy(a):
+    """Symmetric square root of a PSD matrix via eigh (negatives clamped)."""
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _trace_sqrt_product_numpy(sigma1, sigma2):
+    """Tr sqrt(sigma1 sigma2) for symmetric PSD sigma1, sigma2 (float64).
+
+    With any factor F of sigma1 = F F^T, the eigenvalues of sigma1 sigma2
+    are those of the symmetric PSD matrix F^T sigma2 F, so a symmetric
+    eigenvalue solver suffices: no NaN, no complex parts. Cholesky gives F
+    cheaply; a singular sigma1 falls back to its symmetric square root.
+    """
+    try:
+        f = np.linalg.cholesky(sigma1)
+    except np.linalg.LinAlgError:
+        f = _sqrt_psd_numpy(sigma1)
+    m = f.T @ sigma2 @ f
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    return np.sqrt(np.clip(ev, 0, None)).sum()
+
+
+def numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64.
+
+    Never NaN on PSD inputs (see _trace_sqrt_product_numpy). `eps` is kept
+    for the release's signature; no regularising offset is needed.
+    """
+    del eps
+    mu1, mu2 = _to_numpy64(mu1).ravel(), _to_numpy64(mu2).ravel()
+    sigma1, sigma2 = _to_numpy64(sigma1), _to_numpy64(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError('Means and covariances must have matching shapes')
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                 - 2 * _trace_sqrt_product_numpy(sigma1, sigma2))
+
+
+def _sqrt_psd_torch(a):
+    """Torch twin of _sqrt_psd_numpy."""
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def _trace_sqrt_product_torch(sigma1, sigma2):
+    """Torch twin of _trace_sqrt_product_numpy."""
+    f, info = torch.linalg.cholesky_ex(sigma1)
+    if info.item() != 0:
+        f = _sqrt_psd_torch(sigma1)
+    m = f.T @ sigma2 @ f
+    ev = torch.linalg.eigvalsh((m + m.T) / 2)
+    return ev.clamp(min=0).sqrt().sum()
+
+
+def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """Torch twin of numpy_calculate_frechet_distance; a 0-d float64 tensor.
+
+    Runs on the device of `sigma1` when it is a tensor (CPU otherwise).
+    """
+    del eps
+    device = sigma1.device if isinstance(sigma1, torch.Tensor) else 'cpu'
+
+    def as64(x):
+        return torch.as_tensor(x).to(device=device, dtype=torch.float64)
+
+    mu1, mu2 = as64(mu1).flatten(), as64(mu2).flatten()
+    sigma1, sigma2 = as64(sigma1), as64(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError('Means and covariances must have matching shapes')
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    diff = mu1 - mu2
+    return (diff @ diff + torch.trace(sigma1) + torch.trace(sigma2)
+            - 2 * _trace_sqrt_product_torch(sigma1, sigma2))
+
+
+def _poly_kernel(x, y):
+    """KID's cubic polynomial kernel k(x, y) = (x.y / d + 1)^3."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
+                  device=None):
+    """Kernel Inception Distance: (mean, std) of unbiased MMD^2 over subsets.
+
+    Each subset draws m = min(subset_size, n1, n2) rows without replacement
+    from each set; MMD^2 = mean off-diagonal k(x, x') + mean off-diagonal
+    k(y, y') - 2 mean k(x, y). Computed in float64 on `device` (CPU by
+    default): 100 subsets of 1000 2048-d rows are ~1 TFLOP, which a GPU
+    does in a blink.
+    """
+    device = torch.device('cpu') if device is None else torch.device(device)
+    x_all = torch.as_tensor(_to_numpy64(feats1), device=device)
+    y_all = torch.as_tensor(_to_numpy64(feats2), device=device)
+    m = min(subset_size, len(x_all), len(y_all))
+    if m < 2:
+        raise ValueError('KID needs at least two rows in each set')
+    # Subsets come from a seeded numpy generator so that they do not depend
+    # on the device.
+    rng = np.random.default_rng(seed)
+    scores = np.empty(num_subsets)
+    off = m * (m - 1)
+    for i in range(num_subsets):
+        x = x_all[torch.as_tensor(rng.choice(len(x_all), m, replace=False),
+                                  device=device)]
+        y = y_all[torch.as_tensor(rng.choice(len(y_all), m, replace=False),
+                                  device=device)]
+        kxx, kyy = _poly_kernel(x, x), _poly_kernel(y, y)
+        kxy = _poly_kernel(x, y)
+        score = ((kxx.sum() - kxx.trace()) / off
+                 + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean())
+        scores[i] = score.item()
+    return float(scores.mean()), float(scores.std())
+
+
+# ----------------------------------------------------------------------------
+# Activations and moments
+# ----------------------------------------------------------------------------
+
+def _net_device(net):
+    """Device holding the network's weights."""
+    return next(net.parameters()).device
+
+
+def iterate_inception_outputs(sample, net, num_images):
+    """Yield (pool, logits) batches for exactly num_images sampled images."""
+    device = _net_device(net)
+    seen = 0
+    while seen < num_images:
+        # Grad mode is thread-wide: keep no_grad from spanning the yield.
+        with torch.no_grad():
+            images = sample()[0][:num_images - seen]
+            if len(images) == 0:
+                raise ValueError('sample() returned no images')
+            pool, logits = net(images.to(device).float())
+        seen += pool.shape[0]
+        yield pool, logits
+
+
+def accumulate_inception_activations(sample, net, num_inception_images=50000):
+    """Pool features and logits (CPU, float32) of exactly N samples."""
+    pool, logits = [], []
+    for p, lg in iterate_inception_outputs(sample, net, num_inception_images):
+        pool.append(p.float().cpu())
+        logits.append(lg.float().cpu())
+    return torch.cat(pool, 0), torch.cat(logits, 0)
+
+
+def accumulate_inception_stats(sample, net, num_inception_images=50000,
+                               num_splits=10, keep_feats=0, seed=0):
+    """Streaming (FeatureStats of pool features, InceptionScoreStats)."""
+    feats = FeatureStats(keep=keep_feats, seed=seed)
+    scores = InceptionScoreStats(num_inception_images, num_splits)
+    for pool, logits in iterate_inception_outputs(sample, net,
+                                                  num_inception_images):
+        feats.update(pool)
+        scores.update(F.softmax(logits.double(), 1))
+    return feats, scores
+
+
+def moments_filename(dataset):
+    """'{dataset}_inception_moments.npz' without a trailing '_hdf5' suffix."""
+    return dataset.removesuffix('_hdf5') + '_inception_moments.npz'
+
+
+def moments_command(dataset, data_root='data', backend='torchvision'):
+    """The command line that makes a dataset's moments file."""
+    cmd = (f'python calculate_inception_moments.py --dataset {dataset} '
+           f'--data_root {data_root}')
+    if backend != 'torchvision':
+        cmd += f' --inception_backend {backend}'
+    return cmd
+
+
+def find_moments_file(dataset, data_root='data'):
+    """Path of the moments file: data_root first, then the working dir."""
+    name = moments_filename(dataset)
+    for folder in (data_root, os.getcwd()):
+        if folder is not None and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def save_inception_moments(path, mu, sigma, backend, feats=None):
+    """Write mu, sigma, backend (and optional real pool feats) atomically."""
+    _check_backend(backend)
+    arrays = {'mu': _to_numpy64(mu), 'sigma': _to_numpy64(sigma),
+              'backend': np.array(backend)}
+    if feats is not None and len(feats):
+        arrays['feats'] = np.asarray(feats, dtype=np.float32)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + '.tmp'
+    # Write a sibling then rename, so a kill never leaves a broken file.
+    with open(tmp, 'wb') as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_inception_moments(dataset, data_root='data', backend='torchvision',
+                           need_feats=False):
+    """Load {'mu', 'sigma'[, 'feats']}, refusing another backend's moments.
+
+    Files without a 'backend' entry were written by the release, which only
+    knew torchvision's Inception.
+    """
+    path = find_moments_file(dataset, data_root)
+    if path is None:
+        raise InceptionMomentsError(
+            f'Inception moments file {moments_filename(dataset)} not found '
+            f'in {data_root} or {os.getcwd()}; make it with: '
+            f'{moments_command(dataset, data_root, backend)}')
+    with np.load(path, allow_pickle=False) as data:
+        file_backend = (str(data['backend']) if 'backend' in data
+                        else 'torchvision')
+        if file_backend != backend:
+            raise InceptionMomentsError(
+                f'Inception moments {path} were computed with the '
+                f'{file_backend} backend, not {backend}; recompute them '
+                f'with: {moments_command(dataset, data_root, backend)}')
+        out = {'mu': data['mu'].astype(np.float64),
+               'sigma': data['sigma'].astype(np.float64)}
+        if need_feats:
+            if 'feats' not in data:
+                raise InceptionMomentsError(
+                    f'Inception moments {path} hold no real features for '
+                    f'KID; recompute them with: '
+                    f'{moments_command(dataset, data_root, backend)}')
+            out['feats'] = data['feats']
+    return out
+
+
+def prepare_inception_metrics(dataset, parallel, no_fid=False,
+                              backend='torchvision', weights_path=None,
+                              device=None, data_root='data', kid=False):
+    """Load the network (and moments) once; return get_inception_metrics.
+
+    get_inception_metrics(sample, num_inception_images, num_splits=10,
+    prints=True, use_torch=True, as_dict=False) returns
+    (IS_mean, IS_std, FID) as the release; with kid=True a fourth element,
+    a dict of extra metrics {'KID_mean', 'KID_std'} (ready for a log
+    line); with as_dict=True one flat dict of all of them. With no_fid, FID
+    and KID are NO_FID (9999.0) and no moments file is needed. Real
+    features for KID come from the moments file's optional 'feats' entry.
+    """
+    moments = None
+    if not no_fid:
+        moments = load_inception_moments(dataset, data_root, backend,
+                                         need_feats=kid)
+    net = load_inception_net(parallel, backend, weights_path, device)
+
+    def get_inception_metrics(sample, num_inception_images, num_splits=10,
+                              prints=True, use_torch=True, as_dict=False):
+        """IS, FID (and KID) of exactly num_inception_images samples."""
+        if prints:
+            print('Gathering activations...')
+        keep = min(num_inception_images, DEFAULT_KID_FEATS) if (
+            kid and moments is not None) else 0
+        feats, scores = accumulate_inception_stats(
+            sample, net, num_inception_images, num_splits, keep_feats=keep)
+        if prints:
+            print('Calculating Inception Score...')
+        is_mean, is_std = scores.result()
+        out = {'IS_mean': is_mean, 'IS_std': is_std, 'FID': NO_FID}
+        if kid:
+            out['KID_mean'], out['KID_std'] = NO_FID, 0.0
+        if moments is not None:
+            if prints:
+                print('Calculating means and covariances...')
+            mu, sigma = feats.mean, feats.cov
+            if prints:
+                print('Covariances calculated, getting FID...')
+            if use_torch:
+                # The eigendecompositions run where the network does.
+                dev = _net_device(net)
+                fid = torch_calculate_frechet_distance(
+                    torch.as_tensor(mu, device=dev),
+                    torch.as_tensor(sigma, device=dev),
+                    moments['mu'], moments['sigma'])
+            else:
+                fid = numpy_calculate_frechet_distance(
+                    mu, sigma, moments['mu'], moments['sigma'])
+            out['FID'] = float(fid)
+            if kid:
+                out['KID_mean'], out['KID_std'] = calculate_kid(
+                    feats.feats, moments['feats'], device=_net_device(net))
+        if as_dict:
+            return out
+        if kid:
+            extra = {'KID_mean': out['KID_mean'], 'KID_std': out['KID_std']}
+            return out['IS_mean'], out['IS_std'], out['FID'], extra
+        return out['IS_mean'], out['IS_std'], out['FID']
+
+    return get_inception_metrics

@@ -1,0 +1,401 @@
+"""Layers shared by BigGAN.py and BigGANdeep.py.
+
+Spectral norm keeps the release's buffers (`u0..`, `sv0..`) so its checkpoints load as they are;
+class-conditional BN keeps `stored_mean`/`stored_var` for the same reason.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn import Parameter as P
+
+
+# ----------------------------------------------------------------------------
+# Spectral norm by power iteration.
+
+def proj(x, y):
+    """Projection of x onto y (both row vectors)."""
+    return torch.mm(y, x.t()) * y / torch.mm(y, y.t())
+
+
+def gram_schmidt(x, ys):
+    """Orthogonalise x against every vector in ys."""
+    for y in ys:
+        x = x - proj(x, y)
+    return x
+
+
+def power_iteration(W, u_, update=True, eps=1e-12):
+    """One power-iteration step per singular vector; returns (svs, us, vs).
+
+    The vectors are computed without grad, so the singular value's gradient flows through W only.
+    """
+    us, vs, svs = [], [], []
+    for i, u in enumerate(u_):
+        with torch.no_grad():
+            v = F.normalize(gram_schmidt(torch.matmul(u, W), vs), eps=eps)
+            vs.append(v)
+            u = F.normalize(gram_schmidt(torch.matmul(v, W.t()), us), eps=eps)
+            us.append(u)
+            if update:
+                u_[i][:] = u
+        svs.append(torch.squeeze(torch.matmul(torch.matmul(v, W.t()), u.t())))
+    return svs, us, vs
+
+
+class SN(object):
+    """Mixin: divides `self.weight` by its largest singular value, estimated by power iteration."""
+
+    def __init__(self, num_svs, num_itrs, num_outputs, transpose=False, eps=1e-12):
+        self.num_itrs = num_itrs
+        self.num_svs = num_svs
+        self.transpose = transpose
+        self.eps = eps
+        for i in range(self.num_svs):
+            self.register_buffer('u%d' % i, torch.randn(1, num_outputs))
+            self.register_buffer('sv%d' % i, torch.ones(1))
+
+    @property
+    def u(self):
+        return [getattr(self, 'u%d' % i) for i in range(self.num_svs)]
+
+    @property
+    def sv(self):
+        return [getattr(self, 'sv%d' % i) for i in range(self.num_svs)]
+
+    def W_(self):
+        """The normalised weight; u vectors and logged svs update only in training mode."""
+        W_mat = self.weight.view(self.weight.size(0), -1)
+        if self.transpose:
+            W_mat = W_mat.t()
+        # The power iteration runs in float32 even under autocast: it is numerically delicate.
+        with torch.autocast(W_mat.device.type, enabled=False):
+            W_mat = W_mat.float()
+            for _ in range(self.num_itrs):
+                svs, us, vs = power_iteration(W_mat, self.u, update=self.training, eps=self.eps)
+        if self.training:
+            with torch.no_grad():
+                for i, sv in enumerate(svs):
+                    self.sv[i][:] = sv
+        return self.weight / svs[0].to(self.weight.dtype)
+
+
+class SNConv2d(nn.Conv2d, SN):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, num_svs=1, num_itrs=1, eps=1e-12):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           dilation, groups, bias)
+        SN.__init__(self, num_svs, num_itrs, out_channels, eps=eps)
+
+    def forward(self, x):
+        return F.conv2d(x, self.W_(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class SNLinear(nn.Linear, SN):
+    def __init__(self, in_features, out_features, bias=True, num_svs=1, num_itrs=1, eps=1e-12):
+        nn.Linear.__init__(self, in_features, out_features, bias)
+        SN.__init__(self, num_svs, num_itrs, out_features, eps=eps)
+
+    def forward(self, x):
+        return F.linear(x, self.W_(), self.bias)
+
+
+class SNEmbedding(nn.Embedding, SN):
+    """Spectrally normalised embedding; the release's D projection uses it."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None,
+                 norm_type=2, scale_grad_by_freq=False, sparse=False, _weight=None,
+                 num_svs=1, num_itrs=1, eps=1e-12):
+        nn.Embedding.__init__(self, num_embeddings, embedding_dim, padding_idx, max_norm,
+                              norm_type, scale_grad_by_freq, sparse, _weight)
+        SN.__init__(self, num_svs, num_itrs, num_embeddings, eps=eps)
+
+    def forward(self, x):
+        return F.embedding(x, self.W_())
+
+
+# ----------------------------------------------------------------------------
+# Self-attention (SAGAN).
+
+class Attention(nn.Module):
+    def __init__(self, ch, which_conv=SNConv2d, name='attention'):
+        super().__init__()
+        self.ch = ch
+        self.which_conv = which_conv
+        self.theta = self.which_conv(self.ch, self.ch // 8, kernel_size=1, padding=0, bias=False)
+        self.phi = self.which_conv(self.ch, self.ch // 8, kernel_size=1, padding=0, bias=False)
+        self.g = self.which_conv(self.ch, self.ch // 2, kernel_size=1, padding=0, bias=False)
+        self.o = self.which_conv(self.ch // 2, self.ch, kernel_size=1, padding=0, bias=False)
+        # gamma starts at 0 so the block starts as the identity.
+        self.gamma = P(torch.tensor(0.), requires_grad=True)
+
+    def forward(self, x, y=None):
+        n, _, h, w = x.shape
+        theta = self.theta(x).reshape(n, self.ch // 8, h * w)                     # (N, C/8, HW)
+        phi = F.max_pool2d(self.phi(x), [2, 2]).reshape(n, self.ch // 8, h * w // 4)  # (N, C/8, HW/4)
+        g = F.max_pool2d(self.g(x), [2, 2]).reshape(n, self.ch // 2, h * w // 4)  # (N, C/2, HW/4)
+        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)                # (N, HW, HW/4)
+        o = torch.bmm(g, beta.transpose(1, 2)).reshape(n, self.ch // 2, h, w)      # (N, C/2, H, W)
+        return self.gamma * self.o(o) + x
+
+
+# ----------------------------------------------------------------------------
+# Batch norm variants.
+
+def fused_bn(x, mean, var, gain=None, bias=None, eps=1e-5):
+    """Normalise with given statistics, folding gain and bias into one scale and shift."""
+    scale = torch.rsqrt(var + eps)
+    if gain is not None:
+        scale = scale * gain
+    shift = mean * scale
+    if bias is not None:
+        shift = shift - bias
+    return x * scale - shift
+
+
+def batch_moments(x, cross_replica=False):
+    """Per-channel mean and biased variance of x in float32, over all ranks if cross_replica."""
+    float_x = x.float()
+    m = torch.mean(float_x, [0, 2, 3], keepdim=True)
+    m2 = torch.mean(float_x ** 2, [0, 2, 3], keepdim=True)
+    if cross_replica and dist.is_available() and dist.is_initialized():
+        # Averaging E[x] and E[x^2] over equal-sized replicas gives the statistics of the
+        # concatenated batch; the autograd-aware all_reduce makes the gradients match too.
+        import torch.distributed.nn.functional as dist_fn
+        world = dist.get_world_size()
+        m, m2 = (t / world for t in dist_fn.all_reduce(torch.cat([m, m2], 0)).chunk(2, 0))
+    return m, m2 - m ** 2
+
+
+def manual_bn(x, gain=None, bias=None, return_mean_var=False, eps=1e-5, cross_replica=False):
+    """Batch norm computed by hand in float32 (so stats are exact under mixed precision)."""
+    m, var = batch_moments(x, cross_replica)
+    out = fused_bn(x, m.to(x.dtype), var.to(x.dtype), gain, bias, eps)
+    if return_mean_var:
+        return out, m.squeeze(), var.squeeze()
+    return out
+
+
+class myBN(nn.Module):
+    """The release's batch norm, which can also accumulate standing statistics."""
+
+    def __init__(self, num_channels, eps=1e-5, momentum=0.1, cross_replica=False):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.cross_replica = cross_replica
+        self.register_buffer('stored_mean', torch.zeros(num_channels))
+        self.register_buffer('stored_var', torch.ones(num_channels))
+        self.register_buffer('accumulation_counter', torch.zeros(1))
+        self.accumulate_standing = False
+
+    def reset_stats(self):
+        self.stored_mean[:] = 0
+        self.stored_var[:] = 0
+        self.accumulation_counter[:] = 0
+
+    def forward(self, x, gain, bias):
+        if self.training:
+            out, mean, var = manual_bn(x, gain, bias, return_mean_var=True, eps=self.eps,
+                                       cross_replica=self.cross_replica)
+            with torch.no_grad():
+                if self.accumulate_standing:
+                    self.stored_mean += mean
+                    self.stored_var += var
+                    self.accumulation_counter += 1.0
+                else:
+                    self.stored_mean.mul_(1 - self.momentum).add_(mean * self.momentum)
+                    self.stored_var.mul_(1 - self.momentum).add_(var * self.momentum)
+            return out
+        mean = self.stored_mean.view(1, -1, 1, 1)
+        var = self.stored_var.view(1, -1, 1, 1)
+        if self.accumulate_standing:
+            mean = mean / self.accumulation_counter
+            var = var / self.accumulation_counter
+        return fused_bn(x, mean, var, gain, bias, self.eps)
+
+
+def sync_batch_norm(x, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """F.batch_norm without affine terms whose batch statistics span every DDP rank.
+
+    It keeps the same buffers as the plain path, so one checkpoint serves with and without
+    `--cross_replica`; on a single process it equals F.batch_norm.
+    """
+    if not training:
+        return F.batch_norm(x, running_mean, running_var, None, None, False, momentum, eps)
+    m, var = batch_moments(x, cross_replica=True)
+    with torch.no_grad():
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        n = world * x.numel() // x.size(1)
+        running_mean.mul_(1 - momentum).add_(m.flatten(), alpha=momentum)
+        # Running variance is unbiased, as F.batch_norm keeps it.
+        running_var.mul_(1 - momentum).add_(var.flatten(), alpha=momentum * n / max(n - 1, 1))
+    return fused_bn(x, m.to(x.dtype), var.to(x.dtype), eps=eps)
+
+
+def groupnorm(x, norm_style):
+    """Group norm with groups given in norm_style ('gn_ch_16': 16 channels a group, 'gn_grp_8')."""
+    if 'ch' in norm_style:
+        ch = int(norm_style.split('_')[-1])
+        groups = max(int(x.shape[1]) // ch, 1)
+    elif 'grp' in norm_style:
+        groups = int(norm_style.split('_')[-1])
+    else:
+        groups = 16
+    return F.group_norm(x, groups)
+
+
+class ccbn(nn.Module):
+    """Class-conditional batch norm: gain 1 + linear(y) and bias linear(y) per sample."""
+
+    def __init__(self, output_size, input_size, which_linear, eps=1e-5, momentum=0.1,
+                 cross_replica=False, mybn=False, norm_style='bn'):
+        super().__init__()
+        self.output_size, self.input_size = output_size, input_size
+        self.gain = which_linear(input_size, output_size)
+        self.bias = which_linear(input_size, output_size)
+        self.eps = eps
+        self.momentum = momentum
+        self.cross_replica = cross_replica
+        self.mybn = mybn
+        self.norm_style = norm_style
+        if self.mybn:
+            self.bn = myBN(output_size, self.eps, self.momentum, cross_replica=cross_replica)
+        elif self.norm_style in ['bn', 'in']:
+            self.register_buffer('stored_mean', torch.zeros(output_size))
+            self.register_buffer('stored_var', torch.ones(output_size))
+
+    def forward(self, x, y):
+        gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)  # (N, C, 1, 1)
+        bias = self.bias(y).view(y.size(0), -1, 1, 1)         # (N, C, 1, 1)
+        if self.mybn:
+            return self.bn(x, gain=gain.to(x.dtype), bias=bias.to(x.dtype))
+        if self.norm_style == 'bn' and self.cross_replica:
+            out = sync_batch_norm(x, self.stored_mean, self.stored_var, self.training,
+                                  self.momentum, self.eps)
+        elif self.norm_style == 'bn':
+            out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None,
+                               self.training, 0.1, self.eps)
+        elif self.norm_style == 'in':
+            out = F.instance_norm(x, self.stored_mean, self.stored_var, None, None,
+                                  self.training, 0.1, self.eps)
+        elif self.norm_style.startswith('gn'):
+            out = groupnorm(x, self.norm_style)
+        elif self.norm_style == 'nonorm':
+            out = x
+        else:
+            raise ValueError("unknown norm_style %r: use bn, in, gn, gn_ch_N, gn_grp_N or nonorm"
+                             % self.norm_style)
+        return out * gain + bias
+
+
+class bn(nn.Module):
+    """Unconditional batch norm with learnable gain and bias (G's output layer)."""
+
+    def __init__(self, output_size, eps=1e-5, momentum=0.1, cross_replica=False, mybn=False):
+        super().__init__()
+        self.output_size = output_size
+        self.gain = P(torch.ones(output_size), requires_grad=True)
+        self.bias = P(torch.zeros(output_size), requires_grad=True)
+        self.eps = eps
+        self.momentum = momentum
+        self.cross_replica = cross_replica
+        self.mybn = mybn
+        if mybn:
+            self.bn = myBN(output_size, self.eps, self.momentum, cross_replica=cross_replica)
+        else:
+            self.register_buffer('stored_mean', torch.zeros(output_size))
+            self.register_buffer('stored_var', torch.ones(output_size))
+
+    def forward(self, x, y=None):
+        if self.mybn:
+            gain = self.gain.view(1, -1, 1, 1).to(x.dtype)
+            bias = self.bias.view(1, -1, 1, 1).to(x.dtype)
+            return self.bn(x, gain=gain, bias=bias)
+        if self.cross_replica:
+            out = sync_batch_norm(x, self.stored_mean, self.stored_var, self.training,
+                                  self.momentum, self.eps)
+            return out * self.gain.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+# ----------------------------------------------------------------------------
+# Residual blocks.
+
+class GBlock(nn.Module):
+    """BN-ReLU-up-conv-BN-ReLU-conv with a learnable 1x1 shortcut."""
+
+    def __init__(self, in_channels, out_channels, which_conv=nn.Conv2d, which_bn=bn,
+                 activation=None, upsample=None):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.which_conv, self.which_bn = which_conv, which_bn
+        self.activation = activation
+        self.upsample = upsample
+        self.conv1 = self.which_conv(self.in_channels, self.out_channels)
+        self.conv2 = self.which_conv(self.out_channels, self.out_channels)
+        self.learnable_sc = in_channels != out_channels or upsample
+        if self.learnable_sc:
+            self.conv_sc = self.which_conv(in_channels, out_channels, kernel_size=1, padding=0)
+        self.bn1 = self.which_bn(in_channels)
+        self.bn2 = self.which_bn(out_channels)
+
+    def forward(self, x, y):
+        h = self.activation(self.bn1(x, y))
+        if self.upsample:
+            h = self.upsample(h)
+            x = self.upsample(x)
+        h = self.conv1(h)
+        h = self.activation(self.bn2(h, y))
+        h = self.conv2(h)
+        if self.learnable_sc:
+            x = self.conv_sc(x)
+        return h + x
+
+
+class DBlock(nn.Module):
+    """Residual D block; the first block of D skips the pre-activation."""
+
+    def __init__(self, in_channels, out_channels, which_conv=SNConv2d, wide=True,
+                 preactivation=False, activation=None, downsample=None):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.hidden_channels = self.out_channels if wide else self.in_channels
+        self.which_conv = which_conv
+        self.preactivation = preactivation
+        self.activation = activation
+        self.downsample = downsample
+        self.conv1 = self.which_conv(self.in_channels, self.hidden_channels)
+        self.conv2 = self.which_conv(self.hidden_channels, self.out_channels)
+        self.learnable_sc = bool(in_channels != out_channels or downsample)
+        if self.learnable_sc:
+            self.conv_sc = self.which_conv(in_channels, out_channels, kernel_size=1, padding=0)
+
+    def shortcut(self, x):
+        if self.preactivation:
+            if self.learnable_sc:
+                x = self.conv_sc(x)
+            if self.downsample:
+                x = self.downsample(x)
+        else:
+            if self.downsample:
+                x = self.downsample(x)
+            if self.learnable_sc:
+                x = self.conv_sc(x)
+        return x
+
+    def forward(self, x):
+        # Out-of-place ReLU: an in-place one would also rectify x, which the shortcut reads.
+        h = F.relu(x) if self.preactivation else x
+        h = self.conv1(h)
+        h = self.conv2(self.activation(h))
+        if self.downsample:
+            h = self.downsample(h)
+        return h + self.shortcut(x)
+
+
+class identity(nn.Module):
+    def forward(self, input):
+        return input

@@ -1,0 +1,318 @@
+"""Preprocess an image dataset into one HDF5 file, as the release's make_hdf5.py does.
+
+    python make_hdf5.py --dataset I128 --data_root data
+
+reads the class folders under ``data_root/ImageNet`` and writes
+``data_root/ILSVRC128.hdf5`` with ``imgs`` (uint8, N x 3 x 128 x 128) and ``labels``
+(int64).  ``--dataset S32`` converts the built-in shapes dataset to
+``data_root/S32.hdf5``.
+
+Unlike the release, pixels go straight from the decoded uint8 image into the file
+(the release normalised to floats and truncated back to bytes, which can shift a
+pixel by one), workers ship bytes rather than floats, the file is written whole
+chunks at a time and kept open, and it only gets its final name once complete.
+"""
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils import data
+from tqdm import tqdm
+
+import datasets as dset
+
+
+class BadImageError(RuntimeError):
+    """An input image could not be decoded."""
+
+
+def prepare_parser():
+    """Command line of make_hdf5.py: the release's flags plus a few new ones."""
+    parser = argparse.ArgumentParser(
+        description='Preprocess an image dataset into an HDF5 file.')
+    parser.add_argument(
+        '--dataset', type=str, default='I128',
+        help='Which dataset to convert: I32..I256 (from data_root/ImageNet), '
+             'S32, or any name with --resolution (default: %(default)s)')
+    parser.add_argument(
+        '--data_root', type=str, default='data',
+        help='Folder holding the source data and the output file '
+             '(default: %(default)s)')
+    parser.add_argument(
+        '--batch_size', type=int, default=256,
+        help='Images per worker batch (default: %(default)s)')
+    parser.add_argument(
+        '--num_workers', type=int, default=16,
+        help='Decoding processes (default: %(default)s)')
+    parser.add_argument(
+        '--chunk_size', type=int, default=500,
+        help='HDF5 chunk length along the image axis (default: %(default)s)')
+    parser.add_argument(
+        '--compression', action='store_true', default=False,
+        help='Compress the HDF5 datasets (default: %(default)s)')
+    parser.add_argument(
+        '--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],
+        help='Filter used with --compression; lzf is the release\'s '
+             '(default: %(default)s)')
+    parser.add_argument(
+        '--skip_bad', action='store_true', default=False,
+        help='Skip unreadable images (counted in the summary) instead of '
+             'stopping (default: %(default)s)')
+    parser.add_argument(
+        '--dataset_root', type=str, default=None,
+        help='Class-folder root to read instead of data_root/<table entry>')
+    parser.add_argument(
+        '--resolution', type=int, default=None,
+        help='Output resolution, for datasets outside the table')
+    parser.add_argument(
+        '--n_classes', type=int, default=None,
+        help='Expected number of class folders, for datasets outside the table')
+    parser.add_argument(
+        '--output', type=str, default=None,
+        help='Output file instead of data_root/ILSVRC{res}.hdf5')
+    parser.add_argument(
+        '--no_progress', action='store_true', default=False,
+        help='Do not show the progress bar')
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# What to convert
+# ---------------------------------------------------------------------------
+
+def dataset_info(name):
+    """(resolution, class count, folder under data_root) for a dataset name, or Nones."""
+    try:
+        import utils  # the dataset table lives there; imported late on purpose
+        return (utils.imsize_dict[name], utils.nclass_dict[name],
+                getattr(utils, 'root_dict', {}).get(name, 'ImageNet'))
+    except (ImportError, AttributeError, KeyError):
+        pass
+    if name == 'S32':
+        return dset.S32_RES, len(dset.S32_CLASSES), 'S32'
+    match = re.fullmatch(r'I(\d+)', name)
+    if match:
+        return int(match.group(1)), 1000, 'ImageNet'
+    return None, None, None
+
+
+def output_path(config, res):
+    """Where the HDF5 file goes: S32.hdf5 for S32, ILSVRC{res}.hdf5 otherwise."""
+    if config['output']:
+        return config['output']
+    name = 'S32.hdf5' if config['dataset'] == 'S32' else f'ILSVRC{res}.hdf5'
+    return os.path.join(config['data_root'], name)
+
+
+# ---------------------------------------------------------------------------
+# Pixels
+# ---------------------------------------------------------------------------
+
+def load_square(path, res):
+    """The release's pixels for one file: RGB, centre crop on the long edge, resize.
+
+    Same operations as Image.convert('RGB') + CenterCropLongEdge +
+    transforms.Resize(res) on a PIL image, minus torchvision's dispatch; returns
+    uint8 3 x res x res.
+    """
+    with open(path, 'rb') as f:
+        img = Image.open(f)
+        # convert('RGB') on an RGB image is only a copy; load() decodes in place.
+        if img.mode == 'RGB':
+            img.load()
+        else:
+            img = img.convert('RGB')
+    w, h = img.size
+    side = min(w, h)
+    # torchvision's center_crop offsets (Python round, half to even).
+    left, top = round((w - side) / 2.0), round((h - side) / 2.0)
+    if side != w or side != h:
+        img = img.crop((left, top, left + side, top + side))
+    if side != res:
+        img = img.resize((res, res), Image.BILINEAR)
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+class SquareImages(data.Dataset):
+    """Worker-side view of the file list: (uint8 image, label, error text or '')."""
+
+    def __init__(self, paths, labels, res):
+        self.paths, self.labels, self.res = paths, labels, res
+
+    def __getitem__(self, index):
+        try:
+            img = load_square(self.paths[index], self.res)
+            err = ''
+        # PIL's decoders raise OSError, SyntaxError, struct.error, zlib.error,
+        # DecompressionBombError...: every one of them means "unreadable".
+        except Exception as e:  # noqa: BLE001
+            img = np.zeros((3, self.res, self.res), np.uint8)
+            err = f'{type(e).__name__}: {e}'
+        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[index]), err
+
+    def __len__(self):
+        return len(self.paths)
+
+
+def folder_batches(paths, labels, res, config):
+    """Yield (imgs, labels, [(path, error)]) batches decoded by worker processes."""
+    loader = data.DataLoader(
+        SquareImages(paths, labels, res), batch_size=config['batch_size'],
+        shuffle=False, num_workers=config['num_workers'], pin_memory=False,
+        drop_last=False, prefetch_factor=4 if config['num_workers'] else None)
+    start = 0
+    for imgs, ys, errs in loader:
+        bad = [(paths[start + i], e) for i, e in enumerate(errs) if e]
+        if bad:
+            keep = torch.tensor([not e for e in errs])
+            imgs, ys = imgs[keep], ys[keep]
+        start += len(errs)
+        yield imgs.numpy(), ys.numpy().astype(np.int64), bad
+
+
+def s32_batches(config, batch_size=4096):
+    """Yield S32 in the writer's batch format (it is already 32 x 32)."""
+    imgs, labels = dset.load_s32(os.path.join(config['data_root'], 'S32'))
+    for i in range(0, len(labels), batch_size):
+        chunk = imgs[i:i + batch_size].transpose(0, 3, 1, 2)
+        yield np.ascontiguousarray(chunk), labels[i:i + batch_size], []
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+class ChunkWriter:
+    """Streams images into preallocated HDF5 datasets, one whole chunk per write.
+
+    Whole-chunk writes mean each chunk is compressed exactly once; memory is one
+    chunk of images whatever the dataset size.
+    """
+
+    def __init__(self, f, n, res, chunk_size, compression):
+        self.chunk = max(1, min(chunk_size, n))
+        shape = (n, 3, res, res)
+        self.imgs = f.create_dataset(
+            'imgs', shape, dtype='uint8', maxshape=shape,
+            chunks=(self.chunk, 3, res, res), compression=compression)
+        self.labels = f.create_dataset(
+            'labels', (n,), dtype='int64', maxshape=(n,),
+            chunks=(self.chunk,), compression=compression)
+        self.buf = np.empty((self.chunk, 3, res, res), np.uint8)
+        self.buf_y = np.empty(self.chunk, np.int64)
+        self.fill = 0
+        self.count = 0
+
+    def add(self, imgs, labels):
+        """Append a batch of uint8 N x 3 x res x res images and their labels."""
+        i = 0
+        while i < len(labels):
+            take = min(self.chunk - self.fill, len(labels) - i)
+            self.buf[self.fill:self.fill + take] = imgs[i:i + take]
+            self.buf_y[self.fill:self.fill + take] = labels[i:i + take]
+            self.fill += take
+            i += take
+            if self.fill == self.chunk:
+                self.flush()
+
+    def flush(self):
+        """Write the buffered images at the current end of the datasets."""
+        if self.fill:
+            end = self.count + self.fill
+            self.imgs[self.count:end] = self.buf[:self.fill]
+            self.labels[self.count:end] = self.buf_y[:self.fill]
+            self.count = end
+            self.fill = 0
+
+    def finish(self):
+        """Flush and shrink the datasets to the images actually written."""
+        self.flush()
+        if self.count != self.imgs.shape[0]:
+            self.imgs.resize(self.count, axis=0)
+            self.labels.resize(self.count, axis=0)
+        return self.count
+
+
+def write_hdf5(path, batches, n, res, config):
+    """Write batches to path through a temp file; returns (written, bad list)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.partial',
+                               prefix='.' + os.path.basename(path) + '.')
+    os.close(fd)
+    compression = config['compression_filter'] if config['compression'] else None
+    bad_all = []
+    bar = tqdm(total=n, unit='img', smoothing=0.05, dynamic_ncols=True,
+               disable=config['no_progress'], file=sys.stderr)
+    try:
+        with h5py.File(tmp, 'w') as f:
+            writer = ChunkWriter(f, n, res, config['chunk_size'], compression)
+            for imgs, labels, bad in batches:
+                if bad and not config['skip_bad']:
+                    bad_path, err = bad[0]
+                    raise BadImageError(f'cannot read image {bad_path} ({err}); '
+                                        f'fix or remove it, or pass --skip_bad')
+                bad_all += bad
+                writer.add(imgs, labels)
+                bar.update(len(labels) + len(bad))
+            count = writer.finish()
+        os.replace(tmp, path)
+    finally:
+        bar.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return count, bad_all
+
+
+def run(config):
+    """Convert config['dataset'] to HDF5; returns the output path."""
+    name = config['dataset']
+    if 'hdf5' in name:
+        raise ValueError(f'{name} is already an HDF5 dataset; pass the source '
+                         f'dataset name (e.g. I128)')
+    res, n_classes, subdir = dataset_info(name)
+    res = config['resolution'] or res
+    n_classes = config['n_classes'] or n_classes
+    if res is None:
+        raise ValueError(f'unknown dataset {name!r}: pass --resolution (and '
+                         f'--n_classes, --dataset_root) for a custom dataset')
+    path = output_path(config, res)
+    if name == 'S32' and not config['dataset_root']:
+        n = dset.S32_DEFAULT_PER_CLASS * len(dset.S32_CLASSES)
+        batches = s32_batches(config)
+    else:
+        root = config['dataset_root'] or os.path.join(config['data_root'], subdir)
+        folder = dset.ImageFolder(root, index_filename=f'{name}_imgs.npz',
+                                  n_classes=n_classes)
+        n = len(folder)
+        batches = folder_batches(folder.paths, folder.labels, res, config)
+    start = time.time()
+    count, bad = write_hdf5(path, batches, n, res, config)
+    took = time.time() - start
+    print(f'Wrote {count} images ({res}x{res}) to {path} in {took:.1f} s '
+          f'({(count + len(bad)) / max(took, 1e-9):.0f} images/s); '
+          f'skipped {len(bad)} unreadable images')
+    for bad_path, err in bad:
+        print(f'  skipped {bad_path}: {err}')
+    return path
+
+
+def main(argv=None):
+    """Parse the command line and run; a bad image exits non-zero with its path."""
+    config = vars(prepare_parser().parse_args(argv))
+    try:
+        run(config)
+    except (BadImageError, ValueError, FileNotFoundError) as e:
+        sys.exit(f'make_hdf5: {e}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,179 @@
+"""Tests for make_hdf5.py: exact pixels, HDF5 layout, atomic output, bad images, S32."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+import datasets as dset
+import make_hdf5
+
+RES = 16
+
+
+def _save(path, mode, size, rng):
+    """Write one image of the given PIL mode and (w, h) size with random content."""
+    w, h = size
+    if mode == 'I;16':
+        arr = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+        img = Image.fromarray(arr)
+        assert img.mode.startswith('I')
+    else:
+        bands = len(Image.new(mode, (1, 1)).getbands())
+        arr = rng.integers(0, 256, (h, w, bands), dtype=np.uint8)
+        img = Image.fromarray(arr.squeeze(-1) if bands == 1 else arr, mode=mode)
+    img.save(path)
+
+
+# (class, file name, mode, size): odd sizes, both orientations, up- and downscaling.
+IMAGES = [
+    ('a', '0.png', 'RGB', (37, 23)),
+    ('a', '1.jpg', 'RGB', (23, 37)),
+    ('a', '2.png', 'L', (41, 41)),
+    ('b', '0.png', 'RGBA', (19, 30)),
+    ('b', '1.jpg', 'CMYK', (33, 17)),
+    ('b', '2.tif', 'CMYK', (16, 21)),
+    ('c', '0.png', 'I;16', (29, 18)),
+    ('c', '1.png', 'P', (9, 13)),
+    ('c', '2.bmp', 'RGB', (16, 16)),
+]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """data_root with a small three-class image folder under ImageNet/."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / 'ImageNet'
+    for cls, name, mode, size in IMAGES:
+        os.makedirs(root / cls, exist_ok=True)
+        _save(root / cls / name, mode, size, rng)
+    return tmp_path
+
+
+def _release_pixels(path, res):
+    """The release's pixels, from torchvision's own transforms on the PIL image."""
+    with open(path, 'rb') as f:
+        img = Image.open(f).convert('RGB')
+    img = TF.center_crop(img, min(img.size))
+    img = T.Resize(res)(img)
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+def _convert(data_root, *extra):
+    """Run make_hdf5 on data_root/ImageNet as a 3-class dataset at RES."""
+    make_hdf5.main(['--dataset', f'I{RES}', '--data_root', str(data_root),
+                    '--n_classes', '3', '--batch_size', '4', '--no_progress',
+                    *extra])
+    return data_root / f'ILSVRC{RES}.hdf5'
+
+
+@pytest.mark.parametrize('workers', ['0', '2'])
+def test_pixels_exactly_those_of_the_release_transform(folder, workers):
+    out = _convert(folder, '--num_workers', workers, '--chunk_size', '4')
+    paths = sorted(str(p) for p in (folder / 'ImageNet').glob('*/*'))
+    with h5py.File(out, 'r') as f:
+        imgs, labels = f['imgs'][:], f['labels'][:]
+    assert imgs.dtype == np.uint8 and imgs.shape == (len(IMAGES), 3, RES, RES)
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for i, path in enumerate(paths):
+        np.testing.assert_array_equal(imgs[i], _release_pixels(path, RES), err_msg=path)
+    # Only the final file and the folder index are left behind.
+    assert sorted(os.listdir(folder)) == ['ILSVRC16.hdf5', 'ImageNet']
+    assert (folder / 'ImageNet' / f'I{RES}_imgs.npz').exists()
+
+
+@pytest.mark.parametrize('filt', ['lzf', 'gzip'])
+def test_hdf5_round_trip_chunked_and_compressed(folder, filt):
+    plain = _convert(folder, '--num_workers', '0', '--chunk_size', '4')
+    with h5py.File(plain, 'r') as f:
+        expect_imgs, expect_labels = f['imgs'][:], f['labels'][:]
+    out = _convert(folder, '--num_workers', '0', '--chunk_size', '4',
+                   '--compression', '--compression_filter', filt)
+    with h5py.File(out, 'r') as f:
+        assert f['imgs'].chunks == (4, 3, RES, RES)
+        assert f['imgs'].compression == filt and f['labels'].compression == filt
+        np.testing.assert_array_equal(f['imgs'][:], expect_imgs)
+        np.testing.assert_array_equal(f['labels'][:], expect_labels)
+    ds = dset.ILSVRC_HDF5(str(out))
+    x, y = ds[5]
+    assert y == 1 and tuple(x.shape) == (3, RES, RES)
+    np.testing.assert_array_equal(((x + 1) / 2 * 255).round().byte().numpy(),
+                                  expect_imgs[5])
+
+
+def test_interrupted_run_leaves_no_final_file(folder, monkeypatch):
+    out = folder / f'ILSVRC{RES}.hdf5'
+    out.write_bytes(b'previous complete file')
+
+    def boom(self, imgs, labels):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(make_hdf5.ChunkWriter, 'add', boom)
+    with pytest.raises(KeyboardInterrupt):
+        _convert(folder, '--num_workers', '0')
+    # The old file is untouched and no temporary file is left over.
+    assert out.read_bytes() == b'previous complete file'
+    assert sorted(os.listdir(folder)) == ['ILSVRC16.hdf5', 'ImageNet']
+
+
+def _break_images(folder):
+    """Truncate one JPEG and replace one PNG with garbage; returns their paths."""
+    jpg = folder / 'ImageNet' / 'a' / '1.jpg'
+    jpg.write_bytes(jpg.read_bytes()[:len(jpg.read_bytes()) // 2])
+    png = folder / 'ImageNet' / 'c' / '1.png'
+    png.write_bytes(b'not an image at all')
+    return jpg, png
+
+
+@pytest.mark.parametrize('workers', ['0', '2'])
+def test_bad_image_stops_the_run_with_its_path(folder, workers):
+    jpg, _ = _break_images(folder)
+    with pytest.raises(SystemExit) as info:
+        _convert(folder, '--num_workers', workers)
+    assert info.value.code != 0 and str(jpg) in str(info.value.code)
+    assert '--skip_bad' in str(info.value.code)
+    assert sorted(os.listdir(folder)) == ['ImageNet']
+
+
+def test_skip_bad_skips_and_reports(folder, capsys):
+    jpg, png = _break_images(folder)
+    out = _convert(folder, '--num_workers', '0', '--skip_bad', '--chunk_size', '4')
+    with h5py.File(out, 'r') as f:
+        assert f['imgs'].shape == (len(IMAGES) - 2, 3, RES, RES)
+        assert f['labels'][:].tolist() == [0, 0, 1, 1, 1, 2, 2]
+        good = folder / 'ImageNet' / 'c' / '2.bmp'
+        np.testing.assert_array_equal(f['imgs'][-1], _release_pixels(good, RES))
+    text = capsys.readouterr().out
+    assert 'skipped 2 unreadable images' in text
+    assert str(jpg) in text and str(png) in text
+
+
+def test_folder_layout_error_exits_cleanly(tmp_path):
+    deep = tmp_path / 'ImageNet' / 'train'
+    for cls in 'abc':
+        os.makedirs(deep / cls)
+        Image.new('RGB', (8, 8)).save(deep / cls / 'x.png')
+    with pytest.raises(SystemExit) as info:
+        _convert(tmp_path, '--num_workers', '0')
+    assert 'one level too deep' in str(info.value.code)
+    assert not list(tmp_path.glob('*.hdf5*'))
+
+
+def test_refuses_hdf5_source(tmp_path):
+    with pytest.raises(SystemExit, match='already an HDF5'):
+        make_hdf5.main(['--dataset', 'I128_hdf5', '--data_root', str(tmp_path)])
+
+
+def test_s32_conversion(tmp_path, monkeypatch):
+    monkeypatch.setattr(dset, 'S32_DEFAULT_PER_CLASS', 7)
+    make_hdf5.main(['--dataset', 'S32', '--data_root', str(tmp_path),
+                    '--no_progress', '--chunk_size', '16'])
+    imgs, labels = dset.make_s32(num_per_class=7, seed=0)
+    with h5py.File(tmp_path / 'S32.hdf5', 'r') as f:
+        np.testing.assert_array_equal(f['imgs'][:], imgs.transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(f['labels'][:], labels)
+        assert f['imgs'].chunks == (16, 3, 32, 32)

@@ -1,0 +1,150 @@
+"""Benchmark make_hdf5.py against the release's conversion on the same image folder.
+
+    python tools/bench_make_hdf5.py --n_images 2000 --num_workers 2
+
+generates an ImageNet-like folder of JPEGs (sides 250..500 px by default, like
+ILSVRC's typical 500x375), converts it with both approaches using the same worker count,
+batch size and resolution, and prints images/s for each, their ratio, and how
+many pixels the release's float round trip changed.
+
+The release's approach, rebuilt here for comparison only: a DataLoader over the
+image folder with CenterCropLongEdge + Resize + ToTensor + Normalize, then
+``(255 * ((x + 1) / 2.0)).byte()`` per batch, reopening the HDF5 file and growing
+its datasets for every batch.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import datasets as dset
+import make_hdf5
+
+
+def make_folder(root, n_images, n_classes, sizes=(250, 500), seed=0):
+    """Write n_images photo-like JPEGs into n_classes class folders under root."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        cls = os.path.join(root, f'class{i % n_classes:03d}')
+        os.makedirs(cls, exist_ok=True)
+        w, h = (int(s) for s in rng.integers(sizes[0], sizes[1] + 1, 2))
+        # Smooth colour fields plus grain: JPEG sizes and decode cost similar
+        # to photographs, unlike flat colours or pure noise.
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        grain = rng.normal(0, 12, (h, w, 3))
+        arr = np.clip(np.asarray(img, np.float32) + grain, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(os.path.join(cls, f'{i:06d}.jpg'), quality=90)
+
+
+class _CenterCropLongEdge:
+    """Crop to the centred square of side min(w, h), as the release's transform."""
+
+    def __call__(self, img):
+        return TF.center_crop(img, min(img.size))
+
+
+def release_convert(root, out, res, batch_size, num_workers, index_filename):
+    """The release's make_hdf5 loop: float tensors, truncating cast, per-batch append."""
+    transform = T.Compose([_CenterCropLongEdge(), T.Resize(res), T.ToTensor(),
+                           T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    ds = dset.ImageFolder(root, transform=transform, index_filename=index_filename)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=False, drop_last=False)
+    n = len(ds)
+    for i, (x, y) in enumerate(loader):
+        x = (255 * ((x + 1) / 2.0)).byte().numpy()
+        y = y.numpy()
+        if i == 0:
+            with h5py.File(out, 'w') as f:
+                f.create_dataset('imgs', x.shape, dtype='uint8',
+                                 maxshape=(n, 3, res, res),
+                                 chunks=(500, 3, res, res))[...] = x
+                f.create_dataset('labels', y.shape, dtype='int64', maxshape=(n,),
+                                 chunks=(500,))[...] = y
+        else:
+            with h5py.File(out, 'a') as f:
+                f['imgs'].resize(f['imgs'].shape[0] + x.shape[0], axis=0)
+                f['imgs'][-x.shape[0]:] = x
+                f['labels'].resize(f['labels'].shape[0] + y.shape[0], axis=0)
+                f['labels'][-y.shape[0]:] = y
+    return n
+
+
+def ours_convert(root, out, res, batch_size, num_workers, index_filename):
+    """make_hdf5.run on the same folder."""
+    config = vars(make_hdf5.prepare_parser().parse_args([]))
+    config.update(dataset=index_filename.split('_')[0], dataset_root=root, output=out,
+                  resolution=res, n_classes=len(dset.find_classes(root)[0]),
+                  batch_size=batch_size,
+                  num_workers=num_workers, no_progress=True)
+    make_hdf5.run(config)
+    with h5py.File(out, 'r') as f:
+        return len(f['labels'])
+
+
+def main():
+    """Generate the folder (unless given), time both converters, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--folder', default=None,
+                        help='existing class-folder root to use instead of generating')
+    parser.add_argument('--n_images', type=int, default=2000)
+    parser.add_argument('--n_classes', type=int, default=10)
+    parser.add_argument('--sizes', type=int, nargs=2, default=[250, 500],
+                        help='range of the generated images\' sides in pixels')
+    parser.add_argument('--res', type=int, default=128)
+    parser.add_argument('--batch_size', type=int, default=256)
+    parser.add_argument('--num_workers', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='runs of each approach, alternating; the best counts')
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.folder
+        if root is None:
+            root = os.path.join(tmp, 'images')
+            start = time.time()
+            make_folder(root, args.n_images, args.n_classes, args.sizes)
+            print(f'generated {args.n_images} JPEGs in {time.time() - start:.1f} s')
+        index = f'I{args.res}_imgs.npz'
+        dset.ImageFolder(root, index_filename=index)  # index built outside the timings
+        outs = {'release': os.path.join(tmp, 'release.hdf5'),
+                'ours': os.path.join(tmp, 'ours.hdf5')}
+        fns = {'release': release_convert, 'ours': ours_convert}
+        best = {}
+        for _ in range(args.repeats):
+            for name in ('release', 'ours'):
+                start = time.time()
+                n = fns[name](root, outs[name], args.res, args.batch_size,
+                              args.num_workers, index)
+                rate = n / (time.time() - start)
+                best[name] = max(best.get(name, 0.0), rate)
+                print(f'{name:8s} {rate:8.1f} images/s')
+        with h5py.File(outs['release'], 'r') as f:
+            a = f['imgs'][:]
+        with h5py.File(outs['ours'], 'r') as f:
+            b = f['imgs'][:]
+    changed = int((a != b).sum())
+    print(f'\n{n} images, {args.res}px, batch {args.batch_size}, '
+          f'{args.num_workers} workers, {os.cpu_count()} CPUs')
+    print(f'release approach: {best["release"]:.1f} images/s')
+    print(f'make_hdf5.py:     {best["ours"]:.1f} images/s '
+          f'({best["ours"] / best["release"]:.2f}x)')
+    print(f'pixel values changed by the release\'s float round trip: {changed} of '
+          f'{a.size} ({100.0 * changed / a.size:.3f}%)')
+
+
+if __name__ == '__main__':
+    main()

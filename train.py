@@ -1,0 +1,158 @@
+"""Train a BigGAN: builds G, D, G_ema, the loaders and loggers, then runs the loop.
+
+    python train.py --dataset S32 --G_ch 32 --D_ch 32 --batch_size 32 ...  (see scripts/)
+"""
+import functools
+import importlib
+import sys
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import train_fns
+import utils
+
+
+def build_models(config, device):
+    """G, D, G_ema (or None) and the ema helper, on device, as the config describes."""
+    model = importlib.import_module(config['model'])
+    G = model.Generator(**config).to(device)
+    D = model.Discriminator(**config).to(device)
+    G_ema, ema = None, None
+    if config['ema']:
+        G_ema = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
+        ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
+    if config['channels_last']:
+        for net in (G, D, G_ema):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+    return model, G, D, G_ema, ema
+
+
+def run(config):
+    config = utils.prepare_config(config)
+    device = torch.device(config['device'])
+    if config['resume']:
+        config['skip_init'] = True  # the checkpoint overwrites every weight anyway
+    utils.seed_rng(config['seed'])
+    utils.prepare_root(config)
+    torch.backends.cudnn.benchmark = True
+    experiment_name = config['experiment_name'] or utils.name_from_config(config)
+
+    # Inception weights and moments are checked before any training, so a missing file
+    # fails now rather than at the first test.
+    get_inception_metrics = None
+    if config['test_every'] > 0:
+        import inception_utils
+        get_inception_metrics = inception_utils.prepare_inception_metrics(
+            config['dataset'], config['parallel'], config['no_fid'],
+            backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
+            device=device, data_root=config['data_root'], kid=config['kid'])
+
+    model, G, D, G_ema, ema = build_models(config, device)
+    GD = model.G_D(G, D)
+    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
+                  'best_IS': 0, 'best_FID': 999999, 'config': config}
+    if config['resume']:
+        utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           config['load_weights'] or None, G_ema if config['ema'] else None)
+    if config['parallel']:
+        GD = nn.DataParallel(GD)
+
+    test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
+                                   reinitialize=not config['resume'])
+    train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
+                               reinitialize=not config['resume'], logstyle=config['logstyle'])
+    utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
+
+    # D consumes batch_size images per accumulation and per D step.
+    D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+    loader = utils.get_data_loaders(**{**config, 'batch_size': D_batch_size,
+                                       'start_itr': state_dict['itr']})[0]
+    if len(loader.dataset) < D_batch_size:
+        raise utils.ConfigError(
+            'the dataset has %d images, fewer than one step needs (batch_size x num_D_steps x '
+            'num_D_accumulations = %d): lower those flags' % (len(loader.dataset), D_batch_size))
+
+    G_batch_size = max(config['G_batch_size'], config['batch_size'])
+    z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
+                               z_var=config['z_var'])
+    # Fixed samples come from their own generator, so they are the same after a resume.
+    fixed = torch.Generator(device).manual_seed(config['seed'])
+    fixed_z = torch.randn(G_batch_size, G.dim_z, device=device, generator=fixed) * config['z_var']
+    fixed_y = torch.randint(0, config['n_classes'], (G_batch_size,), device=device,
+                            generator=fixed)
+    if 'rng' in state_dict:
+        utils.set_rng_state(state_dict.pop('rng'))
+
+    precision = train_fns.Precision(config, device)
+    if config['which_train_fn'] == 'GAN':
+        train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config,
+                                                precision)
+    else:
+        train = train_fns.dummy_training_function()
+    sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
+                               config=config)
+
+    per_epoch = len(loader)
+    for epoch in range(state_dict['epoch'], config['num_epochs']):
+        if not config['use_multiepoch_sampler']:
+            # Batches already done in this epoch (a resumed run starts mid-epoch).
+            done = state_dict['itr'] - epoch * per_epoch
+            done = done if 0 <= done <= per_epoch else 0
+            loader.sampler.set_epoch(epoch, start=done * D_batch_size)
+        if config['pbar'] == 'mine':
+            pbar = utils.progress(loader, displaytype='s1k' if config['use_multiepoch_sampler']
+                                  else 'eta', start=state_dict['itr'] - epoch * per_epoch
+                                  if not config['use_multiepoch_sampler'] else state_dict['itr'])
+        else:
+            pbar = tqdm(loader)
+        for x, y in pbar:
+            if x.shape[0] < D_batch_size:
+                break  # the multi-epoch sampler's last, partial batch
+            state_dict['itr'] += 1
+            G.train()
+            D.train()
+            if config['ema']:
+                G_ema.train()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config['channels_last']:
+                x = x.contiguous(memory_format=torch.channels_last)
+            metrics = train(x, y)
+            train_log.log(itr=int(state_dict['itr']), **metrics)
+            if config['sv_log_interval'] > 0 and not state_dict['itr'] % config['sv_log_interval']:
+                train_log.log(itr=int(state_dict['itr']),
+                              **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
+            pbar.set_postfix(metrics)
+
+            if config['save_every'] > 0 and not state_dict['itr'] % config['save_every']:
+                if config['G_eval_mode']:
+                    G.eval()
+                    if config['ema']:
+                        G_ema.eval()
+                train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict,
+                                          config, experiment_name)
+            if config['test_every'] > 0 and not state_dict['itr'] % config['test_every']:
+                if config['G_eval_mode']:
+                    G.eval()
+                train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
+                               get_inception_metrics, experiment_name, test_log)
+        state_dict['epoch'] += 1
+        if config['use_multiepoch_sampler']:
+            break  # one pass of that sampler covers every epoch
+    return state_dict
+
+
+def main():
+    parser = utils.prepare_parser()
+    config = vars(parser.parse_args())
+    try:
+        run(config)
+    except utils.ConfigError as e:
+        print('error: %s' % e, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()

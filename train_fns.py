@@ -1,0 +1,187 @@
+"""The training step, checkpoint-and-sample, and test, as train.py calls them."""
+import contextlib
+import os
+
+import torch
+
+import losses
+import utils
+
+
+def dummy_training_function():
+    """A no-op step, for testing the loop."""
+    def train(x, y):
+        return {}
+    return train
+
+
+class Precision(object):
+    """autocast and loss scaling for --amp; float32 (both off) when it is empty."""
+
+    def __init__(self, config, device):
+        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config.get('amp'))
+        self.device_type = torch.device(device).type
+        use_scaler = self.dtype == torch.float16
+        self.G_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
+        self.D_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
+        self.skipped = {'G': 0, 'D': 0}
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, scaler, optim, name, before_step=None):
+        """Unscale, run before_step (ortho reg adds to true gradients), step, count skips."""
+        if scaler.is_enabled():
+            scaler.unscale_(optim)
+        if before_step is not None:
+            before_step()
+        if not scaler.is_enabled():
+            optim.step()
+            return
+        scale = scaler.get_scale()
+        scaler.step(optim)
+        scaler.update()
+        # GradScaler lowers the scale exactly when it skipped the step for inf/NaN gradients.
+        self.skipped[name] += int(scaler.get_scale() < scale)
+
+
+def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
+    """Returns train(x, y): num_D_steps D steps, then one G step, then the EMA update.
+
+    x holds batch_size * num_D_steps * num_D_accumulations real images.
+    """
+    precision = precision or Precision(config, config.get('device', 'cpu'))
+    bs = config['batch_size']
+
+    def train(x, y):
+        G.optim.zero_grad()
+        D.optim.zero_grad()
+        x = torch.split(x, bs)
+        y = torch.split(y, bs)
+        counter = 0
+
+        # Update D.
+        if config['toggle_grads']:
+            utils.toggle_grad(D, True)
+            utils.toggle_grad(G, False)
+        for step_index in range(config['num_D_steps']):
+            D.optim.zero_grad()
+            for accumulation_index in range(config['num_D_accumulations']):
+                z_.sample_()
+                y_.sample_()
+                with precision.autocast():
+                    D_fake, D_real = GD(z_[:bs], y_[:bs], x[counter], y[counter],
+                                        train_G=False, split_D=config['split_D'])
+                    D_loss_real, D_loss_fake = losses.discriminator_loss(D_fake.float(),
+                                                                         D_real.float())
+                    D_loss = (D_loss_real + D_loss_fake) / float(config['num_D_accumulations'])
+                precision.D_scaler.scale(D_loss).backward()
+                counter += 1
+            precision.step(precision.D_scaler, D.optim, 'D',
+                           (lambda: utils.ortho(D, config['D_ortho']))
+                           if config['D_ortho'] > 0.0 else None)
+
+        # Update G.
+        if config['toggle_grads']:
+            utils.toggle_grad(D, False)
+            utils.toggle_grad(G, True)
+        G.optim.zero_grad()
+        for accumulation_index in range(config['num_G_accumulations']):
+            z_.sample_()
+            y_.sample_()
+            with precision.autocast():
+                D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'])
+                G_loss = (losses.generator_loss(D_fake.float())
+                          / float(config['num_G_accumulations']))
+            precision.G_scaler.scale(G_loss).backward()
+        # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
+        precision.step(precision.G_scaler, G.optim, 'G',
+                       (lambda: utils.ortho(G, config['G_ortho'],
+                                            blacklist=list(G.shared.parameters())))
+                       if config['G_ortho'] > 0.0 else None)
+
+        # Update G_ema.
+        if config['ema']:
+            ema.update(state_dict['itr'])
+
+        out = {'G_loss': float(G_loss.item()),
+               'D_loss_real': float(D_loss_real.item()),
+               'D_loss_fake': float(D_loss_fake.item())}
+        if precision.G_scaler.is_enabled():
+            out.update(G_skipped_steps=precision.skipped['G'],
+                       D_skipped_steps=precision.skipped['D'])
+        return out
+    return train
+
+
+def which_G(G, G_ema, config):
+    """The generator used for samples and metrics."""
+    return G_ema if config['ema'] and config['use_ema'] else G
+
+
+def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
+                    experiment_name):
+    """Checkpoint (latest plus a rolling copy), then fixed-z, class and interpolation sheets."""
+    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
+                       G_ema if config['ema'] else None)
+    if config['num_save_copies'] > 0:
+        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           'copy%d' % state_dict['save_num'], G_ema if config['ema'] else None)
+        state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
+
+    G_sample = which_G(G, G_ema, config)
+    with utils.sampling_state(G_sample):
+        if config['accumulate_stats']:
+            utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
+                                            config['num_standing_accumulations'])
+        folder = '%s/%s' % (config['samples_root'], experiment_name)
+        os.makedirs(folder, exist_ok=True)
+        fixed_Gz = utils.run_G(G_sample, fixed_z, fixed_y, config['parallel'])
+        utils.save_image(fixed_Gz, '%s/fixed_samples%d.jpg' % (folder, state_dict['itr']),
+                         nrow=int(fixed_Gz.shape[0] ** 0.5))
+        utils.sample_sheet(G_sample,
+                           classes_per_sheet=utils.classes_per_sheet(config),
+                           num_classes=config['n_classes'],
+                           samples_per_class=10, parallel=config['parallel'],
+                           samples_root=config['samples_root'],
+                           experiment_name=experiment_name,
+                           folder_number=state_dict['itr'],
+                           z_=z_)
+        for fix_z, fix_y in zip([False, False, True], [False, True, False]):
+            utils.interp_sheet(G_sample,
+                               num_per_sheet=16,
+                               num_midpoints=8,
+                               num_classes=config['n_classes'],
+                               parallel=config['parallel'],
+                               samples_root=config['samples_root'],
+                               experiment_name=experiment_name,
+                               folder_number=state_dict['itr'],
+                               sheet_number=0,
+                               fix_z=fix_z, fix_y=fix_y)
+
+
+def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
+         experiment_name, test_log):
+    """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line."""
+    G_sample = which_G(G, G_ema, config)
+    with utils.sampling_state(G_sample):
+        if config['accumulate_stats']:
+            utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
+                                            config['num_standing_accumulations'])
+        metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10)
+    IS_mean, IS_std, FID = metrics[:3]
+    extra = metrics[3] if len(metrics) > 3 else {}
+    print('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
+          'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
+    if ((config['which_best'] == 'IS' and IS_mean > state_dict['best_IS'])
+            or (config['which_best'] == 'FID' and FID < state_dict['best_FID'])):
+        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           'best%d' % state_dict['save_best_num'],
+                           G_ema if config['ema'] else None)
+        state_dict['save_best_num'] = (state_dict['save_best_num'] + 1) % config['num_best_copies']
+    state_dict['best_IS'] = max(state_dict['best_IS'], IS_mean)
+    state_dict['best_FID'] = min(state_dict['best_FID'], FID)
+    test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
+                 FID=float(FID), **{k: float(v) for k, v in extra.items()})

@@ -100,11 +100,11 @@ class Generator(nn.Module):
 
     def __init__(self,
                  G_ch=64,                 # Channel width multiplier.
-                 dim_z=128,               # Latent size; rounded down to a multiple of the chunks if hier.
+                 dim_z=128,               # Latent size; with hier, a multiple of the chunks.
                  bottom_width=4,          # Spatial size of the first feature map.
                  resolution=128,          # Output resolution.
                  G_kernel_size=3,         # Unused; kept for the release's signature.
-                 G_attn='64',             # Resolutions with self-attention, '_'-separated; '0' none.
+                 G_attn='64',             # Attention resolutions, '_'-separated; '0' none.
                  n_classes=1000,          # Number of classes.
                  num_G_SVs=1,             # Singular values tracked by SN.
                  num_G_SV_itrs=1,         # Power iterations per forward.
@@ -300,19 +300,25 @@ class G_D(nn.Module):
         self.D = D
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False, split_D=False):
+        # G and D may be DistributedDataParallel wrappers; `.module` is the network inside.
+        G_net = getattr(self.G, 'module', self.G)
         with torch.set_grad_enabled(train_G):
-            G_z = self.G(z, self.G.shared(gy))
+            G_z = self.G(z, G_net.shared(gy))
         if x is not None:
             G_z = G_z.to(x.dtype)
+        # D is not trained in the G step, so it runs outside its DDP wrapper: no gradient sync.
+        D = getattr(self.D, 'module', self.D) if train_G else self.D
         if split_D:
-            D_fake = self.D(G_z, gy)
             if x is not None:
-                return D_fake, self.D(x, dy)
+                # DDP allows one wrapped call per backward: the real pass carries the sync
+                # (both passes' gradients reach it, as they sum before the hooks fire).
+                return getattr(D, 'module', D)(G_z, gy), D(x, dy)
+            D_fake = D(G_z, gy)
             return (D_fake, G_z) if return_G_z else D_fake
         # One D pass over fake then real: D has no batch statistics, so batching them is free.
         D_input = torch.cat([G_z, x], 0) if x is not None else G_z
         D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = self.D(D_input, D_class)
+        D_out = D(D_input, D_class)
         if x is not None:
             return torch.split(D_out, [G_z.shape[0], x.shape[0]])  # D_fake, D_real
         return (D_out, G_z) if return_G_z else D_out

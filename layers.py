@@ -3,12 +3,13 @@
 Spectral norm keeps the release's buffers (`u0..`, `sv0..`) so its checkpoints load as they are;
 class-conditional BN keeps `stored_mean`/`stored_var` for the same reason.
 """
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn import Parameter as P
-
 
 # ----------------------------------------------------------------------------
 # Spectral norm by power iteration.
@@ -132,11 +133,11 @@ class Attention(nn.Module):
 
     def forward(self, x, y=None):
         n, _, h, w = x.shape
-        theta = self.theta(x).reshape(n, self.ch // 8, h * w)                     # (N, C/8, HW)
-        phi = F.max_pool2d(self.phi(x), [2, 2]).reshape(n, self.ch // 8, h * w // 4)  # (N, C/8, HW/4)
-        g = F.max_pool2d(self.g(x), [2, 2]).reshape(n, self.ch // 2, h * w // 4)  # (N, C/2, HW/4)
-        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)                # (N, HW, HW/4)
-        o = torch.bmm(g, beta.transpose(1, 2)).reshape(n, self.ch // 2, h, w)      # (N, C/2, H, W)
+        theta = self.theta(x).reshape(n, self.ch // 8, h * w)                # (N, C/8, HW)
+        phi = F.max_pool2d(self.phi(x), [2, 2]).reshape(n, self.ch // 8, -1)  # (N, C/8, HW/4)
+        g = F.max_pool2d(self.g(x), [2, 2]).reshape(n, self.ch // 2, -1)      # (N, C/2, HW/4)
+        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)           # (N, HW, HW/4)
+        o = torch.bmm(g, beta.transpose(1, 2)).reshape(n, self.ch // 2, h, w) # (N, C/2, H, W)
         return self.gamma * self.o(o) + x
 
 
@@ -154,18 +155,47 @@ def fused_bn(x, mean, var, gain=None, bias=None, eps=1e-5):
     return x * scale - shift
 
 
+_LOCAL_STATS = [False]
+
+
+@contextlib.contextmanager
+def local_batch_stats():
+    """Inside, cross-replica BN uses this process's batch only: for sampling on one rank."""
+    _LOCAL_STATS.append(True)
+    try:
+        yield
+    finally:
+        _LOCAL_STATS.pop()
+
+
 def batch_moments(x, cross_replica=False):
     """Per-channel mean and biased variance of x in float32, over all ranks if cross_replica."""
     float_x = x.float()
     m = torch.mean(float_x, [0, 2, 3], keepdim=True)
     m2 = torch.mean(float_x ** 2, [0, 2, 3], keepdim=True)
-    if cross_replica and dist.is_available() and dist.is_initialized():
+    if (cross_replica and not _LOCAL_STATS[-1] and dist.is_available()
+            and dist.is_initialized()):
         # Averaging E[x] and E[x^2] over equal-sized replicas gives the statistics of the
-        # concatenated batch; the autograd-aware all_reduce makes the gradients match too.
-        import torch.distributed.nn.functional as dist_fn
+        # concatenated batch; AllReduceSum's backward makes the gradients match too.
         world = dist.get_world_size()
-        m, m2 = (t / world for t in dist_fn.all_reduce(torch.cat([m, m2], 0)).chunk(2, 0))
+        m, m2 = (t / world for t in AllReduceSum.apply(torch.cat([m, m2], 0)).chunk(2, 0))
     return m, m2 - m ** 2
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum of every rank's gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def manual_bn(x, gain=None, bias=None, return_mean_var=False, eps=1e-5, cross_replica=False):

@@ -4,6 +4,7 @@
 """
 import functools
 import importlib
+import os
 import sys
 
 import torch
@@ -30,13 +31,30 @@ def build_models(config, device):
     return model, G, D, G_ema, ema
 
 
+def wrap(net, config, world_size, device):
+    """DDP (every rank starts from rank 0's weights; gradients averaged), then torch.compile."""
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == 'cuda' else None)
+    if config['compile']:
+        net = torch.compile(net)
+    return net
+
+
+def finished(state_dict, config):
+    """Whether --total_itrs iterations are done."""
+    return 0 < config['total_itrs'] <= state_dict['itr']
+
+
 def run(config):
     config = utils.prepare_config(config)
-    device = torch.device(config['device'])
+    rank, world_size, device = utils.setup_distributed(config)
+    config['device'] = str(device)
     if config['resume']:
         config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     utils.seed_rng(config['seed'])
-    utils.prepare_root(config)
+    if rank == 0:
+        utils.prepare_root(config)
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
 
@@ -57,19 +75,27 @@ def run(config):
     if config['resume']:
         utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            config['load_weights'] or None, G_ema if config['ema'] else None)
-    if config['parallel']:
+    if world_size > 1 or config['compile']:
+        GD = model.G_D(wrap(G, config, world_size, device), wrap(D, config, world_size, device))
+    if world_size > 1:
+        torch.manual_seed(config['seed'] + rank)  # each rank its own z and y
+    elif config['parallel']:
         GD = nn.DataParallel(GD)
 
-    test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
-                                   reinitialize=not config['resume'])
-    train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
-                               reinitialize=not config['resume'], logstyle=config['logstyle'])
-    utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
+    # Rank 0 keeps the logs; the other ranks log nowhere.
+    test_log = train_log = None
+    if rank == 0:
+        test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
+                                       reinitialize=not config['resume'])
+        train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
+                                   reinitialize=not config['resume'], logstyle=config['logstyle'])
+        utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 
     # D consumes batch_size images per accumulation and per D step.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     loader = utils.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                       'start_itr': state_dict['itr']})[0]
+                                       'start_itr': state_dict['itr'], 'rank': rank,
+                                       'world_size': world_size})[0]
     if len(loader.dataset) < D_batch_size:
         raise utils.ConfigError(
             'the dataset has %d images, fewer than one step needs (batch_size x num_D_steps x '
@@ -105,9 +131,10 @@ def run(config):
         if config['pbar'] == 'mine':
             pbar = utils.progress(loader, displaytype='s1k' if config['use_multiepoch_sampler']
                                   else 'eta', start=state_dict['itr'] - epoch * per_epoch
-                                  if not config['use_multiepoch_sampler'] else state_dict['itr'])
+                                  if not config['use_multiepoch_sampler'] else state_dict['itr'],
+                                  file=None if rank == 0 else open(os.devnull, 'w'))
         else:
-            pbar = tqdm(loader)
+            pbar = tqdm(loader, disable=rank != 0)
         for x, y in pbar:
             if x.shape[0] < D_batch_size:
                 break  # the multi-epoch sampler's last, partial batch
@@ -120,11 +147,13 @@ def run(config):
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)
-            train_log.log(itr=int(state_dict['itr']), **metrics)
-            if config['sv_log_interval'] > 0 and not state_dict['itr'] % config['sv_log_interval']:
-                train_log.log(itr=int(state_dict['itr']),
-                              **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
-            pbar.set_postfix(metrics)
+            if rank == 0:
+                train_log.log(itr=int(state_dict['itr']), **metrics)
+                if (config['sv_log_interval'] > 0
+                        and not state_dict['itr'] % config['sv_log_interval']):
+                    train_log.log(itr=int(state_dict['itr']),
+                                  **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
+                pbar.set_postfix(metrics)
 
             if config['save_every'] > 0 and not state_dict['itr'] % config['save_every']:
                 if config['G_eval_mode']:
@@ -138,9 +167,15 @@ def run(config):
                     G.eval()
                 train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
                                get_inception_metrics, experiment_name, test_log)
+            if finished(state_dict, config):
+                break
+        if finished(state_dict, config):
+            break
         state_dict['epoch'] += 1
         if config['use_multiepoch_sampler']:
             break  # one pass of that sampler covers every epoch
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
     return state_dict
 
 

@@ -66,9 +66,9 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
         if config['toggle_grads']:
             utils.toggle_grad(D, True)
             utils.toggle_grad(G, False)
-        for step_index in range(config['num_D_steps']):
+        for _ in range(config['num_D_steps']):
             D.optim.zero_grad()
-            for accumulation_index in range(config['num_D_accumulations']):
+            for _ in range(config['num_D_accumulations']):
                 z_.sample_()
                 y_.sample_()
                 with precision.autocast():
@@ -88,7 +88,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
             utils.toggle_grad(D, False)
             utils.toggle_grad(G, True)
         G.optim.zero_grad()
-        for accumulation_index in range(config['num_G_accumulations']):
+        for _ in range(config['num_G_accumulations']):
             z_.sample_()
             y_.sample_()
             with precision.autocast():
@@ -123,7 +123,10 @@ def which_G(G, G_ema, config):
 
 def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                     experiment_name):
-    """Checkpoint (latest plus a rolling copy), then fixed-z, class and interpolation sheets."""
+    """Checkpoint (latest plus a rolling copy), then fixed-z, class and interpolation sheets.
+
+    Under DDP every rank calls it (checkpoints gather every rank's RNG); rank 0 writes.
+    """
     utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
                        G_ema if config['ema'] else None)
     if config['num_save_copies'] > 0:
@@ -131,6 +134,8 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                            'copy%d' % state_dict['save_num'], G_ema if config['ema'] else None)
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
 
+    if utils.get_rank() != 0:
+        return
     G_sample = which_G(G, G_ema, config)
     with utils.sampling_state(G_sample):
         if config['accumulate_stats']:

@@ -62,9 +62,9 @@ def prepare_parser():
     parser.add_argument('--D_ch', type=int, default=64,
                         help='Channel multiplier for D (default: %(default)s)')
     parser.add_argument('--G_depth', type=int, default=1,
-                        help='Number of resblocks per stage in G (BigGANdeep) (default: %(default)s)')
+                        help='Resblocks per stage in G (BigGANdeep) (default: %(default)s)')
     parser.add_argument('--D_depth', type=int, default=1,
-                        help='Number of resblocks per stage in D (BigGANdeep) (default: %(default)s)')
+                        help='Resblocks per stage in D (BigGANdeep) (default: %(default)s)')
     parser.add_argument('--D_thin', action='store_false', dest='D_wide', default=True,
                         help='Use the SN-GAN channel pattern for D (stores False into D_wide)')
     parser.add_argument('--G_shared', action='store_true', default=False,
@@ -276,6 +276,8 @@ def prepare_parser():
                         help="Image resolution of a custom dataset; 0 takes the table's")
     parser.add_argument('--n_classes', type=int, default=0,
                         help="Class count of a custom dataset; 0 takes the table's")
+    parser.add_argument('--total_itrs', type=int, default=0,
+                        help='Stop after this many iterations in all; 0 runs num_epochs')
     parser.add_argument('--amp', type=str, default='', choices=['', 'bf16', 'fp16'],
                         help='Mixed precision through torch.autocast; fp16 adds a GradScaler '
                              "(default: '' = float32)")
@@ -654,6 +656,50 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
 
 
 # ----------------------------------------------------------------------------
+# Distributed.
+
+def setup_distributed(config):
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE in the environment).
+
+    Returns (rank, world_size, device): NCCL and one GPU per process on CUDA, Gloo on CPU.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    device = pick_device(config.get('device', ''))
+    if world_size == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if device.type == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return rank, world_size, device
+
+
+def get_rank():
+    """This process's rank; 0 without a process group."""
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size():
+    """Processes in the group; 1 without one."""
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] without a process group."""
+    if get_world_size() == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------
 # EMA and regularisers.
 
 class ema(object):
@@ -694,7 +740,7 @@ def ortho_grad(w, strength, offdiag=True):
 
 
 @torch.no_grad()
-def ortho(model, strength=1e-4, blacklist=[]):
+def ortho(model, strength=1e-4, blacklist=()):
     """BigGAN's modified ortho reg: adds its gradient straight to .grad (no extra backward)."""
     for param in model.parameters():
         if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
@@ -704,7 +750,7 @@ def ortho(model, strength=1e-4, blacklist=[]):
 
 
 @torch.no_grad()
-def default_ortho(model, strength=1e-4, blacklist=[]):
+def default_ortho(model, strength=1e-4, blacklist=()):
     """The classic ortho reg (penalises W W^T - I)."""
     for param in model.parameters():
         if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
@@ -756,25 +802,32 @@ def plain(value):
 
 
 def get_rng_state():
-    """Every RNG training draws from, as tensors and plain data."""
-    state = {'torch': torch.get_rng_state(),
-             'numpy': [plain(x) if not isinstance(x, np.ndarray) else torch.from_numpy(x.copy())
-                       for x in np.random.get_state()],
-             'python': plain(random.getstate())}
+    """Every RNG training draws from, as plain data (lists of numbers)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {'torch': torch.get_rng_state().tolist(),
+             'numpy': [kind, keys.tolist(), pos, has_gauss, cached],
+             'python': [version, list(internal), gauss]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state):
-    """Restore what get_rng_state captured."""
-    torch.set_rng_state(state['torch'])
+    """Restore what get_rng_state captured (from a list of per-rank states, this rank's)."""
+    if isinstance(state, list):
+        if len(state) != get_world_size():
+            print('note: the checkpoint was written by %d process(es), this run has %d: '
+                  'random streams start afresh' % (len(state), get_world_size()))
+            return
+        state = state[get_rank()]
+    torch.set_rng_state(torch.tensor(state['torch'], dtype=torch.uint8))
     kind, keys, pos, has_gauss, cached = state['numpy']
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state['cuda']])
 
 
 def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
@@ -784,9 +837,12 @@ def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
 def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None):
     """Write G, G_optim, D, D_optim, state_dict and G_ema, each atomically.
 
-    state_dict goes last and carries the RNG state and a config of plain data, so the files
-    load with weights_only=True.
+    state_dict goes last and carries every rank's RNG state and a config of plain data, so the
+    files load with weights_only=True. Under DDP every rank calls this; rank 0 writes.
     """
+    rng = all_gather_objects(get_rng_state())
+    if get_rank() != 0:
+        return
     root = '/'.join([weights_root, experiment_name])
     os.makedirs(root, exist_ok=True)
     path = functools.partial(checkpoint_path, weights_root, experiment_name,
@@ -797,7 +853,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     atomic_save(D.optim.state_dict(), path('D_optim'))
     if G_ema is not None:
         atomic_save(G_ema.state_dict(), path('G_ema'))
-    atomic_save({**state_dict, 'config': plain(state_dict['config']), 'rng': get_rng_state()},
+    atomic_save({**state_dict, 'config': plain(state_dict['config']), 'rng': rng},
                 path('state_dict'))
 
 
@@ -1003,7 +1059,8 @@ def sampling_state(*nets):
     saved = [{k: v.clone() for k, v in n.named_buffers()} for n in nets]
     modes = [(n.training, [(m, m.accumulate_standing) for m in n.modules()
                            if hasattr(m, 'accumulate_standing')]) for n in nets]
-    with torch.random.fork_rng(devices=devices):
+    import layers
+    with torch.random.fork_rng(devices=devices), layers.local_batch_stats():
         try:
             yield
         finally:

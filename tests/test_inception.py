@@ -256,6 +256,58 @@ def test_torchvision_state_dict_keys():
     assert tuple(sd['fc.weight'].shape) == (1000, 2048)
 
 
+class _Capture(nn.Module):
+    """Identity layer that records its input."""
+
+    def forward(self, x):
+        """Remember x and pass it on."""
+        self.seen = x
+        return x
+
+
+def _stub_torchvision_net():
+    """Object with Inception3's layer names: identities, a capturing stem."""
+    stub = nn.Module()
+    for name in ('Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'Conv2d_3b_1x1',
+                 'Conv2d_4a_3x3', 'Mixed_5b', 'Mixed_5c', 'Mixed_5d',
+                 'Mixed_6a', 'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e',
+                 'Mixed_7a', 'Mixed_7b', 'Mixed_7c'):
+        setattr(stub, name, nn.Identity())
+    stub.Conv2d_1a_3x3 = _Capture()
+    stub.fc = nn.Linear(3, 4)
+    return stub
+
+
+def test_torchvision_preprocessing_is_the_releases():
+    stub = _stub_torchvision_net()
+    x = torch.rand(2, 3, 20, 20) * 2 - 1
+    iu.WrapInception(stub)(x)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1)
+    expected = torch.nn.functional.interpolate(
+        ((x + 1) / 2 - mean) / std, size=(299, 299), mode='bilinear',
+        align_corners=True)
+    torch.testing.assert_close(stub.Conv2d_1a_3x3.seen, expected)
+
+
+def test_tf_fid_preprocessing_is_pytorch_fids():
+    seen = {}
+
+    def stub(x):
+        seen['x'] = x
+        return x, x
+
+    x = torch.rand(2, 3, 20, 20) * 2 - 1
+    iu.WrapFIDInception(stub)(x)
+    expected = torch.nn.functional.interpolate(
+        x, size=(299, 299), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(seen['x'], expected)
+    # 299x299 inputs pass through untouched.
+    x = torch.rand(1, 3, 299, 299)
+    iu.WrapFIDInception(stub)(x)
+    assert seen['x'] is x
+
+
 def _randomise_bn(net, seed):
     """Give BN running stats non-trivial values so loading them matters."""
     gen = torch.Generator().manual_seed(seed)

@@ -45,14 +45,19 @@ def scipy_fid(mu1, s1, mu2, s2):
                  - 2 * np.trace(covmean).real)
 
 
-def timed(fn, *args, repeats=1):
-    """(result, best seconds over `repeats` calls); best-of damps noise."""
-    best = float('inf')
+def timed_interleaved(fns, args, repeats):
+    """Best time of each fn over `repeats` rounds, the fns alternating.
+
+    On a shared machine the load drifts; alternating the methods within
+    each round and keeping each one's best exposes them to the same load.
+    """
+    results, best = [None] * len(fns), [float('inf')] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return out, best
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[i] = fn(*args)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return results, best
 
 
 def main():
@@ -62,24 +67,23 @@ def main():
     parser.add_argument('--conds', type=float, nargs='+',
                         default=[1e1, 1e3, 1e5])
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--repeats', type=int, default=2,
-                        help='timing runs per method (the best is kept)')
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='timing rounds (each method\'s best is kept)')
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     worst_err, ratios = 0.0, []
-    print(f'dim={args.dim}')
+    print(f'dim={args.dim} repeats={args.repeats} cpus={os.cpu_count()} '
+          f'load average={os.getloadavg()[0]:.1f}')
     for cond in args.conds:
         s1 = random_cov(args.dim, cond, rng)
         s2 = random_cov(args.dim, cond, rng)
         mu1 = rng.standard_normal(args.dim) * 0.1
         mu2 = rng.standard_normal(args.dim) * 0.1
         ref = reference_fid(mu1, s1, mu2, s2)
-        n = args.repeats
-        sp, t_sp = timed(scipy_fid, mu1, s1, mu2, s2, repeats=n)
-        fid_np, t_np = timed(inception_utils.numpy_calculate_frechet_distance,
-                             mu1, s1, mu2, s2, repeats=n)
-        fid_t, t_t = timed(inception_utils.torch_calculate_frechet_distance,
-                           mu1, s1, mu2, s2, repeats=n)
+        (sp, fid_np, fid_t), (t_sp, t_np, t_t) = timed_interleaved(
+            [scipy_fid, inception_utils.numpy_calculate_frechet_distance,
+             inception_utils.torch_calculate_frechet_distance],
+            (mu1, s1, mu2, s2), args.repeats)
         fid_t = float(fid_t)
         err_np = abs(fid_np - ref) / abs(ref)
         err_t = abs(fid_t - ref) / abs(ref)
@@ -89,7 +93,8 @@ def main():
               f'relerr={abs(sp - ref) / abs(ref):.2e} | numpy {t_np:.2f}s '
               f'x{t_sp / t_np:.1f} relerr={err_np:.2e} | torch {t_t:.2f}s '
               f'x{t_sp / t_t:.1f} relerr={err_t:.2e}')
-    print(f'min speed-up vs scipy: {min(ratios):.1f}x; '
+    print(f'load average={os.getloadavg()[0]:.1f}; '
+          f'min speed-up vs scipy: {min(ratios):.1f}x; '
           f'largest relative error: {worst_err:.2e}')
 
 

@@ -1,0 +1,48 @@
+"""Shared fixtures for the core tests: the repo root on sys.path and tiny configs."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import utils  # noqa: E402
+
+# The smallest models the 32px architecture allows, on CPU, with attention off.
+TINY_FLAGS = ['--dataset', 'S32', '--G_ch', '4', '--D_ch', '4', '--batch_size', '4',
+              '--G_attn', '0', '--D_attn', '0', '--dim_z', '8', '--G_shared',
+              '--shared_dim', '8', '--hier', '--device', 'cpu', '--num_workers', '0',
+              '--no_pin_memory']
+
+
+def tiny_config(*extra):
+    """A prepared config for the tiny models, with extra flags parsed after TINY_FLAGS."""
+    args = utils.prepare_parser().parse_args(TINY_FLAGS + list(extra))
+    return utils.prepare_config(vars(args))
+
+
+@pytest.fixture
+def make_config():
+    """tiny_config as a fixture."""
+    return tiny_config
+
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    """One data_root for the session, so S32 is generated (and cached) only once."""
+    root = tmp_path_factory.mktemp('data')
+    import datasets
+    datasets.S32(os.path.join(str(root), utils.DATASETS['S32'].root))
+    return str(root)
+
+
+def run_flags(data_root, out, name, *extra):
+    """Flags for a tiny train.py run on S32 with every root under out."""
+    return TINY_FLAGS + [
+        '--data_root', data_root, '--weights_root', os.path.join(out, 'weights'),
+        '--logs_root', os.path.join(out, 'logs'), '--samples_root', os.path.join(out, 'samples'),
+        '--experiment_name', name, '--shuffle', '--num_D_steps', '1', '--test_every', '0',
+        '--ema', '--use_ema', '--num_epochs', '1000'] + list(extra)

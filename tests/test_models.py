@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from conftest import FIXTURES, tiny_config
 
 import utils
-from conftest import FIXTURES, tiny_config
 
 REFERENCE = ['C10_ema', 'I128_bs256x8', 'I128_SNGAN', 'I128_deep']
 

@@ -866,11 +866,11 @@ def torch_load(path, map_location='cpu'):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def check_shapes(module, loaded, path):
+def check_shapes(module, loaded, path, strict=True):
     """One clear error when a checkpoint does not fit the model built from the flags."""
     own = module.state_dict()
-    missing = [k for k in own if k not in loaded]
-    unexpected = [k for k in loaded if k not in own]
+    missing = [k for k in own if k not in loaded] if strict else []
+    unexpected = [k for k in loaded if k not in own] if strict else []
     wrong = ['%s %s vs %s' % (k, tuple(loaded[k].shape), tuple(own[k].shape))
              for k in own if k in loaded and loaded[k].shape != own[k].shape]
     problems = (['shape mismatch (checkpoint vs config): ' + '; '.join(wrong[:3])] if wrong
@@ -899,8 +899,7 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             loaded[name] = torch_load(path(name))
-            if strict:
-                check_shapes(net, loaded[name], path(name))
+            check_shapes(net, loaded[name], path(name), strict)
         if net is not None and load_optim and name != 'G_ema':
             loaded[name + '_optim'] = torch_load(path(name + '_optim'))
     saved = torch_load(path('state_dict'))

@@ -36,6 +36,10 @@ _S32_SUPER = 2
 _S32_BLOCK = 1000
 
 
+class DatasetError(ValueError):
+    """A dataset on disk that cannot be used as it is; the message says what to do."""
+
+
 def _hsv_to_rgb(h, s, v):
     """Vectorised HSV -> RGB for arrays of equal shape, all in [0, 1]."""
     i = np.floor(h * 6.0).astype(np.int64) % 6
@@ -258,27 +262,27 @@ def _nested_image_dirs(class_dir):
 
 
 def check_layout(root, classes, samples, n_classes=None):
-    """Raise ValueError with one clear line when root is not root/<class>/<image>."""
+    """Raise DatasetError with one clear line when root is not root/<class>/<image>."""
     if not classes:
         top = [f for f in os.listdir(root) if is_image_file(f)]
         if top:
-            raise ValueError(
+            raise DatasetError(
                 f'{root} holds {len(top)} images but no class subfolders: put '
                 f'each class in its own folder ({root}/<class>/<image>)')
-        raise ValueError(f'no class folders and no images found in {root}')
+        raise DatasetError(f'no class folders and no images found in {root}')
     if not samples:
-        raise ValueError(f'no images ({", ".join(IMG_EXTENSIONS)}) found under '
+        raise DatasetError(f'no images ({", ".join(IMG_EXTENSIONS)}) found under '
                          f'the class folders of {root}')
     if len(classes) == 1 or (n_classes is not None and len(classes) != n_classes):
         direct, nested = _nested_image_dirs(os.path.join(root, classes[0]))
         if len(classes) == 1 and not direct and len(nested) > 1:
-            raise ValueError(
+            raise DatasetError(
                 f'images are one level too deep: {root} has a single class '
                 f'folder {classes[0]!r} whose {len(nested)} subfolders hold the '
                 f'images; point the data root at '
                 f'{os.path.join(root, classes[0])} instead')
     if n_classes is not None and len(classes) != n_classes:
-        raise ValueError(
+        raise DatasetError(
             f'found {len(classes)} class folders in {root} but the dataset has '
             f'{n_classes} classes; fix the folder layout or pass the right '
             f'class count')
@@ -444,7 +448,7 @@ class CIFAR10(torchvision.datasets.CIFAR10):
             raise FileNotFoundError(
                 f'{self.base_folder} not found or incomplete at '
                 f'{os.path.join(root, self.base_folder)}: put the extracted '
-                f'python version of the dataset there, or allow downloading')
+                f'python version of the dataset there, or pass --download')
         super().__init__(root, train=train, transform=transform,
                          target_transform=target_transform, download=download)
         labels = np.asarray(self.targets, dtype=np.int64)

@@ -184,7 +184,7 @@ def main():
     config = vars(parser.parse_args())
     try:
         run(config)
-    except utils.ConfigError as e:
+    except utils.user_errors() as e:
         print('error: %s' % e, file=sys.stderr)
         sys.exit(2)
 

@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """Bad input from the user: entry points print its one-line message and exit non-zero."""
 
 
+def user_errors():
+    """The exception types entry points report as one line (bad flags, files, data)."""
+    import datasets
+    import inception_utils
+    return (ConfigError, FileNotFoundError, datasets.DatasetError,
+            inception_utils.InceptionWeightsError, inception_utils.InceptionMomentsError)
+
+
 # ----------------------------------------------------------------------------
 # Arguments.
 
@@ -272,6 +280,8 @@ def prepare_parser():
     parser.add_argument('--dataset_root', type=str, default='',
                         help='Image folder or HDF5 file of a dataset not in the table '
                              '(with --resolution and --n_classes)')
+    parser.add_argument('--download', action='store_true', default=False,
+                        help='Let torchvision download CIFAR when its files are missing')
     parser.add_argument('--resolution', type=int, default=0,
                         help="Image resolution of a custom dataset; 0 takes the table's")
     parser.add_argument('--n_classes', type=int, default=0,
@@ -532,7 +542,7 @@ def dataset_source(config):
 
 
 def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, resolution=0,
-                n_classes=0, dataset_root='', **kwargs):
+                n_classes=0, dataset_root='', download=False, **kwargs):
     """The training set with the release's transforms, values in [-1, 1]."""
     config = {'dataset': dataset, 'data_root': data_root, 'dataset_root': dataset_root}
     which_dataset, root = dataset_source(config)
@@ -554,6 +564,8 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
     ds_kwargs = {'index_filename': '%s_imgs.npz' % dataset}
     if n_classes and which_dataset.__name__ == 'ImageFolder':
         ds_kwargs['n_classes'] = n_classes
+    if download:
+        ds_kwargs['download'] = True
     return which_dataset(root=root, transform=train_transform, load_in_mem=load_in_mem,
                          **ds_kwargs)
 

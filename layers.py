@@ -66,7 +66,7 @@ class SN(object):
 
     def W_(self):
         """The normalised weight; u vectors and logged svs update only in training mode."""
-        W_mat = self.weight.view(self.weight.size(0), -1)
+        W_mat = self.weight.reshape(self.weight.size(0), -1)  # reshape: channels_last weights
         if self.transpose:
             W_mat = W_mat.t()
         # The power iteration runs in float32 even under autocast: it is numerically delicate.

@@ -155,18 +155,19 @@ def run(config):
                                   **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
                 pbar.set_postfix(metrics)
 
-            if config['save_every'] > 0 and not state_dict['itr'] % config['save_every']:
-                if config['G_eval_mode']:
-                    G.eval()
-                    if config['ema']:
-                        G_ema.eval()
-                train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict,
-                                          config, experiment_name)
-            if config['test_every'] > 0 and not state_dict['itr'] % config['test_every']:
-                if config['G_eval_mode']:
-                    G.eval()
+            testing = config['test_every'] > 0 and not state_dict['itr'] % config['test_every']
+            saving = config['save_every'] > 0 and not state_dict['itr'] % config['save_every']
+            if (testing or saving) and config['G_eval_mode']:
+                for net in (G, G_ema):
+                    if net is not None:
+                        net.eval()
+            if testing:
+                # Test before saving, so a checkpoint of this iteration holds the result.
                 train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
                                get_inception_metrics, experiment_name, test_log)
+            if saving:
+                train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict,
+                                          config, experiment_name)
             if finished(state_dict, config):
                 break
         if finished(state_dict, config):

@@ -127,12 +127,16 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
 
     Under DDP every rank calls it (checkpoints gather every rank's RNG); rank 0 writes.
     """
+    # The slot advances before writing, so the saved save_num names the *next* copy slot and a
+    # resumed run keeps rotating (the release saved the old number and overwrote its newest copy).
+    slot = state_dict['save_num']
+    if config['num_save_copies'] > 0:
+        state_dict['save_num'] = (slot + 1) % config['num_save_copies']
     utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
                        G_ema if config['ema'] else None)
     if config['num_save_copies'] > 0:
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           'copy%d' % state_dict['save_num'], G_ema if config['ema'] else None)
-        state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
+                           'copy%d' % slot, G_ema if config['ema'] else None)
 
     if utils.get_rank() != 0:
         return
@@ -180,13 +184,15 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     extra = metrics[3] if len(metrics) > 3 else {}
     print('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
           'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
-    if ((config['which_best'] == 'IS' and IS_mean > state_dict['best_IS'])
-            or (config['which_best'] == 'FID' and FID < state_dict['best_FID'])):
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           'best%d' % state_dict['save_best_num'],
-                           G_ema if config['ema'] else None)
-        state_dict['save_best_num'] = (state_dict['save_best_num'] + 1) % config['num_best_copies']
+    improved = ((config['which_best'] == 'IS' and IS_mean > state_dict['best_IS'])
+                or (config['which_best'] == 'FID' and FID < state_dict['best_FID']))
+    # State advances before the write, so the best copy (and any later checkpoint) carries it.
     state_dict['best_IS'] = max(state_dict['best_IS'], IS_mean)
     state_dict['best_FID'] = min(state_dict['best_FID'], FID)
+    if improved and config['num_best_copies'] > 0:
+        slot = state_dict['save_best_num']
+        state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
+        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           'best%d' % slot, G_ema if config['ema'] else None)
     test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
                  FID=float(FID), **{k: float(v) for k, v in extra.items()})

@@ -757,7 +757,7 @@ def ortho(model, strength=1e-4, blacklist=()):
     for param in model.parameters():
         if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
             continue
-        w = param.view(param.shape[0], -1)
+        w = param.reshape(param.shape[0], -1)  # channels_last weights too
         param.grad += ortho_grad(w, strength).view(param.shape)
 
 
@@ -767,7 +767,7 @@ def default_ortho(model, strength=1e-4, blacklist=()):
     for param in model.parameters():
         if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
             continue
-        w = param.view(param.shape[0], -1)
+        w = param.reshape(param.shape[0], -1)
         param.grad += ortho_grad(w, strength, offdiag=False).view(param.shape)
 
 

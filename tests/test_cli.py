@@ -1,0 +1,204 @@
+"""The command line: the release's flags and scripts parse unchanged; bad input gets one clear
+line on stderr, a non-zero exit and untouched checkpoints."""
+import argparse
+import ast
+import csv
+import glob
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_models import tiny_models
+
+import utils
+from conftest import FIXTURES, ROOT, TINY_FLAGS, tiny_config
+
+ACTIONS = {'Store': argparse._StoreAction, 'StoreTrue': argparse._StoreTrueAction,
+           'StoreFalse': argparse._StoreFalseAction}
+
+
+def read_tsv(name):
+    with open(os.path.join(FIXTURES, name), newline='') as f:
+        return list(csv.DictReader(f, delimiter='\t'))
+
+
+def train_parser():
+    return utils.prepare_parser()
+
+
+def sample_parser():
+    return utils.add_sample_parser(utils.prepare_parser())
+
+
+def entry_parser(entry):
+    """The parser of an entry point, by script file name."""
+    if entry == 'train.py':
+        return train_parser()
+    if entry == 'sample.py':
+        return sample_parser()
+    module = __import__(entry[:-3])  # make_hdf5.py, calculate_inception_moments.py
+    return module.prepare_parser()
+
+
+@pytest.mark.parametrize('row', read_tsv('flags.tsv'), ids=lambda r: r['flag'])
+def test_release_flag(row):
+    """Each release flag exists with the same dest, action kind, type and default."""
+    train_actions = train_parser()._option_string_actions
+    actions = sample_parser()._option_string_actions
+    action = actions[row['flag']]
+    assert action.dest == row['dest']
+    assert type(action) is ACTIONS[row['action']]
+    assert action.default == ast.literal_eval(row['default'])
+    if row['type'] != '-':
+        assert action.type.__name__ == row['type']
+    assert (row['flag'] in train_actions) == (row['parser'] == 'train+sample')
+
+
+def test_surprising_flags():
+    """--no_pin_memory and --D_thin store False; --no_toggle_grads switches toggling off."""
+    p = train_parser()
+    default = p.parse_args([])
+    assert default.pin_memory is True and default.D_wide is True
+    assert default.toggle_grads is True and default.device == ''
+    args = p.parse_args(['--no_pin_memory', '--D_thin', '--no_toggle_grads'])
+    assert args.pin_memory is False and args.D_wide is False and args.toggle_grads is False
+    assert p.parse_args(['--toggle_grads']).toggle_grads is True
+
+
+def split_commands(entries, args):
+    """The release_scripts.tsv row as [(entry, [args])]."""
+    return [(e.strip(), shlex.split(a)) for e, a in zip(entries.split(';'), args.split(';'))]
+
+
+@pytest.mark.parametrize('row', read_tsv('release_scripts.tsv'), ids=lambda r: r['script'])
+def test_release_script_args_parse(row):
+    """Every release script's arguments parse with its entry point's parser."""
+    for entry, args in split_commands(row['entry'], row['args']):
+        entry_parser(entry).parse_args(args)
+
+
+STUB = r"""#!/bin/bash
+# Stands in for python: records its arguments (and CUDA_VISIBLE_DEVICES), runs nothing.
+{ printf '%s\x1f' "${CUDA_VISIBLE_DEVICES+CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES}" "$@"
+  printf '\x1e'; } >> "$STUB_LOG"
+prev=""
+for a in "$@"; do  # a demo looks for the sheets a run leaves: pretend there are some
+  if [ "$prev" = --experiment_name ]; then mkdir -p "samples/$a/1"; fi
+  prev=$a
+done
+"""
+
+
+def script_commands(path, tmp_path):
+    """[(env, entry, args)] for each python command a shell script runs, found by running it
+    with a stub `python` first on PATH (so bash itself expands variables and arrays)."""
+    stub_dir, work = tmp_path / 'bin', tmp_path / 'work'
+    stub_dir.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    for name in ['python', 'python3']:
+        (stub_dir / name).write_text(STUB)
+        (stub_dir / name).chmod(0o755)
+    (work / 'sample.py').write_text('')
+    log = tmp_path / 'calls.log'
+    log.write_text('')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('CUDA_VISIBLE_DEVICES', 'PYTHON')}
+    env.update(PATH='%s:%s' % (stub_dir, env['PATH']), STUB_LOG=str(log))
+    proc = subprocess.run(['bash', path], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    commands = []
+    for record in log.read_text().split('\x1e')[:-1]:
+        env_var, entry, *args = record.split('\x1f')[:-1]
+        commands.append((env_var, entry, args))
+    return commands
+
+
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'scripts', '**', '*.sh'), recursive=True))
+
+
+@pytest.mark.parametrize('path', SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_script_file_parses(path, tmp_path):
+    """Every python command a scripts/*.sh runs parses with its entry point's parser."""
+    commands = script_commands(path, tmp_path)
+    assert commands, 'no python command found'
+    for _, entry, args in commands:
+        entry_parser(entry).parse_args(args)
+
+
+@pytest.mark.parametrize('row', read_tsv('release_scripts.tsv'), ids=lambda r: r['script'])
+def test_release_script_present_unchanged(row, tmp_path):
+    """scripts/ holds every release script with the release's environment and arguments."""
+    path = os.path.join(ROOT, 'scripts', row['script'])
+    assert os.path.exists(path), row['script']
+    commands = script_commands(path, tmp_path)
+    expected = split_commands(row['entry'], row['args'])
+    assert [(e, a) for _, e, a in commands] == expected
+    assert all(env == row['env'] for env, _, _ in commands)
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+
+def run_train(*args):
+    """python train.py args in a subprocess: (exit code, stderr lines)."""
+    proc = subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def roots(tmp_path):
+    return ['--weights_root', str(tmp_path / 'weights'), '--logs_root', str(tmp_path / 'logs'),
+            '--samples_root', str(tmp_path / 'samples'), '--data_root', str(tmp_path / 'data'),
+            '--experiment_name', 'exp', '--test_every', '0']
+
+
+def digest(folder):
+    """{file: sha256} of every file under folder."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(base, name), 'rb') as f:
+                out[os.path.relpath(os.path.join(base, name), folder)] = hashlib.sha256(
+                    f.read()).hexdigest()
+    return out
+
+
+def test_unknown_dataset(tmp_path):
+    """An unknown dataset exits non-zero with one stderr line naming it."""
+    code, err = run_train('--dataset', 'NOPE32', '--device', 'cpu', *roots(tmp_path))
+    assert code != 0
+    assert len(err) == 1 and 'NOPE32' in err[0], err
+
+
+def test_resume_without_checkpoint(tmp_path):
+    """--resume with nothing to resume exits non-zero with one line, writing no weights."""
+    code, err = run_train(*TINY_FLAGS, *roots(tmp_path), '--resume')
+    assert code != 0
+    assert len(err) == 1 and 'checkpoint' in err[0] and 'exp' in err[0], err
+    assert not glob.glob(str(tmp_path / 'weights' / '**' / '*.pth'), recursive=True)
+
+
+def test_mismatched_checkpoint(tmp_path):
+    """A checkpoint of another shape exits non-zero naming the first bad key; files unchanged."""
+    config = tiny_config('--ema')
+    G, D, G_ema = tiny_models(config, seed=0)
+    state = {'itr': 2, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+             'best_FID': 999999, 'config': config}
+    utils.save_weights(G, D, state, str(tmp_path / 'weights'), 'exp', None, G_ema)
+    before = digest(tmp_path / 'weights')
+
+    # The first key, in the new G's order, whose shape differs from the file's.
+    import BigGAN
+    wide = BigGAN.Generator(**tiny_config('--G_ch', '8', '--ema', '--skip_init'))
+    saved = torch.load(tmp_path / 'weights' / 'exp' / 'G.pth', weights_only=True)
+    first = next(k for k, v in wide.state_dict().items() if saved[k].shape != v.shape)
+
+    code, err = run_train(*TINY_FLAGS, *roots(tmp_path), '--ema', '--G_ch', '8', '--resume')
+    assert code != 0
+    assert len(err) == 1 and first in err[0], err
+    assert digest(tmp_path / 'weights') == before

@@ -1,0 +1,173 @@
+"""train.py end to end on S32: the files a run writes, bit-exact resume, atomic saves."""
+import math
+import os
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from test_models import tiny_models
+
+import train
+import utils
+from conftest import run_flags, tiny_config
+
+NAME = 'exp'
+FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
+
+
+def train_run(data_root, out, *extra):
+    """train.run in-process with the tiny S32 flags; returns its final state_dict."""
+    flags = run_flags(data_root, str(out), NAME, '--save_every', '3', '--sv_log_interval', '1',
+                      *extra)
+    return train.run(vars(utils.prepare_parser().parse_args(flags)))
+
+
+@pytest.fixture(scope='module')
+def run3(data_root, tmp_path_factory):
+    """A 3-iteration run, saving at 3."""
+    out = tmp_path_factory.mktemp('run3')
+    state = train_run(data_root, out, '--total_itrs', '3')
+    return out, state
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_run_writes_weights(run3):
+    """Weights, optimizers, state_dict and G_ema are written, plus their _copy0 versions."""
+    out, state = run3
+    assert state['itr'] == 3
+    folder = out / 'weights' / NAME
+    expected = {f + s + '.pth' for f in FILES for s in ['', '_copy0']}
+    assert set(os.listdir(folder)) == expected
+    saved = load(folder / 'state_dict.pth')
+    assert saved['itr'] == 3 and saved['save_num'] == 1 and saved['config']['G_ch'] == 4
+    for key in ['epoch', 'save_best_num', 'best_IS', 'best_FID']:
+        assert key in saved
+    for f in FILES:
+        a, b = load(folder / (f + '.pth')), load(folder / (f + '_copy0.pth'))
+        if f in ('G', 'D', 'G_ema'):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_writes_logs(run3):
+    """Loss logs hold one `itr: value` line per iteration; SV logs and metalog.txt exist."""
+    out, _ = run3
+    folder = out / 'logs' / NAME
+    for metric in ['G_loss', 'D_loss_real', 'D_loss_fake']:
+        lines = (folder / (metric + '.log')).read_text().splitlines()
+        assert [int(line.split(':')[0]) for line in lines] == [1, 2, 3]
+        assert all(re.fullmatch(r'\d+: [-+0-9.e]+', line) for line in lines), lines
+        assert all(math.isfinite(float(line.split(': ')[1])) for line in lines)
+    G = load(out / 'weights' / NAME / 'G.pth')
+    D = load(out / 'weights' / NAME / 'D.pth')
+    svs = [('G_' + k).replace('.', '_') for k in G if 'sv' in k]
+    svs += [('D_' + k).replace('.', '_') for k in D if 'sv' in k]
+    assert len(svs) > 10
+    for sv in svs:
+        lines = (folder / (sv + '.log')).read_text().splitlines()
+        assert len(lines) == 3 and lines[0].startswith('1: ')
+    text = (folder / 'metalog.txt').read_text()
+    assert 'config' in text and "'G_ch': 4" in text
+
+
+def test_run_writes_samples(run3):
+    """Fixed-z, class and interpolation sheets are valid JPEGs of the expected grid size."""
+    out, _ = run3
+    folder = out / 'samples' / NAME
+    with Image.open(folder / 'fixed_samples3.jpg') as im:
+        assert im.format == 'JPEG'
+    with Image.open(folder / '3' / 'samples0.jpg') as im:
+        # 10 classes (rows) x 10 samples (columns) of 32px with torchvision's 2px padding.
+        assert im.size == (10 * 34 + 2, 10 * 34 + 2)
+    for style in ['Z', 'Y', 'ZY']:
+        with Image.open(folder / '3' / ('interp%s0.jpg' % style)) as im:
+            assert im.size == (10 * 34 + 2, 16 * 34 + 2)  # 16 rows of 8 midpoints + 2 ends
+
+
+def assert_same(a, b, where=''):
+    """Recursive exact equality of loaded checkpoint objects."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], '%s.%s' % (where, k))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, '%s[%d]' % (where, i))
+    else:
+        assert a == b, where
+
+
+def test_resume_is_bit_exact(run3, data_root, tmp_path):
+    """3 iterations + --resume + 3 more equal 6 uninterrupted ones, bit for bit."""
+    out3, _ = run3
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(out3, resumed)
+    state = train_run(data_root, resumed, '--total_itrs', '6', '--resume')
+    assert state['itr'] == 6
+    full = tmp_path / 'full'
+    train_run(data_root, full, '--total_itrs', '6')
+    for f in FILES:
+        a = load(full / 'weights' / NAME / (f + '.pth'))
+        b = load(resumed / 'weights' / NAME / (f + '.pth'))
+        if f == 'state_dict':
+            a.pop('config')
+            b.pop('config')
+            b.pop('saved_config', None)
+        assert_same(a, b, f)
+    for metric in ['G_loss', 'D_loss_real', 'D_loss_fake']:
+        log = 'logs/%s/%s.log' % (NAME, metric)
+        assert (full / log).read_text() == (resumed / log).read_text()
+
+
+# ----------------------------------------------------------------------------
+# Atomic saves.
+
+@pytest.mark.parametrize('crash_at', [0, 2, 5])
+def test_atomic_save_survives_crash(tmp_path, monkeypatch, crash_at):
+    """A write dying mid-file leaves every checkpoint file whole: old or new, never torn."""
+    config = tiny_config('--ema')
+    G, D, G_ema = tiny_models(config, seed=1)
+    state = {'itr': 1, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+             'best_FID': 999999, 'config': config}
+    utils.save_weights(G, D, state, str(tmp_path), NAME, None, G_ema)
+    folder = tmp_path / NAME
+    old = {f: (folder / (f + '.pth')).read_bytes() for f in FILES}
+
+    for net in (G, D):
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        net.optim.step()
+    state['itr'] = 2
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls.append(obj)
+        if len(calls) - 1 == crash_at:
+            f.write(b'\0' * 4096)  # half a file, then the "kill"
+            raise OSError('simulated crash')
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(OSError, match='simulated crash'):
+        utils.save_weights(G, D, state, str(tmp_path), NAME, None, G_ema)
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(folder)) == sorted(f + '.pth' for f in FILES)  # no temp files
+    order = ['G', 'G_optim', 'D', 'D_optim', 'G_ema', 'state_dict']
+    for i, f in enumerate(order):
+        data = load(folder / (f + '.pth'))
+        if i >= crash_at:
+            assert (folder / (f + '.pth')).read_bytes() == old[f], f
+        elif f in ('G', 'D'):
+            net = G if f == 'G' else D
+            assert_same(data, net.state_dict(), f)
+    G2, D2, G_ema2 = tiny_models(config, seed=3)
+    loaded = {'itr': 0}
+    utils.load_weights(G2, D2, loaded, str(tmp_path), NAME, G_ema=G_ema2)
+    assert loaded['itr'] == 1

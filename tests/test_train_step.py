@@ -1,0 +1,195 @@
+"""train_fns.GAN_training_function's semantics, and the z_/y_ latents it draws from."""
+import importlib
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+from test_layers import penalty_grad
+
+import train_fns
+import utils
+from conftest import tiny_config
+
+
+def build(config, seed=0):
+    """G, D and G_D for config, seeded so two calls give identical models."""
+    model = importlib.import_module(config['model'])
+    torch.manual_seed(seed)
+    G, D = model.Generator(**config), model.Discriminator(**config)
+    return G, D, model.G_D(G, D)
+
+
+def scripted(chunks):
+    """A latent buffer whose sample_() copies in the next of the given tensors, cyclically."""
+    buf = chunks[0].clone()
+    source = itertools.cycle(chunks)
+    buf.sample_ = lambda: buf.copy_(next(source))
+    return buf
+
+
+def record_steps(net, log):
+    """Wrap net.optim.step to log (grads, params, requires_grad of G and D) before stepping."""
+    step = net.optim.step
+
+    def wrapped(*args, **kwargs):
+        log.append({n: (p.grad.clone() if p.grad is not None else None, p.detach().clone())
+                    for n, p in net.named_parameters()})
+        return step(*args, **kwargs)
+    net.optim.step = wrapped
+
+
+class CountingGD(nn.Module):
+    """G_D that records how it is called."""
+
+    def __init__(self, GD):
+        super().__init__()
+        self.GD, self.calls = GD, []
+
+    def forward(self, z, gy, x=None, dy=None, **kwargs):
+        self.calls.append((kwargs.get('train_G'), x, len(z)))
+        return self.GD(z, gy, x, dy, **kwargs)
+
+
+def latents(n, dim_z, n_classes, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, dim_z, generator=g), torch.randint(0, n_classes, (n,), generator=g),
+            torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, n_classes, (n,), generator=g))
+
+
+@pytest.mark.parametrize('split', [False, True], ids=['concat', 'split_D'])
+def test_D_accumulation_equals_big_batch(split):
+    """2 accumulations of B give D the gradient of one step on 2B (same z, y, x; u frozen)."""
+    extra = ['--split_D'] if split else []
+    acc_cfg = tiny_config('--num_D_steps', '1', '--num_D_accumulations', '2', *extra)
+    big_cfg = tiny_config('--num_D_steps', '1', '--batch_size', '8', *extra)
+    B = acc_cfg['batch_size']
+    grads = []
+    for config, parts in [(acc_cfg, 2), (big_cfg, 1)]:
+        G, D, GD = build(config)
+        dim_z = G.dim_z
+        Z, Y, X, XY = latents(2 * B, dim_z, config['n_classes'])
+        # Eval mode: SN's u stays put and G's BN uses stored stats, so each sample's D output
+        # does not depend on how the batch is cut.
+        G.eval()
+        D.eval()
+        log = []
+        record_steps(D, log)
+        z_, y_ = scripted(list(Z.chunk(parts))), scripted(list(Y.chunk(parts)))
+        train = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, config)
+        train(X, XY)
+        assert len(log) == 1
+        grads.append({n: g for n, (g, _) in log[0].items()})
+    assert sum(float(g.abs().sum()) for g in grads[0].values()) > 0
+    for name, big in grads[1].items():
+        # Float sums in another order: compare to the tensor's scale (a factor 2 would show).
+        scale = float(big.abs().max())
+        torch.testing.assert_close(grads[0][name], big, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize('toggle', [True, False], ids=['toggle', 'no_toggle'])
+def test_training_function_semantics(toggle):
+    """D steps, accumulations, real chunks, toggled grads and the returned floats."""
+    extra = [] if toggle else ['--no_toggle_grads']
+    config = tiny_config('--num_D_steps', '3', '--num_D_accumulations', '2',
+                         '--num_G_accumulations', '2', *extra)
+    assert config['toggle_grads'] is toggle
+    G, D, GD = build(config)
+    counting = CountingGD(GD)
+    z_, y_ = utils.prepare_z_y(config['batch_size'], G.dim_z, config['n_classes'])
+    seen = {'D': [], 'G': []}
+    for name, net in [('D', D), ('G', G)]:
+        step = net.optim.step
+
+        def wrapped(*args, _step=step, _name=name, **kwargs):
+            seen[_name].append(([p.requires_grad for p in D.parameters()],
+                                [p.requires_grad for p in G.parameters()]))
+            return _step(*args, **kwargs)
+        net.optim.step = wrapped
+    X = torch.randn(4 * 3 * 2, 3, 32, 32)
+    Y = torch.randint(0, 10, (24,))
+    train = train_fns.GAN_training_function(G, D, counting, z_, y_, None, {'itr': 1}, config)
+    out = train(X, Y)
+
+    assert len(seen['D']) == 3 and len(seen['G']) == 1
+    d_calls = [c for c in counting.calls if not c[0]]
+    g_calls = [c for c in counting.calls if c[0]]
+    assert len(d_calls) == 6 and len(g_calls) == 2 and counting.calls[-2:] == g_calls
+    for i, (_, x, n) in enumerate(d_calls):
+        assert n == 4 and torch.equal(x, X[4 * i:4 * (i + 1)])  # real chunk `counter`
+    assert all(x is None for _, x, _ in g_calls)
+    for d_flags, g_flags in seen['D']:
+        assert all(d_flags) and all(g_flags) != toggle
+        assert all(g_flags) or not any(g_flags)
+    d_flags, g_flags = seen['G'][0]
+    assert all(g_flags) and all(d_flags) != toggle
+    assert set(out) == {'G_loss', 'D_loss_real', 'D_loss_fake'}
+    assert all(type(v) is float for v in out.values())
+
+
+def test_G_ortho_skips_shared_embedding():
+    """G ortho reg adds strength x penalty gradient to every matrix of G but G.shared's."""
+    strength = 0.3
+    grads = []
+    for ortho in ['0.0', str(strength)]:
+        config = tiny_config('--num_D_steps', '1', '--G_ortho', ortho)
+        G, D, GD = build(config)
+        Z, Y, _, _ = latents(4, G.dim_z, 10)
+        log = []
+        record_steps(G, log)
+        train = train_fns.GAN_training_function(G, D, GD, scripted([Z]), scripted([Y]), None,
+                                                {'itr': 1}, config)
+        train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+        grads.append(log[0])
+    (plain, _), (reg, _) = grads[0]['shared.weight'], grads[1]['shared.weight']
+    assert torch.equal(plain, reg)
+    checked = 0
+    for name, (g_reg, w) in grads[1].items():
+        g_plain = grads[0][name][0]
+        if w.dim() < 2 or name == 'shared.weight':
+            assert torch.equal(g_reg, g_plain), name
+            continue
+        torch.testing.assert_close(g_reg - g_plain, strength * penalty_grad(w, True),
+                                   rtol=1e-4, atol=1e-6, msg=name)
+        checked += 1
+    assert checked >= 5
+
+
+def test_ema_updated_with_iteration_number():
+    """The step calls ema.update with state_dict['itr'] when --ema is on."""
+    config = tiny_config('--num_D_steps', '1', '--ema')
+    G, D, GD = build(config)
+    calls = []
+
+    class FakeEMA:
+        def update(self, itr=None):
+            calls.append(itr)
+    z_, y_ = utils.prepare_z_y(4, G.dim_z, 10)
+    train = train_fns.GAN_training_function(G, D, GD, z_, y_, FakeEMA(), {'itr': 17}, config)
+    train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert calls == [17]
+
+
+# ----------------------------------------------------------------------------
+# Latents.
+
+def test_prepare_z_y_sample_in_place():
+    """z_.sample_() refills in place with std z_var; y_.sample_() draws every class in range."""
+    z_, y_ = utils.prepare_z_y(4096, 8, 10, device='cpu', z_var=0.5)
+    ptr, old = z_.data_ptr(), z_.clone()
+    z_.sample_()
+    assert z_.data_ptr() == ptr and not torch.equal(z_, old)
+    assert float(z_.std()) == pytest.approx(0.5, abs=0.01)
+    assert abs(float(z_.mean())) < 0.01
+    y_.sample_()
+    assert y_.dtype == torch.int64 and y_.shape == (4096,)
+    assert int(y_.min()) == 0 and int(y_.max()) == 9
+    assert len(torch.unique(y_)) == 10
+
+
+def test_latents_stay_plain_tensors():
+    """z_, y_, their slices and results are plain torch.Tensor (no subclass leak)."""
+    z_, y_ = utils.prepare_z_y(6, 4, 3)
+    for t in [z_, y_, z_[:2], y_[:2], z_ * 2, z_ + z_, torch.cat([z_, z_]), z_.view(-1)]:
+        assert type(t) is torch.Tensor
+    assert z_.shape == (6, 4) and z_.dtype == torch.float32

@@ -12,6 +12,7 @@ Example:
 """
 import argparse
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,15 @@ def prepare_parser():
         '--device', type=str, default=None,
         help='Device to run on (default: cuda if available, else cpu)')
     parser.add_argument(
+        '--dataset_root', type=str, default='',
+        help='Image folder or HDF5 file of a dataset not in the table')
+    parser.add_argument(
+        '--resolution', type=int, default=0,
+        help="Image resolution of a custom dataset; 0 takes the table's")
+    parser.add_argument(
+        '--n_classes', type=int, default=0,
+        help="Class count of a custom dataset; 0 takes the table's")
+    parser.add_argument(
         '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
         help='Real pool features stored for KID; 0 stores none '
              '(default: %(default)s)')
@@ -75,6 +85,7 @@ def run(config):
     # data pipeline.
     import utils
 
+    utils.check_dataset(config)
     device = inception_utils.resolve_device(config['device'])
     torch.manual_seed(config['seed'])
     backend = config['inception_backend']
@@ -110,8 +121,13 @@ def run(config):
 
 
 def main():
-    """Parse the command line and run."""
-    run(vars(prepare_parser().parse_args()))
+    """Parse the command line and run; bad input gets one line and exit status 2."""
+    import utils
+    try:
+        run(vars(prepare_parser().parse_args()))
+    except utils.user_errors() as e:
+        print('error: %s' % e, file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -613,17 +613,31 @@ def _net_device(net):
     return next(net.parameters()).device
 
 
+def _gather_ranks(t):
+    """Concatenate t (same shape on every rank) over the DDP ranks; t itself without DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    parts = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
 def iterate_inception_outputs(sample, net, num_images):
-    """Yield (pool, logits) batches for exactly num_images sampled images."""
+    """Yield (pool, logits) batches for exactly num_images sampled images.
+
+    Under DDP every rank samples its own batch and all ranks see every rank's outputs, so
+    the metrics come from all ranks' images and agree everywhere.
+    """
     device = _net_device(net)
     seen = 0
     while seen < num_images:
         # Grad mode is thread-wide: keep no_grad from spanning the yield.
         with torch.no_grad():
-            images = sample()[0][:num_images - seen]
+            images = sample()[0]
             if len(images) == 0:
                 raise ValueError('sample() returned no images')
             pool, logits = net(images.to(device).float())
+            pool, logits = (_gather_ranks(t)[:num_images - seen] for t in (pool, logits))
         seen += pool.shape[0]
         yield pool, logits
 

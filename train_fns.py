@@ -173,17 +173,24 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
 
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
          experiment_name, test_log):
-    """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line."""
+    """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line.
+
+    Under DDP every rank calls it: the metrics come from every rank's samples.
+    """
     G_sample = which_G(G, G_ema, config)
     with utils.sampling_state(G_sample):
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
                                             config['num_standing_accumulations'])
-        metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10)
+        metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
+                                        prints=utils.get_rank() == 0)
     IS_mean, IS_std, FID = metrics[:3]
     extra = metrics[3] if len(metrics) > 3 else {}
-    print('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
-          'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
+    rank0 = utils.get_rank() == 0
+    if rank0:
+        print('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
+              'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID)
+              + ''.join(', %s %g' % (k, v) for k, v in extra.items()))
     improved = ((config['which_best'] == 'IS' and IS_mean > state_dict['best_IS'])
                 or (config['which_best'] == 'FID' and FID < state_dict['best_FID']))
     # State advances before the write, so the best copy (and any later checkpoint) carries it.
@@ -194,5 +201,6 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            'best%d' % slot, G_ema if config['ema'] else None)
-    test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
-                 FID=float(FID), **{k: float(v) for k, v in extra.items()})
+    if rank0:
+        test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
+                     FID=float(FID), **{k: float(v) for k, v in extra.items()})

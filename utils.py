@@ -358,17 +358,20 @@ def update_config_roots(config):
     return config
 
 
+def check_dataset(config):
+    """Refuse a dataset that is neither in the table nor described by the custom flags."""
+    if config['dataset'] not in DATASETS and not (
+            config.get('dataset_root') and config.get('resolution') and config.get('n_classes')):
+        raise ConfigError('unknown dataset %r: use one of %s, or pass --dataset_root, '
+                          '--resolution and --n_classes for your own'
+                          % (config['dataset'], ', '.join(DATASETS)))
+
+
 def prepare_config(config):
     """Derive what every entry point needs from the flags, and refuse combinations that cannot
     work. Returns config, completed with resolution, n_classes, activations, roots and device."""
-    dataset = config['dataset']
-    custom = dataset not in DATASETS
-    if custom and not (config.get('dataset_root') and config.get('resolution')
-                       and config.get('n_classes')):
-        raise ConfigError('unknown dataset %r: use one of %s, or pass --dataset_root, '
-                          '--resolution and --n_classes for your own'
-                          % (dataset, ', '.join(DATASETS)))
-    entry = DATASETS.get(dataset)
+    check_dataset(config)
+    entry = DATASETS.get(config['dataset'])
     config['resolution'] = config.get('resolution') or entry.resolution
     config['n_classes'] = config.get('n_classes') or entry.n_classes
     for key in ['G_nl', 'D_nl']:
@@ -387,6 +390,11 @@ def prepare_config(config):
             raise ConfigError('--%s must be at least 1, got %d' % (key, config[key]))
     if config['which_best'] not in ('IS', 'FID'):
         raise ConfigError('--which_best must be IS or FID, got %r' % config['which_best'])
+    measuring = (config['test_every'] > 0 or config.get('sample_inception_metrics')
+                 or config.get('sample_trunc_curves'))
+    if measuring and config['num_inception_images'] < 10:
+        raise ConfigError('--num_inception_images must be at least 10 (IS averages over 10 '
+                          'splits), got %d' % config['num_inception_images'])
     if not 0.0 <= config['ema_decay'] <= 1.0:
         raise ConfigError('--ema_decay must lie in [0, 1], got %g' % config['ema_decay'])
     if any([config['G_fp16'], config['D_fp16'], config['G_mixed_precision'],

@@ -1,0 +1,126 @@
+"""End to end: moments of a custom folder, train.py testing with IS/FID/KID and a best copy,
+then sample.py with every sampling flag; Inception weights are random ones saved to a file."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import calculate_inception_moments
+import inception_utils
+import sample
+import train
+import utils
+from conftest import ROOT, TINY_FLAGS
+
+N_CLASSES = 10
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    """A 10-class image folder, random tf_fid weights on disk and the folder's moments."""
+    tmp = tmp_path_factory.mktemp('e2e')
+    folder = tmp / 'images'
+    rng = np.random.default_rng(0)
+    for c in range(N_CLASSES):
+        (folder / ('class%d' % c)).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / ('class%d' % c) / ('%d.png' % i))
+    weights = tmp / 'fid_inception.pth'
+    torch.manual_seed(0)
+    torch.save(inception_utils.build_inception_net('tf_fid').state_dict(), weights)
+    data_root = tmp / 'data'
+    data_root.mkdir()
+    calculate_inception_moments.run({
+        'dataset': 'custom', 'data_root': str(data_root), 'batch_size': 10, 'parallel': False,
+        'augment': False, 'num_workers': 0, 'shuffle': False, 'seed': 0,
+        'inception_backend': 'tf_fid', 'inception_weights': str(weights), 'device': 'cpu',
+        'dataset_root': str(folder), 'resolution': 32, 'n_classes': N_CLASSES,
+        'kid_feats': 20})
+    return tmp, folder, weights, data_root
+
+
+def flags(setup, *extra):
+    """Tiny-model flags on the custom folder with tf_fid metrics."""
+    tmp, folder, weights, data_root = setup
+    base = [f for f in TINY_FLAGS]
+    base[base.index('S32')] = 'custom'
+    return base + [
+        '--dataset_root', str(folder), '--resolution', '32', '--n_classes', str(N_CLASSES),
+        '--data_root', str(data_root), '--weights_root', str(tmp / 'weights'),
+        '--logs_root', str(tmp / 'logs'), '--samples_root', str(tmp / 'samples'),
+        '--experiment_name', 'e2e', '--inception_backend', 'tf_fid',
+        '--inception_weights', str(weights), '--kid', '--num_inception_images', '10',
+        '--ema', '--use_ema', '--num_D_steps', '1', '--batch_size', '2'] + list(extra)
+
+
+def test_moments_file_records_backend(setup):
+    """The moments file holds mu, sigma, the backend and real features for KID."""
+    with np.load(setup[3] / 'custom_inception_moments.npz') as m:
+        assert m['mu'].shape == (2048,) and m['sigma'].shape == (2048, 2048)
+        assert str(m['backend']) == 'tf_fid'
+        assert m['feats'].shape == (20, 2048)
+
+
+def test_train_tests_and_keeps_best_copy(setup):
+    """test_every writes a JSONL line with finite IS, FID and KID, and a best0 checkpoint."""
+    tmp = setup[0]
+    parser = utils.prepare_parser()
+    train.run(vars(parser.parse_args(flags(setup, '--test_every', '2', '--save_every', '2',
+                                           '--total_itrs', '2', '--num_epochs', '10'))))
+    lines = [json.loads(line) for line in open(tmp / 'logs' / 'e2e_log.jsonl')]
+    assert [line['itr'] for line in lines] == [2]
+    for key in ['IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std']:
+        assert np.isfinite(lines[0][key])
+    assert lines[0]['IS_mean'] >= 1.0 - 1e-6  # IS is at least 1 by construction
+    state = utils.torch_load(str(tmp / 'weights' / 'e2e' / 'state_dict_best0.pth'))
+    assert state['best_IS'] == pytest.approx(lines[0]['IS_mean'])
+    assert state['save_best_num'] == 1
+
+
+def test_sample_py_writes_everything(setup, capsys):
+    """sample.py on the checkpoint: npz with exactly N images, sheets, interps, metrics."""
+    tmp = setup[0]
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = vars(parser.parse_args(flags(
+        setup, '--sample_npz', '--sample_num_npz', '13', '--G_batch_size', '5',
+        '--sample_sheets', '--sample_interps', '--sample_random', '--sample_inception_metrics',
+        '--sample_trunc_curves', '0.5_0.5_1.0', '--load_weights', 'best0', '--G_eval_mode')))
+    sample.run(config)
+    folder = tmp / 'samples' / 'e2e'
+    with np.load(folder / 'samples.npz') as npz:
+        assert npz['x'].shape == (13, 3, 32, 32) and npz['x'].dtype == np.uint8
+        assert npz['y'].shape == (13,) and npz['y'].dtype == np.int64
+        assert npz['y'].min() >= 0 and npz['y'].max() < N_CLASSES
+    for name in ['random_samples.jpg', '-1/samples0.jpg', '-1/interpZ0.jpg', '-1/interpY0.jpg',
+                 '-1/interpZY0.jpg']:
+        assert Image.open(folder / name).size[0] > 0
+    metric_lines = [line for line in capsys.readouterr().out.splitlines()
+                    if 'Inception Score is' in line]
+    # One for --sample_inception_metrics, one per truncation value (0.5 and 1.0).
+    assert len(metric_lines) == 3
+    assert 'noise variance 0.500' in metric_lines[1]
+
+
+def test_missing_weights_fail_before_training(setup, tmp_path):
+    """Missing Inception weights: one line naming the file and the flag, exit 2, nothing run."""
+    args = flags(setup, '--test_every', '2', '--total_itrs', '2',
+                 '--weights_root', str(tmp_path / 'w'))
+    args[args.index('--inception_weights') + 1] = str(tmp_path / 'absent.pth')
+    proc = subprocess.run([sys.executable, 'train.py'] + args, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and 'absent.pth' in err[0] and '--inception_weights' in err[0]
+    assert not os.path.exists(tmp_path / 'w' / 'e2e')
+
+
+def test_moments_of_another_backend_refused(setup, tmp_path):
+    """Moments made with tf_fid are refused for the torchvision backend, naming the fix."""
+    with pytest.raises(inception_utils.InceptionMomentsError, match='tf_fid'):
+        inception_utils.load_inception_moments('custom', str(setup[3]), 'torchvision')

@@ -55,7 +55,7 @@ class _CenterCropLongEdge:
         return TF.center_crop(img, min(img.size))
 
 
-def release_convert(root, out, res, batch_size, num_workers, index_filename):
+def release_convert(root, out, res, batch_size, num_workers, index_filename, compression):
     """The release's make_hdf5 loop: float tensors, truncating cast, per-batch append."""
     transform = T.Compose([_CenterCropLongEdge(), T.Resize(res), T.ToTensor(),
                            T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
@@ -71,9 +71,10 @@ def release_convert(root, out, res, batch_size, num_workers, index_filename):
             with h5py.File(out, 'w') as f:
                 f.create_dataset('imgs', x.shape, dtype='uint8',
                                  maxshape=(n, 3, res, res),
-                                 chunks=(500, 3, res, res))[...] = x
+                                 chunks=(500, 3, res, res),
+                                 compression=compression or None)[...] = x
                 f.create_dataset('labels', y.shape, dtype='int64', maxshape=(n,),
-                                 chunks=(500,))[...] = y
+                                 chunks=(500,), compression=compression or None)[...] = y
         else:
             with h5py.File(out, 'a') as f:
                 f['imgs'].resize(f['imgs'].shape[0] + x.shape[0], axis=0)
@@ -83,12 +84,12 @@ def release_convert(root, out, res, batch_size, num_workers, index_filename):
     return n
 
 
-def ours_convert(root, out, res, batch_size, num_workers, index_filename):
+def ours_convert(root, out, res, batch_size, num_workers, index_filename, compression):
     """make_hdf5.run on the same folder."""
     config = vars(make_hdf5.prepare_parser().parse_args([]))
     config.update(dataset=index_filename.split('_')[0], dataset_root=root, output=out,
                   resolution=res, n_classes=len(dset.find_classes(root)[0]),
-                  batch_size=batch_size,
+                  batch_size=batch_size, compression=compression,
                   num_workers=num_workers, no_progress=True)
     make_hdf5.run(config)
     with h5py.File(out, 'r') as f:
@@ -107,6 +108,8 @@ def main():
     parser.add_argument('--res', type=int, default=128)
     parser.add_argument('--batch_size', type=int, default=256)
     parser.add_argument('--num_workers', type=int, default=2)
+    parser.add_argument('--compression', action='store_true',
+                        help='compress both files as the release\'s --compression (gzip)')
     parser.add_argument('--repeats', type=int, default=2,
                         help='runs of each approach, alternating; the best counts')
     args = parser.parse_args()
@@ -128,7 +131,7 @@ def main():
             for name in ('release', 'ours'):
                 start = time.time()
                 n = fns[name](root, outs[name], args.res, args.batch_size,
-                              args.num_workers, index)
+                              args.num_workers, index, args.compression)
                 rate = n / (time.time() - start)
                 best[name] = max(best.get(name, 0.0), rate)
                 print(f'{name:8s} {rate:8.1f} images/s')
@@ -138,7 +141,8 @@ def main():
             b = f['imgs'][:]
     changed = int((a != b).sum())
     print(f'\n{n} images, {args.res}px, batch {args.batch_size}, '
-          f'{args.num_workers} workers, {os.cpu_count()} CPUs')
+          f'{args.num_workers} workers, {os.cpu_count()} CPUs, '
+          f'compression {"gzip" if args.compression else "none"}')
     print(f'release approach: {best["release"]:.1f} images/s')
     print(f'make_hdf5.py:     {best["ours"]:.1f} images/s '
           f'({best["ours"] / best["release"]:.2f}x)')

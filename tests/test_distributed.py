@@ -1,0 +1,244 @@
+"""DDP on CPU: 2 Gloo processes against one process, and a 2-process train.py run that resumes.
+
+The equivalence tests run one full `GAN_training_function` step (D step, G step) with G and D
+wrapped by `train.wrap` (DDP) on 2 ranks x batch B, and compare it with one process x batch 2B fed
+the same weights, z, y and real images (each rank gets its half; z_/y_ are filled from fixed
+tensors instead of being sampled).
+"""
+import glob
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from conftest import ROOT, run_flags, tiny_config
+
+B = 4          # per-rank batch
+WORLD = 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def step_inputs(config):
+    """Fixed z/y for the D step and the G step, and 2B real images with labels."""
+    g = torch.Generator().manual_seed(1234)
+    n, dim_z, ncls = WORLD * B, config['dim_z'], config['n_classes']
+    return {'zD': torch.randn(n, dim_z, generator=g),
+            'yD': torch.randint(0, ncls, (n,), generator=g),
+            'zG': torch.randn(n, dim_z, generator=g),
+            'yG': torch.randint(0, ncls, (n,), generator=g),
+            'x': torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,
+            'y': torch.randint(0, ncls, (n,), generator=g)}
+
+
+def fixed_sampler(buf, values):
+    """Make buf.sample_() copy the next tensor of values (D step first, then G step)."""
+    it = iter(values)
+    buf.sample_ = lambda: buf.copy_(next(it))
+    return buf
+
+
+class Halves(nn.Module):
+    """G run on each half of the batch separately: what per-rank BN statistics compute."""
+
+    def __init__(self, G, parts):
+        super().__init__()
+        self.module, self.parts = G, parts
+
+    def forward(self, z, y):
+        # Each half must start from the same spectral-norm u vectors, as every rank does.
+        us = [b for k, b in self.module.named_buffers() if k.rsplit('.', 1)[-1].startswith('u')]
+        start = [u.clone() for u in us]
+        out = []
+        for a, b in zip(z.chunk(self.parts), y.chunk(self.parts)):
+            with torch.no_grad():
+                for u, u0 in zip(us, start):
+                    u.copy_(u0)
+            out.append(self.module(a, b))
+        return torch.cat(out)
+
+
+def one_step(config, inputs, rank=0, world=1, halves=False):
+    """Build G and D from seed 0, run one training step; returns grads, params and buffers."""
+    import BigGAN
+    import train
+    import train_fns
+    import utils
+    torch.manual_seed(0)
+    _, G, D, _, _ = train.build_models(config, torch.device('cpu'))
+    G_net = Halves(G, WORLD) if halves else G
+    GD = BigGAN.G_D(train.wrap(G_net if world == 1 else G, config, world, torch.device('cpu')),
+                    train.wrap(D, config, world, torch.device('cpu')))
+    sl = slice(rank * B, (rank + 1) * B) if world > 1 else slice(None)
+    n = B if world > 1 else WORLD * B
+    z_, y_ = utils.prepare_z_y(n, G.dim_z, config['n_classes'])
+    fixed_sampler(z_, [inputs['zD'][sl], inputs['zG'][sl]])
+    fixed_sampler(y_, [inputs['yD'][sl], inputs['yG'][sl]])
+    cfg = {**config, 'batch_size': n}
+    train_step = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, cfg)
+    metrics = train_step(inputs['x'][sl], inputs['y'][sl])
+    out = {'metrics': metrics}
+    for name, net in (('G', G), ('D', D)):
+        out[name + '_grad'] = {k: p.grad.clone() for k, p in net.named_parameters()
+                               if p.grad is not None}
+        out[name + '_param'] = {k: p.detach().clone() for k, p in net.named_parameters()}
+        out[name + '_buf'] = {k: b.clone() for k, b in net.named_buffers()}
+    return out
+
+
+def _worker(rank, port, flags, inputs, out_dir):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    sys.path.insert(0, ROOT)
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    try:
+        out = one_step(tiny_config(*flags), inputs, rank, WORLD)
+        torch.save(out, os.path.join(out_dir, 'rank%d.pt' % rank))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(flags, inputs, tmp_path):
+    mp.spawn(_worker, args=(free_port(), flags, inputs, str(tmp_path)), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / ('rank%d.pt' % r)) for r in range(WORLD)]
+
+
+def max_rel_diff(a, b):
+    """max |a - b| over max |b|, both over every tensor of the dicts (a whole model's grads).
+
+    Per-tensor ratios would be meaningless for the conv biases that feed a batch norm: their
+    true gradient is 0 and what autograd returns is rounding noise.
+    """
+    assert a.keys() == b.keys()
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    scale = max(b[k].double().abs().max().item() for k in b)
+    return diff / max(scale, 1e-12)
+
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope='module')
+def flags():
+    return ['--batch_size', str(B), '--num_D_steps', '1', '--G_attn', '16', '--D_attn', '16']
+
+
+def test_cross_replica_two_ranks_equal_one_rank_double_batch(flags, tmp_path):
+    """--cross_replica: ccbn and bn statistics span both ranks, so G's and D's gradients, the
+    updated weights and the BN running statistics equal the single-process 2B step."""
+    flags = flags + ['--cross_replica']
+    inputs = step_inputs(tiny_config(*flags))
+    torch.set_num_threads(1)
+    ref = one_step(tiny_config(*flags), inputs)
+    ranks = run_ranks(flags, inputs, tmp_path)
+    for out in ranks:
+        for key in ('G_grad', 'D_grad', 'G_param', 'D_param', 'G_buf'):
+            assert max_rel_diff(out[key], ref[key]) < TOL, key
+    # The ranks also agree with each other (DDP keeps replicas identical).
+    assert max_rel_diff(ranks[1]['G_param'], ranks[0]['G_param']) == 0
+    # Losses are per-rank means of half the batch; their average is the 2B loss.
+    for k in ('D_loss_real', 'D_loss_fake', 'G_loss'):
+        mean = sum(r['metrics'][k] for r in ranks) / WORLD
+        assert abs(mean - ref['metrics'][k]) < 1e-5 * max(1.0, abs(ref['metrics'][k])), k
+
+
+def test_without_cross_replica_each_rank_uses_its_own_statistics(flags, tmp_path):
+    """Without --cross_replica each rank normalises with its own batch statistics (as the
+    release did): G's gradients differ from the 2B step, while the run equals one process whose
+    G sees each half separately, D's step included (D has no batch statistics)."""
+    inputs = step_inputs(tiny_config(*flags))
+    torch.set_num_threads(1)
+    plain = one_step(tiny_config(*flags), inputs)
+    halves = one_step(tiny_config(*flags), inputs, halves=True)
+    ranks = run_ranks(flags, inputs, tmp_path)
+    for out in ranks:
+        assert max_rel_diff(out['G_grad'], plain['G_grad']) > 1e-2
+        assert max_rel_diff(out['G_grad'], halves['G_grad']) < TOL
+        assert max_rel_diff(out['D_grad'], halves['D_grad']) < TOL
+        assert max_rel_diff(out['D_param'], halves['D_param']) < TOL
+        assert max_rel_diff(out['G_param'], halves['G_param']) < TOL
+
+
+# ----------------------------------------------------------------------------
+# train.py under torchrun.
+
+N = 2  # iterations before the resume
+
+
+def torchrun(data_root, out, *extra):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+           '--nproc_per_node', str(WORLD), os.path.join(ROOT, 'train.py')]
+    cmd += run_flags(data_root, str(out), 'dist', '--save_every', str(N), '--num_save_copies',
+                     '0', '--seed', '3', *extra)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(cmd, cwd=str(out), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def load_all(out):
+    import utils
+    root = os.path.join(str(out), 'weights', 'dist')
+    return {name: utils.torch_load(os.path.join(root, name + '.pth'))
+            for name in ('G', 'D', 'G_ema', 'G_optim', 'D_optim', 'state_dict')}
+
+
+def assert_same(a, b, path=''):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], '%s/%s' % (path, k))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, '%s[%d]' % (path, i))
+    else:
+        assert a == b, path
+
+
+def test_torchrun_writes_one_set_of_files_and_resumes_exactly(data_root, tmp_path):
+    once, split = tmp_path / 'once', tmp_path / 'split'
+    once.mkdir()
+    split.mkdir()
+    torchrun(data_root, once, '--total_itrs', str(2 * N))
+    torchrun(data_root, split, '--total_itrs', str(N))
+    first = load_all(split)
+    assert first['state_dict']['itr'] == N
+    assert len(first['state_dict']['rng']) == WORLD  # every rank's RNG state, gathered
+    torchrun(data_root, split, '--total_itrs', str(2 * N), '--resume')
+
+    a, b = load_all(once), load_all(split)
+    for name in ('G', 'D', 'G_ema', 'G_optim', 'D_optim'):
+        assert_same(a[name], b[name], name)
+    assert a['state_dict']['itr'] == b['state_dict']['itr'] == 2 * N
+    assert_same(a['state_dict']['rng'], b['state_dict']['rng'], 'rng')
+    # The run changed the weights (so the comparison is not vacuous).
+    assert not torch.equal(first['G']['linear.weight'], a['G']['linear.weight'])
+
+    # One set of files, written by rank 0 only: nothing per rank, no leftover temporaries,
+    # and one log line per iteration (two writers would double them).
+    files = sorted(os.path.relpath(p, str(once))
+                   for p in glob.glob(str(once / '**'), recursive=True) if os.path.isfile(p))
+    assert not [f for f in files if 'rank' in f or '.tmp' in f], files
+    weights = sorted(f for f in files if f.startswith('weights'))
+    assert weights == ['weights/dist/%s.pth' % n for n in
+                       ('D', 'D_optim', 'G', 'G_ema', 'G_optim', 'state_dict')]
+    for itr in (N, 2 * N):
+        assert os.path.isfile(once / 'samples' / 'dist' / ('fixed_samples%d.jpg' % itr))
+    for run_dir, itrs in ((once, range(1, 2 * N + 1)), (split, range(1, 2 * N + 1))):
+        lines = (run_dir / 'logs' / 'dist' / 'G_loss.log').read_text().split('\n')
+        assert [int(line.split(':')[0]) for line in lines if line.strip()] == list(itrs)

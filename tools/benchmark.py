@@ -1,0 +1,243 @@
+"""Time BigGAN training iterations for a named config and a set of modes, in one run.
+
+    python tools/benchmark.py --config s32 --modes fp32,fp32+cl,bf16,bf16+cl,release
+    python tools/benchmark.py --config i128 --batch_size 32 \
+        --modes fp32,bf16,bf16+cl,compile+bf16+cl
+
+Every mode runs the real step (`train_fns.GAN_training_function`, i.e. num_D_steps D steps with
+their accumulations, one G step, the EMA update, the `.item()`s of the returned losses) on
+synthetic real images, in its own subprocess (so peak memory is per mode and one mode's compile
+cache cannot help another): `--warmup` untimed iterations, then `--reps` timed repetitions of
+`--itrs` iterations each; the table gives medians over the repetitions.
+
+Columns: images/s = real images consumed per second (D's batch: batch_size x num_D_steps x
+num_D_accumulations per iteration); it/s; peak memory (CUDA max_memory_allocated on GPU; on CPU
+the process's peak RSS, ru_maxrss, which includes the Python/torch runtime); x fp32 = images/s
+relative to the float32 eager mode (`fp32`) of the same run.
+
+Modes are '+'-joined switches:
+  fp32      float32 eager, the default training path (foreach Adam, foreach EMA)
+  bf16/fp16 --amp bf16/fp16 (torch.autocast; GradScaler for fp16)
+  cl        --channels_last
+  compile   --compile (torch.compile of G and D)
+  release   "release-style" step, a stand-in for the release's hot loop (whose code we do not
+            ship): our step with --toggle_grads, Adam with foreach=False (the per-parameter
+            loop of torch<1.13 Adam the release ran on) and the release's per-tensor EMA
+            (`target.copy_(target * decay + source * (1 - decay))` for each state-dict entry),
+            float32, contiguous memory format.
+
+Configs (`--config`):
+  s32   32x32 S32, G_ch = D_ch = 32, batch 32, the release's CIFAR launch script otherwise
+        (num_D_steps 4, no attention, N02 init, EMA)
+  i128  the release's launch_BigGAN_bs256x8.sh model (ch96, attention at 64, hier, shared
+        embedding, ortho init, EMA) at a per-device batch of --batch_size (default 32) and
+        1 accumulation (the launch script's 8x8 accumulations just repeat the same work)
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONFIGS = {
+    's32': ['--dataset', 'S32', '--G_ch', '32', '--D_ch', '32', '--batch_size', '32',
+            '--num_D_steps', '4', '--G_lr', '2e-4', '--D_lr', '2e-4', '--G_ortho', '0.0',
+            '--G_attn', '0', '--D_attn', '0', '--G_init', 'N02', '--D_init', 'N02', '--ema',
+            '--use_ema', '--ema_start', '1000'],
+    'i128': ['--dataset', 'I128_hdf5', '--batch_size', '32', '--num_G_accumulations', '1',
+             '--num_D_accumulations', '1', '--num_D_steps', '1', '--G_lr', '1e-4', '--D_lr',
+             '4e-4', '--D_B2', '0.999', '--G_B2', '0.999', '--G_attn', '64', '--D_attn', '64',
+             '--G_nl', 'inplace_relu', '--D_nl', 'inplace_relu', '--SN_eps', '1e-6', '--BN_eps',
+             '1e-5', '--adam_eps', '1e-6', '--G_ortho', '0.0', '--G_shared', '--G_init', 'ortho',
+             '--D_init', 'ortho', '--hier', '--dim_z', '120', '--shared_dim', '128',
+             '--G_eval_mode', '--G_ch', '96', '--D_ch', '96', '--ema', '--use_ema',
+             '--ema_start', '20000'],
+}
+DEFAULT_MODES = 'release,fp32,fp32+cl,bf16,bf16+cl,fp16,fp16+cl'
+
+
+def mode_flags(mode):
+    parts = set(mode.split('+'))
+    unknown = parts - {'fp32', 'bf16', 'fp16', 'cl', 'compile', 'release'}
+    if unknown:
+        raise SystemExit('unknown mode part(s) %s in %r' % (sorted(unknown), mode))
+    flags = []
+    if 'bf16' in parts:
+        flags += ['--amp', 'bf16']
+    if 'fp16' in parts:
+        flags += ['--amp', 'fp16']
+    if 'cl' in parts:
+        flags += ['--channels_last']
+    if 'compile' in parts:
+        flags += ['--compile']
+    return flags, 'release' in parts
+
+
+def release_style(G, D, G_ema, ema):
+    """Swap in the release's per-parameter Adam and per-tensor EMA (see the module docstring)."""
+    import torch
+    for net in (G, D):
+        group = net.optim.param_groups[0]
+        net.optim = torch.optim.Adam(net.parameters(), lr=group['lr'], betas=group['betas'],
+                                     eps=group['eps'], weight_decay=0, foreach=False)
+    if ema is not None:
+        @torch.no_grad()
+        def update(itr=None):
+            decay = 0.0 if itr is not None and itr < ema.start_itr else ema.decay
+            for key in ema.source_dict:
+                ema.target_dict[key].data.copy_(ema.target_dict[key].data * decay
+                                                + ema.source_dict[key].data * (1 - decay))
+        ema.update = update
+
+
+def child(args):
+    """Time one mode; prints one JSON line."""
+    import torch
+
+    import train
+    import train_fns
+    import utils
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flags, release = mode_flags(args.mode)
+    argv = CONFIGS[args.config] + flags + ['--device', args.device]
+    if args.batch_size:
+        argv += ['--batch_size', str(args.batch_size)]
+    if args.num_D_steps:
+        argv += ['--num_D_steps', str(args.num_D_steps)]
+    config = utils.prepare_config(vars(utils.prepare_parser().parse_args(argv)))
+    device = torch.device(config['device'])
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    utils.seed_rng(0)
+    model, G, D, G_ema, ema = train.build_models(config, device)
+    if release:
+        release_style(G, D, G_ema, ema)
+    GD = model.G_D(train.wrap(G, config, 1, device), train.wrap(D, config, 1, device)) \
+        if config['compile'] else model.G_D(G, D)
+    G_batch = max(config['G_batch_size'], config['batch_size'])
+    z_, y_ = utils.prepare_z_y(G_batch, G.dim_z, config['n_classes'], device=device)
+    state = {'itr': 0}
+    step = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state, config,
+                                           train_fns.Precision(config, device))
+    n = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+    res = config['resolution']
+    x = torch.rand(n, 3, res, res, device=device) * 2 - 1
+    y = torch.randint(0, config['n_classes'], (n,), device=device)
+    if config['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    metrics = {}
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        state['itr'] += 1
+        metrics = step(x, y)
+    sync()
+    warm_s = time.perf_counter() - t0
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.reps):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(args.itrs):
+            state['itr'] += 1
+            metrics = step(x, y)
+        sync()
+        times.append((time.perf_counter() - t0) / args.itrs)
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({'mode': args.mode, 's_per_itr': statistics.median(times), 'times': times,
+                      'images': n, 'peak_MiB': peak, 'warmup_s': warm_s,
+                      'device': str(device), 'threads': torch.get_num_threads(),
+                      'finite': all(v == v for v in metrics.values()),
+                      'G_loss': metrics.get('G_loss')}))
+
+
+def fp16_supported(device):
+    import torch
+    if device.startswith('cuda'):
+        return None
+    try:
+        with torch.autocast('cpu', dtype=torch.float16):
+            torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', default='s32', choices=sorted(CONFIGS))
+    p.add_argument('--modes', default=DEFAULT_MODES, help='comma-separated (default: %(default)s)')
+    p.add_argument('--warmup', type=int, default=2, help='untimed iterations per mode')
+    p.add_argument('--reps', type=int, default=5, help='timed repetitions per mode')
+    p.add_argument('--itrs', type=int, default=1, help='iterations per repetition')
+    p.add_argument('--batch_size', type=int, default=0, help='override the config\'s batch')
+    p.add_argument('--num_D_steps', type=int, default=0, help='override the config\'s D steps')
+    p.add_argument('--device', default='', help='cuda, cpu, ... (default: CUDA if available)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s)')
+    p.add_argument('--json', default='', help='also write the results to this file')
+    p.add_argument('--mode', help=argparse.SUPPRESS)  # internal: run one mode (child process)
+    args = p.parse_args()
+    if not args.device:
+        import torch
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.mode:
+        return child(args)
+
+    results = []
+    print('config %s on %s; %d warm-up + %d x %d timed iterations per mode; load %s'
+          % (args.config, args.device, args.warmup, args.reps, args.itrs,
+             ' '.join('%.2f' % v for v in os.getloadavg())), flush=True)
+    for mode in [m.strip() for m in args.modes.split(',') if m.strip()]:
+        if 'fp16' in mode.split('+'):
+            reason = fp16_supported(args.device)
+            if reason:
+                print('skip %s: fp16 autocast unsupported here (%s)' % (mode, reason))
+                continue
+        cmd = [sys.executable, os.path.abspath(__file__), '--mode', mode]
+        for key in ('config', 'warmup', 'reps', 'itrs', 'batch_size', 'num_D_steps', 'device',
+                    'threads'):
+            cmd += ['--' + key, str(getattr(args, key))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
+        if proc.returncode != 0 or not lines:
+            print('mode %s failed:\n%s' % (mode, (proc.stdout + proc.stderr)[-2000:]))
+            continue
+        results.append(json.loads(lines[-1]))
+        r = results[-1]
+        print('  %-18s %.3f s/it (reps %s)' % (mode, r['s_per_itr'],
+                                                ' '.join('%.3f' % t for t in r['times'])),
+              flush=True)
+
+    base = next((r for r in results if r['mode'] == 'fp32'), None)
+    mem = 'peak MiB (%s)' % ('CUDA alloc' if args.device.startswith('cuda') else 'RSS')
+    print('\n| mode | images/s | it/s | %s | x fp32 |' % mem)
+    print('|---|---:|---:|---:|---:|')
+    for r in results:
+        ips = r['images'] / r['s_per_itr']
+        ratio = ips / (base['images'] / base['s_per_itr']) if base else float('nan')
+        print('| %s | %.1f | %.3f | %.0f | %.2f |' % (r['mode'], ips, 1 / r['s_per_itr'],
+                                                     r['peak_MiB'], ratio))
+    print('load after: %s' % ' '.join('%.2f' % v for v in os.getloadavg()))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

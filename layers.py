@@ -44,6 +44,15 @@ def power_iteration(W, u_, update=True, eps=1e-12):
     return svs, us, vs
 
 
+def flat_weight(w):
+    """w as (out, -1) without a copy; a channels_last conv weight's columns come permuted,
+    which leaves its singular values unchanged."""
+    if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(
+            memory_format=torch.channels_last):
+        return w.permute(0, 2, 3, 1).reshape(w.size(0), -1)
+    return w.reshape(w.size(0), -1)
+
+
 class SN(object):
     """Mixin: divides `self.weight` by its largest singular value, estimated by power iteration."""
 
@@ -66,7 +75,7 @@ class SN(object):
 
     def W_(self):
         """The normalised weight; u vectors and logged svs update only in training mode."""
-        W_mat = self.weight.reshape(self.weight.size(0), -1)  # reshape: channels_last weights
+        W_mat = flat_weight(self.weight)
         if self.transpose:
             W_mat = W_mat.t()
         # The power iteration runs in float32 even under autocast: it is numerically delicate.

@@ -69,6 +69,21 @@ def save_npz(sample, num, path):
                 zf.write(os.path.join(tmp, 'y.npy'), 'y.npy')
 
 
+def truncation_values(spec):
+    """The z standard deviations of --sample_trunc_curves start_step_end ('' gives none)."""
+    if not spec:
+        return []
+    try:
+        start, step, end = [float(item) for item in spec.split('_')]
+    except ValueError:
+        raise utils.ConfigError('--sample_trunc_curves takes start_step_end, e.g. '
+                                '0.05_0.05_1.0, got %r' % spec) from None
+    if step <= 0 or end < start:
+        raise utils.ConfigError('--sample_trunc_curves needs step > 0 and end >= start, got %r'
+                                % spec)
+    return [float(v) for v in np.arange(start, end + step / 2, step)]
+
+
 def to_uint8(images):
     """[-1, 1] floats to uint8 pixels, rounded to nearest."""
     return ((images.float() + 1) * 127.5).round().clamp_(0, 255).to(torch.uint8)
@@ -81,6 +96,7 @@ def run(config):
     config['skip_init'] = True
     config['no_optim'] = True
     device = torch.device(config['device'])
+    trunc_stds = truncation_values(config['sample_trunc_curves'])
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = importlib.import_module(config['model'])
@@ -108,63 +124,59 @@ def run(config):
     if config['G_eval_mode']:
         G.eval()
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
-    if config['accumulate_stats']:
-        utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
-                                        config['num_standing_accumulations'])
-    folder = '%s/%s' % (config['samples_root'], experiment_name)
-    os.makedirs(folder, exist_ok=True)
-
-    if config['sample_npz']:
-        save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder)
-    if config['sample_sheets']:
-        utils.sample_sheet(G, classes_per_sheet=utils.classes_per_sheet(config),
-                           num_classes=config['n_classes'], samples_per_class=10,
-                           parallel=config['parallel'], samples_root=config['samples_root'],
-                           experiment_name=experiment_name,
-                           folder_number=config['sample_sheet_folder_num'], z_=z_)
-    if config['sample_interps']:
-        for fix_z, fix_y in zip([False, False, True], [False, True, False]):
-            utils.interp_sheet(G, num_per_sheet=16, num_midpoints=8,
-                               num_classes=config['n_classes'], parallel=config['parallel'],
-                               samples_root=config['samples_root'],
-                               experiment_name=experiment_name,
-                               folder_number=config['sample_sheet_folder_num'], sheet_number=0,
-                               fix_z=fix_z, fix_y=fix_y, device=device)
-    if config['sample_random']:
-        images, _ = sample()
-        utils.save_image(images, '%s/random_samples.jpg' % folder,
-                         nrow=int(G_batch_size ** 0.5))
-
-    def get_metrics(z_std):
-        """IS/FID (and KID) of the current G, printed as the release prints them."""
-        metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
-                                        prints=False)
-        IS_mean, IS_std, FID = metrics[:3]
-        extra = metrics[3] if len(metrics) > 3 else {}
-        out = 'Using %s weights ' % ('ema' if config['use_ema'] else 'non-ema')
-        out += 'in %s mode, ' % ('eval' if config['G_eval_mode'] else 'training')
-        out += 'with noise variance %3.3f, ' % z_std
-        out += 'over %d images, ' % config['num_inception_images']
-        if config['accumulate_stats'] or not config['G_eval_mode']:
-            out += 'with batch size %d, ' % G_batch_size
+    # Sampling runs under --amp's autocast, as in training.
+    with utils.config_autocast(config):
         if config['accumulate_stats']:
-            out += 'using %d standing stat accumulations, ' % config['num_standing_accumulations']
-        out += ('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
-                'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
-        out += ''.join(', %s is %g' % (k, v) for k, v in extra.items())
-        print(out)
+            utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
+                                            config['num_standing_accumulations'])
+        folder = '%s/%s' % (config['samples_root'], experiment_name)
+        os.makedirs(folder, exist_ok=True)
 
-    if config['sample_inception_metrics']:
-        get_metrics(config['z_var'])
-    if config['sample_trunc_curves']:
-        try:
-            start, step, end = [float(item) for item in config['sample_trunc_curves'].split('_')]
-        except ValueError:
-            raise utils.ConfigError('--sample_trunc_curves takes start_step_end, e.g. '
-                                    '0.05_0.05_1.0, got %r' % config['sample_trunc_curves']
-                                    ) from None
-        for std in np.arange(start, end + step / 2, step):
-            utils.Distribution(z_, 'normal', mean=0, var=float(std))
+        if config['sample_npz']:
+            save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder)
+        if config['sample_sheets']:
+            utils.sample_sheet(G, classes_per_sheet=utils.classes_per_sheet(config),
+                               num_classes=config['n_classes'], samples_per_class=10,
+                               parallel=config['parallel'], samples_root=config['samples_root'],
+                               experiment_name=experiment_name,
+                               folder_number=config['sample_sheet_folder_num'], z_=z_)
+        if config['sample_interps']:
+            for fix_z, fix_y in zip([False, False, True], [False, True, False]):
+                utils.interp_sheet(G, num_per_sheet=16, num_midpoints=8,
+                                   num_classes=config['n_classes'], parallel=config['parallel'],
+                                   samples_root=config['samples_root'],
+                                   experiment_name=experiment_name,
+                                   folder_number=config['sample_sheet_folder_num'], sheet_number=0,
+                                   fix_z=fix_z, fix_y=fix_y, device=device)
+        if config['sample_random']:
+            images, _ = sample()
+            utils.save_image(images, '%s/random_samples.jpg' % folder,
+                             nrow=int(G_batch_size ** 0.5))
+
+        def get_metrics(z_std):
+            """IS/FID (and KID) of the current G, printed as the release prints them."""
+            metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
+                                            prints=False)
+            IS_mean, IS_std, FID = metrics[:3]
+            extra = metrics[3] if len(metrics) > 3 else {}
+            out = 'Using %s weights ' % ('ema' if config['use_ema'] else 'non-ema')
+            out += 'in %s mode, ' % ('eval' if config['G_eval_mode'] else 'training')
+            out += 'with noise variance %3.3f, ' % z_std
+            out += 'over %d images, ' % config['num_inception_images']
+            if config['accumulate_stats'] or not config['G_eval_mode']:
+                out += 'with batch size %d, ' % G_batch_size
+            if config['accumulate_stats']:
+                out += ('using %d standing stat accumulations, '
+                        % config['num_standing_accumulations'])
+            out += ('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
+                    'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
+            out += ''.join(', %s is %g' % (k, v) for k, v in extra.items())
+            print(out)
+
+        if config['sample_inception_metrics']:
+            get_metrics(config['z_var'])
+        for std in trunc_stds:
+            utils.Distribution(z_, 'normal', mean=0, var=std)
             if config['accumulate_stats']:
                 utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                 config['num_standing_accumulations'])

@@ -1,5 +1,4 @@
 """The training step, checkpoint-and-sample, and test, as train.py calls them."""
-import contextlib
 import os
 
 import torch
@@ -19,7 +18,7 @@ class Precision(object):
     """autocast and loss scaling for --amp; float32 (both off) when it is empty."""
 
     def __init__(self, config, device):
-        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config.get('amp'))
+        self.dtype = utils.amp_dtype(config)
         self.device_type = torch.device(device).type
         use_scaler = self.dtype == torch.float16
         self.G_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
@@ -27,9 +26,7 @@ class Precision(object):
         self.skipped = {'G': 0, 'D': 0}
 
     def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return utils.autocast(self.device_type, self.dtype)
 
     def step(self, scaler, optim, name, before_step=None):
         """Unscale, run before_step (ortho reg adds to true gradients), step, count skips."""
@@ -141,7 +138,7 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     if utils.get_rank() != 0:
         return
     G_sample = which_G(G, G_ema, config)
-    with utils.sampling_state(G_sample):
+    with utils.sampling_state(G_sample), utils.config_autocast(config):
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
                                             config['num_standing_accumulations'])
@@ -178,7 +175,7 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     Under DDP every rank calls it: the metrics come from every rank's samples.
     """
     G_sample = which_G(G, G_ema, config)
-    with utils.sampling_state(G_sample):
+    with utils.sampling_state(G_sample), utils.config_autocast(config):
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
                                             config['num_standing_accumulations'])

@@ -1093,13 +1093,21 @@ def sampling_state(*nets):
                     module.accumulate_standing = flag
 
 
-def unwrap(module):
-    """The model inside DataParallel/DDP/torch.compile wrappers."""
-    while True:
-        inner = getattr(module, 'module', None) or getattr(module, '_orig_mod', None)
-        if inner is None:
-            return module
-        module = inner
+def autocast(device_type, dtype=None):
+    """torch.autocast to dtype, or nothing when dtype is None (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def amp_dtype(config):
+    """The autocast dtype --amp asks for; None means float32."""
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config.get('amp'))
+
+
+def config_autocast(config):
+    """autocast as --amp and --device ask."""
+    return autocast(torch.device(config['device']).type, amp_dtype(config))
 
 
 def run_G(G, z, y, parallel=False):

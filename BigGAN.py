@@ -44,21 +44,26 @@ def G_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
     return arch
 
 
-def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Per-resolution D architecture, as the release's D_arch returns it."""
+def D_arch_from(table, ch, attention, rgb_input=True):
+    """A per-resolution D architecture from a (in, out, stages downsampling) table."""
     arch, want = {}, attn_resolutions(attention)
-    for res, (ins, outs, n_down) in D_CHANNELS.items():
+    for res, (ins, outs, n_down) in table.items():
         down = [True] * n_down + [False] * (len(outs) - n_down)
         resolution, r = [], res
         for d in down:
             r = r // 2 if d else r
             resolution.append(r)
-        arch[res] = {'in_channels': [3] + [ch * m for m in ins],
+        arch[res] = {'in_channels': ([3] if rgb_input else []) + [ch * m for m in ins],
                      'out_channels': [ch * m for m in outs],
                      'downsample': down,
                      'resolution': resolution,
                      'attention': {2 ** i: 2 ** i in want for i in range(2, 10)}}
     return arch
+
+
+def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
+    """Per-resolution D architecture, as the release's D_arch returns it."""
+    return D_arch_from(D_CHANNELS, ch, attention)
 
 
 def init_weights(module, style):

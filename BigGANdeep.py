@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import BigGAN
 import layers
-from BigGAN import G_D, attn_resolutions  # noqa: F401  (same public names as BigGAN.py)
+from BigGAN import G_D  # noqa: F401  (same public names as BigGAN.py)
 
 
 class GBlock(nn.Module):
@@ -102,19 +102,7 @@ D_CHANNELS = {
 
 def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
     """Per-resolution deep-D architecture, as the release's BigGANdeep.D_arch returns it."""
-    arch, want = {}, attn_resolutions(attention)
-    for res, (ins, outs, n_down) in D_CHANNELS.items():
-        down = [True] * n_down + [False] * (len(outs) - n_down)
-        resolution, r = [], res
-        for d in down:
-            r = r // 2 if d else r
-            resolution.append(r)
-        arch[res] = {'in_channels': [ch * m for m in ins],
-                     'out_channels': [ch * m for m in outs],
-                     'downsample': down,
-                     'resolution': resolution,
-                     'attention': {2 ** i: 2 ** i in want for i in range(2, 10)}}
-    return arch
+    return BigGAN.D_arch_from(D_CHANNELS, ch, attention, rgb_input=False)
 
 
 class Generator(BigGAN.Generator):

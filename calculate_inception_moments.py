@@ -12,7 +12,6 @@ Example:
 """
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -123,11 +122,7 @@ def run(config):
 def main():
     """Parse the command line and run; bad input gets one line and exit status 2."""
     import utils
-    try:
-        run(vars(prepare_parser().parse_args()))
-    except utils.user_errors() as e:
-        print('error: %s' % e, file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(run, prepare_parser())
 
 
 if __name__ == '__main__':

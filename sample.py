@@ -5,7 +5,6 @@
 import functools
 import importlib
 import os
-import sys
 import tempfile
 import zipfile
 
@@ -184,13 +183,7 @@ def run(config):
 
 
 def main():
-    parser = utils.add_sample_parser(utils.prepare_parser())
-    config = vars(parser.parse_args())
-    try:
-        run(config)
-    except utils.user_errors() as e:
-        print('error: %s' % e, file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(run, utils.add_sample_parser(utils.prepare_parser()))
 
 
 if __name__ == '__main__':

@@ -5,7 +5,6 @@
 import functools
 import importlib
 import os
-import sys
 
 import torch
 import torch.nn as nn
@@ -181,13 +180,7 @@ def run(config):
 
 
 def main():
-    parser = utils.prepare_parser()
-    config = vars(parser.parse_args())
-    try:
-        run(config)
-    except utils.user_errors() as e:
-        print('error: %s' % e, file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(run, utils.prepare_parser())
 
 
 if __name__ == '__main__':

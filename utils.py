@@ -24,6 +24,17 @@ class ConfigError(ValueError):
     """Bad input from the user: entry points print its one-line message and exit non-zero."""
 
 
+def run_cli(run, parser):
+    """Parse the command line and call run(config); bad input (see user_errors) gets one
+    line on stderr and exit status 2 instead of a traceback."""
+    config = vars(parser.parse_args())
+    try:
+        return run(config)
+    except user_errors() as e:
+        print('error: %s' % e, file=sys.stderr)
+        sys.exit(2)
+
+
 def user_errors():
     """The exception types entry points report as one line (bad flags, files, data)."""
     import datasets

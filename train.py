@@ -5,6 +5,8 @@
 import functools
 import importlib
 import os
+import signal
+import sys
 
 import torch
 import torch.nn as nn
@@ -22,11 +24,12 @@ def build_models(config, device):
     G_ema, ema = None, None
     if config['ema']:
         G_ema = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
-        ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
     if config['channels_last']:
         for net in (G, D, G_ema):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
+    if config['ema']:
+        ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
     return model, G, D, G_ema, ema
 
 
@@ -40,9 +43,33 @@ def wrap(net, config, world_size, device):
     return net
 
 
+def eval_for_sampling(config, *nets):
+    """With --G_eval_mode, tests and sheets use BN's running statistics."""
+    if config['G_eval_mode']:
+        for net in nets:
+            if net is not None:
+                net.eval()
+
+
 def finished(state_dict, config):
     """Whether --total_itrs iterations are done."""
     return 0 < config['total_itrs'] <= state_dict['itr']
+
+
+def stop_on_signal():
+    """SIGINT/SIGTERM ask the loop to finish its iteration, save and exit; a second one stops
+    at once. Returns the flag the loop polls."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        print('\nsignal %d: stopping after this iteration (with a checkpoint)' % signum,
+              file=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return requested
 
 
 def run(config):
@@ -120,6 +147,9 @@ def run(config):
     sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
                                config=config)
 
+    # Under torchrun the launcher owns signals; a lone process stops cleanly on them.
+    stop = stop_on_signal() if world_size == 1 else []
+    start_itr = state_dict['itr']
     per_epoch = len(loader)
     for epoch in range(state_dict['epoch'], config['num_epochs']):
         if not config['use_multiepoch_sampler']:
@@ -156,10 +186,8 @@ def run(config):
 
             testing = config['test_every'] > 0 and not state_dict['itr'] % config['test_every']
             saving = config['save_every'] > 0 and not state_dict['itr'] % config['save_every']
-            if (testing or saving) and config['G_eval_mode']:
-                for net in (G, G_ema):
-                    if net is not None:
-                        net.eval()
+            if testing or saving:
+                eval_for_sampling(config, G, G_ema)
             if testing:
                 # Test before saving, so a checkpoint of this iteration holds the result.
                 train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
@@ -167,13 +195,20 @@ def run(config):
             if saving:
                 train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict,
                                           config, experiment_name)
-            if finished(state_dict, config):
+            if finished(state_dict, config) or stop:
                 break
-        if finished(state_dict, config):
+        if finished(state_dict, config) or stop:
             break
         state_dict['epoch'] += 1
         if config['use_multiepoch_sampler']:
             break  # one pass of that sampler covers every epoch
+
+    # The last iteration gets a checkpoint and sheets too, wherever the run stopped.
+    if (config['save_every'] > 0 and state_dict['itr'] > start_itr
+            and state_dict['itr'] % config['save_every']):
+        eval_for_sampling(config, G, G_ema)
+        train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
+                                  experiment_name)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return state_dict

@@ -741,25 +741,24 @@ class ema(object):
         self.target = target
         self.decay = decay
         self.start_itr = start_itr
-        self.source_dict = self.source.state_dict()
-        self.target_dict = self.target.state_dict()
-        keys = list(self.source_dict)
-        self.float_keys = [k for k in keys if self.source_dict[k].is_floating_point()]
-        self.other_keys = [k for k in keys if not self.source_dict[k].is_floating_point()]
         with torch.no_grad():
-            for key in keys:
-                self.target_dict[key].copy_(self.source_dict[key])
+            for key, value in self.source.state_dict().items():
+                self.target.state_dict()[key].copy_(value)
 
     @torch.no_grad()
     def update(self, itr=None):
         # Before ema_start the target tracks the source outright.
         decay = 0.0 if itr is not None and itr < self.start_itr else self.decay
-        targets = [self.target_dict[k] for k in self.float_keys]
-        sources = [self.source_dict[k] for k in self.float_keys]
+        # The dicts are fetched afresh: .to(memory_format=...) or .to(device) swap the tensors
+        # behind the parameters, and stale references would silently stop the average.
+        source, target = self.source.state_dict(), self.target.state_dict()
+        floats = [k for k, v in source.items() if v.is_floating_point()]
+        targets = [target[k] for k in floats]
         torch._foreach_mul_(targets, decay)
-        torch._foreach_add_(targets, sources, alpha=1 - decay)
-        for k in self.other_keys:
-            self.target_dict[k].copy_(self.source_dict[k])
+        torch._foreach_add_(targets, [source[k] for k in floats], alpha=1 - decay)
+        for k, v in source.items():
+            if not v.is_floating_point():
+                target[k].copy_(v)
 
 
 def ortho_grad(w, strength, offdiag=True):

@@ -235,3 +235,18 @@ def test_dcgan_losses():
     assert float(gen) == pytest.approx(mean([softplus(-f) for f in FAKE]), rel=1e-6)
     # The same thing written with sigmoids: -log(sigmoid(real)).
     assert float(real) == pytest.approx(float(-F.logsigmoid(torch.tensor(REAL)).mean()))
+
+
+def test_ema_survives_memory_format_change():
+    """EMA keeps averaging after the nets move to channels_last (their tensors are swapped)."""
+    torch.manual_seed(0)
+    source, target = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+    average = utils.ema(source, target, decay=0.5, start_itr=0)
+    source.to(memory_format=torch.channels_last)
+    target.to(memory_format=torch.channels_last)
+    before = target.weight.detach().clone()
+    with torch.no_grad():
+        source.weight.add_(1.0)
+    average.update(itr=1)
+    expected = 0.5 * before + 0.5 * source.weight.detach()
+    torch.testing.assert_close(target.weight.detach(), expected)

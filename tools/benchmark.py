@@ -87,12 +87,14 @@ def release_style(G, D, G_ema, ema):
         net.optim = torch.optim.Adam(net.parameters(), lr=group['lr'], betas=group['betas'],
                                      eps=group['eps'], weight_decay=0, foreach=False)
     if ema is not None:
+        source_dict, target_dict = ema.source.state_dict(), ema.target.state_dict()
+
         @torch.no_grad()
         def update(itr=None):
             decay = 0.0 if itr is not None and itr < ema.start_itr else ema.decay
-            for key in ema.source_dict:
-                ema.target_dict[key].data.copy_(ema.target_dict[key].data * decay
-                                                + ema.source_dict[key].data * (1 - decay))
+            for key in source_dict:
+                target_dict[key].data.copy_(target_dict[key].data * decay
+                                            + source_dict[key].data * (1 - decay))
         ema.update = update
 
 

@@ -53,6 +53,9 @@ def D_arch_from(table, ch, attention, rgb_input=True):
         for d in down:
             r = r // 2 if d else r
             resolution.append(r)
+        if res == 32:
+            # The release's 32px tables say 16 for every stage, and attention follows them.
+            resolution = [16] * len(outs)
         arch[res] = {'in_channels': ([3] if rgb_input else []) + [ch * m for m in ins],
                      'out_channels': [ch * m for m in outs],
                      'downsample': down,

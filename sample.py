@@ -96,6 +96,9 @@ def run(config):
     config['no_optim'] = True
     device = torch.device(config['device'])
     trunc_stds = truncation_values(config['sample_trunc_curves'])
+    if config['sample_npz'] and config['sample_num_npz'] < 1:
+        raise utils.ConfigError('--sample_num_npz must be at least 1, got %d'
+                                % config['sample_num_npz'])
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = importlib.import_module(config['model'])

@@ -2,12 +2,13 @@
 
     python train.py --dataset S32 --G_ch 32 --D_ch 32 --batch_size 32 ...  (see scripts/)
 """
+import contextlib
 import functools
 import importlib
-import os
 import signal
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -56,9 +57,10 @@ def finished(state_dict, config):
     return 0 < config['total_itrs'] <= state_dict['itr']
 
 
-def stop_on_signal():
-    """SIGINT/SIGTERM ask the loop to finish its iteration, save and exit; a second one stops
-    at once. Returns the flag the loop polls."""
+@contextlib.contextmanager
+def stop_on_signal(enabled=True):
+    """Inside, SIGINT/SIGTERM ask the loop to finish its iteration, save and exit (a second
+    one stops at once); yields the list the loop polls. Handlers are restored on exit."""
     requested = []
 
     def handler(signum, frame):
@@ -67,9 +69,36 @@ def stop_on_signal():
         requested.append(signum)
         print('\nsignal %d: stopping after this iteration (with a checkpoint)' % signum,
               file=sys.stderr)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return requested
+    sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def epoch_batches(loader, epoch, state_dict, config, rank):
+    """The epoch's remaining batches (a resumed run starts mid-epoch), behind rank 0's bar."""
+    done = state_dict['itr']
+    if not config['use_multiepoch_sampler']:
+        loader.sampler.set_epoch(epoch)
+        per_epoch = len(loader)
+        done = state_dict['itr'] - epoch * per_epoch
+        done = done if 0 <= done <= per_epoch else 0
+        loader.sampler.set_epoch(epoch, start=done * loader.batch_size)
+    # Worker seeds (random augmentations) differ per epoch and rank, and are reproducible.
+    loader.generator.manual_seed(
+        int(np.random.SeedSequence([config['seed'], epoch, rank]).generate_state(1)[0]))
+    total = len(loader)
+    if config['total_itrs']:
+        total = max(min(total, config['total_itrs'] - state_dict['itr']), 0)
+    if rank != 0:
+        return loader
+    if config['pbar'] == 'mine':
+        return utils.progress(loader, total=total, start=done, displaytype=(
+            's1k' if config['use_multiepoch_sampler'] else 'eta'))
+    return tqdm(loader, total=total)
 
 
 def run(config):
@@ -101,6 +130,7 @@ def run(config):
     if config['resume']:
         utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            config['load_weights'] or None, G_ema if config['ema'] else None)
+        state_dict.pop('saved_config', None)
     if world_size > 1 or config['compile']:
         GD = model.G_D(wrap(G, config, world_size, device), wrap(D, config, world_size, device))
     if world_size > 1:
@@ -122,10 +152,11 @@ def run(config):
     loader = utils.get_data_loaders(**{**config, 'batch_size': D_batch_size,
                                        'start_itr': state_dict['itr'], 'rank': rank,
                                        'world_size': world_size})[0]
-    if len(loader.dataset) < D_batch_size:
+    if len(loader.dataset) // world_size < D_batch_size:
         raise utils.ConfigError(
-            'the dataset has %d images, fewer than one step needs (batch_size x num_D_steps x '
-            'num_D_accumulations = %d): lower those flags' % (len(loader.dataset), D_batch_size))
+            'each process gets %d of the dataset\'s %d images, fewer than one step needs '
+            '(batch_size x num_D_steps x num_D_accumulations = %d): lower those flags'
+            % (len(loader.dataset) // world_size, len(loader.dataset), D_batch_size))
 
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
@@ -139,6 +170,8 @@ def run(config):
         utils.set_rng_state(state_dict.pop('rng'))
 
     precision = train_fns.Precision(config, device)
+    if 'amp' in state_dict:
+        precision.load_state_dict(state_dict['amp'])
     if config['which_train_fn'] == 'GAN':
         train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config,
                                                 precision)
@@ -148,65 +181,56 @@ def run(config):
                                config=config)
 
     # Under torchrun the launcher owns signals; a lone process stops cleanly on them.
-    stop = stop_on_signal() if world_size == 1 else []
-    start_itr = state_dict['itr']
-    per_epoch = len(loader)
-    for epoch in range(state_dict['epoch'], config['num_epochs']):
-        if not config['use_multiepoch_sampler']:
-            # Batches already done in this epoch (a resumed run starts mid-epoch).
-            done = state_dict['itr'] - epoch * per_epoch
-            done = done if 0 <= done <= per_epoch else 0
-            loader.sampler.set_epoch(epoch, start=done * D_batch_size)
-        if config['pbar'] == 'mine':
-            pbar = utils.progress(loader, displaytype='s1k' if config['use_multiepoch_sampler']
-                                  else 'eta', start=state_dict['itr'] - epoch * per_epoch
-                                  if not config['use_multiepoch_sampler'] else state_dict['itr'],
-                                  file=None if rank == 0 else open(os.devnull, 'w'))
-        else:
-            pbar = tqdm(loader, disable=rank != 0)
-        for x, y in pbar:
-            if x.shape[0] < D_batch_size:
-                break  # the multi-epoch sampler's last, partial batch
-            state_dict['itr'] += 1
-            G.train()
-            D.train()
-            if config['ema']:
-                G_ema.train()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if config['channels_last']:
-                x = x.contiguous(memory_format=torch.channels_last)
-            metrics = train(x, y)
-            if rank == 0:
-                train_log.log(itr=int(state_dict['itr']), **metrics)
-                if (config['sv_log_interval'] > 0
-                        and not state_dict['itr'] % config['sv_log_interval']):
-                    train_log.log(itr=int(state_dict['itr']),
-                                  **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
-                pbar.set_postfix(metrics)
+    with stop_on_signal(world_size == 1) as stop:
+        start_itr = state_dict['itr']
+        for epoch in range(state_dict['epoch'], config['num_epochs']):
+            batches = epoch_batches(loader, epoch, state_dict, config, rank)
+            for x, y in batches:
+                if x.shape[0] < D_batch_size:
+                    break  # the multi-epoch sampler's last, partial batch
+                state_dict['itr'] += 1
+                G.train()
+                D.train()
+                if config['ema']:
+                    G_ema.train()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if config['channels_last']:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                metrics = train(x, y)
+                if rank == 0:
+                    train_log.log(itr=int(state_dict['itr']), **metrics)
+                    if (config['sv_log_interval'] > 0
+                            and not state_dict['itr'] % config['sv_log_interval']):
+                        train_log.log(itr=int(state_dict['itr']),
+                                      **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
+                    batches.set_postfix(metrics)
 
-            testing = config['test_every'] > 0 and not state_dict['itr'] % config['test_every']
-            saving = config['save_every'] > 0 and not state_dict['itr'] % config['save_every']
-            if testing or saving:
-                eval_for_sampling(config, G, G_ema)
-            if testing:
-                # Test before saving, so a checkpoint of this iteration holds the result.
-                train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
-                               get_inception_metrics, experiment_name, test_log)
-            if saving:
-                train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict,
-                                          config, experiment_name)
+                itr = state_dict['itr']
+                testing = config['test_every'] > 0 and not itr % config['test_every']
+                saving = config['save_every'] > 0 and not itr % config['save_every']
+                if testing or saving:
+                    eval_for_sampling(config, G, G_ema)
+                    state_dict.update(precision.state_dict())
+                if testing:
+                    # Test before saving, so a checkpoint of this iteration holds the result.
+                    train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
+                                   get_inception_metrics, experiment_name, test_log)
+                if saving:
+                    train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y,
+                                              state_dict, config, experiment_name)
+                if finished(state_dict, config) or stop:
+                    break
             if finished(state_dict, config) or stop:
                 break
-        if finished(state_dict, config) or stop:
-            break
-        state_dict['epoch'] += 1
-        if config['use_multiepoch_sampler']:
-            break  # one pass of that sampler covers every epoch
+            state_dict['epoch'] += 1
+            if config['use_multiepoch_sampler']:
+                break  # one pass of that sampler covers every epoch
 
     # The last iteration gets a checkpoint and sheets too, wherever the run stopped.
     if (config['save_every'] > 0 and state_dict['itr'] > start_itr
             and state_dict['itr'] % config['save_every']):
         eval_for_sampling(config, G, G_ema)
+        state_dict.update(precision.state_dict())
         train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                                   experiment_name)
     if world_size > 1:

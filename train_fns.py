@@ -28,6 +28,20 @@ class Precision(object):
     def autocast(self):
         return utils.autocast(self.device_type, self.dtype)
 
+    def state_dict(self):
+        """{'amp': the loss scalers' state} for checkpoints (plain data); {} without fp16."""
+        if not self.G_scaler.is_enabled():
+            return {}
+        return {'amp': {'G_scaler': self.G_scaler.state_dict(),
+                        'D_scaler': self.D_scaler.state_dict(), 'skipped': dict(self.skipped)}}
+
+    def load_state_dict(self, state):
+        """Restore what state_dict()['amp'] held, so an fp16 run resumes with its scales."""
+        if self.G_scaler.is_enabled():
+            self.G_scaler.load_state_dict(state['G_scaler'])
+            self.D_scaler.load_state_dict(state['D_scaler'])
+            self.skipped.update(state['skipped'])
+
     def step(self, scaler, optim, name, before_step=None):
         """Unscale, run before_step (ortho reg adds to true gradients), step, count skips."""
         if scaler.is_enabled():
@@ -181,6 +195,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
                                             config['num_standing_accumulations'])
         metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
                                         prints=utils.get_rank() == 0)
+    # Every rank acts on rank 0's numbers, so all of them agree on saving a best copy.
+    metrics = utils.broadcast_object(metrics)
     IS_mean, IS_std, FID = metrics[:3]
     extra = metrics[3] if len(metrics) > 3 else {}
     rank0 = utils.get_rank() == 0

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -720,6 +721,16 @@ def get_world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def broadcast_object(obj):
+    """Rank 0's obj on every rank; obj itself without a process group."""
+    if get_world_size() == 1:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_gather_objects(obj):
     """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] without a process group."""
     if get_world_size() == 1:
@@ -812,10 +823,24 @@ def atomic_open(path, mode='wb'):
             os.remove(tmp)
 
 
-def atomic_save(obj, path):
-    """torch.save through atomic_open."""
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+def atomic_save_all(items):
+    """Write every (obj, path) to a temporary file first, then rename them all in a row, so
+    the files of one checkpoint change together (a kill mid-write leaves the old set)."""
+    tmps = []
+    try:
+        for obj, path in items:
+            tmp = '%s.tmp%d' % (path, os.getpid())
+            tmps.append((tmp, path))
+            with open(tmp, 'wb') as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def plain(value):
@@ -839,7 +864,8 @@ def get_rng_state():
              'numpy': [kind, keys.tolist(), pos, has_gauss, cached],
              'python': [version, list(internal), gauss]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+        # This process's device only: the count of visible GPUs may differ on resume.
+        state['cuda'] = torch.cuda.get_rng_state().tolist()
     return state
 
 
@@ -857,7 +883,7 @@ def set_rng_state(state):
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state['cuda']])
+        torch.cuda.set_rng_state(torch.tensor(state['cuda'], dtype=torch.uint8))
 
 
 def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
@@ -877,23 +903,61 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     os.makedirs(root, exist_ok=True)
     path = functools.partial(checkpoint_path, weights_root, experiment_name,
                              name_suffix=name_suffix)
-    atomic_save(G.state_dict(), path('G'))
-    atomic_save(G.optim.state_dict(), path('G_optim'))
-    atomic_save(D.state_dict(), path('D'))
-    atomic_save(D.optim.state_dict(), path('D_optim'))
+    items = [(G.state_dict(), path('G')), (G.optim.state_dict(), path('G_optim')),
+             (D.state_dict(), path('D')), (D.optim.state_dict(), path('D_optim'))]
     if G_ema is not None:
-        atomic_save(G_ema.state_dict(), path('G_ema'))
-    atomic_save({**state_dict, 'config': plain(state_dict['config']), 'rng': rng},
-                path('state_dict'))
+        items.append((G_ema.state_dict(), path('G_ema')))
+    items.append(({**state_dict, 'config': plain(state_dict['config']), 'rng': rng},
+                  path('state_dict')))
+    atomic_save_all(items)
+
+
+class ReleaseUnpickler(pickle.Unpickler):
+    """Unpickles what the release's state_dict.pth holds and nothing else: plain data,
+    nn.ReLU and OrderedDict, numpy float scalars (its best_IS/best_FID) and tensors.
+
+    weights_only=True refuses such files: numpy scalars are not on its list, and PyTorch < 1.6
+    (which the release ran on) saved the ReLU's class by a persistent id it does not accept.
+    """
+    ALLOWED = {('collections', 'OrderedDict'), ('torch.nn.modules.activation', 'ReLU'),
+               ('_codecs', 'encode'),  # how pickle protocol 2 spells bytes
+               ('__builtin__', 'set'), ('builtins', 'set'), ('builtins', 'frozenset'),
+               ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+               ('numpy', 'dtype'), ('torch._utils', '_rebuild_tensor_v2'),
+               ('torch._utils', '_rebuild_parameter'), ('torch', 'FloatStorage'),
+               ('torch', 'DoubleStorage'), ('torch', 'LongStorage'), ('torch', 'IntStorage'),
+               ('torch', 'ByteStorage'), ('torch', 'HalfStorage')}
+
+    def find_class(self, module, name):
+        if (module, name) == ('torch.nn.backends.thnn', '_get_thnn_function_backend'):
+            return type(None)  # an nn.Module attribute of PyTorch 1.0, gone since
+        if (module, name) in self.ALLOWED or module.startswith('numpy.dtypes'):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError('%s.%s is not allowed in a checkpoint' % (module, name))
+
+
+class release_pickle:
+    """The pickle module torch.load uses for the release's files (see ReleaseUnpickler)."""
+    Unpickler = ReleaseUnpickler
+    load = staticmethod(pickle.load)
+    __name__ = 'release_pickle'
 
 
 def torch_load(path, map_location='cpu'):
-    """torch.load that unpickles only tensors and plain data; the release's state_dict.pth,
-    whose config holds nn.ReLU objects, is let through with that one class allowed."""
+    """torch.load of tensors and plain data only: weights_only=True, falling back for the
+    release's state_dict.pth to an unpickler that allows just what such a file holds."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
-    with torch.serialization.safe_globals([nn.ReLU]):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals([nn.ReLU]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        obj = torch.load(path, map_location=map_location, weights_only=False,
+                         pickle_module=release_pickle)
+        if isinstance(obj, dict):
+            # numpy scalars become floats, so the state can be saved again as plain data.
+            obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
+        return obj
 
 
 def check_shapes(module, loaded, path, strict=True):

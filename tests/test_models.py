@@ -1,9 +1,12 @@
 """Models against the release's facts (state-dict keys, shapes, counts) and checkpoint
 compatibility in both directions."""
+import functools
 import importlib
 import json
 import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -62,18 +65,21 @@ def tiny_models(config, seed):
     return G, D, G_ema
 
 
-def release_save(G, D, G_ema, folder, config):
-    """Write files as the release did: plain torch.save, nn.ReLU objects in the config."""
+def release_save(G, D, G_ema, folder, config, legacy=True):
+    """Write files as the release did: plain torch.save (PyTorch 1.0's legacy format with
+    pickle protocol 2 when legacy), nn.ReLU objects in the config, numpy best_IS/best_FID."""
     os.makedirs(folder)
+    save = functools.partial(torch.save, _use_new_zipfile_serialization=not legacy,
+                             pickle_protocol=2)
     for name, obj in [('G', G.state_dict()), ('G_optim', G.optim.state_dict()),
                       ('D', D.state_dict()), ('D_optim', D.optim.state_dict()),
                       ('G_ema', G_ema.state_dict())]:
-        torch.save(obj, os.path.join(folder, name + '.pth'))
+        save(obj, os.path.join(folder, name + '.pth'))
     release_config = dict(config, G_activation=nn.ReLU(inplace=False),
                           D_activation=nn.ReLU(inplace=False))
-    torch.save({'itr': 7, 'epoch': 1, 'save_num': 1, 'save_best_num': 0, 'best_IS': 1.5,
-                'best_FID': 99.0, 'config': release_config},
-               os.path.join(folder, 'state_dict.pth'))
+    save({'itr': 7, 'epoch': 1, 'save_num': 1, 'save_best_num': 0, 'best_IS': np.float64(1.5),
+          'best_FID': np.float64(99.0), 'config': release_config},
+         os.path.join(folder, 'state_dict.pth'))
 
 
 def G_out(G, config):
@@ -85,11 +91,12 @@ def G_out(G, config):
         return G(z, G.shared(y))
 
 
-def test_release_checkpoint_loads_strict_and_matches(tmp_path):
+@pytest.mark.parametrize('legacy', [True, False])
+def test_release_checkpoint_loads_strict_and_matches(tmp_path, legacy):
     """A release-style checkpoint loads strictly, keeps itr etc., and gives the same outputs."""
     config = tiny_config('--G_attn', '32', '--D_attn', '32')
     G, D, G_ema = tiny_models(config, seed=1)
-    release_save(G, D, G_ema, str(tmp_path / 'w' / 'exp'), config)
+    release_save(G, D, G_ema, str(tmp_path / 'w' / 'exp'), config, legacy)
     G2, D2, G_ema2 = tiny_models(config, seed=2)
     assert not torch.equal(G_out(G, config), G_out(G2, config))
     state = {'itr': 0, 'epoch': 0, 'config': config}
@@ -128,3 +135,33 @@ def test_our_checkpoint_loads_with_plain_torch(tmp_path):
     assert saved['itr'] == 3 and saved['config']['G_ch'] == config['G_ch']
     assert torch.equal(G_out(G, config), G_out(G2, config))
     assert torch.equal(G_out(G_ema, config), G_out(G_ema2, config))
+
+
+class Payload:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, ('echo unpickled',))
+
+
+@pytest.mark.parametrize('legacy', [True, False])
+def test_checkpoint_with_code_is_refused(tmp_path, legacy):
+    """A state_dict.pth that would run code on unpickling is refused in either format."""
+    path = str(tmp_path / 'state_dict.pth')
+    torch.save({'itr': 1, 'x': Payload()}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+        utils.torch_load(path)
+
+
+@pytest.mark.parametrize('model_name,attn,expect', [
+    ('BigGAN', '16', {0, 1, 2, 3}), ('BigGAN', '8', set()),
+    ('BigGANdeep', '16', {0, 1, 2}), ('BigGANdeep', '8', set())])
+def test_32px_D_attention_follows_release_table(model_name, attn, expect):
+    """At 32px the release's D tables list resolution 16 for every stage, so --D_attn 16 puts
+    attention after every stage and --D_attn 8 nowhere."""
+    config = tiny_config('--model', model_name, '--D_attn', attn, '--D_ch', '8')
+    with torch.device('meta'):
+        D = importlib.import_module(model_name).Discriminator(**{**config, 'skip_init': True})
+    stages = {i for i, block in enumerate(D.blocks)
+              if any(type(m).__name__ == 'Attention' for m in block)}
+    assert stages == expect

@@ -108,8 +108,6 @@ def run(config):
     if config['resume']:
         config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     utils.seed_rng(config['seed'])
-    if rank == 0:
-        utils.prepare_root(config)
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
 
@@ -123,6 +121,8 @@ def run(config):
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
             device=device, data_root=config['data_root'], kid=config['kid'])
 
+    if rank == 0:
+        utils.prepare_root(config)
     model, G, D, G_ema, ema = build_models(config, device)
     GD = model.G_D(G, D)
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
@@ -138,15 +138,6 @@ def run(config):
     elif config['parallel']:
         GD = nn.DataParallel(GD)
 
-    # Rank 0 keeps the logs; the other ranks log nowhere.
-    test_log = train_log = None
-    if rank == 0:
-        test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
-                                       reinitialize=not config['resume'])
-        train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
-                                   reinitialize=not config['resume'], logstyle=config['logstyle'])
-        utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
-
     # D consumes batch_size images per accumulation and per D step.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     loader = utils.get_data_loaders(**{**config, 'batch_size': D_batch_size,
@@ -157,6 +148,16 @@ def run(config):
             'each process gets %d of the dataset\'s %d images, fewer than one step needs '
             '(batch_size x num_D_steps x num_D_accumulations = %d): lower those flags'
             % (len(loader.dataset) // world_size, len(loader.dataset), D_batch_size))
+
+    # Rank 0 keeps the logs (created once the data is known good, so a failed start
+    # deletes no old log); the other ranks log nowhere.
+    test_log = train_log = None
+    if rank == 0:
+        test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
+                                       reinitialize=not config['resume'])
+        train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
+                                   reinitialize=not config['resume'], logstyle=config['logstyle'])
+        utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,

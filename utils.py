@@ -1086,14 +1086,19 @@ class progress(object):
 
     def __iter__(self):
         t_start, t_last = time.time(), 0
-        n = 0
-        for n, item in enumerate(self.items):
-            t_now = time.time()
-            if t_now - t_last > self.min_delay and n > 0:
-                self.show(n, t_now - t_start)
-                t_last = t_now
-            yield item
-        self.show(n + 1, time.time() - t_start, end='\n')
+        count = 0  # items handed out; the last one counts as done once the caller stops
+        try:
+            for n, item in enumerate(self.items):
+                t_now = time.time()
+                if t_now - t_last > self.min_delay and n > 0:
+                    self.show(n, t_now - t_start)
+                    t_last = t_now
+                count = n + 1
+                yield item
+        finally:
+            # Also when the loop stops early (--total_itrs), the line ends.
+            if count:
+                self.show(count, time.time() - t_start, end='\n')
 
     def show(self, n, t_done, end=''):
         """Print the line for n items done in t_done seconds."""

@@ -111,7 +111,7 @@ def _worker(rank, port, flags, inputs, out_dir):
 
 def run_ranks(flags, inputs, tmp_path):
     mp.spawn(_worker, args=(free_port(), flags, inputs, str(tmp_path)), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / ('rank%d.pt' % r)) for r in range(WORLD)]
+    return [torch.load(tmp_path / ('rank%d.pt' % r), weights_only=True) for r in range(WORLD)]
 
 
 def max_rel_diff(a, b):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import inception_utils
+import utils
 
 
 def prepare_parser():
@@ -62,15 +63,7 @@ def prepare_parser():
     parser.add_argument(
         '--device', type=str, default=None,
         help='Device to run on (default: cuda if available, else cpu)')
-    parser.add_argument(
-        '--dataset_root', type=str, default='',
-        help='Image folder or HDF5 file of a dataset not in the table')
-    parser.add_argument(
-        '--resolution', type=int, default=0,
-        help="Image resolution of a custom dataset; 0 takes the table's")
-    parser.add_argument(
-        '--n_classes', type=int, default=0,
-        help="Class count of a custom dataset; 0 takes the table's")
+    utils.add_custom_dataset_args(parser)
     parser.add_argument(
         '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
         help='Real pool features stored for KID; 0 stores none '
@@ -80,10 +73,6 @@ def prepare_parser():
 
 def run(config):
     """Stream the dataset through Inception and write the moments file."""
-    # Imported here so that inception_utils and its tests do not need the
-    # data pipeline.
-    import utils
-
     utils.check_dataset(config)
     device = inception_utils.resolve_device(config['device'])
     torch.manual_seed(config['seed'])
@@ -121,7 +110,6 @@ def run(config):
 
 def main():
     """Parse the command line and run; bad input gets one line and exit status 2."""
-    import utils
     utils.run_cli(run, prepare_parser())
 
 

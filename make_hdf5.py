@@ -28,6 +28,7 @@ from torch.utils import data
 from tqdm import tqdm
 
 import datasets as dset
+import utils
 
 
 class BadImageError(RuntimeError):
@@ -66,15 +67,7 @@ def prepare_parser():
         '--skip_bad', action='store_true', default=False,
         help='Skip unreadable images (counted in the summary) instead of '
              'stopping (default: %(default)s)')
-    parser.add_argument(
-        '--dataset_root', type=str, default=None,
-        help='Class-folder root to read instead of data_root/<table entry>')
-    parser.add_argument(
-        '--resolution', type=int, default=None,
-        help='Output resolution, for datasets outside the table')
-    parser.add_argument(
-        '--n_classes', type=int, default=None,
-        help='Expected number of class folders, for datasets outside the table')
+    utils.add_custom_dataset_args(parser)
     parser.add_argument(
         '--output', type=str, default=None,
         help='Output file instead of data_root/ILSVRC{res}.hdf5')
@@ -89,15 +82,13 @@ def prepare_parser():
 # ---------------------------------------------------------------------------
 
 def dataset_info(name):
-    """(resolution, class count, folder under data_root) for a dataset name, or Nones."""
-    try:
-        import utils  # the dataset table lives there; imported late on purpose
-        return (utils.imsize_dict[name], utils.nclass_dict[name],
-                getattr(utils, 'root_dict', {}).get(name, 'ImageNet'))
-    except (ImportError, AttributeError, KeyError):
-        pass
-    if name == 'S32':
-        return dset.S32_RES, len(dset.S32_CLASSES), 'S32'
+    """(resolution, class count, folder under data_root) for a dataset name, or Nones.
+
+    Besides the table's names, any I{res} reads the ImageNet folder at that resolution.
+    """
+    entry = utils.DATASETS.get(name)
+    if entry is not None:
+        return entry.resolution, entry.n_classes, entry.root
     match = re.fullmatch(r'I(\d+)', name)
     if match:
         return int(match.group(1)), 1000, 'ImageNet'

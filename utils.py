@@ -289,15 +289,9 @@ def prepare_parser():
     parser.add_argument('--device', type=str, default='',
                         help="Device to run on, e.g. cpu, cuda, cuda:1; '' picks CUDA when "
                              'available, else CPU (default: auto)')
-    parser.add_argument('--dataset_root', type=str, default='',
-                        help='Image folder or HDF5 file of a dataset not in the table '
-                             '(with --resolution and --n_classes)')
+    add_custom_dataset_args(parser)
     parser.add_argument('--download', action='store_true', default=False,
                         help='Let torchvision download CIFAR when its files are missing')
-    parser.add_argument('--resolution', type=int, default=0,
-                        help="Image resolution of a custom dataset; 0 takes the table's")
-    parser.add_argument('--n_classes', type=int, default=0,
-                        help="Class count of a custom dataset; 0 takes the table's")
     parser.add_argument('--total_itrs', type=int, default=0,
                         help='Stop after this many iterations in all; 0 runs num_epochs')
     parser.add_argument('--amp', type=str, default='', choices=['', 'bf16', 'fp16'],
@@ -315,6 +309,19 @@ def prepare_parser():
                         help='Local file with the Inception weights (default: torch hub cache)')
     parser.add_argument('--kid', action='store_true', default=False,
                         help='Also report KID beside FID')
+    return parser
+
+
+def add_custom_dataset_args(parser):
+    """--dataset_root, --resolution and --n_classes: a dataset without editing the table.
+    train.py, sample.py, make_hdf5.py and calculate_inception_moments.py share them."""
+    parser.add_argument('--dataset_root', type=str, default='',
+                        help='Image folder (root/<class>/<image>) or HDF5 file of a dataset '
+                             'not in the table, or to read instead of the table\'s')
+    parser.add_argument('--resolution', type=int, default=0,
+                        help="Image resolution of a custom dataset; 0 takes the table's")
+    parser.add_argument('--n_classes', type=int, default=0,
+                        help="Class count of a custom dataset; 0 takes the table's")
     return parser
 
 

@@ -53,3 +53,19 @@ def run_flags(data_root, out, name, *extra):
         '--logs_root', os.path.join(out, 'logs'), '--samples_root', os.path.join(out, 'samples'),
         '--experiment_name', name, '--shuffle', '--num_D_steps', '1', '--test_every', '0',
         '--ema', '--use_ema', '--num_epochs', '1000'] + list(extra)
+
+
+def assert_same(a, b, where=''):
+    """Recursive exact equality of loaded checkpoint objects (tensors, dicts, lists, values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], '%s.%s' % (where, k))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, '%s[%d]' % (where, i))
+    else:
+        assert a == b, where

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from conftest import ROOT, run_flags, tiny_config
+from conftest import ROOT, assert_same, run_flags, tiny_config
 
 B = 4          # per-rank batch
 WORLD = 2
@@ -193,21 +193,6 @@ def load_all(out):
     root = os.path.join(str(out), 'weights', 'dist')
     return {name: utils.torch_load(os.path.join(root, name + '.pth'))
             for name in ('G', 'D', 'G_ema', 'G_optim', 'D_optim', 'state_dict')}
-
-
-def assert_same(a, b, path=''):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], '%s/%s' % (path, k))
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, '%s[%d]' % (path, i))
-    else:
-        assert a == b, path
 
 
 def test_torchrun_writes_one_set_of_files_and_resumes_exactly(data_root, tmp_path):

@@ -2,7 +2,6 @@
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -545,11 +544,10 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch):
         data = torch.utils.data.TensorDataset(images, torch.zeros(13))
         return [torch.utils.data.DataLoader(data, batch_size=5)]
 
-    # A stand-in utils: the dataset check passes (S8 is not in the real table) and the
-    # loader yields the fake data.
-    monkeypatch.setitem(sys.modules, 'utils',
-                        types.SimpleNamespace(get_data_loaders=get_data_loaders,
-                                              check_dataset=lambda config: None))
+    # The dataset check passes (S8 is not in the real table) and the loader yields the
+    # fake data.
+    monkeypatch.setattr(cim.utils, 'get_data_loaders', get_data_loaders)
+    monkeypatch.setattr(cim.utils, 'check_dataset', lambda config: None)
     torch.manual_seed(0)
     net = FakeNet()
     monkeypatch.setattr(iu, 'check_inception_weights', lambda *a: 'x')

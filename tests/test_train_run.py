@@ -11,7 +11,7 @@ from test_models import tiny_models
 
 import train
 import utils
-from conftest import run_flags, tiny_config
+from conftest import assert_same, run_flags, tiny_config
 
 NAME = 'exp'
 FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
@@ -86,22 +86,6 @@ def test_run_writes_samples(run3):
     for style in ['Z', 'Y', 'ZY']:
         with Image.open(folder / '3' / ('interp%s0.jpg' % style)) as im:
             assert im.size == (10 * 34 + 2, 16 * 34 + 2)  # 16 rows of 8 midpoints + 2 ends
-
-
-def assert_same(a, b, where=''):
-    """Recursive exact equality of loaded checkpoint objects."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], '%s.%s' % (where, k))
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, '%s[%d]' % (where, i))
-    else:
-        assert a == b, where
 
 
 def test_resume_is_bit_exact(run3, data_root, tmp_path):

@@ -27,10 +27,9 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
 
 def config_from_checkpoint(config):
     """Take the model flags from the checkpoint's stored config (--config_from_name)."""
-    state_dict = {}
-    utils.load_weights(None, None, state_dict, config['weights_root'], config['experiment_name'],
-                       config['load_weights'] or None, None, strict=False, load_optim=False)
-    saved = state_dict.get('saved_config') or {}
+    saved = utils.load_weights(None, None, {}, config['weights_root'], config['experiment_name'],
+                               config['load_weights'] or None, None, strict=False,
+                               load_optim=False) or {}
     for item, value in saved.items():
         if item in config and item not in KEEP_FROM_COMMAND_LINE and not item.startswith('sample_'):
             config[item] = value

@@ -130,7 +130,6 @@ def run(config):
     if config['resume']:
         utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            config['load_weights'] or None, G_ema if config['ema'] else None)
-        state_dict.pop('saved_config', None)
     if world_size > 1 or config['compile']:
         GD = model.G_D(wrap(G, config, world_size, device), wrap(D, config, world_size, device))
     if world_size > 1:

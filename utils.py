@@ -988,7 +988,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     """Load what save_weights wrote (or the release wrote) into the given modules and dict.
 
     state_dict is updated in place except its 'config', which stays the current run's; an 'rng'
-    entry comes back if the checkpoint has one (the release's do not).
+    entry comes back if the checkpoint has one (the release's do not). Returns the config the
+    checkpoint was saved with (None if it has none).
     """
     path = functools.partial(checkpoint_path, weights_root, experiment_name,
                              name_suffix=name_suffix)
@@ -1013,8 +1014,7 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     for key, value in saved.items():
         if key != 'config':
             state_dict[key] = value
-    state_dict.setdefault('saved_config', saved.get('config'))
-    return state_dict
+    return saved.get('config')
 
 
 # ----------------------------------------------------------------------------

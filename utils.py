@@ -1196,10 +1196,11 @@ def config_autocast(config):
     return autocast(torch.device(config['device']).type, amp_dtype(config))
 
 
-def run_G(G, z, y, parallel=False):
-    """G(z, G.shared(y)) under no_grad, over the visible GPUs with DataParallel if asked."""
+def run_G(G, z, y, parallel=False, embedded=False):
+    """G(z, G.shared(y)) under no_grad (y used as is when already embedded), over the visible
+    GPUs with DataParallel if asked."""
     with torch.no_grad():
-        gy = G.shared(y)
+        gy = y if embedded else G.shared(y)
         if parallel and torch.cuda.device_count() > 1 and z.is_cuda:
             return nn.parallel.data_parallel(G, (z, gy))
         return G(z, gy)
@@ -1270,11 +1271,7 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
         # Without a shared embedding ys are class indices: one per image.
         ys = ys.view(num_per_sheet * steps, -1)
         ys = ys.view(-1) if not ys.is_floating_point() else ys
-        zs = zs.view(-1, G.dim_z)
-        if parallel and torch.cuda.device_count() > 1 and zs.is_cuda:
-            out_ims = nn.parallel.data_parallel(G, (zs, ys))
-        else:
-            out_ims = G(zs, ys)
+        out_ims = run_G(G, zs.view(-1, G.dim_z), ys, parallel, embedded=True)
     style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
     folder = '%s/%s/%d' % (samples_root, experiment_name, folder_number)
     os.makedirs(folder, exist_ok=True)

@@ -850,17 +850,19 @@ def atomic_save_all(items):
                 os.remove(tmp)
 
 
-def plain(value):
-    """value if it is plain data (what weights_only loading accepts), else None."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+def is_plain(value):
+    """Whether value is plain data, what weights_only loading accepts."""
     if isinstance(value, (list, tuple)):
-        items = [plain(v) for v in value]
-        return type(value)(items) if all(i is not None or v is None
-                                          for i, v in zip(items, value)) else None
+        return all(is_plain(v) for v in value)
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if plain(v) is not None or v is None}
-    return None
+        return all(is_plain(v) for v in value.values())
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def plain_config(config):
+    """config without its non-plain entries (the activation modules, re-derived from
+    --G_nl/--D_nl when loaded)."""
+    return {k: v for k, v in config.items() if is_plain(v)}
 
 
 def get_rng_state():
@@ -914,7 +916,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
              (D.state_dict(), path('D')), (D.optim.state_dict(), path('D_optim'))]
     if G_ema is not None:
         items.append((G_ema.state_dict(), path('G_ema')))
-    items.append(({**state_dict, 'config': plain(state_dict['config']), 'rng': rng},
+    items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng},
                   path('state_dict')))
     atomic_save_all(items)
 

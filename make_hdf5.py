@@ -60,9 +60,9 @@ def prepare_parser():
         '--compression', action='store_true', default=False,
         help='Compress the HDF5 datasets (default: %(default)s)')
     parser.add_argument(
-        '--compression_filter', type=str, default='gzip', choices=['gzip', 'lzf'],
-        help='Filter used with --compression: gzip (level 4) is what the release\'s '
-             'compression=True gave h5py; lzf is faster (default: %(default)s)')
+        '--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],
+        help='Filter used with --compression: lzf, as the release; gzip (level 4) '
+             'makes smaller files more slowly (default: %(default)s)')
     parser.add_argument(
         '--skip_bad', action='store_true', default=False,
         help='Skip unreadable images (counted in the summary) instead of '

@@ -5,7 +5,9 @@
 generates an ImageNet-like folder of JPEGs (sides 250..500 px by default, like
 ILSVRC's typical 500x375), converts it with both approaches using the same worker count,
 batch size and resolution, and prints images/s for each, their ratio, and how
-many pixels the release's float round trip changed.
+many pixels the release's float round trip changed.  ``--stages`` first times the
+per-image steps in this one process: the decode and resize that any exact
+conversion must do bound how far make_hdf5.py can get ahead of the release.
 
 The release's approach, rebuilt here for comparison only: a DataLoader over the
 image folder with CenterCropLongEdge + Resize + ToTensor + Normalize, then
@@ -15,6 +17,7 @@ its datasets for every batch.
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,11 +58,54 @@ class _CenterCropLongEdge:
         return TF.center_crop(img, min(img.size))
 
 
+def release_transform(res):
+    """The release's ImageNet transform (no augmentation)."""
+    return T.Compose([_CenterCropLongEdge(), T.Resize(res), T.ToTensor(),
+                      T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+def stage_times(paths, res, repeats):
+    """Median ms per image of each conversion step, in this process on one thread."""
+    transform = release_transform(res)
+
+    def decode(path):
+        with open(path, 'rb') as f:
+            img = Image.open(f)
+            img.load()
+        return img
+
+    def release(path):
+        with open(path, 'rb') as f:
+            img = Image.open(f).convert('RGB')
+        return transform(img)
+
+    decoded = [decode(p) for p in paths]
+    cropped = [TF.center_crop(img, min(img.size)) for img in decoded]
+    steps = {
+        'decode (PIL)': (decode, paths),
+        'crop': (lambda img: TF.center_crop(img, min(img.size)), decoded),
+        'resize (PIL)': (lambda img: img.resize((res, res), Image.BILINEAR), cropped),
+        'make_hdf5.load_square': (lambda p: make_hdf5.load_square(p, res), paths),
+        'release transform': (release, paths),
+    }
+    times = {name: [] for name in steps}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    for _ in range(repeats):
+        for name, (fn, args) in steps.items():
+            start = time.perf_counter()
+            for a in args:
+                fn(a)
+            times[name].append(1e3 * (time.perf_counter() - start) / len(args))
+    torch.set_num_threads(threads)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def release_convert(root, out, res, batch_size, num_workers, index_filename, compression):
     """The release's make_hdf5 loop: float tensors, truncating cast, per-batch append."""
-    transform = T.Compose([_CenterCropLongEdge(), T.Resize(res), T.ToTensor(),
-                           T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    ds = dset.ImageFolder(root, transform=transform, index_filename=index_filename)
+    compression = 'lzf' if compression else None
+    ds = dset.ImageFolder(root, transform=release_transform(res),
+                          index_filename=index_filename)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         pin_memory=False, drop_last=False)
@@ -72,9 +118,9 @@ def release_convert(root, out, res, batch_size, num_workers, index_filename, com
                 f.create_dataset('imgs', x.shape, dtype='uint8',
                                  maxshape=(n, 3, res, res),
                                  chunks=(500, 3, res, res),
-                                 compression=compression or None)[...] = x
+                                 compression=compression)[...] = x
                 f.create_dataset('labels', y.shape, dtype='int64', maxshape=(n,),
-                                 chunks=(500,), compression=compression or None)[...] = y
+                                 chunks=(500,), compression=compression)[...] = y
         else:
             with h5py.File(out, 'a') as f:
                 f['imgs'].resize(f['imgs'].shape[0] + x.shape[0], axis=0)
@@ -109,9 +155,11 @@ def main():
     parser.add_argument('--batch_size', type=int, default=256)
     parser.add_argument('--num_workers', type=int, default=2)
     parser.add_argument('--compression', action='store_true',
-                        help='compress both files as the release\'s --compression (gzip)')
+                        help='compress both files as the release\'s --compression (LZF)')
     parser.add_argument('--repeats', type=int, default=2,
                         help='runs of each approach, alternating; the best counts')
+    parser.add_argument('--stages', type=int, default=0, metavar='N',
+                        help='first time each per-image step on N images (default: off)')
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +170,15 @@ def main():
             make_folder(root, args.n_images, args.n_classes, args.sizes)
             print(f'generated {args.n_images} JPEGs in {time.time() - start:.1f} s')
         index = f'I{args.res}_imgs.npz'
-        dset.ImageFolder(root, index_filename=index)  # index built outside the timings
+        folder = dset.ImageFolder(root, index_filename=index)  # index built outside timings
+        if args.stages:
+            ms = stage_times(folder.paths[:args.stages], args.res, max(args.repeats, 3))
+            print(f'per image, one process, {args.stages} images:')
+            for name, t in ms.items():
+                print(f'  {name:24s} {t:6.3f} ms')
+            floor = ms['decode (PIL)'] + ms['resize (PIL)']
+            print(f'  an exact conversion needs decode + resize = {floor:.3f} ms, so it can '
+                  f'be at most {ms["release transform"] / floor:.2f}x the release transform')
         outs = {'release': os.path.join(tmp, 'release.hdf5'),
                 'ours': os.path.join(tmp, 'ours.hdf5')}
         fns = {'release': release_convert, 'ours': ours_convert}
@@ -142,7 +198,7 @@ def main():
     changed = int((a != b).sum())
     print(f'\n{n} images, {args.res}px, batch {args.batch_size}, '
           f'{args.num_workers} workers, {os.cpu_count()} CPUs, '
-          f'compression {"gzip" if args.compression else "none"}')
+          f'compression {"lzf" if args.compression else "none"}')
     print(f'release approach: {best["release"]:.1f} images/s')
     print(f'make_hdf5.py:     {best["ours"]:.1f} images/s '
           f'({best["ours"] / best["release"]:.2f}x)')

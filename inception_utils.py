@@ -623,7 +623,7 @@ def _gather_ranks(t):
 
 
 def iterate_inception_outputs(sample, net, num_images):
-    """Yield (pool, logits) batches for exactly num_images sampled images.
+    """Yield (pool, logits, labels) batches for exactly num_images sampled images.
 
     Under DDP every rank samples its own batch and all ranks see every rank's outputs, so
     the metrics come from all ranks' images and agree everywhere.
@@ -633,22 +633,31 @@ def iterate_inception_outputs(sample, net, num_images):
     while seen < num_images:
         # Grad mode is thread-wide: keep no_grad from spanning the yield.
         with torch.no_grad():
-            images = sample()[0]
+            images, labels = sample()[:2]
             if len(images) == 0:
                 raise ValueError('sample() returned no images')
-            pool, logits = net(images.to(device).float())
-            pool, logits = (_gather_ranks(t)[:num_images - seen] for t in (pool, logits))
+            # Inception always runs in float32, as in the release, even when G samples
+            # under --amp: the moments it is compared with are float32 too.
+            with torch.autocast(device.type, enabled=False):
+                pool, logits = net(images.to(device).float())
+            labels = torch.as_tensor(labels, device=device)
+            pool, logits, labels = (_gather_ranks(t)[:num_images - seen]
+                                    for t in (pool, logits, labels))
         seen += pool.shape[0]
-        yield pool, logits
+        yield pool, logits, labels
 
 
 def accumulate_inception_activations(sample, net, num_inception_images=50000):
-    """Pool features and logits (CPU, float32) of exactly N samples."""
-    pool, logits = [], []
-    for p, lg in iterate_inception_outputs(sample, net, num_inception_images):
+    """Pool features, softmax probabilities and labels of exactly N samples, as the release.
+
+    Features and probabilities are float32 on the CPU.
+    """
+    pool, probs, labels = [], [], []
+    for p, lg, y in iterate_inception_outputs(sample, net, num_inception_images):
         pool.append(p.float().cpu())
-        logits.append(lg.float().cpu())
-    return torch.cat(pool, 0), torch.cat(logits, 0)
+        probs.append(F.softmax(lg.float(), 1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(pool, 0), torch.cat(probs, 0), torch.cat(labels, 0)
 
 
 def accumulate_inception_stats(sample, net, num_inception_images=50000,
@@ -656,8 +665,7 @@ def accumulate_inception_stats(sample, net, num_inception_images=50000,
     """Streaming (FeatureStats of pool features, InceptionScoreStats)."""
     feats = FeatureStats(keep=keep_feats, seed=seed)
     scores = InceptionScoreStats(num_inception_images, num_splits)
-    for pool, logits in iterate_inception_outputs(sample, net,
-                                                  num_inception_images):
+    for pool, logits, _ in iterate_inception_outputs(sample, net, num_inception_images):
         feats.update(pool)
         scores.update(F.softmax(logits.double(), 1))
     return feats, scores

@@ -79,7 +79,7 @@ def truncation_values(spec):
     if step <= 0 or end < start:
         raise utils.ConfigError('--sample_trunc_curves needs step > 0 and end >= start, got %r'
                                 % spec)
-    return [float(v) for v in np.arange(start, end + step / 2, step)]
+    return [float(v) for v in np.arange(start, end + step, step)]  # the release's range
 
 
 def to_uint8(images):

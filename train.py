@@ -124,6 +124,11 @@ def run(config):
     if rank == 0:
         utils.prepare_root(config)
     model, G, D, G_ema, ema = build_models(config, device)
+    if rank == 0:
+        # Users find their weights, logs and samples (and --hashname runs) from this line.
+        print('Experiment name is %s' % experiment_name)
+        print('Number of params in G: %d D: %d'
+              % (utils.count_parameters(G), utils.count_parameters(D)))
     GD = model.G_D(G, D)
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
                   'best_IS': 0, 'best_FID': 999999, 'config': config}
@@ -159,11 +164,11 @@ def run(config):
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
-    z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
-                               z_var=config['z_var'])
+    # Training z has std 1 whatever --z_var says, as in the release: --z_var is sample.py's.
+    z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device)
     # Fixed samples come from their own generator, so they are the same after a resume.
     fixed = torch.Generator(device).manual_seed(config['seed'])
-    fixed_z = torch.randn(G_batch_size, G.dim_z, device=device, generator=fixed) * config['z_var']
+    fixed_z = torch.randn(G_batch_size, G.dim_z, device=device, generator=fixed)
     fixed_y = torch.randint(0, config['n_classes'], (G_batch_size,), device=device,
                             generator=fixed)
     if 'rng' in state_dict:

@@ -1303,13 +1303,15 @@ def Distribution(tensor, dist_type, **kwargs):
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cpu', fp16=False, z_var=1.0):
     """z_ (normal, std z_var) and y_ (uniform classes) buffers with sample_()."""
-    z_ = Distribution(torch.randn(G_batch_size, dim_z, device=device,
-                                  dtype=torch.float16 if fp16 else torch.float32),
-                      'normal', mean=0, var=z_var)
+    # Drawn on the CPU and moved, as the release did: the device's generator is left
+    # untouched, so every later z_/y_ draw on it matches the release's for the same seed.
+    z = torch.randn(G_batch_size, dim_z).to(device, torch.float16 if fp16 else torch.float32)
+    z_ = Distribution(z, 'normal', mean=0, var=z_var)
     y_ = Distribution(torch.zeros(G_batch_size, device=device, dtype=torch.int64),
                       'categorical', num_categories=nclasses)
     return z_, y_
 
 
 def count_parameters(module):
+    """Number of parameters in module."""
     return sum(p.numel() for p in module.parameters())

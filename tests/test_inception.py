@@ -462,9 +462,21 @@ def test_missing_moments_names_the_command(tmp_path, monkeypatch):
 def test_accumulate_gives_exactly_the_number_asked():
     torch.manual_seed(0)
     net, sample = FakeNet(), CountingSampler(batch=4)
-    pool, logits = iu.accumulate_inception_activations(sample, net, 10)
-    assert pool.shape == (10, 8) and logits.shape == (10, 5)
+    pool, probs, labels = iu.accumulate_inception_activations(sample, net, 10)
+    assert pool.shape == (10, 8) and probs.shape == (10, 5) and labels.shape == (10,)
+    torch.testing.assert_close(probs.sum(1), torch.ones(10))
     assert sample.calls == 3
+
+
+def test_inception_runs_in_float32_under_autocast():
+    # G may sample under --amp; the features compared with float32 moments must not.
+    net = FakeNet()
+    plain = iu.accumulate_inception_activations(CountingSampler(batch=4), net, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp = iu.accumulate_inception_activations(CountingSampler(batch=4), net, 8)
+    for a, b in zip(plain, amp):
+        assert b.dtype == a.dtype
+        assert torch.equal(a, b)
 
 
 @pytest.fixture
@@ -487,11 +499,10 @@ def test_get_inception_metrics_matches_parts(fake_metrics_setup):
                                                data_root=root)
     is_mean, is_std, fid = get_metrics(CountingSampler(batch=3), 11,
                                        num_splits=2, prints=False)
-    pool, logits = iu.accumulate_inception_activations(
-        CountingSampler(batch=3), net, 11)
-    probs = torch.softmax(logits.double(), 1).numpy()
+    pool, probs, _ = iu.accumulate_inception_activations(CountingSampler(batch=3), net, 11)
+    probs = probs.double().numpy()
     assert (is_mean, is_std) == pytest.approx(
-        release_inception_score(probs, 2), rel=1e-9)
+        release_inception_score(probs, 2), rel=1e-6)
     pool = pool.double().numpy()
     expected = iu.numpy_calculate_frechet_distance(
         pool.mean(0), np.cov(pool, rowvar=False), real.mean(0),

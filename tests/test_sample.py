@@ -73,3 +73,12 @@ def test_bad_sample_flags_fail_with_one_line(trained, bad, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize('spec, expected', [
+    ('0.05_0.05_1.0', [round(0.05 * k, 2) for k in range(1, 21)]),  # the release's script
+    ('0.1_0.4_1.0', [0.1, 0.5, 0.9, 1.3]),  # the release's range overshoots the end
+    ('0.5_0.5_0.5', [0.5]),
+])
+def test_truncation_values_as_the_release(spec, expected):
+    assert sample.truncation_values(spec) == pytest.approx(expected)

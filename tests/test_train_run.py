@@ -110,6 +110,16 @@ def test_resume_is_bit_exact(run3, data_root, tmp_path):
         assert (full / log).read_text() == (resumed / log).read_text()
 
 
+def test_z_var_leaves_training_alone(run3, data_root, tmp_path, capsys):
+    """--z_var is for sampling: training with it is the same run; the name is printed."""
+    out3, _ = run3
+    train_run(data_root, tmp_path, '--total_itrs', '3', '--z_var', '0.5')
+    assert 'Experiment name is %s' % NAME in capsys.readouterr().out
+    for f in ('G', 'G_ema', 'D'):
+        assert_same(load(out3 / 'weights' / NAME / (f + '.pth')),
+                    load(tmp_path / 'weights' / NAME / (f + '.pth')), f)
+
+
 # ----------------------------------------------------------------------------
 # Atomic saves.
 

@@ -187,6 +187,19 @@ def test_prepare_z_y_sample_in_place():
     assert len(torch.unique(y_)) == 10
 
 
+@pytest.mark.parametrize('fp16', [False, True])
+def test_prepare_z_y_draws_like_the_release(fp16):
+    """The initial z is a float32 CPU randn, cast afterwards, and y_ starts at zero."""
+    torch.manual_seed(3)
+    z_, y_ = utils.prepare_z_y(5, 7, 10, fp16=fp16)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    expect = torch.randn(5, 7)
+    assert torch.equal(z_, expect.to(torch.float16 if fp16 else torch.float32))
+    assert torch.equal(y_, torch.zeros(5, dtype=torch.int64))
+    assert torch.equal(after, torch.rand(3))  # nothing else drawn
+
+
 def test_latents_stay_plain_tensors():
     """z_, y_, their slices and results are plain torch.Tensor (no subclass leak)."""
     z_, y_ = utils.prepare_z_y(6, 4, 3)

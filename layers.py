@@ -305,6 +305,10 @@ class ccbn(nn.Module):
             self.register_buffer('stored_mean', torch.zeros(output_size))
             self.register_buffer('stored_var', torch.ones(output_size))
 
+    def extra_repr(self):
+        return 'out: %d, in: %d, cross_replica=%s' % (self.output_size, self.input_size,
+                                                     self.cross_replica)
+
     def forward(self, x, y):
         gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)  # (N, C, 1, 1)
         bias = self.bias(y).view(y.size(0), -1, 1, 1)         # (N, C, 1, 1)

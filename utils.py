@@ -404,6 +404,11 @@ def prepare_config(config):
     if config['resolution'] not in (32, 64, 128, 256, 512):
         raise ConfigError('resolution %d has no architecture: use 32, 64, 128, 256 or 512'
                           % config['resolution'])
+    # The release printed a note for an unknown init and kept PyTorch's default init.
+    for key in ['G_init', 'D_init']:
+        if not config['skip_init'] and config[key] not in ('ortho', 'N02', 'glorot', 'xavier'):
+            raise ConfigError('unknown --%s %r: use ortho, N02, glorot or xavier'
+                              % (key, config[key]))
     for key in ['batch_size', 'num_D_steps', 'num_D_accumulations', 'num_G_accumulations']:
         if config[key] < 1:
             raise ConfigError('--%s must be at least 1, got %d' % (key, config[key]))

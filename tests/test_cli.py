@@ -175,6 +175,14 @@ def test_unknown_dataset(tmp_path):
     assert len(err) == 1 and 'NOPE32' in err[0], err
 
 
+@pytest.mark.parametrize('key', ['G_init', 'D_init'])
+def test_unknown_init_refused_unless_skipped(key):
+    """An init style the models do not know is a config error, unless init is skipped."""
+    with pytest.raises(utils.ConfigError, match='--%s .default.' % key):
+        tiny_config('--' + key, 'default')
+    assert tiny_config('--' + key, 'default', '--skip_init')[key] == 'default'
+
+
 def test_resume_without_checkpoint(tmp_path):
     """--resume with nothing to resume exits non-zero with one line, writing no weights."""
     code, err = run_train(*TINY_FLAGS, *roots(tmp_path), '--resume')

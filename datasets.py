@@ -212,12 +212,17 @@ def find_classes(dir):
     return classes, {c: i for i, c in enumerate(classes)}
 
 
-def make_dataset(dir, class_to_idx):
-    """List (path, class index) for every image under each class folder, in release order."""
+def make_dataset(dir, class_to_idx, folders=None):
+    """List (path, class index) for every image under each class folder, in release order.
+
+    Every folder walked is also appended to the list `folders`, when one is given.
+    """
     images = []
     for target in sorted(class_to_idx):
         d = os.path.join(dir, target)
         for folder, _, fnames in sorted(os.walk(d)):
+            if folders is not None:
+                folders.append(folder)
             for fname in sorted(fnames):
                 if is_image_file(fname):
                     images.append((os.path.join(folder, fname),
@@ -235,10 +240,9 @@ def default_loader(path):
 def folder_signature(root):
     """Cheap fingerprint of root's layout: entry names plus class-folder mtimes.
 
-    Adding, removing or renaming an image changes its class folder's mtime, so
-    the index is rebuilt without listing a million files on every start. Edits
-    inside nested subfolders of a class folder are not seen; delete the index
-    file to force a rescan in that case.
+    Adding, removing or renaming an image changes its folder's mtime, so the
+    index is rebuilt without listing a million files on every start (the index
+    also keeps the mtimes of folders nested inside class folders).
     """
     parts = []
     for e in sorted(os.scandir(root), key=lambda e: e.name):
@@ -316,12 +320,16 @@ class ImageFolder(data.Dataset):
         cached = self._read_index(sig)
         if cached is None:
             classes, class_to_idx = find_classes(self.root)
-            samples = make_dataset(self.root, class_to_idx)
+            folders = []
+            samples = make_dataset(self.root, class_to_idx, folders)
             check_layout(self.root, classes, samples, n_classes)
             rel = [os.path.relpath(p, self.root) for p, _ in samples]
             labels = np.array([t for _, t in samples], dtype=np.int64)
             cached = (classes, rel, labels)
-            self._write_index(sig, *cached)
+            # Class folders are in sig; folders below them are checked one by one.
+            nested = [os.path.relpath(f, self.root) for f in folders]
+            nested = [f for f in nested if os.sep in f]
+            self._write_index(sig, nested, *cached)
         elif n_classes is not None and len(cached[0]) != n_classes:
             check_layout(self.root, cached[0], cached[1], n_classes)
         return cached
@@ -334,14 +342,20 @@ class ImageFolder(data.Dataset):
             with np.load(self.index_path) as f:
                 if str(f['signature']) != sig:
                     return None
+                for folder, mtime in zip(f['nested'], f['nested_mtimes']):
+                    if os.stat(os.path.join(self.root, folder)).st_mtime_ns != mtime:
+                        return None
                 return list(f['classes']), list(f['paths']), f['labels']
         except (OSError, KeyError, ValueError):
             return None  # an old-format or damaged index is simply rebuilt
 
-    def _write_index(self, sig, classes, rel, labels):
+    def _write_index(self, sig, nested, classes, rel, labels):
         """Cache the index next to the data; a read-only folder just skips it."""
+        mtimes = [os.stat(os.path.join(self.root, f)).st_mtime_ns for f in nested]
         try:
             _atomic_savez(self.index_path, signature=np.array(sig),
+                          nested=np.array(nested, dtype=str),
+                          nested_mtimes=np.array(mtimes, dtype=np.int64),
                           classes=np.array(classes, dtype=str),
                           paths=np.array(rel, dtype=str), labels=labels)
         except OSError as e:

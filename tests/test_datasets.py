@@ -119,6 +119,18 @@ def test_image_folder_cache_reused_and_invalidated(tmp_path, monkeypatch):
     _make_folder(tmp_path, classes=('d',), per_class=1)
     ds = dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
     assert len(calls) == 2 and ds.classes == ['a', 'b', 'c', 'd']
+    # Edits inside a folder nested in a class folder are seen too.
+    (tmp_path / 'c' / 'more').mkdir()
+    Image.new('RGB', (5, 5)).save(tmp_path / 'c' / 'more' / '0.png')
+    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 12
+    assert len(calls) == 3
+    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 12
+    assert len(calls) == 3
+    Image.new('RGB', (5, 5)).save(tmp_path / 'c' / 'more' / '1.png')
+    os.utime(tmp_path / 'c' / 'more', ns=(time.time_ns(), time.time_ns() + 10 ** 9))
+    ds = dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
+    assert len(calls) == 4 and len(ds) == 13
+    assert (str(tmp_path / 'c' / 'more' / '1.png'), 2) in ds.imgs
 
 
 def test_image_folder_load_in_mem_applies_transform_once(tmp_path):

@@ -10,7 +10,6 @@ random sample of real pool features for KID. The file is written atomically.
 Example:
   python calculate_inception_moments.py --dataset I128_hdf5 --data_root data
 """
-import argparse
 import os
 
 import torch
@@ -23,7 +22,7 @@ import utils
 
 def prepare_parser():
     """The release's flags plus the backend, weights, device and KID ones."""
-    parser = argparse.ArgumentParser(
+    parser = utils.ReleaseParser(
         description='Calculate and store inception metrics.')
     parser.add_argument(
         '--dataset', type=str, default='I128_hdf5',

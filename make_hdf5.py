@@ -13,7 +13,6 @@ pixel by one), workers ship bytes rather than floats, the file is written whole
 chunks at a time and kept open, and it only gets its final name once complete.
 """
 
-import argparse
 import os
 import re
 import sys
@@ -37,7 +36,7 @@ class BadImageError(RuntimeError):
 
 def prepare_parser():
     """Command line of make_hdf5.py: the release's flags plus a few new ones."""
-    parser = argparse.ArgumentParser(
+    parser = utils.ReleaseParser(
         description='Preprocess an image dataset into an HDF5 file.')
     parser.add_argument(
         '--dataset', type=str, default='I128',

@@ -47,10 +47,42 @@ def user_errors():
 # ----------------------------------------------------------------------------
 # Arguments.
 
+# Flags the release's entry points did not have; the README lists them.
+ADDED_FLAGS = frozenset([
+    '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
+    '--n_classes', '--download', '--amp', '--channels_last', '--compile',
+    '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
+    '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
+
+
+class ReleaseParser(ArgumentParser):
+    """ArgumentParser that reads abbreviated release flags as the release's parser did.
+
+    argparse takes any unique prefix of a flag, and the flags added here make some of the
+    release's unique prefixes ambiguous (--res: --resume or --resolution?). A prefix that
+    matches exactly one of the release's flags keeps meaning that flag.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._release_prefix(a) for a in args], namespace)
+
+    def _release_prefix(self, arg):
+        """arg with an abbreviated release flag written out; any other arg unchanged."""
+        flag, eq, value = arg.partition('=')
+        if not flag.startswith('--') or flag in self._option_string_actions:
+            return arg
+        matches = [o for o in self._option_string_actions if o.startswith(flag)]
+        release = [o for o in matches if o not in ADDED_FLAGS]
+        if len(matches) > 1 and len(release) == 1:
+            return release[0] + eq + value
+        return arg
+
+
 def prepare_parser():
     """The release's training parser, flag for flag, plus this rebuild's additions."""
     usage = 'Parser for all scripts.'
-    parser = ArgumentParser(description=usage)
+    parser = ReleaseParser(description=usage)
 
     # Dataset/Dataloader.
     parser.add_argument('--dataset', type=str, default='I128_hdf5',

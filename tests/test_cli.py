@@ -74,6 +74,34 @@ def split_commands(entries, args):
     return [(e.strip(), shlex.split(a)) for e, a in zip(entries.split(';'), args.split(';'))]
 
 
+@pytest.mark.parametrize('which', ['train+sample', 'sample'])
+def test_release_abbreviations_keep_their_meaning(which):
+    """Every prefix the release's parser read as one of its flags still means that flag."""
+    parser = train_parser() if which == 'train+sample' else sample_parser()
+    flags = [r['flag'] for r in read_tsv('flags.tsv') if which == 'sample' or r['parser'] == which]
+    release = flags + ['--help']
+    assert not utils.ADDED_FLAGS & set(release)
+    checked = 0
+    for flag in flags:
+        value = [] if parser._option_string_actions[flag].nargs == 0 else ['7']
+        full = vars(parser.parse_args([flag] + value))
+        for end in range(3, len(flag)):
+            prefix = flag[:end]
+            if [f for f in release if f.startswith(prefix)] == [flag]:
+                assert vars(parser.parse_args([prefix] + value)) == full, prefix
+                checked += 1
+    assert checked > 100
+    # --res was --resume for the release; unique prefixes of added flags still work.
+    assert parser.parse_args(['--res']).resume is True
+    assert parser.parse_args(['--total', '5']).total_itrs == 5
+
+
+def test_make_hdf5_abbreviation_keeps_its_meaning():
+    """--compr was the release's --compression; --compression_filter is new."""
+    args = entry_parser('make_hdf5.py').parse_args(['--compr'])
+    assert args.compression is True and args.compression_filter == 'lzf'
+
+
 @pytest.mark.parametrize('row', read_tsv('release_scripts.tsv'), ids=lambda r: r['script'])
 def test_release_script_args_parse(row):
     """Every release script's arguments parse with its entry point's parser."""

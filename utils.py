@@ -1128,7 +1128,7 @@ class progress(object):
 
     def set_postfix(self, ordered_dict=None, **kwargs):
         metrics = {**(ordered_dict or {}), **kwargs}
-        self.postfix = ', '.join('%s: %+4.3f' % (k, v) for k, v in metrics.items())
+        self.postfix = ', '.join('%s : %+4.3f' % (k, v) for k, v in metrics.items())  # release
 
     def __iter__(self):
         t_start, t_last = time.time(), 0

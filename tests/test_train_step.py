@@ -206,3 +206,15 @@ def test_latents_stay_plain_tensors():
     for t in [z_, y_, z_[:2], y_[:2], z_ * 2, z_ + z_, torch.cat([z_, z_]), z_.view(-1)]:
         assert type(t) is torch.Tensor
     assert z_.shape == (6, 4) and z_.dtype == torch.float32
+
+
+def test_progress_line_reads_like_the_release():
+    """--pbar mine: count, percent, elapsed/ETA and the losses in the release's format."""
+    import io
+    out = io.StringIO()
+    bar = utils.progress(range(4), total=4, start=6, displaytype='eta', file=out)
+    for _ in bar:
+        bar.set_postfix({'G_loss': 1.5, 'D_loss_real': -0.25})
+    last = out.getvalue().split('\r')[-1]
+    assert last.startswith('10/10 (100.00%) (TE/ETA: 0:00 / 0:00) ')
+    assert last.endswith('G_loss : +1.500, D_loss_real : -0.250\n')

@@ -69,8 +69,13 @@ def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
     return D_arch_from(D_CHANNELS, ch, attention)
 
 
+INIT_STYLES = ('ortho', 'N02', 'glorot', 'xavier')
+
+
 def init_weights(module, style):
     """Initialise every conv, linear and embedding weight of module; returns the count."""
+    if style not in INIT_STYLES:
+        raise ValueError('unknown init %r: use %s' % (style, ', '.join(INIT_STYLES)))
     count = 0
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
@@ -78,10 +83,8 @@ def init_weights(module, style):
                 init.orthogonal_(m.weight)
             elif style == 'N02':
                 init.normal_(m.weight, 0, 0.02)
-            elif style in ['glorot', 'xavier']:
+            else:  # glorot, xavier
                 init.xavier_uniform_(m.weight)
-            else:
-                raise ValueError("unknown init %r: use ortho, N02, glorot or xavier" % style)
             count += sum(p.numel() for p in m.parameters())
     return count
 

@@ -20,6 +20,8 @@ import torchvision
 import torchvision.transforms as transforms
 from torch.utils.data import DataLoader, Sampler
 
+import BigGAN
+
 
 class ConfigError(ValueError):
     """Bad input from the user: entry points print its one-line message and exit non-zero."""
@@ -438,9 +440,9 @@ def prepare_config(config):
                           % config['resolution'])
     # The release printed a note for an unknown init and kept PyTorch's default init.
     for key in ['G_init', 'D_init']:
-        if not config['skip_init'] and config[key] not in ('ortho', 'N02', 'glorot', 'xavier'):
-            raise ConfigError('unknown --%s %r: use ortho, N02, glorot or xavier'
-                              % (key, config[key]))
+        if not config['skip_init'] and config[key] not in BigGAN.INIT_STYLES:
+            raise ConfigError('unknown --%s %r: use %s'
+                              % (key, config[key], ', '.join(BigGAN.INIT_STYLES)))
     for key in ['batch_size', 'num_D_steps', 'num_D_accumulations', 'num_G_accumulations']:
         if config[key] < 1:
             raise ConfigError('--%s must be at least 1, got %d' % (key, config[key]))

@@ -633,7 +633,7 @@ def iterate_inception_outputs(sample, net, num_images):
     while seen < num_images:
         # Grad mode is thread-wide: keep no_grad from spanning the yield.
         with torch.no_grad():
-            images, labels = sample()[:2]
+            images, labels = sample()
             if len(images) == 0:
                 raise ValueError('sample() returned no images')
             # Inception always runs in float32, as in the release, even when G samples

@@ -66,7 +66,7 @@ def release_transform(res):
 
 def stage_times(paths, res, repeats):
     """Median ms per image of each conversion step, in this process on one thread."""
-    transform = release_transform(res)
+    transform, crop = release_transform(res), _CenterCropLongEdge()
 
     def decode(path):
         with open(path, 'rb') as f:
@@ -74,19 +74,14 @@ def stage_times(paths, res, repeats):
             img.load()
         return img
 
-    def release(path):
-        with open(path, 'rb') as f:
-            img = Image.open(f).convert('RGB')
-        return transform(img)
-
     decoded = [decode(p) for p in paths]
-    cropped = [TF.center_crop(img, min(img.size)) for img in decoded]
+    cropped = [crop(img) for img in decoded]
     steps = {
         'decode (PIL)': (decode, paths),
-        'crop': (lambda img: TF.center_crop(img, min(img.size)), decoded),
+        'crop': (crop, decoded),
         'resize (PIL)': (lambda img: img.resize((res, res), Image.BILINEAR), cropped),
         'make_hdf5.load_square': (lambda p: make_hdf5.load_square(p, res), paths),
-        'release transform': (release, paths),
+        'release transform': (lambda p: transform(dset.default_loader(p)), paths),
     }
     times = {name: [] for name in steps}
     threads = torch.get_num_threads()

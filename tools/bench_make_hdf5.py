@@ -5,9 +5,14 @@
 generates an ImageNet-like folder of JPEGs (sides 250..500 px by default, like
 ILSVRC's typical 500x375), converts it with both approaches using the same worker count,
 batch size and resolution, and prints images/s for each, their ratio, and how
-many pixels the release's float round trip changed.  ``--stages`` first times the
+many pixels the release's float round trip changed.  It also prints the CPU time
+per image (all processes, workers included): on a shared machine other tenants
+change the wall clock much more than the CPU time, and once every core is busy
+images/s is the core count divided by it.  ``--stages`` first times the
 per-image steps in this one process: the decode and resize that any exact
 conversion must do bound how far make_hdf5.py can get ahead of the release.
+``--main_loop`` times each main-process loop alone on ready-made batches: the
+most images/s any number of workers could reach.
 
 The release's approach, rebuilt here for comparison only: a DataLoader over the
 image folder with CenterCropLongEdge + Resize + ToTensor + Normalize, then
@@ -17,6 +22,7 @@ its datasets for every batch.
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -96,33 +102,39 @@ def stage_times(paths, res, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def release_convert(root, out, res, batch_size, num_workers, index_filename, compression):
-    """The release's make_hdf5 loop: float tensors, truncating cast, per-batch append."""
+def release_write(batches, out, n, res, compression):
+    """The release's main-process loop: truncating cast, then reopen the file and append."""
     compression = 'lzf' if compression else None
-    ds = dset.ImageFolder(root, transform=release_transform(res),
-                          index_filename=index_filename)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=False, drop_last=False)
-    n = len(ds)
-    for i, (x, y) in enumerate(loader):
+    # The release used chunks of 500 and so failed on folders under 500 images.
+    chunk = min(500, n)
+    for i, (x, y) in enumerate(batches):
         x = (255 * ((x + 1) / 2.0)).byte().numpy()
         y = y.numpy()
         if i == 0:
             with h5py.File(out, 'w') as f:
                 f.create_dataset('imgs', x.shape, dtype='uint8',
                                  maxshape=(n, 3, res, res),
-                                 chunks=(500, 3, res, res),
+                                 chunks=(chunk, 3, res, res),
                                  compression=compression)[...] = x
                 f.create_dataset('labels', y.shape, dtype='int64', maxshape=(n,),
-                                 chunks=(500,), compression=compression)[...] = y
+                                 chunks=(chunk,), compression=compression)[...] = y
         else:
             with h5py.File(out, 'a') as f:
                 f['imgs'].resize(f['imgs'].shape[0] + x.shape[0], axis=0)
                 f['imgs'][-x.shape[0]:] = x
                 f['labels'].resize(f['labels'].shape[0] + y.shape[0], axis=0)
                 f['labels'][-y.shape[0]:] = y
-    return n
+
+
+def release_convert(root, out, res, batch_size, num_workers, index_filename, compression):
+    """The release's make_hdf5: its transform in a DataLoader, then its main loop."""
+    ds = dset.ImageFolder(root, transform=release_transform(res),
+                          index_filename=index_filename)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=False, drop_last=False)
+    release_write(loader, out, len(ds), res, compression)
+    return len(ds)
 
 
 def ours_convert(root, out, res, batch_size, num_workers, index_filename, compression):
@@ -135,6 +147,43 @@ def ours_convert(root, out, res, batch_size, num_workers, index_filename, compre
     make_hdf5.run(config)
     with h5py.File(out, 'r') as f:
         return len(f['labels'])
+
+
+def main_loop_rates(paths, tmp, res, batch_size, n_batches, compression):
+    """Images/s of each approach's main-process loop alone, fed ready-made batches.
+
+    No worker can make either approach faster than this: it is the most images/s
+    that any number of cores and workers can reach.
+    """
+    imgs = np.stack([make_hdf5.load_square(p, res) for p in paths[:batch_size]])
+    labels = np.arange(len(imgs), dtype=np.int64)
+    # What the release's workers hand over for the same pixels: ToTensor + Normalize.
+    floats = (torch.from_numpy(imgs).float() / 255 - 0.5) / 0.5
+    n = len(imgs) * n_batches
+    config = vars(make_hdf5.prepare_parser().parse_args([]))
+    config.update(compression=compression, no_progress=True)
+    runs = {
+        'release': lambda out: release_write(
+            ((floats, torch.from_numpy(labels)) for _ in range(n_batches)),
+            out, n, res, compression),
+        'ours': lambda out: make_hdf5.write_hdf5(
+            out, ((imgs, labels, []) for _ in range(n_batches)), n, res, config),
+    }
+    rates = {}
+    for name, run in runs.items():
+        out = os.path.join(tmp, f'{name}_main.hdf5')
+        start = time.time()
+        run(out)
+        rates[name] = n / (time.time() - start)
+        os.remove(out)
+    return rates
+
+
+def cpu_seconds():
+    """User + system CPU time of this process and its finished children (the workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main():
@@ -152,9 +201,13 @@ def main():
     parser.add_argument('--compression', action='store_true',
                         help='compress both files as the release\'s --compression (LZF)')
     parser.add_argument('--repeats', type=int, default=2,
-                        help='runs of each approach, alternating; the best counts')
+                        help='runs of each approach, alternating; the best counts '
+                             '(0: only --stages and --main_loop)')
     parser.add_argument('--stages', type=int, default=0, metavar='N',
                         help='first time each per-image step on N images (default: off)')
+    parser.add_argument('--main_loop', type=int, default=0, metavar='B',
+                        help='also time each main-process loop alone on B ready-made '
+                             'batches (default: off)')
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,18 +227,28 @@ def main():
             floor = ms['decode (PIL)'] + ms['resize (PIL)']
             print(f'  an exact conversion needs decode + resize = {floor:.3f} ms, so it can '
                   f'be at most {ms["release transform"] / floor:.2f}x the release transform')
+        if args.main_loop:
+            rates = main_loop_rates(folder.paths, tmp, args.res, args.batch_size,
+                                    args.main_loop, args.compression)
+            print(f'main-process loop alone, {args.main_loop} ready-made batches: '
+                  f'release {rates["release"]:.0f} images/s, '
+                  f'make_hdf5.py {rates["ours"]:.0f} images/s '
+                  f'({torch.get_num_threads()} torch threads)')
+        if args.repeats < 1:
+            return
         outs = {'release': os.path.join(tmp, 'release.hdf5'),
                 'ours': os.path.join(tmp, 'ours.hdf5')}
         fns = {'release': release_convert, 'ours': ours_convert}
-        best = {}
+        best, cpu_ms = {}, {'release': [], 'ours': []}
         for _ in range(args.repeats):
             for name in ('release', 'ours'):
-                start = time.time()
+                start, cpu_start = time.time(), cpu_seconds()
                 n = fns[name](root, outs[name], args.res, args.batch_size,
                               args.num_workers, index, args.compression)
                 rate = n / (time.time() - start)
+                cpu_ms[name].append(1e3 * (cpu_seconds() - cpu_start) / n)
                 best[name] = max(best.get(name, 0.0), rate)
-                print(f'{name:8s} {rate:8.1f} images/s')
+                print(f'{name:8s} {rate:8.1f} images/s  {cpu_ms[name][-1]:.3f} CPU ms/image')
         with h5py.File(outs['release'], 'r') as f:
             a = f['imgs'][:]
         with h5py.File(outs['ours'], 'r') as f:
@@ -194,9 +257,12 @@ def main():
     print(f'\n{n} images, {args.res}px, batch {args.batch_size}, '
           f'{args.num_workers} workers, {os.cpu_count()} CPUs, '
           f'compression {"lzf" if args.compression else "none"}')
-    print(f'release approach: {best["release"]:.1f} images/s')
+    cpu = {name: statistics.median(t) for name, t in cpu_ms.items()}
+    print(f'release approach: {best["release"]:.1f} images/s (best), '
+          f'{cpu["release"]:.3f} CPU ms/image (median)')
     print(f'make_hdf5.py:     {best["ours"]:.1f} images/s '
-          f'({best["ours"] / best["release"]:.2f}x)')
+          f'({best["ours"] / best["release"]:.2f}x), {cpu["ours"]:.3f} CPU ms/image '
+          f'({cpu["release"] / cpu["ours"]:.2f}x fewer)')
     print(f'pixel values changed by the release\'s float round trip: {changed} of '
           f'{a.size} ({100.0 * changed / a.size:.3f}%)')
 

@@ -29,9 +29,14 @@ def batch(config, seed=1):
     return x, y
 
 
-def run_steps(config, steps=2, seed=0):
-    """steps training iterations of the real step; returns (metrics list, G, D, G_ema, state)."""
+def run_steps(config, steps=2, seed=0, on_build=None):
+    """steps training iterations of the real step; returns (metrics list, G, D, G_ema, state).
+
+    on_build(G, D), when given, runs on the fresh models (to add hooks).
+    """
     model, G, D, G_ema, ema = build(config, seed)
+    if on_build is not None:
+        on_build(G, D)
     GD = model.G_D(G, D)
     if config['compile']:
         GD = model.G_D(train.wrap(G, config, 1, torch.device('cpu')),
@@ -82,10 +87,19 @@ def test_amp_step_runs_finite_and_keeps_state_float32(amp):
                          '--ema_start', '0')
     torch.manual_seed(0)
     _, G0, D0, _, _ = build(config)
+    # The convolutions really run in the low precision: record their output dtypes.
+    seen = set()
+
+    def record(G, D):
+        hook = lambda module, args, out: seen.add(out.dtype)  # noqa: E731
+        G.blocks[0][0].conv1.register_forward_hook(hook)
+        D.blocks[0][0].conv1.register_forward_hook(hook)
+
     # fp16: GradScaler starts at 2**16 and skips the steps whose gradients overflow while it
     # backs off, so give it a few iterations to take real ones.
     steps = 2 if amp == 'bf16' else 6
-    metrics, G, D, G_ema, _ = run_steps(config, steps=steps)
+    metrics, G, D, G_ema, _ = run_steps(config, steps=steps, on_build=record)
+    assert seen == {{'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]}
     if amp == 'fp16':
         assert metrics[-1]['D_skipped_steps'] < steps * config['num_D_steps']
     for m in metrics:
@@ -108,12 +122,20 @@ def test_power_iteration_and_bn_statistics_are_float32_under_autocast():
     config = tiny_config('--amp', 'bf16')
     _, G, _, _, _ = build(config)
     conv = G.blocks[0][0].conv1
+    u = conv.u0.clone().double()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         W = conv.W_()
-    assert conv.u0.dtype == conv.sv0.dtype == torch.float32
-    ref_sv = torch.linalg.matrix_norm(conv.weight.view(conv.weight.shape[0], -1), ord=2)
-    # One power-iteration step from a random u is only an estimate; it must be a float32 one.
-    assert W.dtype == torch.float32 and 0 < conv.sv0.item() <= ref_sv.item() * (1 + 1e-5)
+    # One power-iteration step from the stored u, done by hand in float64: a bf16 iteration
+    # would be off by about 1e-2.
+    W64 = conv.weight.detach().double().view(conv.weight.shape[0], -1)
+    v = torch.nn.functional.normalize(u @ W64)
+    u_new = torch.nn.functional.normalize(v @ W64.t())
+    sv = (v @ W64.t() @ u_new.t()).item()
+    assert W.dtype == torch.float32
+    assert conv.sv0.item() == pytest.approx(sv, rel=1e-5)
+    torch.testing.assert_close(conv.u0.double(), u_new, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(W.detach().double(), conv.weight.detach().double() / sv,
+                               rtol=1e-5, atol=1e-7)
     x = torch.randn(8, 16, 4, 4).to(torch.bfloat16)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         m, var = layers.batch_moments(x)
@@ -183,10 +205,12 @@ def test_compile_runs_one_step(monkeypatch):
     inductor = os.environ.get('BIGGAN_TEST_INDUCTOR') == '1'
     if inductor and shutil.which('cc') is None and shutil.which('gcc') is None:
         pytest.skip('torch.compile (inductor) on CPU needs a C++ compiler; none on PATH')
-    if not inductor:
-        compile_ = torch.compile
-        monkeypatch.setattr(torch, 'compile',
-                            lambda m, **kw: compile_(m, **{**kw, 'backend': 'aot_eager'}))
+    compile_, compiled = torch.compile, []
+
+    def counting_compile(m, **kw):
+        compiled.append(type(m).__name__)
+        return compile_(m, **(kw if inductor else {**kw, 'backend': 'aot_eager'}))
+    monkeypatch.setattr(torch, 'compile', counting_compile)
     config = tiny_config('--compile', '--num_D_steps', '1')
     torch._dynamo.reset()
     try:
@@ -198,6 +222,7 @@ def test_compile_runs_one_step(monkeypatch):
         pytest.skip('torch.compile cannot build on this machine: ' + reason)
     finally:
         torch._dynamo.reset()
+    assert compiled == ['Generator', 'Discriminator']  # train.wrap compiled both
     for k in ('G_loss', 'D_loss_real', 'D_loss_fake'):
         assert math.isfinite(metrics[0][k])
     # The compiled step computes what the eager one does.

@@ -50,7 +50,7 @@ def test_make_s32_classes_separable(s32_small):
     assert (pred == labels[test]).mean() > 0.6
 
 
-def test_s32_dataset_caches_and_behaves_like_cifar(tmp_path):
+def test_s32_dataset_caches_and_behaves_like_cifar(tmp_path, monkeypatch):
     root = tmp_path / 'S32'
     ds = dset.S32(root=str(root), index_filename='S32_imgs.npz', num_per_class=5)
     cache = root / 'S32_seed0_n5.npz'
@@ -62,6 +62,10 @@ def test_s32_dataset_caches_and_behaves_like_cifar(tmp_path):
     assert isinstance(label, int) and label == ds.labels[3]
     # The second construction reads the cache instead of regenerating.
     mtime = cache.stat().st_mtime_ns
+
+    def no_regeneration(*args, **kwargs):
+        raise AssertionError('S32 regenerated although its cache exists')
+    monkeypatch.setattr(dset, 'make_s32', no_regeneration)
     ds2 = dset.S32(root=str(root), transform=np.asarray, num_per_class=5)
     assert cache.stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(ds2[3][0], np.asarray(img))

@@ -515,13 +515,23 @@ def test_get_inception_metrics_matches_parts(fake_metrics_setup):
 
 
 def test_get_inception_metrics_with_kid(fake_metrics_setup):
-    _, root, _ = fake_metrics_setup
+    net, root, real = fake_metrics_setup
     get_metrics = iu.prepare_inception_metrics('C10_hdf5', False,
                                                data_root=root, kid=True)
     out = get_metrics(CountingSampler(batch=4), 12, num_splits=3,
                       prints=False)
     assert len(out) == 4 and all(np.isfinite(v) for v in out[:3])
     assert set(out[3]) == {'KID_mean', 'KID_std'}
+    # KID of the generated pool features against the stored real ones: 100 subsets of
+    # 12 rows (all generated rows, 12 of the 40 real), each an MMD^2 by double loops.
+    pool = iu.accumulate_inception_activations(
+        CountingSampler(batch=4), net, 12)[0].double().numpy()
+    rng = np.random.default_rng(0)
+    scores = [direct_mmd2(pool[rng.choice(12, 12, replace=False)],
+                          real[rng.choice(40, 12, replace=False)]) for _ in range(100)]
+    # The stored real features are float32.
+    assert out[3]['KID_mean'] == pytest.approx(np.mean(scores), rel=1e-6)
+    assert out[3]['KID_std'] == pytest.approx(np.std(scores), rel=1e-5)
     as_dict = get_metrics(CountingSampler(batch=4), 12, num_splits=3,
                           prints=False, as_dict=True)
     assert set(as_dict) == {'IS_mean', 'IS_std', 'FID', 'KID_mean',

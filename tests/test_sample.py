@@ -28,9 +28,18 @@ def roots(out):
             '--logs_root', str(out / 'logs')]
 
 
-def test_config_from_name_rebuilds_the_model(trained):
+def test_config_from_name_rebuilds_the_model(trained, monkeypatch):
     """Only the experiment name and roots are given; the model flags come from the checkpoint
-    (a different --G_ch on the command line is overridden), and standing stats accumulate."""
+    (a different --G_ch on the command line is overridden), the EMA weights are loaded, and
+    standing stats accumulate."""
+    calls = []
+    accumulate = utils.accumulate_standing_stats
+
+    def spy(net, z, y, nclasses, num_accumulations=16):
+        calls.append((num_accumulations, {k: p.detach().clone()
+                                          for k, p in net.named_parameters()}))
+        return accumulate(net, z, y, nclasses, num_accumulations)
+    monkeypatch.setattr(utils, 'accumulate_standing_stats', spy)
     parser = utils.add_sample_parser(utils.prepare_parser())
     config = vars(parser.parse_args(
         ['--experiment_name', 'mybn', '--config_from_name', '--dataset', 'S32', '--G_ch', '64',
@@ -40,6 +49,10 @@ def test_config_from_name_rebuilds_the_model(trained):
     assert config['G_ch'] == 4  # the checkpoint's
     with np.load(trained / 'samples' / 'mybn' / 'samples.npz') as npz:
         assert npz['x'].shape == (7, 3, 32, 32)
+    assert len(calls) == 1 and calls[0][0] == 3
+    saved = torch.load(trained / 'weights' / 'mybn' / 'G_ema.pth', map_location='cpu',
+                       weights_only=True)
+    assert calls[0][1] and all(torch.equal(p, saved[k]) for k, p in calls[0][1].items())
 
 
 def test_standing_stats_average_the_batches(data_root):
@@ -55,8 +68,12 @@ def test_standing_stats_average_the_batches(data_root):
     z_, y_ = utils.prepare_z_y(6, G.dim_z, 10)
     utils.accumulate_standing_stats(G, z_, y_, 10, num_accumulations=3)
     hook.remove()
+    assert len(seen) == 3 and bn.accumulation_counter.item() == 3
     means = torch.stack([x.mean([0, 2, 3]) for x in seen]).mean(0)
+    variances = torch.stack([x.var([0, 2, 3], unbiased=False) for x in seen]).mean(0)
     torch.testing.assert_close(bn.stored_mean / bn.accumulation_counter, means,
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.stored_var / bn.accumulation_counter, variances,
                                rtol=1e-4, atol=1e-5)
     assert not G.training
 

@@ -10,6 +10,7 @@ from PIL import Image
 from test_models import tiny_models
 
 import train
+import train_fns
 import utils
 from conftest import assert_same, run_flags, tiny_config
 
@@ -118,6 +119,26 @@ def test_z_var_leaves_training_alone(run3, data_root, tmp_path, capsys):
     for f in ('G', 'G_ema', 'D'):
         assert_same(load(out3 / 'weights' / NAME / (f + '.pth')),
                     load(tmp_path / 'weights' / NAME / (f + '.pth')), f)
+
+
+def test_channels_last_run_trains_on_channels_last(data_root, tmp_path, monkeypatch):
+    """--channels_last: train.py hands the step channels_last batches and models."""
+    seen = []
+    make_step = train_fns.GAN_training_function
+
+    def recording(G, D, *args, **kwargs):
+        step = make_step(G, D, *args, **kwargs)
+
+        def train(x, y):
+            cl = torch.channels_last
+            seen.append((x.is_contiguous(memory_format=cl),
+                         G.blocks[0][0].conv1.weight.is_contiguous(memory_format=cl),
+                         D.blocks[0][0].conv1.weight.is_contiguous(memory_format=cl)))
+            return step(x, y)
+        return train
+    monkeypatch.setattr(train_fns, 'GAN_training_function', recording)
+    train_run(data_root, tmp_path, '--total_itrs', '2', '--channels_last')
+    assert seen == [(True, True, True)] * 2
 
 
 # ----------------------------------------------------------------------------

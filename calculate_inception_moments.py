@@ -21,7 +21,7 @@ import utils
 
 
 def prepare_parser():
-    """The release's flags plus the backend, weights, device and KID ones."""
+    """The release's flags plus the backend, weights, device, download and KID ones."""
     parser = utils.ReleaseParser(
         description='Calculate and store inception metrics.')
     parser.add_argument(
@@ -63,6 +63,9 @@ def prepare_parser():
         '--device', type=str, default=None,
         help='Device to run on (default: cuda if available, else cpu)')
     utils.add_custom_dataset_args(parser)
+    parser.add_argument(
+        '--download', action='store_true', default=False,
+        help='Let torchvision download CIFAR when its files are missing')
     parser.add_argument(
         '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
         help='Real pool features stored for KID; 0 stores none '

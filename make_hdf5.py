@@ -296,12 +296,14 @@ def run(config):
 
 
 def main(argv=None):
-    """Parse the command line and run; a bad image exits non-zero with its path."""
+    """Parse the command line and run; bad input or a bad image (named) gets one line on
+    stderr and exit status 2, as in the other entry points."""
     config = vars(prepare_parser().parse_args(argv))
     try:
         run(config)
     except (BadImageError, ValueError, FileNotFoundError) as e:
-        sys.exit(f'make_hdf5: {e}')
+        print(f'make_hdf5: {e}', file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -96,6 +96,14 @@ def test_release_abbreviations_keep_their_meaning(which):
     assert parser.parse_args(['--total', '5']).total_itrs == 5
 
 
+@pytest.mark.parametrize('entry', ['train.py', 'sample.py', 'calculate_inception_moments.py'])
+def test_entry_points_that_read_cifar_take_download(entry):
+    """The missing-CIFAR error says "pass --download": every entry point that reads it can."""
+    parser = entry_parser(entry)
+    assert parser.parse_args([]).download is False
+    assert parser.parse_args(['--download']).download is True
+
+
 def test_make_hdf5_abbreviation_keeps_its_meaning():
     """--compr was the release's --compression; --compression_filter is new."""
     args = entry_parser('make_hdf5.py').parse_args(['--compr'])

@@ -67,12 +67,18 @@ def test_moments_file_records_backend(setup):
         assert m['feats'].shape == (20, 2048)
 
 
-def test_train_tests_and_keeps_best_copy(setup):
-    """test_every writes a JSONL line with finite IS, FID and KID, and a best0 checkpoint."""
-    tmp = setup[0]
+@pytest.fixture(scope='module')
+def trained(setup):
+    """A 2-iteration run on the folder that tests (metrics) and saves at iteration 2."""
     parser = utils.prepare_parser()
     train.run(vars(parser.parse_args(flags(setup, '--test_every', '2', '--save_every', '2',
                                            '--total_itrs', '2', '--num_epochs', '10'))))
+    return setup
+
+
+def test_train_tests_and_keeps_best_copy(trained):
+    """test_every writes a JSONL line with finite IS, FID and KID, and a best0 checkpoint."""
+    tmp = trained[0]
     lines = [json.loads(line) for line in open(tmp / 'logs' / 'e2e_log.jsonl')]
     assert [line['itr'] for line in lines] == [2]
     for key in ['IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std']:
@@ -82,8 +88,9 @@ def test_train_tests_and_keeps_best_copy(setup):
     assert state['save_best_num'] == 1
 
 
-def test_sample_py_writes_everything(setup, capsys, monkeypatch):
+def test_sample_py_writes_everything(trained, capsys, monkeypatch):
     """sample.py on the checkpoint: npz with exactly N images, sheets, interps, metrics."""
+    setup = trained
     tmp = setup[0]
     # The z each sample() drew, grouped by the noise std z_ was set to at the time.
     drawn = {}

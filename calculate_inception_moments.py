@@ -63,9 +63,7 @@ def prepare_parser():
         '--device', type=str, default=None,
         help='Device to run on (default: cuda if available, else cpu)')
     utils.add_custom_dataset_args(parser)
-    parser.add_argument(
-        '--download', action='store_true', default=False,
-        help='Let torchvision download CIFAR when its files are missing')
+    utils.add_download_arg(parser)
     parser.add_argument(
         '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
         help='Real pool features stored for KID; 0 stores none '

@@ -298,12 +298,7 @@ def run(config):
 def main(argv=None):
     """Parse the command line and run; bad input or a bad image (named) gets one line on
     stderr and exit status 2, as in the other entry points."""
-    config = vars(prepare_parser().parse_args(argv))
-    try:
-        run(config)
-    except (BadImageError, ValueError, FileNotFoundError) as e:
-        print(f'make_hdf5: {e}', file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(run, prepare_parser(), argv, errors=(BadImageError, ValueError))
 
 
 if __name__ == '__main__':

@@ -27,13 +27,14 @@ class ConfigError(ValueError):
     """Bad input from the user: entry points print its one-line message and exit non-zero."""
 
 
-def run_cli(run, parser):
-    """Parse the command line and call run(config); bad input (see user_errors) gets one
-    line on stderr and exit status 2 instead of a traceback."""
-    config = vars(parser.parse_args())
+def run_cli(run, parser, argv=None, errors=()):
+    """Parse argv (default: the command line) and call run(config); bad input (user_errors,
+    plus the entry point's own errors) gets one line on stderr and exit status 2 instead of
+    a traceback."""
+    config = vars(parser.parse_args(argv))
     try:
         return run(config)
-    except user_errors() as e:
+    except user_errors() + tuple(errors) as e:
         print('error: %s' % e, file=sys.stderr)
         sys.exit(2)
 
@@ -324,8 +325,7 @@ def prepare_parser():
                         help="Device to run on, e.g. cpu, cuda, cuda:1; '' picks CUDA when "
                              'available, else CPU (default: auto)')
     add_custom_dataset_args(parser)
-    parser.add_argument('--download', action='store_true', default=False,
-                        help='Let torchvision download CIFAR when its files are missing')
+    add_download_arg(parser)
     parser.add_argument('--total_itrs', type=int, default=0,
                         help='Stop after this many iterations in all; 0 runs num_epochs')
     parser.add_argument('--amp', type=str, default='', choices=['', 'bf16', 'fp16'],
@@ -343,6 +343,13 @@ def prepare_parser():
                         help='Local file with the Inception weights (default: torch hub cache)')
     parser.add_argument('--kid', action='store_true', default=False,
                         help='Also report KID beside FID')
+    return parser
+
+
+def add_download_arg(parser):
+    """--download, for the entry points that can read CIFAR."""
+    parser.add_argument('--download', action='store_true', default=False,
+                        help='Let torchvision download CIFAR when its files are missing')
     return parser
 
 

@@ -50,8 +50,7 @@ def test_config_from_name_rebuilds_the_model(trained, monkeypatch):
     with np.load(trained / 'samples' / 'mybn' / 'samples.npz') as npz:
         assert npz['x'].shape == (7, 3, 32, 32)
     assert len(calls) == 1 and calls[0][0] == 3
-    saved = torch.load(trained / 'weights' / 'mybn' / 'G_ema.pth', map_location='cpu',
-                       weights_only=True)
+    saved = utils.torch_load(str(trained / 'weights' / 'mybn' / 'G_ema.pth'))
     assert calls[0][1] and all(torch.equal(p, saved[k]) for k, p in calls[0][1].items())
 
 

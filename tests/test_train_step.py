@@ -57,60 +57,50 @@ def latents(n, dim_z, n_classes, seed=5):
             torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, n_classes, (n,), generator=g))
 
 
+def step_grads(config, net, parts, n_real):
+    """net's ('G' or 'D') gradients at its first optimizer step of one training iteration on
+    fixed latents cut into parts chunks and n_real real images."""
+    G, D, GD = build(config)
+    B = 8 // parts
+    Z, Y, X, XY = latents(8, G.dim_z, config['n_classes'])
+    # Eval mode: SN's u stays put and G's BN uses stored stats, so each sample's output
+    # does not depend on how the batch is cut.
+    G.eval()
+    D.eval()
+    log = []
+    record_steps({'G': G, 'D': D}[net], log)
+    z_, y_ = scripted(list(Z.chunk(parts))), scripted(list(Y.chunk(parts)))
+    train = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, config)
+    train(X[:n_real], XY[:n_real])
+    assert len(log) == 1 and config['batch_size'] == B
+    return {n: g for n, (g, _) in log[0].items() if g is not None}
+
+
+def assert_same_grads(acc, big):
+    """Float sums in another order: compare to each tensor's scale (a factor 2 would show)."""
+    assert sum(float(g.abs().sum()) for g in acc.values()) > 0
+    for name, g in big.items():
+        scale = float(g.abs().max())
+        torch.testing.assert_close(acc[name], g, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
 @pytest.mark.parametrize('split', [False, True], ids=['concat', 'split_D'])
 def test_D_accumulation_equals_big_batch(split):
     """2 accumulations of B give D the gradient of one step on 2B (same z, y, x; u frozen)."""
     extra = ['--split_D'] if split else []
     acc_cfg = tiny_config('--num_D_steps', '1', '--num_D_accumulations', '2', *extra)
     big_cfg = tiny_config('--num_D_steps', '1', '--batch_size', '8', *extra)
-    B = acc_cfg['batch_size']
-    grads = []
-    for config, parts in [(acc_cfg, 2), (big_cfg, 1)]:
-        G, D, GD = build(config)
-        dim_z = G.dim_z
-        Z, Y, X, XY = latents(2 * B, dim_z, config['n_classes'])
-        # Eval mode: SN's u stays put and G's BN uses stored stats, so each sample's D output
-        # does not depend on how the batch is cut.
-        G.eval()
-        D.eval()
-        log = []
-        record_steps(D, log)
-        z_, y_ = scripted(list(Z.chunk(parts))), scripted(list(Y.chunk(parts)))
-        train = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, config)
-        train(X, XY)
-        assert len(log) == 1
-        grads.append({n: g for n, (g, _) in log[0].items()})
-    assert sum(float(g.abs().sum()) for g in grads[0].values()) > 0
-    for name, big in grads[1].items():
-        # Float sums in another order: compare to the tensor's scale (a factor 2 would show).
-        scale = float(big.abs().max())
-        torch.testing.assert_close(grads[0][name], big, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    assert_same_grads(step_grads(acc_cfg, 'D', 2, 8), step_grads(big_cfg, 'D', 1, 8))
 
 
 def test_G_accumulation_equals_big_batch():
     """2 G accumulations of B give G the gradient of one G step on 2B (D frozen by lr 0)."""
     acc_cfg = tiny_config('--num_D_steps', '1', '--num_G_accumulations', '2', '--D_lr', '0')
     big_cfg = tiny_config('--num_D_steps', '1', '--batch_size', '8', '--D_lr', '0')
-    B = acc_cfg['batch_size']
-    grads = []
-    for config, parts in [(acc_cfg, 2), (big_cfg, 1)]:
-        G, D, GD = build(config)
-        Z, Y, X, XY = latents(2 * B, G.dim_z, config['n_classes'])
-        G.eval()  # stored BN stats and frozen SN vectors: samples do not interact
-        D.eval()
-        log = []
-        record_steps(G, log)
-        # The D step draws one chunk first; the G step then sees every chunk once.
-        z_, y_ = scripted(list(Z.chunk(parts))), scripted(list(Y.chunk(parts)))
-        train = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, config)
-        train(X[:B * (2 // parts)], XY[:B * (2 // parts)])
-        assert len(log) == 1
-        grads.append({n: g for n, (g, _) in log[0].items() if g is not None})
-    assert grads[0].keys() == grads[1].keys()
-    assert sum(float(g.abs().sum()) for g in grads[0].values()) > 0
-    for name, big in grads[1].items():
-        scale = float(big.abs().max())
-        torch.testing.assert_close(grads[0][name], big, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    # The D step draws one chunk first; the G step then sees every chunk once.
+    acc, big = step_grads(acc_cfg, 'G', 2, 4), step_grads(big_cfg, 'G', 1, 8)
+    assert acc.keys() == big.keys()
+    assert_same_grads(acc, big)
 
 
 @pytest.mark.parametrize('toggle', [True, False], ids=['toggle', 'no_toggle'])

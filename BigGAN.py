@@ -4,7 +4,6 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn import init
 
 import layers
 
@@ -67,26 +66,6 @@ def D_arch_from(table, ch, attention, rgb_input=True):
 def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
     """Per-resolution D architecture, as the release's D_arch returns it."""
     return D_arch_from(D_CHANNELS, ch, attention)
-
-
-INIT_STYLES = ('ortho', 'N02', 'glorot', 'xavier')
-
-
-def init_weights(module, style):
-    """Initialise every conv, linear and embedding weight of module; returns the count."""
-    if style not in INIT_STYLES:
-        raise ValueError('unknown init %r: use %s' % (style, ', '.join(INIT_STYLES)))
-    count = 0
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
-            if style == 'ortho':
-                init.orthogonal_(m.weight)
-            elif style == 'N02':
-                init.normal_(m.weight, 0, 0.02)
-            else:  # glorot, xavier
-                init.xavier_uniform_(m.weight)
-            count += sum(p.numel() for p in m.parameters())
-    return count
 
 
 def sn_layers(param, num_svs, num_itrs, eps):
@@ -174,7 +153,7 @@ class Generator(nn.Module):
             self.which_conv(self.arch['out_channels'][-1], 3))
 
         if not skip_init:
-            self.param_count = init_weights(self, self.init)
+            self.param_count = layers.init_weights(self, self.init)
         if not no_optim:
             self.lr, self.B1, self.B2, self.adam_eps = G_lr, G_B1, G_B2, adam_eps
             self.optim = make_adam(self, G_lr, G_B1, G_B2, adam_eps)
@@ -211,7 +190,7 @@ class Generator(nn.Module):
         return blocks
 
     def init_weights(self):
-        self.param_count = init_weights(self, self.init)
+        self.param_count = layers.init_weights(self, self.init)
 
     def forward(self, z, y):
         """z: (N, dim_z); y: (N, shared_dim) already passed through self.shared."""
@@ -268,7 +247,7 @@ class Discriminator(nn.Module):
         self.embed = self.which_embedding(self.n_classes, self.arch['out_channels'][-1])
 
         if not skip_init:
-            self.param_count = init_weights(self, self.init)
+            self.param_count = layers.init_weights(self, self.init)
         self.lr, self.B1, self.B2, self.adam_eps = D_lr, D_B1, D_B2, adam_eps
         self.optim = make_adam(self, D_lr, D_B1, D_B2, adam_eps)
 
@@ -290,7 +269,7 @@ class Discriminator(nn.Module):
         return blocks
 
     def init_weights(self):
-        self.param_count = init_weights(self, self.init)
+        self.param_count = layers.init_weights(self, self.init)
 
     def forward(self, x, y=None):
         h = x

@@ -16,72 +16,38 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import flags
 import inception_utils
-import utils
+from checkpoints import check_writable
+from datasets import check_dataset, get_data_loaders
+from distributed import pick_device
 
 
 def prepare_parser():
     """The release's flags plus the backend, weights, device, download and KID ones."""
-    parser = utils.ReleaseParser(
-        description='Calculate and store inception metrics.')
-    parser.add_argument(
-        '--dataset', type=str, default='I128_hdf5',
-        help='Which Dataset to train on, out of I128, I256, C10, C100...'
-             'Append _hdf5 to use the hdf5 version of the dataset. '
-             '(default: %(default)s)')
-    parser.add_argument(
-        '--data_root', type=str, default='data',
-        help='Default location where data is stored (default: %(default)s)')
-    parser.add_argument(
-        '--batch_size', type=int, default=64,
-        help='Default overall batchsize (default: %(default)s)')
-    parser.add_argument(
-        '--parallel', action='store_true', default=False,
-        help='Train with multiple GPUs (default: %(default)s)')
-    parser.add_argument(
-        '--augment', action='store_true', default=False,
-        help='Augment with random crops and flips (default: %(default)s)')
-    parser.add_argument(
-        '--num_workers', type=int, default=8,
-        help='Number of dataloader workers (default: %(default)s)')
-    parser.add_argument(
-        '--shuffle', action='store_true', default=False,
-        help='Shuffle the data? (default: %(default)s)')
-    parser.add_argument(
-        '--seed', type=int, default=0,
-        help='Random seed to use.')
-    parser.add_argument(
-        '--inception_backend', type=str, default='torchvision',
-        choices=inception_utils.BACKENDS,
-        help='Inception network: the release\'s torchvision one, or '
-             'tf_fid, the TF-ported FID Inception behind published FIDs '
-             '(default: %(default)s)')
-    parser.add_argument(
-        '--inception_weights', type=str, default=None,
-        help='Local Inception weights file (default: the torch hub cache)')
-    parser.add_argument(
-        '--device', type=str, default=None,
-        help='Device to run on (default: cuda if available, else cpu)')
-    utils.add_custom_dataset_args(parser)
-    utils.add_download_arg(parser)
-    parser.add_argument(
-        '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
-        help='Real pool features stored for KID; 0 stores none '
-             '(default: %(default)s)')
+    parser = flags.new_parser('Calculate and store inception metrics.')
+    flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--parallel', '--augment',
+                             '--num_workers', '--shuffle', '--seed', '--inception_backend',
+                             '--inception_weights', '--device', *flags.CUSTOM_DATASET_FLAGS,
+                             '--download'])
+    parser.add_argument('--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
+                        help='Real pool features stored for KID; 0 stores none')
     return parser
 
 
 def run(config):
     """Stream the dataset through Inception and write the moments file."""
-    utils.check_dataset(config)
-    device = inception_utils.resolve_device(config['device'])
+    flags.check_flags(config)
+    check_dataset(config)
+    check_writable(config['data_root'], '--data_root')
+    device = pick_device(config['device'])
     torch.manual_seed(config['seed'])
     backend = config['inception_backend']
     # Fail before touching the data if the weights cannot be had.
     inception_utils.check_inception_weights(backend,
                                             config['inception_weights'])
     # Every image counts, as in the release; pinned memory only helps CUDA.
-    loader = utils.get_data_loaders(
+    loader = get_data_loaders(
         **{**config, 'drop_last': False,
            'pin_memory': device.type == 'cuda'})[0]
     net = inception_utils.load_inception_net(
@@ -110,7 +76,7 @@ def run(config):
 
 def main():
     """Parse the command line and run; bad input gets one line and exit status 2."""
-    utils.run_cli(run, prepare_parser())
+    flags.run_cli(run, prepare_parser())
 
 
 if __name__ == '__main__':

@@ -1,21 +1,25 @@
-"""Datasets: image folders, preprocessed HDF5 files, CIFAR and the built-in S32.
+"""The data path: datasets (image folders, preprocessed HDF5 files, CIFAR and the built-in
+S32), the dataset table, the release's transforms, the samplers and get_data_loaders.
 
-Every class takes ``(root, transform=None, load_in_mem=False, **kwargs)`` so that the
-dataset table in ``utils`` can build any of them the same way; unknown keyword
-arguments are accepted and ignored, as in the release.
+Every dataset class takes ``(root, transform=None, load_in_mem=False, **kwargs)`` so that the
+table can build any of them the same way; unknown keyword arguments are accepted and ignored,
+as in the release.
 """
-
 import hashlib
 import os
-import tempfile
 import warnings
 
 import h5py
 import numpy as np
 import torch
 import torchvision
+import torchvision.transforms as transforms
 from PIL import Image
 from torch.utils import data
+from torch.utils.data import DataLoader, Sampler
+
+from checkpoints import atomic_open
+from flags import ConfigError
 
 IMG_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                   '.tiff', '.webp']
@@ -36,7 +40,7 @@ _S32_SUPER = 2
 _S32_BLOCK = 1000
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A dataset on disk that cannot be used as it is; the message says what to do."""
 
 
@@ -144,18 +148,17 @@ def make_s32(num_per_class=S32_DEFAULT_PER_CLASS, seed=0):
 
 
 def _atomic_savez(path, **arrays):
-    """np.savez to a temp file in the target folder, then rename over path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.npz')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """np.savez through the project's atomic write."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def _refuse_pickles(path, error):
+    """Re-raise np.load's refusal of pickled objects as one line naming the file."""
+    if 'allow_pickle' in str(error):
+        raise DatasetError(f'{path} holds pickled Python objects, which are never loaded; '
+                           f'delete it and it will be rebuilt') from None
 
 
 def load_s32(root, seed=0, num_per_class=None):
@@ -164,8 +167,12 @@ def load_s32(root, seed=0, num_per_class=None):
     suffix = '' if n == S32_DEFAULT_PER_CLASS else f'_n{n}'
     path = os.path.join(root, f'S32_seed{seed}{suffix}.npz')
     if os.path.exists(path):
-        with np.load(path) as f:
-            return f['imgs'], f['labels']
+        try:
+            with np.load(path) as f:
+                return f['imgs'], f['labels']
+        except ValueError as e:
+            _refuse_pickles(path, e)
+            raise
     imgs, labels = make_s32(n, seed)
     _atomic_savez(path, imgs=imgs, labels=labels)
     return imgs, labels
@@ -276,7 +283,12 @@ def check_layout(root, classes, samples, n_classes=None):
         raise DatasetError(f'no class folders and no images found in {root}')
     if not samples:
         raise DatasetError(f'no images ({", ".join(IMG_EXTENSIONS)}) found under '
-                         f'the class folders of {root}')
+                           f'the class folders of {root}')
+    empty = sorted(set(range(len(classes))) - {label for _, label in samples})
+    if empty:
+        names = ', '.join(repr(classes[i]) for i in empty[:5])
+        raise DatasetError(f'{len(empty)} class folder(s) of {root} hold no images '
+                           f'({names}); add images or remove those folders')
     if len(classes) == 1 or (n_classes is not None and len(classes) != n_classes):
         direct, nested = _nested_image_dirs(os.path.join(root, classes[0]))
         if len(classes) == 1 and not direct and len(nested) > 1:
@@ -331,7 +343,7 @@ class ImageFolder(data.Dataset):
             nested = [f for f in nested if os.sep in f]
             self._write_index(sig, nested, *cached)
         elif n_classes is not None and len(cached[0]) != n_classes:
-            check_layout(self.root, cached[0], cached[1], n_classes)
+            check_layout(self.root, cached[0], list(zip(cached[1], cached[2])), n_classes)
         return cached
 
     def _read_index(self, sig):
@@ -346,7 +358,10 @@ class ImageFolder(data.Dataset):
                     if os.stat(os.path.join(self.root, folder)).st_mtime_ns != mtime:
                         return None
                 return list(f['classes']), list(f['paths']), f['labels']
-        except (OSError, KeyError, ValueError):
+        except ValueError as e:
+            _refuse_pickles(self.index_path, e)
+            return None
+        except (OSError, KeyError):
             return None  # an old-format or damaged index is simply rebuilt
 
     def _write_index(self, sig, nested, classes, rel, labels):
@@ -484,3 +499,215 @@ class CIFAR100(CIFAR10):
     train_list = torchvision.datasets.CIFAR100.train_list
     test_list = torchvision.datasets.CIFAR100.test_list
     meta = torchvision.datasets.CIFAR100.meta
+
+
+# ----------------------------------------------------------------------------
+# The dataset table.
+
+class DatasetEntry:
+    """One row of the dataset table."""
+
+    def __init__(self, cls, root, resolution, n_classes, classes_per_sheet):
+        self.cls, self.root = cls, root
+        self.resolution, self.n_classes = resolution, n_classes
+        self.classes_per_sheet = classes_per_sheet
+
+
+# One table instead of the release's five parallel dicts (which are derived below for scripts
+# that import them). root is relative to --data_root.
+DATASETS = {
+    'I32':       DatasetEntry(ImageFolder, 'ImageNet', 32, 1000, 50),
+    'I64':       DatasetEntry(ImageFolder, 'ImageNet', 64, 1000, 50),
+    'I128':      DatasetEntry(ImageFolder, 'ImageNet', 128, 1000, 20),
+    'I256':      DatasetEntry(ImageFolder, 'ImageNet', 256, 1000, 20),
+    'I32_hdf5':  DatasetEntry(ILSVRC_HDF5, 'ILSVRC32.hdf5', 32, 1000, 50),
+    'I64_hdf5':  DatasetEntry(ILSVRC_HDF5, 'ILSVRC64.hdf5', 64, 1000, 50),
+    'I128_hdf5': DatasetEntry(ILSVRC_HDF5, 'ILSVRC128.hdf5', 128, 1000, 20),
+    'I256_hdf5': DatasetEntry(ILSVRC_HDF5, 'ILSVRC256.hdf5', 256, 1000, 20),
+    'C10':       DatasetEntry(CIFAR10, 'cifar', 32, 10, 10),
+    'C100':      DatasetEntry(CIFAR100, 'cifar', 32, 100, 100),
+    'S32':       DatasetEntry(S32, 'S32', 32, 10, 10),
+    'S32_hdf5':  DatasetEntry(ILSVRC_HDF5, 'S32.hdf5', 32, 10, 10),
+}
+dset_dict = {k: v.cls for k, v in DATASETS.items()}
+imsize_dict = {k: v.resolution for k, v in DATASETS.items()}
+root_dict = {k: v.root for k, v in DATASETS.items()}
+nclass_dict = {k: v.n_classes for k, v in DATASETS.items()}
+classes_per_sheet_dict = {k: v.classes_per_sheet for k, v in DATASETS.items()}
+
+
+def classes_per_sheet(config):
+    """Classes per class-sheet image: the table's, or up to 20 for a custom dataset."""
+    entry = DATASETS.get(config['dataset'])
+    return entry.classes_per_sheet if entry else min(20, config['n_classes'])
+
+
+class CenterCropLongEdge(object):
+    """Crop the central square whose side is the image's short edge."""
+
+    def __call__(self, img):
+        return transforms.functional.center_crop(img, min(img.size))
+
+    def __repr__(self):
+        return self.__class__.__name__
+
+
+class RandomCropLongEdge(object):
+    """Crop a square of side the short edge at a random offset along the long edge."""
+
+    def __call__(self, img):
+        size = (min(img.size), min(img.size))
+        i = (0 if size[0] == img.size[0]
+             else np.random.randint(low=0, high=img.size[0] - size[0]))
+        j = (0 if size[1] == img.size[1]
+             else np.random.randint(low=0, high=img.size[1] - size[1]))
+        return transforms.functional.crop(img, j, i, size[0], size[1])
+
+    def __repr__(self):
+        return self.__class__.__name__
+
+
+def check_dataset(config):
+    """Refuse a dataset that is neither in the table nor described by the custom flags."""
+    if config['dataset'] not in DATASETS and not (
+            config.get('dataset_root') and config.get('resolution') and config.get('n_classes')):
+        raise ConfigError('unknown dataset %r: use one of %s, or pass --dataset_root, '
+                          '--resolution and --n_classes for your own'
+                          % (config['dataset'], ', '.join(DATASETS)))
+
+
+def dataset_source(config):
+    """(dataset class, root path) for the configured dataset."""
+    entry = DATASETS.get(config['dataset'])
+    if config.get('dataset_root'):
+        root = config['dataset_root']
+        cls = ILSVRC_HDF5 if root.endswith(('.hdf5', '.h5')) else ImageFolder
+    else:
+        root = os.path.join(config['data_root'], entry.root)
+        cls = entry.cls
+    return cls, root
+
+
+def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, resolution=0,
+                n_classes=0, dataset_root='', download=False, **kwargs):
+    """The training set with the release's transforms, values in [-1, 1]."""
+    config = {'dataset': dataset, 'data_root': data_root, 'dataset_root': dataset_root}
+    which_dataset, root = dataset_source(config)
+    image_size = resolution or DATASETS[dataset].resolution
+    small = dataset in ('C10', 'C100', 'S32')
+    if which_dataset is ILSVRC_HDF5:
+        train_transform = None
+    else:
+        if augment:
+            train_transform = ([transforms.RandomCrop(32, padding=4)] if small
+                               else [RandomCropLongEdge(), transforms.Resize(image_size)])
+            train_transform.append(transforms.RandomHorizontalFlip())
+        else:
+            train_transform = ([] if small
+                               else [CenterCropLongEdge(), transforms.Resize(image_size)])
+        train_transform = transforms.Compose(train_transform + [
+            transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    ds_kwargs = {'index_filename': '%s_imgs.npz' % dataset}
+    if n_classes and which_dataset is ImageFolder:
+        ds_kwargs['n_classes'] = n_classes
+    if download:
+        ds_kwargs['download'] = True
+    return which_dataset(root=root, transform=train_transform, load_in_mem=load_in_mem,
+                         **ds_kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Samplers and loaders.
+
+def epoch_order(n, epoch, seed, shuffle=True):
+    """The sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+class EpochSampler(Sampler):
+    """One epoch of indices from a given position, split across ranks.
+
+    Unlike DataLoader's RandomSampler it draws nothing from the global RNG and can start
+    mid-epoch, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data_source, shuffle=True, seed=0, rank=0, world_size=1):
+        self.n = len(data_source)
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        """Select the epoch, skipping the first `start` samples of this rank."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle)
+        order = order[:self.n - self.n % self.world_size]  # equal shares for every rank
+        return iter(order[self.rank::self.world_size][self.start:])
+
+    def __len__(self):
+        return max(self.n // self.world_size - self.start, 0)
+
+
+class MultiEpochSampler(Sampler):
+    """Shuffled indices for all num_epochs epochs at once, starting start_itr batches in.
+
+    Epochs are generated lazily, one seeded permutation each; ranks take interleaved samples
+    of the global stream.
+    """
+
+    def __init__(self, data_source, num_epochs, start_itr=0, batch_size=128, seed=0, rank=0,
+                 world_size=1):
+        self.data_source = data_source
+        self.num_samples = len(self.data_source)
+        self.num_epochs = num_epochs
+        self.start_itr = start_itr
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def _total(self):
+        """Samples in the stream, trimmed to a multiple of the world size."""
+        total = self.num_samples * self.num_epochs
+        return total - total % self.world_size
+
+    def __iter__(self):
+        n, w = self.num_samples, self.world_size
+        pos = self.start_itr * self.batch_size * w + self.rank
+        epoch, order = -1, None
+        while pos < self._total():
+            if pos // n != epoch:
+                epoch = pos // n
+                order = epoch_order(n, epoch, self.seed)
+            yield order[pos % n]
+            pos += w
+
+    def __len__(self):
+        return max(self._total() // self.world_size - self.start_itr * self.batch_size, 0)
+
+
+def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,
+                     shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True,
+                     drop_last=True, start_itr=0, num_epochs=500, use_multiepoch_sampler=False,
+                     seed=0, rank=0, world_size=1, **kwargs):
+    """A list holding the training loader, as the release returns it.
+
+    With the multi-epoch sampler one pass covers every epoch; otherwise call
+    `loader.sampler.set_epoch(epoch, start)` before each epoch.
+    """
+    train_set = get_dataset(dataset, data_root, augment, load_in_mem, **kwargs)
+    if use_multiepoch_sampler:
+        sampler = MultiEpochSampler(train_set, num_epochs, start_itr, batch_size, seed, rank,
+                                    world_size)
+        drop_last = False
+    else:
+        sampler = EpochSampler(train_set, shuffle, seed, rank, world_size)
+    # A private generator keeps worker seeding off the global RNG that training draws from.
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
+                        num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=False)
+    return [loader]

@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
+from checkpoints import atomic_open
+from distributed import is_distributed, pick_device
+from flags import ConfigError
+
 BACKENDS = ('torchvision', 'tf_fid')
 WEIGHT_FILES = {
     'torchvision': 'inception_v3_google-0cc3c7bd.pth',
@@ -39,11 +43,11 @@ DEFAULT_KID_FEATS = 10000
 NO_FID = 9999.0
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(ConfigError):
     """Inception weights could not be found, fetched or loaded."""
 
 
-class InceptionMomentsError(RuntimeError):
+class InceptionMomentsError(ConfigError):
     """A dataset's Inception moments file is missing or unusable."""
 
 
@@ -225,8 +229,8 @@ def wrap_inception_net(net, backend='torchvision'):
 def _check_backend(backend):
     """Refuse unknown backend names."""
     if backend not in BACKENDS:
-        raise ValueError(f'Unknown Inception backend {backend!r}; '
-                         f'choose one of {", ".join(BACKENDS)}')
+        raise ConfigError(f'unknown Inception backend {backend!r}; '
+                          f'choose one of {", ".join(BACKENDS)}')
 
 
 def default_weights_path(backend='torchvision'):
@@ -254,19 +258,13 @@ def _download_torchvision_weights(path, timeout=30):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     expected = WEIGHT_FILES['torchvision'].rsplit('-', 1)[1].split('.')[0]
     digest = hashlib.sha256()
-    tmp = path + '.partial'
-    try:
-        with urllib.request.urlopen(TORCHVISION_URL, timeout=timeout) as src, \
-                open(tmp, 'wb') as dst:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
+    with atomic_open(path) as dst, \
+            urllib.request.urlopen(TORCHVISION_URL, timeout=timeout) as src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
         if not digest.hexdigest().startswith(expected):
             raise OSError('downloaded file has the wrong hash')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def check_inception_weights(backend='torchvision', weights_path=None):
@@ -314,20 +312,13 @@ def _load_state_dict_file(net, path, backend):
             f'{len(result.unexpected_keys)} unexpected)')
 
 
-def resolve_device(device=None):
-    """Default to CUDA when available, else CPU."""
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(device)
-
-
 def load_inception_net(parallel=False, backend='torchvision',
                        weights_path=None, device=None):
     """Build a backend's wrapped Inception, load its weights, eval mode."""
     path = check_inception_weights(backend, weights_path)
     net = build_inception_net(backend)
     _load_state_dict_file(net, path, backend)
-    net = wrap_inception_net(net, backend).to(resolve_device(device)).eval()
+    net = wrap_inception_net(net, backend).to(pick_device(device)).eval()
     if parallel and torch.cuda.device_count() > 1:
         net = nn.DataParallel(net)
     return net
@@ -615,7 +606,7 @@ def _net_device(net):
 
 def _gather_ranks(t):
     """Concatenate t (same shape on every rank) over the DDP ranks; t itself without DDP."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return t
     parts = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, t.contiguous())
@@ -701,13 +692,9 @@ def save_inception_moments(path, mu, sigma, backend, feats=None):
               'backend': np.array(backend)}
     if feats is not None and len(feats):
         arrays['feats'] = np.asarray(feats, dtype=np.float32)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + '.tmp'
-    # Write a sibling then rename, so a kill never leaves a broken file.
-    with open(tmp, 'wb') as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path) as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load_inception_moments(dataset, data_root='data', backend='torchvision',
@@ -723,6 +710,17 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
             f'Inception moments file {moments_filename(dataset)} not found '
             f'in {data_root} or {os.getcwd()}; make it with: '
             f'{moments_command(dataset, data_root, backend)}')
+    try:
+        return _read_moments(path, dataset, data_root, backend, need_feats)
+    except (OSError, ValueError, KeyError, EOFError) as err:  # a damaged or hostile file
+        raise InceptionMomentsError(
+            f'Inception moments {path} cannot be read ({type(err).__name__}: '
+            f'{" ".join(str(err).split())[:200]}); recompute them with: '
+            f'{moments_command(dataset, data_root, backend)}') from None
+
+
+def _read_moments(path, dataset, data_root, backend, need_feats):
+    """The arrays load_inception_moments returns, read without unpickling anything."""
     with np.load(path, allow_pickle=False) as data:
         file_backend = (str(data['backend']) if 'backend' in data
                         else 'torchvision')
@@ -743,17 +741,12 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
     return out
 
 
-def prepare_inception_metrics(dataset, parallel, no_fid=False,
-                              backend='torchvision', weights_path=None,
-                              device=None, data_root='data', kid=False):
-    """Load the network (and moments) once; return get_inception_metrics.
+def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',
+                    weights_path=None, device=None, data_root='data', kid=False):
+    """Load the network (and moments) once; return measure(sample, num_images, num_splits=10,
+    prints=True, use_torch=True) -> {'IS_mean', 'IS_std', 'FID'[, 'KID_mean', 'KID_std']}.
 
-    get_inception_metrics(sample, num_inception_images, num_splits=10,
-    prints=True, use_torch=True, as_dict=False) returns
-    (IS_mean, IS_std, FID) as the release; with kid=True a fourth element,
-    a dict of extra metrics {'KID_mean', 'KID_std'} (ready for a log
-    line); with as_dict=True one flat dict of all of them. With no_fid, FID
-    and KID are NO_FID (9999.0) and no moments file is needed. Real
+    With no_fid, FID (and KID) are NO_FID (9999.0) and no moments file is needed. Real
     features for KID come from the moments file's optional 'feats' entry.
     """
     moments = None
@@ -762,46 +755,67 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False,
                                          need_feats=kid)
     net = load_inception_net(parallel, backend, weights_path, device)
 
-    def get_inception_metrics(sample, num_inception_images, num_splits=10,
-                              prints=True, use_torch=True, as_dict=False):
-        """IS, FID (and KID) of exactly num_inception_images samples."""
+    def measure(sample, num_images, num_splits=10, prints=True, use_torch=True):
+        """IS, FID (and KID) of exactly num_images samples."""
         if prints:
             print('Gathering activations...')
-        keep = min(num_inception_images, DEFAULT_KID_FEATS) if (
+        keep = min(num_images, DEFAULT_KID_FEATS) if (
             kid and moments is not None) else 0
         feats, scores = accumulate_inception_stats(
-            sample, net, num_inception_images, num_splits, keep_feats=keep)
+            sample, net, num_images, num_splits, keep_feats=keep)
         if prints:
             print('Calculating Inception Score...')
         is_mean, is_std = scores.result()
         out = {'IS_mean': is_mean, 'IS_std': is_std, 'FID': NO_FID}
         if kid:
             out['KID_mean'], out['KID_std'] = NO_FID, 0.0
-        if moments is not None:
-            if prints:
-                print('Calculating means and covariances...')
-            mu, sigma = feats.mean, feats.cov
-            if prints:
-                print('Covariances calculated, getting FID...')
-            if use_torch:
-                # The eigendecompositions run where the network does.
-                dev = _net_device(net)
-                fid = torch_calculate_frechet_distance(
-                    torch.as_tensor(mu, device=dev),
-                    torch.as_tensor(sigma, device=dev),
-                    moments['mu'], moments['sigma'])
-            else:
-                fid = numpy_calculate_frechet_distance(
-                    mu, sigma, moments['mu'], moments['sigma'])
-            out['FID'] = float(fid)
-            if kid:
-                out['KID_mean'], out['KID_std'] = calculate_kid(
-                    feats.feats, moments['feats'], device=_net_device(net))
-        if as_dict:
+        if moments is None:
             return out
+        if prints:
+            print('Calculating means and covariances...')
+        mu, sigma = feats.mean, feats.cov
+        if prints:
+            print('Covariances calculated, getting FID...')
+        if use_torch:
+            # The eigendecompositions run where the network does.
+            dev = _net_device(net)
+            fid = torch_calculate_frechet_distance(
+                torch.as_tensor(mu, device=dev), torch.as_tensor(sigma, device=dev),
+                moments['mu'], moments['sigma'])
+        else:
+            fid = numpy_calculate_frechet_distance(
+                mu, sigma, moments['mu'], moments['sigma'])
+        out['FID'] = float(fid)
         if kid:
-            extra = {'KID_mean': out['KID_mean'], 'KID_std': out['KID_std']}
-            return out['IS_mean'], out['IS_std'], out['FID'], extra
-        return out['IS_mean'], out['IS_std'], out['FID']
+            out['KID_mean'], out['KID_std'] = calculate_kid(
+                feats.feats, moments['feats'], device=_net_device(net))
+        return out
+
+    return measure
+
+
+def prepare_inception_metrics(dataset, parallel, no_fid=False,
+                              backend='torchvision', weights_path=None,
+                              device=None, data_root='data', kid=False):
+    """The release's entry point: get_inception_metrics(sample, num_inception_images,
+    num_splits=10, prints=True, use_torch=True) -> (IS_mean, IS_std, FID).
+
+    prepare_metrics gives the same numbers as a dict, with KID when kid=True.
+    """
+    measure = prepare_metrics(dataset, parallel, no_fid, backend, weights_path, device,
+                              data_root, kid)
+
+    def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
+                              use_torch=True):
+        m = measure(sample, num_inception_images, num_splits, prints, use_torch)
+        return m['IS_mean'], m['IS_std'], m['FID']
 
     return get_inception_metrics
+
+
+def metrics_line(itr, metrics):
+    """The release's IS/FID report line, with any further metrics (KID) appended."""
+    extra = ''.join(f', {k} is {v:g}' for k, v in metrics.items()
+                    if k not in ('IS_mean', 'IS_std', 'FID'))
+    return (f'Itr {itr}: PYTORCH UNOFFICIAL Inception Score is {metrics["IS_mean"]:3.3f} +/- '
+            f'{metrics["IS_std"]:3.3f}, PYTORCH UNOFFICIAL FID is {metrics["FID"]:5.4f}{extra}')

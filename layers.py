@@ -442,3 +442,26 @@ class DBlock(nn.Module):
 class identity(nn.Module):
     def forward(self, input):
         return input
+
+
+# ----------------------------------------------------------------------------
+# Initialisation.
+
+INIT_STYLES = ('ortho', 'N02', 'glorot', 'xavier')
+
+
+def init_weights(module, style):
+    """Initialise every conv, linear and embedding weight of module; returns the count."""
+    if style not in INIT_STYLES:
+        raise ValueError('unknown init %r: use %s' % (style, ', '.join(INIT_STYLES)))
+    count = 0
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            if style == 'ortho':
+                nn.init.orthogonal_(m.weight)
+            elif style == 'N02':
+                nn.init.normal_(m.weight, 0, 0.02)
+            else:  # glorot, xavier
+                nn.init.xavier_uniform_(m.weight)
+            count += sum(p.numel() for p in m.parameters())
+    return count

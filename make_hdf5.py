@@ -16,7 +16,6 @@ chunks at a time and kept open, and it only gets its final name once complete.
 import os
 import re
 import sys
-import tempfile
 import time
 
 import h5py
@@ -27,52 +26,33 @@ from torch.utils import data
 from tqdm import tqdm
 
 import datasets as dset
-import utils
+import flags
+from checkpoints import atomic_path, check_writable
 
 
-class BadImageError(RuntimeError):
+class BadImageError(flags.ConfigError):
     """An input image could not be decoded."""
 
 
 def prepare_parser():
     """Command line of make_hdf5.py: the release's flags plus a few new ones."""
-    parser = utils.ReleaseParser(
-        description='Preprocess an image dataset into an HDF5 file.')
-    parser.add_argument(
-        '--dataset', type=str, default='I128',
-        help='Which dataset to convert: I32..I256 (from data_root/ImageNet), '
-             'S32, or any name with --resolution (default: %(default)s)')
-    parser.add_argument(
-        '--data_root', type=str, default='data',
-        help='Folder holding the source data and the output file '
-             '(default: %(default)s)')
-    parser.add_argument(
-        '--batch_size', type=int, default=256,
-        help='Images per worker batch (default: %(default)s)')
-    parser.add_argument(
-        '--num_workers', type=int, default=16,
-        help='Decoding processes (default: %(default)s)')
-    parser.add_argument(
-        '--chunk_size', type=int, default=500,
-        help='HDF5 chunk length along the image axis (default: %(default)s)')
-    parser.add_argument(
-        '--compression', action='store_true', default=False,
-        help='Compress the HDF5 datasets (default: %(default)s)')
-    parser.add_argument(
-        '--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],
-        help='Filter used with --compression: lzf, as the release; gzip (level 4) '
-             'makes smaller files more slowly (default: %(default)s)')
-    parser.add_argument(
-        '--skip_bad', action='store_true', default=False,
-        help='Skip unreadable images (counted in the summary) instead of '
-             'stopping (default: %(default)s)')
-    utils.add_custom_dataset_args(parser)
-    parser.add_argument(
-        '--output', type=str, default=None,
-        help='Output file instead of data_root/ILSVRC{res}.hdf5')
-    parser.add_argument(
-        '--no_progress', action='store_true', default=False,
-        help='Do not show the progress bar')
+    parser = flags.new_parser('Preprocess an image dataset into an HDF5 file.')
+    flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--num_workers'],
+                    dataset='I128', batch_size=256, num_workers=16)
+    parser.add_argument('--chunk_size', type=int, default=500,
+                        help='HDF5 chunk length along the image axis')
+    parser.add_argument('--compression', action='store_true', default=False,
+                        help='Compress the HDF5 datasets')
+    parser.add_argument('--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],
+                        help='Filter used with --compression: lzf, as the release; gzip (level 4) '
+                             'makes smaller files more slowly')
+    parser.add_argument('--skip_bad', action='store_true', default=False,
+                        help='Skip unreadable images (counted in the summary) instead of stopping')
+    flags.add_flags(parser, flags.CUSTOM_DATASET_FLAGS)
+    parser.add_argument('--output', type=str, default=None,
+                        help='Output file instead of data_root/ILSVRC{res}.hdf5')
+    parser.add_argument('--no_progress', action='store_true', default=False,
+                        help='Do not show the progress bar')
     return parser
 
 
@@ -85,7 +65,7 @@ def dataset_info(name):
 
     Besides the table's names, any I{res} reads the ImageNet folder at that resolution.
     """
-    entry = utils.DATASETS.get(name)
+    entry = dset.DATASETS.get(name)
     if entry is not None:
         return entry.resolution, entry.n_classes, entry.root
     match = re.fullmatch(r'I(\d+)', name)
@@ -232,18 +212,14 @@ class ChunkWriter:
 
 
 def write_hdf5(path, batches, n, res, config):
-    """Write batches to path through a temp file; returns (written, bad list)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.partial',
-                               prefix='.' + os.path.basename(path) + '.')
-    os.close(fd)
+    """Write batches to path through a temporary file; returns (written, bad list)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     compression = config['compression_filter'] if config['compression'] else None
     bad_all = []
     bar = tqdm(total=n, unit='img', smoothing=0.05, dynamic_ncols=True,
                disable=config['no_progress'], file=sys.stderr)
     try:
-        with h5py.File(tmp, 'w') as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, 'w') as f:
             writer = ChunkWriter(f, n, res, config['chunk_size'], compression)
             for imgs, labels, bad in batches:
                 if bad and not config['skip_bad']:
@@ -254,25 +230,23 @@ def write_hdf5(path, batches, n, res, config):
                 writer.add(imgs, labels)
                 bar.update(len(labels) + len(bad))
             count = writer.finish()
-        os.replace(tmp, path)
     finally:
         bar.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return count, bad_all
 
 
 def run(config):
     """Convert config['dataset'] to HDF5; returns the output path."""
+    flags.check_flags(config)
     name = config['dataset']
     if 'hdf5' in name:
-        raise ValueError(f'{name} is already an HDF5 dataset; pass the source '
+        raise flags.ConfigError(f'{name} is already an HDF5 dataset; pass the source '
                          f'dataset name (e.g. I128)')
     res, n_classes, subdir = dataset_info(name)
     res = config['resolution'] or res
     n_classes = config['n_classes'] or n_classes
     if res is None:
-        raise ValueError(f'unknown dataset {name!r}: pass --resolution (and '
+        raise flags.ConfigError(f'unknown dataset {name!r}: pass --resolution (and '
                          f'--n_classes, --dataset_root) for a custom dataset')
     path = output_path(config, res)
     if name == 'S32' and not config['dataset_root']:
@@ -284,6 +258,7 @@ def run(config):
                                   n_classes=n_classes)
         n = len(folder)
         batches = folder_batches(folder.paths, folder.labels, res, config)
+    check_writable(os.path.dirname(os.path.abspath(path)), 'the output folder')
     start = time.time()
     count, bad = write_hdf5(path, batches, n, res, config)
     took = time.time() - start
@@ -298,7 +273,7 @@ def run(config):
 def main(argv=None):
     """Parse the command line and run; bad input or a bad image (named) gets one line on
     stderr and exit status 2, as in the other entry points."""
-    utils.run_cli(run, prepare_parser(), argv, errors=(BadImageError, ValueError))
+    flags.run_cli(run, prepare_parser(), argv)
 
 
 if __name__ == '__main__':

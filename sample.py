@@ -5,7 +5,6 @@
 import functools
 import importlib
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -14,6 +13,7 @@ from numpy.lib.format import open_memmap
 from tqdm import trange
 
 import utils
+from checkpoints import atomic_open, remove_stale_temps, scratch_folder
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
 # this run happens (paths, device, metrics), which describe the run rather than the model.
@@ -42,7 +42,8 @@ def save_npz(sample, num, path):
     The arrays are filled on disk through memory maps and stored uncompressed in the zip, so
     memory does not grow with num.
     """
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path) or '.') as tmp:
+    # The scratch folder is named like every temporary file, so a killed run's is cleaned up.
+    with scratch_folder(path + '.parts') as tmp:
         x_map = y_map = None
         done = 0
         with trange(num, desc='npz', unit='img') as bar:
@@ -61,7 +62,7 @@ def save_npz(sample, num, path):
         x_map.flush()
         y_map.flush()
         del x_map, y_map
-        with utils.atomic_open(path) as f:
+        with atomic_open(path) as f:
             with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.write(os.path.join(tmp, 'x.npy'), 'x.npy')
                 zf.write(os.path.join(tmp, 'y.npy'), 'y.npy')
@@ -76,9 +77,9 @@ def truncation_values(spec):
     except ValueError:
         raise utils.ConfigError('--sample_trunc_curves takes start_step_end, e.g. '
                                 '0.05_0.05_1.0, got %r' % spec) from None
-    if step <= 0 or end < start:
-        raise utils.ConfigError('--sample_trunc_curves needs step > 0 and end >= start, got %r'
-                                % spec)
+    if start <= 0 or step <= 0 or end < start:
+        raise utils.ConfigError('--sample_trunc_curves needs start > 0, step > 0 and '
+                                'end >= start, got %r' % spec)
     return [float(v) for v in np.arange(start, end + step, step)]  # the release's range
 
 
@@ -95,9 +96,6 @@ def run(config):
     config['no_optim'] = True
     device = torch.device(config['device'])
     trunc_stds = truncation_values(config['sample_trunc_curves'])
-    if config['sample_npz'] and config['sample_num_npz'] < 1:
-        raise utils.ConfigError('--sample_num_npz must be at least 1, got %d'
-                                % config['sample_num_npz'])
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = importlib.import_module(config['model'])
@@ -105,10 +103,10 @@ def run(config):
     print('Experiment name is %s' % experiment_name)
 
     # Metrics need Inception weights and moments: check them before any sampling.
-    get_inception_metrics = None
+    measure = None
     if config['sample_inception_metrics'] or config['sample_trunc_curves']:
         import inception_utils
-        get_inception_metrics = inception_utils.prepare_inception_metrics(
+        measure = inception_utils.prepare_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
             device=device, data_root=config['data_root'], kid=config['kid'])
@@ -119,47 +117,31 @@ def run(config):
     utils.load_weights(None if config['use_ema'] else G, None, state_dict,
                        config['weights_root'], experiment_name, config['load_weights'] or None,
                        G if config['use_ema'] else None, strict=False, load_optim=False)
+    utils.prepare_root(config, keys=['samples_root'])
+    folder = '%s/%s' % (config['samples_root'], experiment_name)
+    remove_stale_temps(folder, recursive=True)
+    os.makedirs(folder, exist_ok=True)
+
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
                                z_var=config['z_var'])
     if config['G_eval_mode']:
         G.eval()
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
-    # Sampling runs under --amp's autocast, as in training.
-    with utils.config_autocast(config):
-        if config['accumulate_stats']:
-            utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
-                                            config['num_standing_accumulations'])
-        folder = '%s/%s' % (config['samples_root'], experiment_name)
-        os.makedirs(folder, exist_ok=True)
-
+    with utils.sampling(G, z_, y_, config):
         if config['sample_npz']:
             save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder)
-        if config['sample_sheets']:
-            utils.sample_sheet(G, classes_per_sheet=utils.classes_per_sheet(config),
-                               num_classes=config['n_classes'], samples_per_class=10,
-                               parallel=config['parallel'], samples_root=config['samples_root'],
-                               experiment_name=experiment_name,
-                               folder_number=config['sample_sheet_folder_num'], z_=z_)
-        if config['sample_interps']:
-            for fix_z, fix_y in zip([False, False, True], [False, True, False]):
-                utils.interp_sheet(G, num_per_sheet=16, num_midpoints=8,
-                                   num_classes=config['n_classes'], parallel=config['parallel'],
-                                   samples_root=config['samples_root'],
-                                   experiment_name=experiment_name,
-                                   folder_number=config['sample_sheet_folder_num'], sheet_number=0,
-                                   fix_z=fix_z, fix_y=fix_y, device=device)
+        utils.save_sheets(G, config, experiment_name, config['sample_sheet_folder_num'], z_,
+                          sheets=config['sample_sheets'], interps=config['sample_interps'])
         if config['sample_random']:
             images, _ = sample()
             utils.save_image(images, '%s/random_samples.jpg' % folder,
                              nrow=int(G_batch_size ** 0.5))
 
-        def get_metrics(z_std):
+        def report_metrics(z_std):
             """IS/FID (and KID) of the current G, printed as the release prints them."""
-            metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
-                                            prints=False)
-            IS_mean, IS_std, FID = metrics[:3]
-            extra = metrics[3] if len(metrics) > 3 else {}
+            metrics = measure(sample, config['num_inception_images'], num_splits=10,
+                              prints=False)
             out = 'Using %s weights ' % ('ema' if config['use_ema'] else 'non-ema')
             out += 'in %s mode, ' % ('eval' if config['G_eval_mode'] else 'training')
             out += 'with noise variance %3.3f, ' % z_std
@@ -169,19 +151,16 @@ def run(config):
             if config['accumulate_stats']:
                 out += ('using %d standing stat accumulations, '
                         % config['num_standing_accumulations'])
-            out += ('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
-                    'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID))
-            out += ''.join(', %s is %g' % (k, v) for k, v in extra.items())
-            print(out)
+            print(out + inception_utils.metrics_line(state_dict['itr'], metrics))
 
         if config['sample_inception_metrics']:
-            get_metrics(config['z_var'])
+            report_metrics(config['z_var'])
         for std in trunc_stds:
             utils.Distribution(z_, 'normal', mean=0, var=std)
             if config['accumulate_stats']:
                 utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                 config['num_standing_accumulations'])
-            get_metrics(std)
+            report_metrics(std)
 
 
 def main():

@@ -15,6 +15,9 @@ from tqdm import tqdm
 
 import train_fns
 import utils
+from checkpoints import check_finite_step, remove_stale_temps, set_rng_state
+from datasets import get_data_loaders
+from distributed import setup_distributed
 
 
 def build_models(config, device):
@@ -44,19 +47,6 @@ def wrap(net, config, world_size, device):
     return net
 
 
-def eval_for_sampling(config, *nets):
-    """With --G_eval_mode, tests and sheets use BN's running statistics."""
-    if config['G_eval_mode']:
-        for net in nets:
-            if net is not None:
-                net.eval()
-
-
-def finished(state_dict, config):
-    """Whether --total_itrs iterations are done."""
-    return 0 < config['total_itrs'] <= state_dict['itr']
-
-
 @contextlib.contextmanager
 def stop_on_signal(enabled=True):
     """Inside, SIGINT/SIGTERM ask the loop to finish its iteration, save and exit (a second
@@ -65,7 +55,7 @@ def stop_on_signal(enabled=True):
 
     def handler(signum, frame):
         if requested:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signum)
         requested.append(signum)
         print('\nsignal %d: stopping after this iteration (with a checkpoint)' % signum,
               file=sys.stderr)
@@ -78,32 +68,44 @@ def stop_on_signal(enabled=True):
             signal.signal(sig, old)
 
 
-def epoch_batches(loader, epoch, state_dict, config, rank):
-    """The epoch's remaining batches (a resumed run starts mid-epoch), behind rank 0's bar."""
-    done = state_dict['itr']
-    if not config['use_multiepoch_sampler']:
-        loader.sampler.set_epoch(epoch)
-        per_epoch = len(loader)
-        done = state_dict['itr'] - epoch * per_epoch
-        done = done if 0 <= done <= per_epoch else 0
-        loader.sampler.set_epoch(epoch, start=done * loader.batch_size)
-    # Worker seeds (random augmentations) differ per epoch and rank, and are reproducible.
-    loader.generator.manual_seed(
-        int(np.random.SeedSequence([config['seed'], epoch, rank]).generate_state(1)[0]))
-    total = len(loader)
-    if config['total_itrs']:
-        total = max(min(total, config['total_itrs'] - state_dict['itr']), 0)
-    if rank != 0:
-        return loader
-    if config['pbar'] == 'mine':
-        return utils.progress(loader, total=total, start=done, displaytype=(
-            's1k' if config['use_multiepoch_sampler'] else 'eta'))
-    return tqdm(loader, total=total)
+def training_batches(loader, state_dict, config, rank):
+    """(x, y, progress bar or None) for every remaining batch of every remaining epoch.
+
+    A resumed run starts mid-epoch; state_dict['epoch'] advances as each epoch completes.
+    """
+    for epoch in range(state_dict['epoch'], config['num_epochs']):
+        if 0 < config['total_itrs'] <= state_dict['itr']:
+            return
+        done = state_dict['itr']
+        if not config['use_multiepoch_sampler']:
+            loader.sampler.set_epoch(epoch)
+            done = state_dict['itr'] - epoch * len(loader)
+            done = done if 0 <= done <= len(loader) else 0
+            loader.sampler.set_epoch(epoch, start=done * loader.batch_size)
+        # Worker seeds (random augmentations) differ per epoch and rank, and are reproducible.
+        loader.generator.manual_seed(
+            int(np.random.SeedSequence([config['seed'], epoch, rank]).generate_state(1)[0]))
+        total = len(loader)
+        if config['total_itrs']:
+            total = max(min(total, config['total_itrs'] - state_dict['itr']), 0)
+        bar = None
+        if rank == 0 and config['pbar'] == 'mine':
+            bar = utils.progress(loader, total=total, start=done, displaytype=(
+                's1k' if config['use_multiepoch_sampler'] else 'eta'))
+        elif rank == 0:
+            bar = tqdm(loader, total=total)
+        for x, y in bar if bar is not None else loader:
+            if x.shape[0] < loader.batch_size:
+                return  # the multi-epoch sampler's last, partial batch
+            yield x, y, bar
+        state_dict['epoch'] += 1
+        if config['use_multiepoch_sampler']:
+            return  # one pass of that sampler covers every epoch
 
 
 def run(config):
     config = utils.prepare_config(config)
-    rank, world_size, device = utils.setup_distributed(config)
+    rank, world_size, device = setup_distributed(config)
     config['device'] = str(device)
     if config['resume']:
         config['skip_init'] = True  # the checkpoint overwrites every weight anyway
@@ -111,69 +113,74 @@ def run(config):
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
 
-    # Inception weights and moments are checked before any training, so a missing file
-    # fails now rather than at the first test.
-    get_inception_metrics = None
+    # Check the metrics' Inception weights and moments now, so a missing file fails before any
+    # training rather than at the first test.
+    measure = None
     if config['test_every'] > 0:
         import inception_utils
-        get_inception_metrics = inception_utils.prepare_inception_metrics(
+        measure = inception_utils.prepare_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
             device=device, data_root=config['data_root'], kid=config['kid'])
 
-    if rank == 0:
-        utils.prepare_root(config)
+    # Construct networks.
     model, G, D, G_ema, ema = build_models(config, device)
     if rank == 0:
         # Users find their weights, logs and samples (and --hashname runs) from this line.
         print('Experiment name is %s' % experiment_name)
         print('Number of params in G: %d D: %d'
               % (utils.count_parameters(G), utils.count_parameters(D)))
-    GD = model.G_D(G, D)
+
+    # Resume.
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
                   'best_IS': 0, 'best_FID': 999999, 'config': config}
     if config['resume']:
         utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            config['load_weights'] or None, G_ema if config['ema'] else None)
-    if world_size > 1 or config['compile']:
-        GD = model.G_D(wrap(G, config, world_size, device), wrap(D, config, world_size, device))
-    if world_size > 1:
-        torch.manual_seed(config['seed'] + rank)  # each rank its own z and y
-    elif config['parallel']:
-        GD = nn.DataParallel(GD)
 
-    # D consumes batch_size images per accumulation and per D step.
+    # Load training set: D consumes batch_size images per accumulation and per D step.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
-    loader = utils.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                       'start_itr': state_dict['itr'], 'rank': rank,
-                                       'world_size': world_size})[0]
+    loader = get_data_loaders(**{**config, 'batch_size': D_batch_size,
+                                 'start_itr': state_dict['itr'], 'rank': rank,
+                                 'world_size': world_size})[0]
     if len(loader.dataset) // world_size < D_batch_size:
         raise utils.ConfigError(
             'each process gets %d of the dataset\'s %d images, fewer than one step needs '
             '(batch_size x num_D_steps x num_D_accumulations = %d): lower those flags'
             % (len(loader.dataset) // world_size, len(loader.dataset), D_batch_size))
 
-    # Rank 0 keeps the logs (created once the data is known good, so a failed start
-    # deletes no old log); the other ranks log nowhere.
+    # Prepare the output folders and logs; only now that every check has passed, so a failed
+    # start writes and deletes nothing. Rank 0 keeps the logs; the other ranks log nowhere.
     test_log = train_log = None
     if rank == 0:
+        utils.prepare_root(config)
+        for root in ('weights_root', 'logs_root', 'samples_root'):
+            remove_stale_temps('%s/%s' % (config[root], experiment_name), recursive=True)
         test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
                                        reinitialize=not config['resume'])
         train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
                                    reinitialize=not config['resume'], logstyle=config['logstyle'])
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 
+    # Distribute.
+    GD = model.G_D(wrap(G, config, world_size, device), wrap(D, config, world_size, device))
+    if world_size > 1:
+        torch.manual_seed(config['seed'] + rank)  # each rank its own z and y
+    elif config['parallel']:
+        GD = nn.DataParallel(GD)
+
+    # Latents: training z has std 1 whatever --z_var says, as in the release (--z_var is
+    # sample.py's). Fixed samples come from their own generator, so a resume keeps them.
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
-    # Training z has std 1 whatever --z_var says, as in the release: --z_var is sample.py's.
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device)
-    # Fixed samples come from their own generator, so they are the same after a resume.
     fixed = torch.Generator(device).manual_seed(config['seed'])
     fixed_z = torch.randn(G_batch_size, G.dim_z, device=device, generator=fixed)
     fixed_y = torch.randint(0, config['n_classes'], (G_batch_size,), device=device,
                             generator=fixed)
     if 'rng' in state_dict:
-        utils.set_rng_state(state_dict.pop('rng'))
+        set_rng_state(state_dict.pop('rng'))
 
+    # The step.
     precision = train_fns.Precision(config, device)
     if 'amp' in state_dict:
         precision.load_state_dict(state_dict['amp'])
@@ -185,59 +192,54 @@ def run(config):
     sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
                                config=config)
 
-    # Under torchrun the launcher owns signals; a lone process stops cleanly on them.
-    with stop_on_signal(world_size == 1) as stop:
-        start_itr = state_dict['itr']
-        for epoch in range(state_dict['epoch'], config['num_epochs']):
-            batches = epoch_batches(loader, epoch, state_dict, config, rank)
-            for x, y in batches:
-                if x.shape[0] < D_batch_size:
-                    break  # the multi-epoch sampler's last, partial batch
-                state_dict['itr'] += 1
-                G.train()
-                D.train()
-                if config['ema']:
-                    G_ema.train()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if config['channels_last']:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                metrics = train(x, y)
-                if rank == 0:
-                    train_log.log(itr=int(state_dict['itr']), **metrics)
-                    if (config['sv_log_interval'] > 0
-                            and not state_dict['itr'] % config['sv_log_interval']):
-                        train_log.log(itr=int(state_dict['itr']),
-                                      **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
-                    batches.set_postfix(metrics)
+    def evaluate_and_save(testing, saving):
+        """Test (IS/FID, best copies) and/or checkpoint with sheets, in sampling mode."""
+        if config['G_eval_mode']:
+            G.eval()
+            if G_ema is not None:
+                G_ema.eval()
+        state_dict.update(precision.state_dict())
+        if testing:
+            # Test before saving, so a checkpoint of this iteration holds the result.
+            train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample, measure,
+                           experiment_name, test_log)
+        if saving:
+            train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
+                                      experiment_name)
 
-                itr = state_dict['itr']
-                testing = config['test_every'] > 0 and not itr % config['test_every']
-                saving = config['save_every'] > 0 and not itr % config['save_every']
-                if testing or saving:
-                    eval_for_sampling(config, G, G_ema)
-                    state_dict.update(precision.state_dict())
-                if testing:
-                    # Test before saving, so a checkpoint of this iteration holds the result.
-                    train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
-                                   get_inception_metrics, experiment_name, test_log)
-                if saving:
-                    train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y,
-                                              state_dict, config, experiment_name)
-                if finished(state_dict, config) or stop:
-                    break
-            if finished(state_dict, config) or stop:
+    # Train. Under torchrun the launcher owns signals; a lone process stops cleanly on them.
+    start_itr = state_dict['itr']
+    with stop_on_signal(world_size == 1) as stop:
+        for x, y, bar in training_batches(loader, state_dict, config, rank):
+            state_dict['itr'] += 1
+            itr = state_dict['itr']
+            for net in (G, D, G_ema):
+                if net is not None:
+                    net.train()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config['channels_last']:
+                x = x.contiguous(memory_format=torch.channels_last)
+            metrics = train(x, y)
+            if rank == 0:
+                train_log.log(itr=itr, **metrics)
+                if config['sv_log_interval'] > 0 and not itr % config['sv_log_interval']:
+                    train_log.log(itr=itr, **utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D'))
+                bar.set_postfix(metrics)
+            # The losses are on the host already: a NaN stops the run before it is saved.
+            check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
+                              experiment_name)
+
+            testing = config['test_every'] > 0 and not itr % config['test_every']
+            saving = config['save_every'] > 0 and not itr % config['save_every']
+            if testing or saving:
+                evaluate_and_save(testing, saving)
+            if 0 < config['total_itrs'] <= itr or stop:
                 break
-            state_dict['epoch'] += 1
-            if config['use_multiepoch_sampler']:
-                break  # one pass of that sampler covers every epoch
 
     # The last iteration gets a checkpoint and sheets too, wherever the run stopped.
-    if (config['save_every'] > 0 and state_dict['itr'] > start_itr
-            and state_dict['itr'] % config['save_every']):
-        eval_for_sampling(config, G, G_ema)
-        state_dict.update(precision.state_dict())
-        train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
-                                  experiment_name)
+    itr = state_dict['itr']
+    if config['save_every'] > 0 and itr > start_itr and itr % config['save_every']:
+        evaluate_and_save(testing=False, saving=True)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return state_dict

@@ -3,8 +3,10 @@ import os
 
 import torch
 
+import inception_utils
 import losses
 import utils
+from distributed import broadcast_object, get_rank
 
 
 def dummy_training_function():
@@ -17,9 +19,9 @@ def dummy_training_function():
 class Precision(object):
     """autocast and loss scaling for --amp; float32 (both off) when it is empty."""
 
-    def __init__(self, config, device):
+    def __init__(self, config, device=None):
         self.dtype = utils.amp_dtype(config)
-        self.device_type = torch.device(device).type
+        self.device_type = utils.pick_device(device or config.get('device')).type
         use_scaler = self.dtype == torch.float16
         self.G_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
         self.D_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
@@ -63,7 +65,8 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
 
     x holds batch_size * num_D_steps * num_D_accumulations real images.
     """
-    precision = precision or Precision(config, config.get('device', 'cpu'))
+    # A config built the release's way has no device: the models' is the one to use.
+    precision = precision or Precision(config, next(G.parameters()).device)
     bs = config['batch_size']
 
     def train(x, y):
@@ -149,71 +152,46 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            'copy%d' % slot, G_ema if config['ema'] else None)
 
-    if utils.get_rank() != 0:
+    if get_rank() != 0:
         return
     G_sample = which_G(G, G_ema, config)
-    with utils.sampling_state(G_sample), utils.config_autocast(config):
-        if config['accumulate_stats']:
-            utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
-                                            config['num_standing_accumulations'])
+    with utils.sampling(G_sample, z_, y_, config):
         folder = '%s/%s' % (config['samples_root'], experiment_name)
         os.makedirs(folder, exist_ok=True)
         fixed_Gz = utils.run_G(G_sample, fixed_z, fixed_y, config['parallel'])
         utils.save_image(fixed_Gz, '%s/fixed_samples%d.jpg' % (folder, state_dict['itr']),
                          nrow=int(fixed_Gz.shape[0] ** 0.5))
-        utils.sample_sheet(G_sample,
-                           classes_per_sheet=utils.classes_per_sheet(config),
-                           num_classes=config['n_classes'],
-                           samples_per_class=10, parallel=config['parallel'],
-                           samples_root=config['samples_root'],
-                           experiment_name=experiment_name,
-                           folder_number=state_dict['itr'],
-                           z_=z_)
-        for fix_z, fix_y in zip([False, False, True], [False, True, False]):
-            utils.interp_sheet(G_sample,
-                               num_per_sheet=16,
-                               num_midpoints=8,
-                               num_classes=config['n_classes'],
-                               parallel=config['parallel'],
-                               samples_root=config['samples_root'],
-                               experiment_name=experiment_name,
-                               folder_number=state_dict['itr'],
-                               sheet_number=0,
-                               fix_z=fix_z, fix_y=fix_y)
+        utils.save_sheets(G_sample, config, experiment_name, state_dict['itr'], z_)
 
 
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
          experiment_name, test_log):
     """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line.
 
-    Under DDP every rank calls it: the metrics come from every rank's samples.
+    get_inception_metrics returns a dict (inception_utils.prepare_metrics) or the release's
+    (IS_mean, IS_std, FID). Under DDP every rank calls it: the metrics come from every rank's
+    samples.
     """
     G_sample = which_G(G, G_ema, config)
-    with utils.sampling_state(G_sample), utils.config_autocast(config):
-        if config['accumulate_stats']:
-            utils.accumulate_standing_stats(G_sample, z_, y_, config['n_classes'],
-                                            config['num_standing_accumulations'])
+    with utils.sampling(G_sample, z_, y_, config):
         metrics = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
-                                        prints=utils.get_rank() == 0)
+                                        prints=get_rank() == 0)
+    if not isinstance(metrics, dict):
+        metrics = dict(zip(('IS_mean', 'IS_std', 'FID'), metrics))
     # Every rank acts on rank 0's numbers, so all of them agree on saving a best copy.
-    metrics = utils.broadcast_object(metrics)
-    IS_mean, IS_std, FID = metrics[:3]
-    extra = metrics[3] if len(metrics) > 3 else {}
-    rank0 = utils.get_rank() == 0
+    metrics = {k: float(v) for k, v in broadcast_object(metrics).items()}
+    rank0 = get_rank() == 0
     if rank0:
-        print('Itr %d: PYTORCH UNOFFICIAL Inception Score is %3.3f +/- %3.3f, '
-              'PYTORCH UNOFFICIAL FID is %5.4f' % (state_dict['itr'], IS_mean, IS_std, FID)
-              + ''.join(', %s %g' % (k, v) for k, v in extra.items()))
-    improved = ((config['which_best'] == 'IS' and IS_mean > state_dict['best_IS'])
-                or (config['which_best'] == 'FID' and FID < state_dict['best_FID']))
+        print(inception_utils.metrics_line(state_dict['itr'], metrics))
+    improved = ((config['which_best'] == 'IS' and metrics['IS_mean'] > state_dict['best_IS'])
+                or (config['which_best'] == 'FID' and metrics['FID'] < state_dict['best_FID']))
     # State advances before the write, so the best copy (and any later checkpoint) carries it.
-    state_dict['best_IS'] = max(state_dict['best_IS'], IS_mean)
-    state_dict['best_FID'] = min(state_dict['best_FID'], FID)
+    state_dict['best_IS'] = max(state_dict['best_IS'], metrics['IS_mean'])
+    state_dict['best_FID'] = min(state_dict['best_FID'], metrics['FID'])
     if improved and config['num_best_copies'] > 0:
         slot = state_dict['save_best_num']
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            'best%d' % slot, G_ema if config['ema'] else None)
     if rank0:
-        test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
-                     FID=float(FID), **{k: float(v) for k, v in extra.items()})
+        test_log.log(itr=int(state_dict['itr']), **metrics)

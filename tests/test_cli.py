@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_models import tiny_models
 
+import flags
 import utils
 from conftest import FIXTURES, ROOT, TINY_FLAGS, tiny_config
 
@@ -78,11 +79,11 @@ def split_commands(entries, args):
 def test_release_abbreviations_keep_their_meaning(which):
     """Every prefix the release's parser read as one of its flags still means that flag."""
     parser = train_parser() if which == 'train+sample' else sample_parser()
-    flags = [r['flag'] for r in read_tsv('flags.tsv') if which == 'sample' or r['parser'] == which]
-    release = flags + ['--help']
-    assert not utils.ADDED_FLAGS & set(release)
+    names = [r['flag'] for r in read_tsv('flags.tsv') if which == 'sample' or r['parser'] == which]
+    release = names + ['--help']
+    assert not flags.ADDED_FLAGS & set(release)
     checked = 0
-    for flag in flags:
+    for flag in names:
         value = [] if parser._option_string_actions[flag].nargs == 0 else ['7']
         full = vars(parser.parse_args([flag] + value))
         for end in range(3, len(flag)):

@@ -516,12 +516,10 @@ def test_get_inception_metrics_matches_parts(fake_metrics_setup):
 
 def test_get_inception_metrics_with_kid(fake_metrics_setup):
     net, root, real = fake_metrics_setup
-    get_metrics = iu.prepare_inception_metrics('C10_hdf5', False,
-                                               data_root=root, kid=True)
-    out = get_metrics(CountingSampler(batch=4), 12, num_splits=3,
-                      prints=False)
-    assert len(out) == 4 and all(np.isfinite(v) for v in out[:3])
-    assert set(out[3]) == {'KID_mean', 'KID_std'}
+    measure = iu.prepare_metrics('C10_hdf5', False, data_root=root, kid=True)
+    out = measure(CountingSampler(batch=4), 12, num_splits=3, prints=False)
+    assert set(out) == {'IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std'}
+    assert all(np.isfinite(v) for v in out.values())
     # KID of the generated pool features against the stored real ones: 100 subsets of
     # 12 rows (all generated rows, 12 of the 40 real), each an MMD^2 by double loops.
     pool = iu.accumulate_inception_activations(
@@ -530,14 +528,12 @@ def test_get_inception_metrics_with_kid(fake_metrics_setup):
     scores = [direct_mmd2(pool[rng.choice(12, 12, replace=False)],
                           real[rng.choice(40, 12, replace=False)]) for _ in range(100)]
     # The stored real features are float32.
-    assert out[3]['KID_mean'] == pytest.approx(np.mean(scores), rel=1e-6)
-    assert out[3]['KID_std'] == pytest.approx(np.std(scores), rel=1e-5)
-    as_dict = get_metrics(CountingSampler(batch=4), 12, num_splits=3,
-                          prints=False, as_dict=True)
-    assert set(as_dict) == {'IS_mean', 'IS_std', 'FID', 'KID_mean',
-                            'KID_std'}
-    assert as_dict['KID_mean'] == pytest.approx(out[3]['KID_mean'])
-    assert np.isfinite(as_dict['KID_std'])
+    assert out['KID_mean'] == pytest.approx(np.mean(scores), rel=1e-6)
+    assert out['KID_std'] == pytest.approx(np.std(scores), rel=1e-5)
+    # The release's entry point gives the same IS and FID as its tuple.
+    release = iu.prepare_inception_metrics('C10_hdf5', False, data_root=root, kid=True)
+    assert release(CountingSampler(batch=4), 12, num_splits=3, prints=False) == pytest.approx(
+        (out['IS_mean'], out['IS_std'], out['FID']))
 
 
 def test_no_fid_needs_no_moments(tmp_path, monkeypatch):
@@ -567,8 +563,8 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch):
 
     # The dataset check passes (S8 is not in the real table) and the loader yields the
     # fake data.
-    monkeypatch.setattr(cim.utils, 'get_data_loaders', get_data_loaders)
-    monkeypatch.setattr(cim.utils, 'check_dataset', lambda config: None)
+    monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
+    monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
     torch.manual_seed(0)
     net = FakeNet()
     monkeypatch.setattr(iu, 'check_inception_weights', lambda *a: 'x')

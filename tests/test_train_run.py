@@ -12,6 +12,7 @@ from test_models import tiny_models
 import train
 import train_fns
 import utils
+from checkpoints import StopRun
 from conftest import assert_same, run_flags, tiny_config
 
 NAME = 'exp'
@@ -165,11 +166,12 @@ def test_atomic_save_survives_crash(tmp_path, monkeypatch, crash_at):
     def dying_save(obj, f, *args, **kwargs):
         calls.append(obj)
         if len(calls) - 1 == crash_at:
-            f.write(b'\0' * 4096)  # half a file, then the "kill"
+            with open(f, 'wb') as half:
+                half.write(b'\0' * 4096)  # half a file, then the "crash"
             raise OSError('simulated crash')
         return real_save(obj, f, *args, **kwargs)
     monkeypatch.setattr(torch, 'save', dying_save)
-    with pytest.raises(OSError, match='simulated crash'):
+    with pytest.raises(StopRun, match='simulated crash'):
         utils.save_weights(G, D, state, str(tmp_path), NAME, None, G_ema)
     monkeypatch.undo()
 

@@ -1,0 +1,468 @@
+"""Files that must survive a crash: the one atomic-write helper every writer uses, the clean-up
+of what killed writers left behind, and checkpoints (save, load, the restricted unpickler).
+
+Nothing is loaded that could run code: tensors and plain data go through torch's
+weights_only loader, and the release's legacy-format state_dict.pth through an unpickler
+that builds only the few types such a file holds, for every pickle in the file.
+"""
+import contextlib
+import functools
+import math
+import os
+import pickle
+import random
+import re
+import shutil
+import socket
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from distributed import all_gather_objects, get_rank, get_world_size
+from flags import ConfigError
+
+CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read: missing, truncated, refused or of the wrong kind."""
+
+
+class StopRun(RuntimeError):
+    """The run cannot go on (it diverged, or a save failed); the message says what is left."""
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes.
+
+_HOST = re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
+# A writer's temporary file: '<target>.tmp-<host>-<pid>', beside its target.
+_TEMP = re.compile(r'^(?P<target>.+)\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)$')
+
+
+def temp_path(path):
+    """The temporary name this process writes path under."""
+    return '%s.tmp-%s-%d' % (path, _HOST, os.getpid())
+
+
+def _running(pid):
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(folder, target=None, recursive=False):
+    """Delete temporary files (and scratch folders) that killed writers on this host left in
+    folder (for target only, if given). One is stale when its name matches the temp pattern,
+    it names this host, and its pid runs no process here other than this one."""
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    walk = os.walk(folder) if recursive else [(folder, os.listdir(folder), [])]
+    for root, dirs, files in walk:
+        for name in dirs + files:
+            m = _TEMP.match(name)
+            if (m is None or m['host'] != _HOST
+                    or (target is not None and m['target'] != os.path.basename(target))):
+                continue
+            pid = int(m['pid'])
+            if pid == os.getpid() or not _running(pid):
+                stale = os.path.join(root, name)
+                if os.path.isdir(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(stale)
+                removed.append(stale)
+    return removed
+
+
+def check_writable(folder, what):
+    """Create folder if needed, or raise ConfigError saying what cannot be written where."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError('%s %s cannot be created or written (%s); pass a writable folder'
+                          % (what, folder, e.strerror or e)) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write path's content to; once the block ends it is synced
+    and renamed over path, so a kill at any moment leaves the old file or the new one. On
+    any exception (Ctrl-C and SIGTERM included) the temporary file is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temps(folder, target=path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def scratch_folder(name):
+    """A folder for a writer's intermediate files, named like a temporary file (so a killed
+    writer's is cleaned up) and removed when the block ends."""
+    remove_stale_temps(os.path.dirname(os.path.abspath(name)), target=name)
+    folder = temp_path(name)
+    os.makedirs(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode='wb'):
+    """open() for writing through atomic_path."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_save_all(items):
+    """torch.save every (obj, path) to its temporary file, then rename them all in a row, so
+    the files of one checkpoint change together; if any write fails (a full disk), no file
+    changes and no temporary file is left."""
+    with contextlib.ExitStack() as stack:
+        # Entered in reverse, so the renames on exit run in the order given.
+        tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
+        for obj, path in items:
+            torch.save(obj, tmps[path])
+
+
+# ----------------------------------------------------------------------------
+# What a checkpoint holds.
+
+def is_plain(value):
+    """Whether value is plain data, what weights_only loading accepts."""
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(is_plain(v) for v in value.values())
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def plain_config(config):
+    """config without its non-plain entries (the activation modules, re-derived from
+    --G_nl/--D_nl when loaded)."""
+    return {k: v for k, v in config.items() if is_plain(v)}
+
+
+def get_rng_state():
+    """Every RNG training draws from, as plain data (lists of numbers)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {'torch': torch.get_rng_state().tolist(),
+             'numpy': [kind, keys.tolist(), pos, has_gauss, cached],
+             'python': [version, list(internal), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only: the count of visible GPUs may differ on resume.
+        state['cuda'] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what get_rng_state captured (from a list of per-rank states, this rank's)."""
+    if isinstance(state, list):
+        if len(state) != get_world_size():
+            print('note: the checkpoint was written by %d process(es), this run has %d: '
+                  'random streams start afresh' % (len(state), get_world_size()))
+            return
+        state = state[get_rank()]
+    torch.set_rng_state(torch.tensor(state['torch'], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state['cuda'], dtype=torch.uint8))
+
+
+def first_nonfinite(named):
+    """The name of the first floating tensor in named ({name: tensor or nested dict/list})
+    holding NaN or Inf, or None. One host sync for all of them."""
+    flat = []
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and value.numel():
+                flat.append((prefix, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk('%s.%s' % (prefix, k) if prefix else str(k), v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk('%s.%d' % (prefix, i), v)
+    walk('', named)
+    # A tensor's float64 sum is finite iff all its values are; one sync per device.
+    sums = {}
+    for i, (_, t) in enumerate(flat):
+        sums.setdefault(t.device, []).append((i, t.detach().sum(dtype=torch.float64)))
+    bad = [i for parts in sums.values()
+           for (i, _), ok in zip(parts, torch.isfinite(torch.stack([s for _, s in parts])).cpu())
+           if not ok]
+    return flat[min(bad)][0] if bad else None
+
+
+# ----------------------------------------------------------------------------
+# Saving.
+
+def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
+    """weights_root/experiment_name/name[_suffix].pth."""
+    base = '_'.join(item for item in [name, name_suffix] if item)
+    return '%s/%s/%s.pth' % (weights_root, experiment_name, base)
+
+
+def last_checkpoint(weights_root, experiment_name):
+    """A phrase naming the latest checkpoint on disk and its iteration, for messages."""
+    path = checkpoint_path(weights_root, experiment_name, 'state_dict')
+    try:
+        return '%s (itr %d)' % (os.path.dirname(path), torch_load(path)['itr'])
+    except (ConfigError, KeyError, TypeError):
+        return 'none (no complete checkpoint in %s)' % os.path.dirname(path)
+
+
+def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None):
+    """Write G, G_optim, D, D_optim, G_ema and state_dict as one atomic set.
+
+    state_dict carries every rank's RNG state and a config of plain data, so the files load
+    with weights_only=True. Under DDP every rank calls this; rank 0 writes. A set holding NaN
+    or Inf is never written, and a failed write (a full disk) leaves the previous set whole;
+    both stop the run with StopRun.
+    """
+    rng = all_gather_objects(get_rng_state())
+    if get_rank() != 0:
+        return
+    root = '%s/%s' % (weights_root, experiment_name)
+    path = functools.partial(checkpoint_path, weights_root, experiment_name,
+                             name_suffix=name_suffix)
+    items = [(G.state_dict(), path('G')), (G.optim.state_dict(), path('G_optim')),
+             (D.state_dict(), path('D')), (D.optim.state_dict(), path('D_optim'))]
+    if G_ema is not None:
+        items.append((G_ema.state_dict(), path('G_ema')))
+    bad = first_nonfinite({os.path.basename(p)[:-4]: obj for obj, p in items})
+    if bad is not None:
+        raise StopRun('not saving iteration %d: %s is NaN or Inf; the last checkpoint, %s, '
+                      'is left as it was' % (state_dict['itr'], bad,
+                                             last_checkpoint(weights_root, experiment_name)))
+    items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng},
+                  path('state_dict')))
+    try:
+        os.makedirs(root, exist_ok=True)
+        atomic_save_all(items)
+    except (OSError, RuntimeError) as e:  # torch.save reports write errors as RuntimeError
+        raise StopRun('could not write the checkpoint for iteration %d to %s (%s); the '
+                      'previous checkpoint there is whole and no partial file is left'
+                      % (state_dict['itr'], root, ' '.join(str(e).split()))) from e
+
+
+# ----------------------------------------------------------------------------
+# Loading.
+
+class ReleaseUnpickler(pickle.Unpickler):
+    """Unpickles what the release's state_dict.pth holds and nothing else: plain data,
+    nn.ReLU and OrderedDict, numpy float scalars (its best_IS/best_FID) and tensors.
+
+    weights_only=True refuses such files: PyTorch < 1.6 (which the release ran on) saved the
+    ReLU's class by a persistent id it does not accept.
+    """
+    ALLOWED = {('collections', 'OrderedDict'), ('torch.nn.modules.activation', 'ReLU'),
+               ('_codecs', 'encode'),  # how pickle protocol 2 spells bytes
+               ('__builtin__', 'set'), ('builtins', 'set'), ('builtins', 'frozenset'),
+               ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+               ('numpy', 'dtype'), ('torch._utils', '_rebuild_tensor_v2'),
+               ('torch._utils', '_rebuild_parameter'), ('torch', 'FloatStorage'),
+               ('torch', 'DoubleStorage'), ('torch', 'LongStorage'), ('torch', 'IntStorage'),
+               ('torch', 'ByteStorage'), ('torch', 'HalfStorage')}
+
+    def find_class(self, module, name):
+        if (module, name) == ('torch.nn.backends.thnn', '_get_thnn_function_backend'):
+            return type(None)  # an nn.Module attribute of PyTorch 1.0, gone since
+        if (module, name) in self.ALLOWED or module == 'numpy.dtypes':
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError('%s.%s is not allowed in a checkpoint' % (module, name))
+
+
+class release_pickle:
+    """The pickle module torch.load is given for legacy-format files: every pickle in the
+    file (header, object, storage keys) goes through ReleaseUnpickler."""
+    Unpickler = ReleaseUnpickler
+    __name__ = 'release_pickle'
+
+    @staticmethod
+    def load(file, **kwargs):
+        return ReleaseUnpickler(file, **kwargs).load()
+
+
+# What weights_only loading may build beyond tensors and plain data: the release's ReLU and
+# numpy scalars (a release state_dict re-saved by a newer torch holds both).
+SAFE_GLOBALS = [nn.ReLU, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
+                getattr(np, '_core', getattr(np, 'core', None)).multiarray.scalar]
+
+
+def torch_load(path, map_location='cpu'):
+    """torch.load of tensors and plain data only, or CheckpointError naming the file.
+
+    Zip-format files (every torch >= 1.6 writes them) go through weights_only=True only; the
+    legacy format (the release's files) through ReleaseUnpickler.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError('%s: no such file' % path)
+    with open(path, 'rb') as f:
+        magic = f.read(2)
+    try:
+        if magic == b'PK':
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+        elif magic[:1] == b'\x80':  # a pickle: PyTorch 1.0-1.5's format
+            obj = torch.load(path, map_location=map_location, weights_only=False,
+                             pickle_module=release_pickle)
+        else:
+            raise ValueError('empty file' if not magic else 'not a PyTorch zip or pickle file')
+    except Exception as e:  # any failure to parse is the file's fault: name it, in one line
+        raise CheckpointError('cannot load %s (%s); it is truncated, damaged or not a '
+                              'checkpoint of tensors and plain data' % (path, _reason(e))) from None
+    if isinstance(obj, dict):
+        # numpy scalars become floats, so the state can be saved again as plain data.
+        obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
+    return obj
+
+
+def _reason(error):
+    """A loading error in a few words: the refused global, or the message's first sentence
+    (past torch's weights_only boilerplate)."""
+    text = str(error)
+    refused = re.search(r'GLOBAL ([\w.]+)', text)
+    if refused:
+        return '%s is not allowed in a checkpoint' % refused[1]
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith('Weights only load failed'):
+        lines = lines[1:]
+    first = lines[0].split('. ')[0].strip() if lines else ''
+    return '%s: %s' % (type(error).__name__, first[:200]) if first else type(error).__name__
+
+
+def check_kind(obj, path, name):
+    """Refuse a loaded file that is not what a checkpoint's `name` file holds."""
+    if name in ('G', 'D', 'G_ema'):
+        ok = isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
+        kind = 'a state dict of tensors'
+    elif name.endswith('_optim'):
+        ok = isinstance(obj, dict) and {'state', 'param_groups'} <= set(obj)
+        kind = "an optimizer's state dict"
+    else:
+        ok = isinstance(obj, dict) and 'itr' in obj
+        kind = 'a training state (itr, epoch, ...)'
+    if not ok:
+        raise CheckpointError('%s holds a %s, not %s; it is not a %s.pth of this project or '
+                              'the release' % (path, type(obj).__name__, kind, name))
+
+
+def check_shapes(module, loaded, path, strict=True):
+    """One clear error when a checkpoint does not fit the model built from the flags."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in loaded] if strict else []
+    unexpected = [k for k in loaded if k not in own] if strict else []
+    wrong = ['%s %s vs %s' % (k, tuple(loaded[k].shape), tuple(own[k].shape))
+             for k in own if k in loaded and loaded[k].shape != own[k].shape]
+    problems = (['shape mismatch (checkpoint vs config): ' + '; '.join(wrong[:3])] if wrong
+                else [])
+    problems += ['missing keys: ' + ', '.join(missing[:3])] if missing else []
+    problems += ['unexpected keys: ' + ', '.join(unexpected[:3])] if unexpected else []
+    if problems:
+        raise ConfigError('%s does not match the model built from these flags (%s); pass the '
+                          'flags the checkpoint was trained with' % (path, ' | '.join(problems)))
+
+
+def complete_sets(folder, names):
+    """The suffixes ('' for the latest, 'copy0', 'best1', ...) of every set in folder that
+    has a file for each of names."""
+    found = {}
+    pattern = re.compile(r'^(%s)(?:_(copy\d+|best\d+))?\.pth$' % '|'.join(CHECKPOINT_FILES))
+    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = pattern.match(entry)
+        if m:
+            found.setdefault(m[2] or '', set()).add(m[1])
+    return sorted(s for s, have in found.items() if set(names) <= have)
+
+
+def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None,
+                 strict=True, load_optim=True):
+    """Load what save_weights wrote (or the release wrote) into the given modules and dict.
+
+    state_dict is updated in place except its 'config', which stays the current run's; an 'rng'
+    entry comes back if the checkpoint has one (the release's do not). Returns the config the
+    checkpoint was saved with (None if it has none). Every file is read and checked before
+    anything changes, so a bad file leaves the run untouched.
+    """
+    path = functools.partial(checkpoint_path, weights_root, experiment_name,
+                             name_suffix=name_suffix)
+    folder = os.path.dirname(path('G'))
+    needed = [name for name, net in [('G', G), ('D', D), ('G_ema', G_ema)] if net is not None]
+    if load_optim:
+        needed += [name + '_optim' for name in needed if name != 'G_ema']
+    needed.append('state_dict')
+    missing = [name for name in needed if not os.path.isfile(path(name))]
+    if missing:
+        sets = complete_sets(folder, needed)
+        hint = ('; complete sets there: %s (pass --load_weights SUFFIX, e.g. --load_weights %s)'
+                % (', '.join("'%s'" % s if s else "'' (the latest)" for s in sets),
+                   sets[-1] or "''") if sets else '')
+        what = 'no checkpoint' if len(missing) == len(needed) else 'an incomplete checkpoint'
+        raise CheckpointError(
+            '%s at %s%s: missing %s%s' % (
+                what, folder, ' (--load_weights %s)' % name_suffix if name_suffix else '',
+                ', '.join(os.path.basename(path(n)) for n in missing),
+                hint or '; train first, or pass --weights_root/--experiment_name/'
+                        '--load_weights naming an existing one'))
+    loaded = {}
+    for name in needed:
+        loaded[name] = torch_load(path(name))
+        check_kind(loaded[name], path(name), name)
+    for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
+        if net is not None:
+            check_shapes(net, loaded[name], path(name), strict)
+    for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
+        if net is not None:
+            net.load_state_dict(loaded[name], strict=strict)
+            if name + '_optim' in loaded:
+                net.optim.load_state_dict(loaded[name + '_optim'])
+    saved = loaded['state_dict']
+    for key, value in saved.items():
+        if key != 'config':
+            state_dict[key] = value
+    return saved.get('config')
+
+
+def check_finite_step(metrics, nets, itr, weights_root, experiment_name):
+    """Stop the run when a step's losses are NaN or Inf and the weights are too.
+
+    The losses are already on the host, so the common case costs nothing; only a non-finite
+    loss pays for a look at the weights (under fp16 GradScaler skips such steps and the
+    weights stay finite, so training goes on).
+    """
+    if all(math.isfinite(v) for v in metrics.values()):
+        return
+    bad = first_nonfinite({name: net.state_dict() for name, net in nets.items()})
+    if bad is not None:
+        losses = ', '.join('%s %g' % kv for kv in metrics.items())
+        raise StopRun('training diverged at iteration %d (%s; %s is NaN or Inf); the last '
+                      'checkpoint, %s, is left as it was: resume from it with lower learning '
+                      'rates' % (itr, losses, bad, last_checkpoint(weights_root, experiment_name)))

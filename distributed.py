@@ -1,0 +1,67 @@
+"""Where a process runs: its device, and its place in a torchrun job (rank, world size, the
+few collectives the rest of the project needs).
+
+Everything here works without a process group, as a job of one.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def pick_device(name=''):
+    """torch.device from a flag value; '' or None picks CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def setup_distributed(config):
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE in the environment).
+
+    Returns (rank, world_size, device): NCCL and one GPU per process on CUDA, Gloo on CPU.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    device = pick_device(config.get('device'))
+    if world_size == 1:
+        return 0, 1, device
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if device.type == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return rank, world_size, device
+
+
+def is_distributed():
+    """Whether this process is part of a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    """This process's rank; 0 without a process group."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size():
+    """Processes in the group; 1 without one."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def broadcast_object(obj):
+    """Rank 0's obj on every rank; obj itself without a process group."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] without a process group."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

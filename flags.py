@@ -1,0 +1,373 @@
+"""The command line: every flag of the release's parsers, the groups the other entry points
+share, the one check of flag values, and the runner that turns bad input into one line.
+
+Nothing here imports the project's other modules, so every file can use it.
+"""
+import math
+import signal
+import sys
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: entry points print its one-line message and exit with 2."""
+
+
+def run_cli(run, parser, argv=None):
+    """Parse argv (default: the command line) and call run(config).
+
+    Bad input (a ConfigError) or a failing file system (an OSError: missing file, full disk,
+    no permission) gets one line on stderr and exit status 2 instead of a traceback. SIGTERM
+    unwinds the stack like Ctrl-C, so temporary files are removed on the way out; either
+    ends the process with 128 + the signal number, as the shell reports a signal.
+    """
+    config = vars(parser.parse_args(argv))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(config)
+    except (ConfigError, OSError) as e:
+        print('error: %s' % one_line(e), file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        print('stopped by signal %d' % signum, file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM handler: unwind the stack as Ctrl-C does."""
+    raise KeyboardInterrupt(signum)
+
+
+def one_line(error):
+    """An exception's message on one line."""
+    return ' '.join(str(error).split()) or type(error).__name__
+
+
+# ----------------------------------------------------------------------------
+# Arguments.
+
+# Flags the release's entry points did not have; the README lists them.
+ADDED_FLAGS = frozenset([
+    '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
+    '--n_classes', '--download', '--amp', '--channels_last', '--compile',
+    '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
+    '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
+
+
+class ReleaseParser(ArgumentParser):
+    """ArgumentParser that reads abbreviated release flags as the release's parser did.
+
+    argparse takes any unique prefix of a flag, and the flags added here make some of the
+    release's unique prefixes ambiguous (--res: --resume or --resolution?). A prefix that
+    matches exactly one of the release's flags keeps meaning that flag.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._release_prefix(a) for a in args], namespace)
+
+    def _release_prefix(self, arg):
+        """arg with an abbreviated release flag written out; any other arg unchanged."""
+        flag, eq, value = arg.partition('=')
+        if not flag.startswith('--') or flag in self._option_string_actions:
+            return arg
+        matches = [o for o in self._option_string_actions if o.startswith(flag)]
+        release = [o for o in matches if o not in ADDED_FLAGS]
+        if len(matches) > 1 and len(release) == 1:
+            return release[0] + eq + value
+        return arg
+
+
+# Every flag of train.py and sample.py, defined once: name -> add_argument keywords. Other
+# entry points take the ones they share by name (add_flags), with their own defaults.
+TRAIN_FLAGS = {
+    # Dataset/Dataloader.
+    '--dataset': dict(type=str, default='I128_hdf5',
+                      help='Dataset name from the table in utils.py (I32..I256[_hdf5], C10, C100,'
+                           ' S32), or any name with --dataset_root, --resolution and --n_classes'),
+    '--augment': dict(action='store_true', default=False,
+                      help='Augment with random crops and flips'),
+    '--num_workers': dict(type=int, default=8, help='Number of dataloader workers'),
+    '--no_pin_memory': dict(action='store_false', dest='pin_memory', default=True,
+                            help='Pin data into memory through dataloader?'),
+    '--shuffle': dict(action='store_true', default=False,
+                      help='Shuffle the data (strongly recommended)?'),
+    '--load_in_mem': dict(action='store_true', default=False, help='Load all data into memory?'),
+    '--use_multiepoch_sampler': dict(action='store_true', default=False,
+                                     help='Use one sampler over all epochs'),
+    # Model.
+    '--model': dict(type=str, default='BigGAN', help='Model module: BigGAN or BigGANdeep'),
+    '--G_param': dict(type=str, default='SN', help='Parameterization style for G: SN or plain'),
+    '--D_param': dict(type=str, default='SN', help='Parameterization style for D: SN or plain'),
+    '--G_ch': dict(type=int, default=64, help='Channel multiplier for G'),
+    '--D_ch': dict(type=int, default=64, help='Channel multiplier for D'),
+    '--G_depth': dict(type=int, default=1, help='Resblocks per stage in G (BigGANdeep)'),
+    '--D_depth': dict(type=int, default=1, help='Resblocks per stage in D (BigGANdeep)'),
+    '--D_thin': dict(action='store_false', dest='D_wide', default=True,
+                     help='Use the SN-GAN channel pattern for D (stores False into D_wide)'),
+    '--G_shared': dict(action='store_true', default=False,
+                       help='Use a shared class embedding in G'),
+    '--shared_dim': dict(type=int, default=0, help="G's shared embedding size; 0 means dim_z"),
+    '--dim_z': dict(type=int, default=128, help='Noise dimensionality'),
+    '--z_var': dict(type=float, default=1.0,
+                    help='Standard deviation of z (the release passes it as the std)'),
+    '--hier': dict(action='store_true', default=False, help='Use hierarchical z in G'),
+    '--cross_replica': dict(action='store_true', default=False,
+                            help='Synchronise batch-norm statistics across DDP ranks'),
+    '--mybn': dict(action='store_true', default=False,
+                   help="Use the release's BN, which supports standing stats"),
+    '--G_nl': dict(type=str, default='relu', help='Activation function for G'),
+    '--D_nl': dict(type=str, default='relu', help='Activation function for D'),
+    '--G_attn': dict(type=str, default='64',
+                     help="Resolutions with attention in G, '_'-separated; '0' none"),
+    '--D_attn': dict(type=str, default='64',
+                     help="Resolutions with attention in D, '_'-separated; '0' none"),
+    '--norm_style': dict(type=str, default='bn',
+                         help='Normalizer style for G: bn, in, gn or nonorm'),
+    # Model init.
+    '--seed': dict(type=int, default=0, help='Random seed'),
+    '--G_init': dict(type=str, default='ortho', help='Init style for G: ortho, N02, glorot/xavier'),
+    '--D_init': dict(type=str, default='ortho', help='Init style for D'),
+    '--skip_init': dict(action='store_true', default=False,
+                        help='Skip initialization, ideal for testing'),
+    # Optimizer.
+    '--G_lr': dict(type=float, default=5e-5, help='Learning rate for G'),
+    '--D_lr': dict(type=float, default=2e-4, help='Learning rate for D'),
+    '--G_B1': dict(type=float, default=0.0, help='Beta1 for G'),
+    '--D_B1': dict(type=float, default=0.0, help='Beta1 for D'),
+    '--G_B2': dict(type=float, default=0.999, help='Beta2 for G'),
+    '--D_B2': dict(type=float, default=0.999, help='Beta2 for D'),
+    # Batch size, parallel, and precision.
+    '--batch_size': dict(type=int, default=64, help='Default overall batch size, per process'),
+    '--G_batch_size': dict(type=int, default=0, help='Batch size to use for G; 0 means same as D'),
+    '--num_G_accumulations': dict(type=int, default=1,
+                                  help="Number of passes to accumulate G's gradients over"),
+    '--num_D_steps': dict(type=int, default=2, help='Number of D steps per G step'),
+    '--num_D_accumulations': dict(type=int, default=1,
+                                  help="Number of passes to accumulate D's gradients over"),
+    '--split_D': dict(action='store_true', default=False,
+                      help='Run D twice rather than concatenating inputs?'),
+    '--num_epochs': dict(type=int, default=100, help='Number of epochs to train for'),
+    '--parallel': dict(action='store_true', default=False,
+                       help='Train with nn.DataParallel over the visible GPUs'),
+    '--G_fp16': dict(action='store_true', default=False,
+                     help='Train G in fp16 (mapped to --amp fp16)'),
+    '--D_fp16': dict(action='store_true', default=False,
+                     help='Train D in fp16 (mapped to --amp fp16)'),
+    '--D_mixed_precision': dict(action='store_true', default=False,
+                                help='Mixed precision in D (mapped to --amp fp16)'),
+    '--G_mixed_precision': dict(action='store_true', default=False,
+                                help='Mixed precision in G (mapped to --amp fp16)'),
+    '--accumulate_stats': dict(action='store_true', default=False,
+                               help='Accumulate "standing" batchnorm stats?'),
+    '--num_standing_accumulations': dict(type=int, default=16,
+                                         help='Number of forward passes to use in accumulating '
+                                              'standing stats?'),
+    # Bookkeeping.
+    '--G_eval_mode': dict(action='store_true', default=False,
+                          help='Run G in eval mode (running/standing stats?) at sample/test time?'),
+    '--save_every': dict(type=int, default=2000, help='Save every X iterations; 0 never'),
+    '--num_save_copies': dict(type=int, default=2, help='How many copies to save'),
+    '--num_best_copies': dict(type=int, default=2,
+                              help='How many previous best checkpoints to save'),
+    '--which_best': dict(type=str, default='IS',
+                         help='Which metric to use to determine when to save new "best" '
+                              'checkpoints, one of IS or FID'),
+    '--no_fid': dict(action='store_true', default=False, help='Calculate IS only, not FID?'),
+    '--test_every': dict(type=int, default=5000, help='Test every X iterations; 0 never'),
+    '--num_inception_images': dict(type=int, default=50000,
+                                   help='Number of samples to compute inception metrics with'),
+    '--hashname': dict(action='store_true', default=False,
+                       help='Use a stable hash of the experiment name instead of the full config'),
+    '--base_root': dict(type=str, default='',
+                        help='Default location to store all weights, samples, data, and logs'),
+    '--data_root': dict(type=str, default='data', help='Default location where data is stored'),
+    '--weights_root': dict(type=str, default='weights', help='Default location to store weights'),
+    '--logs_root': dict(type=str, default='logs', help='Default location to store logs'),
+    '--samples_root': dict(type=str, default='samples', help='Default location to store samples'),
+    '--pbar': dict(type=str, default='mine',
+                   help='Type of progressbar to use; one of "mine" or "tqdm"'),
+    '--name_suffix': dict(type=str, default='',
+                          help='Suffix for experiment name for loading weights for sampling '
+                               '(consider "best0")'),
+    '--experiment_name': dict(type=str, default='',
+                              help='Optionally override the automatic experiment naming with this'
+                                   ' arg.'),
+    '--config_from_name': dict(action='store_true', default=False,
+                               help='Use a hash of the experiment name instead of the full config'),
+    # EMA.
+    '--ema': dict(action='store_true', default=False, help="Keep an ema of G's weights?"),
+    '--ema_decay': dict(type=float, default=0.9999, help='EMA decay rate'),
+    '--use_ema': dict(action='store_true', default=False,
+                      help='Use the EMA parameters of G for evaluation?'),
+    '--ema_start': dict(type=int, default=0, help='When to start updating the EMA weights'),
+    # Numerical precision and SV stuff.
+    '--adam_eps': dict(type=float, default=1e-8, help='epsilon value to use for Adam'),
+    '--BN_eps': dict(type=float, default=1e-5, help='epsilon value to use for BatchNorm'),
+    '--SN_eps': dict(type=float, default=1e-8, help='epsilon value to use for Spectral Norm'),
+    '--num_G_SVs': dict(type=int, default=1, help='Number of SVs to track in G'),
+    '--num_D_SVs': dict(type=int, default=1, help='Number of SVs to track in D'),
+    '--num_G_SV_itrs': dict(type=int, default=1, help='Number of SV itrs in G'),
+    '--num_D_SV_itrs': dict(type=int, default=1, help='Number of SV itrs in D'),
+    # Ortho reg.
+    '--G_ortho': dict(type=float, default=0.0, help='Modified ortho reg coefficient in G'),
+    '--D_ortho': dict(type=float, default=0.0, help='Modified ortho reg coefficient in D'),
+    '--toggle_grads': dict(action='store_true', default=True,
+                           help='Toggle D and G\'s "requires_grad" settings when not training '
+                                'them?'),
+    '--no_toggle_grads': dict(action='store_false', dest='toggle_grads',
+                              help='Keep requires_grad on for both networks throughout the step'),
+    # Which train function.
+    '--which_train_fn': dict(type=str, default='GAN', help='How2trainyourbois'),
+    # Resume training.
+    '--load_weights': dict(type=str, default='',
+                           help='Suffix for which weights to load (e.g. best0, copy0)'),
+    '--resume': dict(action='store_true', default=False, help='Resume training?'),
+    # Log stuff.
+    '--logstyle': dict(type=str, default='%3.3e',
+                       help='What style to use when logging training metrics? One of: %%#.#f/ '
+                            '%%#.#e (float/exp, text), pickle (python pickle), npz (numpy zip), '
+                            'mat (MATLAB .mat file)'),
+    '--log_G_spectra': dict(action='store_true', default=False,
+                            help='Log the top 3 singular values in each SN layer in G?'),
+    '--log_D_spectra': dict(action='store_true', default=False,
+                            help='Log the top 3 singular values in each SN layer in D?'),
+    '--sv_log_interval': dict(type=int, default=10,
+                              help='Iteration interval for logging singular values'),
+    # Added by this rebuild.
+    '--device': dict(type=str, default='',
+                     help="Device to run on, e.g. cpu, cuda, cuda:1; '' picks CUDA when "
+                          'available, else CPU'),
+    '--dataset_root': dict(type=str, default='',
+                           help='Image folder (root/<class>/<image>) or HDF5 file of a dataset '
+                                "not in the table, or to read instead of the table's"),
+    '--resolution': dict(type=int, default=0,
+                         help="Image resolution of a custom dataset; 0 takes the table's"),
+    '--n_classes': dict(type=int, default=0,
+                        help="Class count of a custom dataset; 0 takes the table's"),
+    '--download': dict(action='store_true', default=False,
+                       help='Let torchvision download CIFAR when its files are missing'),
+    '--total_itrs': dict(type=int, default=0,
+                         help='Stop after this many iterations in all; 0 runs num_epochs'),
+    '--amp': dict(type=str, default='', choices=['', 'bf16', 'fp16'],
+                  help="Mixed precision through torch.autocast ('': float32); fp16 adds a "
+                       'GradScaler'),
+    '--channels_last': dict(action='store_true', default=False,
+                            help='Use channels_last memory format for G and D'),
+    '--compile': dict(action='store_true', default=False, help='torch.compile G and D'),
+    '--inception_backend': dict(type=str, default='torchvision',
+                                choices=['torchvision', 'tf_fid'],
+                                help="torchvision (the release's, not comparable to published "
+                                     'numbers) or tf_fid (the TF-ported FID Inception published '
+                                     'FIDs use)'),
+    '--inception_weights': dict(type=str, default='',
+                                help="Local file with the Inception weights ('': torch hub's "
+                                     'cache)'),
+    '--kid': dict(action='store_true', default=False, help='Also report KID beside FID'),
+}
+
+SAMPLE_FLAGS = {
+    '--sample_npz': dict(action='store_true', default=False,
+                         help='Sample "sample_num_npz" images and save to npz?'),
+    '--sample_num_npz': dict(type=int, default=50000,
+                             help='Number of images to sample when sampling NPZs'),
+    '--sample_sheets': dict(action='store_true', default=False,
+                            help='Produce class-conditional sample sheets and stick them in the '
+                                 'samples root?'),
+    '--sample_interps': dict(action='store_true', default=False,
+                             help='Produce interpolation sheets and stick them in the samples '
+                                  'root?'),
+    '--sample_sheet_folder_num': dict(type=int, default=-1,
+                                      help='Number to use for the folder for these sample sheets'),
+    '--sample_random': dict(action='store_true', default=False,
+                            help='Produce a single random sheet?'),
+    '--sample_trunc_curves': dict(type=str, default='',
+                                  help='Get inception metrics with a range of variances? To use '
+                                       'this, specify a startpoint, step, and endpoint, e.g. '
+                                       '--sample_trunc_curves 0.2_0.1_1.0 for a startpoint of '
+                                       '0.2, endpoint of 1.0, and stepsize of 1.0.  Note that '
+                                       'this is not exactly identical to using '
+                                       'tf.truncated_normal, but should have approximately the '
+                                       'same effect.'),
+    '--sample_inception_metrics': dict(action='store_true', default=False,
+                                       help='Calculate Inception metrics with sample.py?'),
+}
+FLAGS = {**TRAIN_FLAGS, **SAMPLE_FLAGS}
+CUSTOM_DATASET_FLAGS = ('--dataset_root', '--resolution', '--n_classes')
+
+
+def add_flags(parser, names, **defaults):
+    """Add the named flags' definitions to parser, with some defaults changed."""
+    for name in names:
+        parser.add_argument(name, **FLAGS[name])
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def new_parser(description):
+    """A ReleaseParser whose help shows every default."""
+    return ReleaseParser(description=description, formatter_class=ArgumentDefaultsHelpFormatter)
+
+
+def prepare_parser():
+    """The release's training parser, flag for flag, plus this rebuild's additions."""
+    return add_flags(new_parser('Parser for all scripts.'), TRAIN_FLAGS)
+
+
+def add_sample_parser(parser):
+    """Flags only sample.py has."""
+    return add_flags(parser, SAMPLE_FLAGS)
+
+
+# ----------------------------------------------------------------------------
+# Values.
+
+# The domain of every numeric flag, checked once before anything runs. Bounds read
+# '>= 1', '> 0' or an interval '[0, 1)'.
+DOMAINS = {
+    'num_workers': '>= 0', 'G_ch': '>= 1', 'D_ch': '>= 1', 'G_depth': '>= 1', 'D_depth': '>= 1',
+    'shared_dim': '>= 0', 'dim_z': '>= 1', 'z_var': '> 0', 'seed': '[0, 4294967295]',
+    'G_lr': '>= 0', 'D_lr': '>= 0', 'G_B1': '[0, 1)', 'D_B1': '[0, 1)', 'G_B2': '[0, 1)',
+    'D_B2': '[0, 1)', 'batch_size': '>= 1', 'G_batch_size': '>= 0',
+    'num_G_accumulations': '>= 1', 'num_D_steps': '>= 1', 'num_D_accumulations': '>= 1',
+    'num_epochs': '>= 1', 'num_standing_accumulations': '>= 1', 'save_every': '>= 0',
+    'num_save_copies': '>= 0', 'num_best_copies': '>= 0', 'test_every': '>= 0',
+    'num_inception_images': '>= 1', 'ema_decay': '[0, 1]', 'ema_start': '>= 0',
+    'adam_eps': '> 0', 'BN_eps': '> 0', 'SN_eps': '> 0', 'num_G_SVs': '>= 1',
+    'num_D_SVs': '>= 1', 'num_G_SV_itrs': '>= 1', 'num_D_SV_itrs': '>= 1', 'G_ortho': '>= 0',
+    'D_ortho': '>= 0', 'sv_log_interval': '>= 0', 'total_itrs': '>= 0', 'resolution': '>= 0',
+    'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'kid_feats': '>= 0', 'chunk_size': '>= 1',
+}
+# Flags whose value must be one of a list (the rest of the strings are free-form).
+# The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the
+# dummy step, so those stay free-form.
+CHOICES = {'model': ('BigGAN', 'BigGANdeep'), 'which_best': ('IS', 'FID')}
+
+
+def in_domain(value, domain):
+    """Whether a number lies in a DOMAINS bound."""
+    if not math.isfinite(value):
+        return False
+    if domain[0] in '[(':
+        low, high = (float(v) for v in domain[1:-1].split(','))
+        return ((low <= value if domain[0] == '[' else low < value)
+                and (value <= high if domain[-1] == ']' else value < high))
+    op, bound = domain.split()
+    return value >= float(bound) if op == '>=' else value > float(bound)
+
+
+def check_flags(config):
+    """Refuse a flag value outside its domain, naming the flag and the allowed values.
+
+    Only the keys config holds are checked, so every entry point calls it on its own flags.
+    """
+    for key, domain in DOMAINS.items():
+        if key in config and config[key] is not None and not in_domain(config[key], domain):
+            raise ConfigError('--%s must be %s, got %r' % (key, domain, config[key]))
+    for key, choices in CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise ConfigError('--%s must be one of %s, got %r'
+                              % (key, ', '.join(choices), config[key]))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from distributed import all_gather_objects, get_rank, get_world_size
-from flags import ConfigError
+from flags import ConfigError, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 
@@ -44,7 +44,7 @@ _TEMP = re.compile(r'^(?P<target>.+)\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)$
 
 def temp_path(path):
     """The temporary name this process writes path under."""
-    return '%s.tmp-%s-%d' % (path, _HOST, os.getpid())
+    return f'{path}.tmp-{_HOST}-{os.getpid()}'
 
 
 def _running(pid):
@@ -91,8 +91,8 @@ def check_writable(folder, what):
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise ConfigError('%s %s cannot be created or written (%s); pass a writable folder'
-                          % (what, folder, e.strerror or e)) from None
+        raise ConfigError(f'{what} {folder} cannot be created or written '
+                          f'({e.strerror or e}); pass a writable folder') from None
 
 
 @contextlib.contextmanager
@@ -182,8 +182,8 @@ def set_rng_state(state):
     """Restore what get_rng_state captured (from a list of per-rank states, this rank's)."""
     if isinstance(state, list):
         if len(state) != get_world_size():
-            print('note: the checkpoint was written by %d process(es), this run has %d: '
-                  'random streams start afresh' % (len(state), get_world_size()))
+            print(f'note: the checkpoint was written by {len(state)} process(es), this run '
+                  f'has {get_world_size()}: random streams start afresh')
             return
         state = state[get_rank()]
     torch.set_rng_state(torch.tensor(state['torch'], dtype=torch.uint8))
@@ -206,10 +206,10 @@ def first_nonfinite(named):
                 flat.append((prefix, value))
         elif isinstance(value, dict):
             for k, v in value.items():
-                walk('%s.%s' % (prefix, k) if prefix else str(k), v)
+                walk(f'{prefix}.{k}' if prefix else str(k), v)
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                walk('%s.%d' % (prefix, i), v)
+                walk(f'{prefix}.{i}', v)
     walk('', named)
     # A tensor's float64 sum is finite iff all its values are; one sync per device.
     sums = {}
@@ -227,16 +227,16 @@ def first_nonfinite(named):
 def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
     """weights_root/experiment_name/name[_suffix].pth."""
     base = '_'.join(item for item in [name, name_suffix] if item)
-    return '%s/%s/%s.pth' % (weights_root, experiment_name, base)
+    return f'{weights_root}/{experiment_name}/{base}.pth'
 
 
 def last_checkpoint(weights_root, experiment_name):
     """A phrase naming the latest checkpoint on disk and its iteration, for messages."""
     path = checkpoint_path(weights_root, experiment_name, 'state_dict')
     try:
-        return '%s (itr %d)' % (os.path.dirname(path), torch_load(path)['itr'])
+        return f"{os.path.dirname(path)} (itr {torch_load(path)['itr']})"
     except (ConfigError, KeyError, TypeError):
-        return 'none (no complete checkpoint in %s)' % os.path.dirname(path)
+        return f'none (no complete checkpoint in {os.path.dirname(path)})'
 
 
 def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None):
@@ -250,7 +250,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     rng = all_gather_objects(get_rng_state())
     if get_rank() != 0:
         return
-    root = '%s/%s' % (weights_root, experiment_name)
+    root = f'{weights_root}/{experiment_name}'
     path = functools.partial(checkpoint_path, weights_root, experiment_name,
                              name_suffix=name_suffix)
     items = [(G.state_dict(), path('G')), (G.optim.state_dict(), path('G_optim')),
@@ -259,18 +259,18 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         items.append((G_ema.state_dict(), path('G_ema')))
     bad = first_nonfinite({os.path.basename(p)[:-4]: obj for obj, p in items})
     if bad is not None:
-        raise StopRun('not saving iteration %d: %s is NaN or Inf; the last checkpoint, %s, '
-                      'is left as it was' % (state_dict['itr'], bad,
-                                             last_checkpoint(weights_root, experiment_name)))
+        last = last_checkpoint(weights_root, experiment_name)
+        raise StopRun(f"not saving iteration {state_dict['itr']}: {bad} is NaN or Inf; the last "
+                      f'checkpoint, {last}, is left as it was')
     items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng},
                   path('state_dict')))
     try:
         os.makedirs(root, exist_ok=True)
         atomic_save_all(items)
     except (OSError, RuntimeError) as e:  # torch.save reports write errors as RuntimeError
-        raise StopRun('could not write the checkpoint for iteration %d to %s (%s); the '
-                      'previous checkpoint there is whole and no partial file is left'
-                      % (state_dict['itr'], root, ' '.join(str(e).split()))) from e
+        raise StopRun(f"could not write the checkpoint for iteration {state_dict['itr']} to "
+                      f'{root} ({one_line(e)}); the previous checkpoint there is whole and no '
+                      f'partial file is left') from e
 
 
 # ----------------------------------------------------------------------------
@@ -297,7 +297,7 @@ class ReleaseUnpickler(pickle.Unpickler):
             return type(None)  # an nn.Module attribute of PyTorch 1.0, gone since
         if (module, name) in self.ALLOWED or module == 'numpy.dtypes':
             return super().find_class(module, name)
-        raise pickle.UnpicklingError('%s.%s is not allowed in a checkpoint' % (module, name))
+        raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a checkpoint')
 
 
 class release_pickle:
@@ -324,7 +324,7 @@ def torch_load(path, map_location='cpu'):
     legacy format (the release's files) through ReleaseUnpickler.
     """
     if not os.path.isfile(path):
-        raise CheckpointError('%s: no such file' % path)
+        raise CheckpointError(f'{path}: no such file')
     with open(path, 'rb') as f:
         magic = f.read(2)
     try:
@@ -337,8 +337,8 @@ def torch_load(path, map_location='cpu'):
         else:
             raise ValueError('empty file' if not magic else 'not a PyTorch zip or pickle file')
     except Exception as e:  # any failure to parse is the file's fault: name it, in one line
-        raise CheckpointError('cannot load %s (%s); it is truncated, damaged or not a '
-                              'checkpoint of tensors and plain data' % (path, _reason(e))) from None
+        raise CheckpointError(f'cannot load {path} ({_reason(e)}); it is truncated, damaged '
+                              f'or not a checkpoint of tensors and plain data') from None
     if isinstance(obj, dict):
         # numpy scalars become floats, so the state can be saved again as plain data.
         obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
@@ -351,12 +351,12 @@ def _reason(error):
     text = str(error)
     refused = re.search(r'GLOBAL ([\w.]+)', text)
     if refused:
-        return '%s is not allowed in a checkpoint' % refused[1]
+        return f'{refused[1]} is not allowed in a checkpoint'
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and lines[0].startswith('Weights only load failed'):
         lines = lines[1:]
     first = lines[0].split('. ')[0].strip() if lines else ''
-    return '%s: %s' % (type(error).__name__, first[:200]) if first else type(error).__name__
+    return f'{type(error).__name__}: {first[:200]}' if first else type(error).__name__
 
 
 def check_kind(obj, path, name):
@@ -371,8 +371,8 @@ def check_kind(obj, path, name):
         ok = isinstance(obj, dict) and 'itr' in obj
         kind = 'a training state (itr, epoch, ...)'
     if not ok:
-        raise CheckpointError('%s holds a %s, not %s; it is not a %s.pth of this project or '
-                              'the release' % (path, type(obj).__name__, kind, name))
+        raise CheckpointError(f'{path} holds a {type(obj).__name__}, not {kind}; it is not a '
+                              f'{name}.pth of this project or the release')
 
 
 def check_shapes(module, loaded, path, strict=True):
@@ -380,22 +380,24 @@ def check_shapes(module, loaded, path, strict=True):
     own = module.state_dict()
     missing = [k for k in own if k not in loaded] if strict else []
     unexpected = [k for k in loaded if k not in own] if strict else []
-    wrong = ['%s %s vs %s' % (k, tuple(loaded[k].shape), tuple(own[k].shape))
+    wrong = [f'{k} {tuple(loaded[k].shape)} vs {tuple(own[k].shape)}'
              for k in own if k in loaded and loaded[k].shape != own[k].shape]
     problems = (['shape mismatch (checkpoint vs config): ' + '; '.join(wrong[:3])] if wrong
                 else [])
     problems += ['missing keys: ' + ', '.join(missing[:3])] if missing else []
     problems += ['unexpected keys: ' + ', '.join(unexpected[:3])] if unexpected else []
     if problems:
-        raise ConfigError('%s does not match the model built from these flags (%s); pass the '
-                          'flags the checkpoint was trained with' % (path, ' | '.join(problems)))
+        raise ConfigError(f"{path} does not match the model built from these flags "
+                          f"({' | '.join(problems)}); pass the flags the checkpoint was trained "
+                          f'with')
 
 
 def complete_sets(folder, names):
     """The suffixes ('' for the latest, 'copy0', 'best1', ...) of every set in folder that
     has a file for each of names."""
     found = {}
-    pattern = re.compile(r'^(%s)(?:_(copy\d+|best\d+))?\.pth$' % '|'.join(CHECKPOINT_FILES))
+    names_re = '|'.join(CHECKPOINT_FILES)
+    pattern = re.compile(rf'^({names_re})(?:_(copy\d+|best\d+))?\.pth$')
     for entry in os.listdir(folder) if os.path.isdir(folder) else []:
         m = pattern.match(entry)
         if m:
@@ -421,17 +423,17 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     needed.append('state_dict')
     missing = [name for name in needed if not os.path.isfile(path(name))]
     if missing:
-        sets = complete_sets(folder, needed)
-        hint = ('; complete sets there: %s (pass --load_weights SUFFIX, e.g. --load_weights %s)'
-                % (', '.join("'%s'" % s if s else "'' (the latest)" for s in sets),
-                   sets[-1] or "''") if sets else '')
+        files = ', '.join(os.path.basename(path(n)) for n in missing)
+        which = f' (--load_weights {name_suffix})' if name_suffix else ''
         what = 'no checkpoint' if len(missing) == len(needed) else 'an incomplete checkpoint'
-        raise CheckpointError(
-            '%s at %s%s: missing %s%s' % (
-                what, folder, ' (--load_weights %s)' % name_suffix if name_suffix else '',
-                ', '.join(os.path.basename(path(n)) for n in missing),
-                hint or '; train first, or pass --weights_root/--experiment_name/'
-                        '--load_weights naming an existing one'))
+        sets = complete_sets(folder, needed)
+        listed = ', '.join(f"'{s}'" if s else "'' (the latest)" for s in sets)
+        example = sets[-1] if sets and sets[-1] else "''"
+        hint = (f'; complete sets there: {listed} (pass --load_weights SUFFIX, e.g. '
+                f'--load_weights {example})' if sets else
+                '; train first, or pass --weights_root/--experiment_name/--load_weights naming '
+                'an existing one')
+        raise CheckpointError(f'{what} at {folder}{which}: missing {files}{hint}')
     loaded = {}
     for name in needed:
         loaded[name] = torch_load(path(name))
@@ -462,7 +464,8 @@ def check_finite_step(metrics, nets, itr, weights_root, experiment_name):
         return
     bad = first_nonfinite({name: net.state_dict() for name, net in nets.items()})
     if bad is not None:
-        losses = ', '.join('%s %g' % kv for kv in metrics.items())
-        raise StopRun('training diverged at iteration %d (%s; %s is NaN or Inf); the last '
-                      'checkpoint, %s, is left as it was: resume from it with lower learning '
-                      'rates' % (itr, losses, bad, last_checkpoint(weights_root, experiment_name)))
+        losses = ', '.join(f'{k} {v:g}' for k, v in metrics.items())
+        last = last_checkpoint(weights_root, experiment_name)
+        raise StopRun(f'training diverged at iteration {itr} ({losses}; {bad} is NaN or Inf); '
+                      f'the last checkpoint, {last}, is left as it was: resume from it with '
+                      f'lower learning rates')

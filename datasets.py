@@ -25,9 +25,8 @@ IMG_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                   '.tiff', '.webp']
 
 
-# ---------------------------------------------------------------------------
-# S32: procedurally drawn shapes, a dataset that needs no download
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# S32: procedurally drawn shapes, a dataset that needs no download.
 
 S32_CLASSES = ['circle', 'square', 'triangle', 'ring', 'hbars', 'vbars',
                'cross', 'diamond', 'checker', 'two_dots']
@@ -204,9 +203,8 @@ class S32(data.Dataset):
         return len(self.labels)
 
 
-# ---------------------------------------------------------------------------
-# Image folders: root/<class>/<image>
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# Image folders: root/<class>/<image>.
 
 def is_image_file(filename):
     """Whether filename has one of the image extensions (case-insensitive)."""
@@ -399,9 +397,8 @@ class ImageFolder(data.Dataset):
                 f'{len(self)}\n    Root Location: {self.root}')
 
 
-# ---------------------------------------------------------------------------
-# Preprocessed HDF5 (written by make_hdf5.py)
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# Preprocessed HDF5 (written by make_hdf5.py).
 
 class ILSVRC_HDF5(data.Dataset):
     """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors."""
@@ -451,9 +448,8 @@ class ILSVRC_HDF5(data.Dataset):
         return self.num_imgs
 
 
-# ---------------------------------------------------------------------------
-# CIFAR: torchvision's readers, with local files by default
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# CIFAR: torchvision's readers, with local files by default.
 
 def _holdout_mask(labels, val_split, seed):
     """Boolean mask of a per-class random validation fraction of labels."""
@@ -571,9 +567,9 @@ def check_dataset(config):
     """Refuse a dataset that is neither in the table nor described by the custom flags."""
     if config['dataset'] not in DATASETS and not (
             config.get('dataset_root') and config.get('resolution') and config.get('n_classes')):
-        raise ConfigError('unknown dataset %r: use one of %s, or pass --dataset_root, '
-                          '--resolution and --n_classes for your own'
-                          % (config['dataset'], ', '.join(DATASETS)))
+        raise ConfigError(f"unknown dataset {config['dataset']!r}: use one of "
+                          f"{', '.join(DATASETS)}, or pass --dataset_root, --resolution and "
+                          f'--n_classes for your own')
 
 
 def dataset_source(config):
@@ -607,7 +603,7 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
                                else [CenterCropLongEdge(), transforms.Resize(image_size)])
         train_transform = transforms.Compose(train_transform + [
             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
-    ds_kwargs = {'index_filename': '%s_imgs.npz' % dataset}
+    ds_kwargs = {'index_filename': f'{dataset}_imgs.npz'}
     if n_classes and which_dataset is ImageFolder:
         ds_kwargs['n_classes'] = n_classes
     if download:

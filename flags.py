@@ -26,11 +26,11 @@ def run_cli(run, parser, argv=None):
     try:
         return run(config)
     except (ConfigError, OSError) as e:
-        print('error: %s' % one_line(e), file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
-        print('stopped by signal %d' % signum, file=sys.stderr)
+        print(f'stopped by signal {signum}', file=sys.stderr)
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -366,8 +366,7 @@ def check_flags(config):
     """
     for key, domain in DOMAINS.items():
         if key in config and config[key] is not None and not in_domain(config[key], domain):
-            raise ConfigError('--%s must be %s, got %r' % (key, domain, config[key]))
+            raise ConfigError(f'--{key} must be {domain}, got {config[key]!r}')
     for key, choices in CHOICES.items():
         if key in config and config[key] not in choices:
-            raise ConfigError('--%s must be one of %s, got %r'
-                              % (key, ', '.join(choices), config[key]))
+            raise ConfigError(f"--{key} must be one of {', '.join(choices)}, got {config[key]!r}")

@@ -52,8 +52,7 @@ class InceptionMomentsError(ConfigError):
 
 
 # ----------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------
+# Networks.
 
 class WrapInception(nn.Module):
     """torchvision Inception-v3 giving (pool, logits), as the release."""
@@ -325,8 +324,7 @@ def load_inception_net(parallel=False, backend='torchvision',
 
 
 # ----------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------
+# Statistics.
 
 def _to_numpy64(x):
     """Any array-like or tensor to a float64 numpy array."""
@@ -476,8 +474,7 @@ def calculate_inception_score(pred, num_splits=10):
 
 
 # ----------------------------------------------------------------------------
-# Frechet distance and KID
-# ----------------------------------------------------------------------------
+# Frechet distance and KID.
 
 def _sqrt_psd_numpy(a):
     """Symmetric square root of a PSD matrix via eigh (negatives clamped)."""
@@ -596,8 +593,7 @@ def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
 
 
 # ----------------------------------------------------------------------------
-# Activations and moments
-# ----------------------------------------------------------------------------
+# Activations and moments.
 
 def _net_device(net):
     """Device holding the network's weights."""

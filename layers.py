@@ -62,16 +62,16 @@ class SN(object):
         self.transpose = transpose
         self.eps = eps
         for i in range(self.num_svs):
-            self.register_buffer('u%d' % i, torch.randn(1, num_outputs))
-            self.register_buffer('sv%d' % i, torch.ones(1))
+            self.register_buffer(f'u{i}', torch.randn(1, num_outputs))
+            self.register_buffer(f'sv{i}', torch.ones(1))
 
     @property
     def u(self):
-        return [getattr(self, 'u%d' % i) for i in range(self.num_svs)]
+        return [getattr(self, f'u{i}') for i in range(self.num_svs)]
 
     @property
     def sv(self):
-        return [getattr(self, 'sv%d' % i) for i in range(self.num_svs)]
+        return [getattr(self, f'sv{i}') for i in range(self.num_svs)]
 
     def W_(self):
         """The normalised weight; u vectors and logged svs update only in training mode."""
@@ -306,8 +306,7 @@ class ccbn(nn.Module):
             self.register_buffer('stored_var', torch.ones(output_size))
 
     def extra_repr(self):
-        return 'out: %d, in: %d, cross_replica=%s' % (self.output_size, self.input_size,
-                                                     self.cross_replica)
+        return f'out: {self.output_size}, in: {self.input_size}, cross_replica={self.cross_replica}'
 
     def forward(self, x, y):
         gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)  # (N, C, 1, 1)
@@ -328,8 +327,8 @@ class ccbn(nn.Module):
         elif self.norm_style == 'nonorm':
             out = x
         else:
-            raise ValueError("unknown norm_style %r: use bn, in, gn, gn_ch_N, gn_grp_N or nonorm"
-                             % self.norm_style)
+            raise ValueError(f'unknown norm_style {self.norm_style!r}: use bn, in, gn, gn_ch_N, '
+                             f'gn_grp_N or nonorm')
         return out * gain + bias
 
 
@@ -453,7 +452,7 @@ INIT_STYLES = ('ortho', 'N02', 'glorot', 'xavier')
 def init_weights(module, style):
     """Initialise every conv, linear and embedding weight of module; returns the count."""
     if style not in INIT_STYLES:
-        raise ValueError('unknown init %r: use %s' % (style, ', '.join(INIT_STYLES)))
+        raise ValueError(f"unknown init {style!r}: use {', '.join(INIT_STYLES)}")
     count = 0
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):

@@ -56,9 +56,8 @@ def prepare_parser():
     return parser
 
 
-# ---------------------------------------------------------------------------
-# What to convert
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# What to convert.
 
 def dataset_info(name):
     """(resolution, class count, folder under data_root) for a dataset name, or Nones.
@@ -82,9 +81,8 @@ def output_path(config, res):
     return os.path.join(config['data_root'], name)
 
 
-# ---------------------------------------------------------------------------
-# Pixels
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# Pixels.
 
 def load_square(path, res):
     """The release's pixels for one file: RGB, centre crop on the long edge, resize.
@@ -156,9 +154,8 @@ def s32_batches(config, batch_size=4096):
         yield np.ascontiguousarray(chunk), labels[i:i + batch_size], []
 
 
-# ---------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# Writing.
 
 class ChunkWriter:
     """Streams images into preallocated HDF5 datasets, one whole chunk per write.

@@ -76,10 +76,10 @@ def truncation_values(spec):
         start, step, end = [float(item) for item in spec.split('_')]
     except ValueError:
         raise utils.ConfigError('--sample_trunc_curves takes start_step_end, e.g. '
-                                '0.05_0.05_1.0, got %r' % spec) from None
+                                f'0.05_0.05_1.0, got {spec!r}') from None
     if start <= 0 or step <= 0 or end < start:
         raise utils.ConfigError('--sample_trunc_curves needs start > 0, step > 0 and '
-                                'end >= start, got %r' % spec)
+                                f'end >= start, got {spec!r}')
     return [float(v) for v in np.arange(start, end + step, step)]  # the release's range
 
 
@@ -100,7 +100,7 @@ def run(config):
     torch.backends.cudnn.benchmark = True
     model = importlib.import_module(config['model'])
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
-    print('Experiment name is %s' % experiment_name)
+    print(f'Experiment name is {experiment_name}')
 
     # Metrics need Inception weights and moments: check them before any sampling.
     measure = None
@@ -118,7 +118,7 @@ def run(config):
                        config['weights_root'], experiment_name, config['load_weights'] or None,
                        G if config['use_ema'] else None, strict=False, load_optim=False)
     utils.prepare_root(config, keys=['samples_root'])
-    folder = '%s/%s' % (config['samples_root'], experiment_name)
+    folder = f"{config['samples_root']}/{experiment_name}"
     remove_stale_temps(folder, recursive=True)
     os.makedirs(folder, exist_ok=True)
 
@@ -130,27 +130,27 @@ def run(config):
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
     with utils.sampling(G, z_, y_, config):
         if config['sample_npz']:
-            save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder)
+            save_npz(sample, config['sample_num_npz'], f'{folder}/samples.npz')
         utils.save_sheets(G, config, experiment_name, config['sample_sheet_folder_num'], z_,
                           sheets=config['sample_sheets'], interps=config['sample_interps'])
         if config['sample_random']:
             images, _ = sample()
-            utils.save_image(images, '%s/random_samples.jpg' % folder,
+            utils.save_image(images, f'{folder}/random_samples.jpg',
                              nrow=int(G_batch_size ** 0.5))
 
         def report_metrics(z_std):
             """IS/FID (and KID) of the current G, printed as the release prints them."""
             metrics = measure(sample, config['num_inception_images'], num_splits=10,
                               prints=False)
-            out = 'Using %s weights ' % ('ema' if config['use_ema'] else 'non-ema')
-            out += 'in %s mode, ' % ('eval' if config['G_eval_mode'] else 'training')
-            out += 'with noise variance %3.3f, ' % z_std
-            out += 'over %d images, ' % config['num_inception_images']
+            out = f"Using {'ema' if config['use_ema'] else 'non-ema'} weights "
+            out += f"in {'eval' if config['G_eval_mode'] else 'training'} mode, "
+            out += f'with noise variance {z_std:3.3f}, '
+            out += f"over {config['num_inception_images']} images, "
             if config['accumulate_stats'] or not config['G_eval_mode']:
-                out += 'with batch size %d, ' % G_batch_size
+                out += f'with batch size {G_batch_size}, '
             if config['accumulate_stats']:
-                out += ('using %d standing stat accumulations, '
-                        % config['num_standing_accumulations'])
+                out += (f"using {config['num_standing_accumulations']} standing stat "
+                        f'accumulations, ')
             print(out + inception_utils.metrics_line(state_dict['itr'], metrics))
 
         if config['sample_inception_metrics']:

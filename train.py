@@ -57,7 +57,7 @@ def stop_on_signal(enabled=True):
         if requested:
             raise KeyboardInterrupt(signum)
         requested.append(signum)
-        print('\nsignal %d: stopping after this iteration (with a checkpoint)' % signum,
+        print(f'\nsignal {signum}: stopping after this iteration (with a checkpoint)',
               file=sys.stderr)
     sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
     previous = {sig: signal.signal(sig, handler) for sig in sigs}
@@ -127,9 +127,8 @@ def run(config):
     model, G, D, G_ema, ema = build_models(config, device)
     if rank == 0:
         # Users find their weights, logs and samples (and --hashname runs) from this line.
-        print('Experiment name is %s' % experiment_name)
-        print('Number of params in G: %d D: %d'
-              % (utils.count_parameters(G), utils.count_parameters(D)))
+        print(f'Experiment name is {experiment_name}')
+        print(f'Number of params in G: {utils.count_parameters(G)} D: {utils.count_parameters(D)}')
 
     # Resume.
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
@@ -144,10 +143,11 @@ def run(config):
                                  'start_itr': state_dict['itr'], 'rank': rank,
                                  'world_size': world_size})[0]
     if len(loader.dataset) // world_size < D_batch_size:
+        n = len(loader.dataset)
         raise utils.ConfigError(
-            'each process gets %d of the dataset\'s %d images, fewer than one step needs '
-            '(batch_size x num_D_steps x num_D_accumulations = %d): lower those flags'
-            % (len(loader.dataset) // world_size, len(loader.dataset), D_batch_size))
+            f"each process gets {n // world_size} of the dataset's {n} images, fewer than one "
+            f'step needs (batch_size x num_D_steps x num_D_accumulations = {D_batch_size}): '
+            f'lower those flags')
 
     # Prepare the output folders and logs; only now that every check has passed, so a failed
     # start writes and deletes nothing. Rank 0 keeps the logs; the other ranks log nowhere.
@@ -155,10 +155,10 @@ def run(config):
     if rank == 0:
         utils.prepare_root(config)
         for root in ('weights_root', 'logs_root', 'samples_root'):
-            remove_stale_temps('%s/%s' % (config[root], experiment_name), recursive=True)
-        test_log = utils.MetricsLogger('%s/%s_log.jsonl' % (config['logs_root'], experiment_name),
+            remove_stale_temps(f'{config[root]}/{experiment_name}', recursive=True)
+        test_log = utils.MetricsLogger(f"{config['logs_root']}/{experiment_name}_log.jsonl",
                                        reinitialize=not config['resume'])
-        train_log = utils.MyLogger('%s/%s' % (config['logs_root'], experiment_name),
+        train_log = utils.MyLogger(f"{config['logs_root']}/{experiment_name}",
                                    reinitialize=not config['resume'], logstyle=config['logstyle'])
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 

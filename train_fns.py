@@ -150,16 +150,16 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                        G_ema if config['ema'] else None)
     if config['num_save_copies'] > 0:
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           'copy%d' % slot, G_ema if config['ema'] else None)
+                           f'copy{slot}', G_ema if config['ema'] else None)
 
     if get_rank() != 0:
         return
     G_sample = which_G(G, G_ema, config)
     with utils.sampling(G_sample, z_, y_, config):
-        folder = '%s/%s' % (config['samples_root'], experiment_name)
+        folder = f"{config['samples_root']}/{experiment_name}"
         os.makedirs(folder, exist_ok=True)
         fixed_Gz = utils.run_G(G_sample, fixed_z, fixed_y, config['parallel'])
-        utils.save_image(fixed_Gz, '%s/fixed_samples%d.jpg' % (folder, state_dict['itr']),
+        utils.save_image(fixed_Gz, f"{folder}/fixed_samples{state_dict['itr']}.jpg",
                          nrow=int(fixed_Gz.shape[0] ** 0.5))
         utils.save_sheets(G_sample, config, experiment_name, state_dict['itr'], z_)
 
@@ -192,6 +192,6 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
         slot = state_dict['save_best_num']
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           'best%d' % slot, G_ema if config['ema'] else None)
+                           f'best{slot}', G_ema if config['ema'] else None)
     if rank0:
         test_log.log(itr=int(state_dict['itr']), **metrics)

@@ -62,7 +62,7 @@ def update_config_roots(config):
     """Peg every root folder under --base_root when it is given."""
     if config['base_root']:
         for key in ['data', 'weights', 'logs', 'samples']:
-            config['%s_root' % key] = '%s/%s' % (config['base_root'], key)
+            config[f'{key}_root'] = f"{config['base_root']}/{key}"
     return config
 
 
@@ -76,23 +76,23 @@ def prepare_config(config):
     config['n_classes'] = config.get('n_classes') or entry.n_classes
     for key in ['G_nl', 'D_nl']:
         if config[key] not in activation_dict:
-            raise ConfigError('unknown --%s %r: use one of %s'
-                              % (key, config[key], ', '.join(activation_dict)))
+            raise ConfigError(f'unknown --{key} {config[key]!r}: use one of '
+                              f"{', '.join(activation_dict)}")
     config['G_activation'] = activation_dict[config['G_nl']]
     config['D_activation'] = activation_dict[config['D_nl']]
     if config['resolution'] not in (32, 64, 128, 256, 512):
-        raise ConfigError('resolution %d has no architecture: use 32, 64, 128, 256 or 512'
-                          % config['resolution'])
+        raise ConfigError(f"resolution {config['resolution']} has no architecture: use 32, 64, "
+                          f'128, 256 or 512')
     # The release printed a note for an unknown init and kept PyTorch's default init.
     for key in ['G_init', 'D_init']:
         if not config['skip_init'] and config[key] not in layers.INIT_STYLES:
-            raise ConfigError('unknown --%s %r: use %s'
-                              % (key, config[key], ', '.join(layers.INIT_STYLES)))
+            raise ConfigError(f"unknown --{key} {config[key]!r}: use "
+                              f"{', '.join(layers.INIT_STYLES)}")
     measuring = (config['test_every'] > 0 or config.get('sample_inception_metrics')
                  or config.get('sample_trunc_curves'))
     if measuring and config['num_inception_images'] < 10:
-        raise ConfigError('--num_inception_images must be at least 10 (IS averages over 10 '
-                          'splits), got %d' % config['num_inception_images'])
+        raise ConfigError(('--num_inception_images must be at least 10 (IS averages over 10 '
+                          f"splits), got {config['num_inception_images']}"))
     if any([config['G_fp16'], config['D_fp16'], config['G_mixed_precision'],
             config['D_mixed_precision']]) and not config.get('amp'):
         print("note: the release's fp16 flags now mean --amp fp16 (torch.autocast + GradScaler)")
@@ -112,7 +112,7 @@ def seed_rng(seed):
 def prepare_root(config, keys=('weights_root', 'logs_root', 'samples_root')):
     """Create the root folders, or say in one line which one cannot be created or written."""
     for key in keys:
-        check_writable(config[key], '--%s' % key)
+        check_writable(config[key], f'--{key}')
 
 
 def join_strings(base_string, strings):
@@ -128,36 +128,36 @@ def hashname(name):
 def name_from_config(config):
     """The release's experiment name, built from the config."""
     name = '_'.join([item for item in [
-        'Big%s' % config['which_train_fn'],
+        f"Big{config['which_train_fn']}",
         config['dataset'],
         config['model'] if config['model'] != 'BigGAN' else None,
-        'seed%d' % config['seed'],
-        'Gch%d' % config['G_ch'],
-        'Dch%d' % config['D_ch'],
-        'Gd%d' % config['G_depth'] if config['G_depth'] > 1 else None,
-        'Dd%d' % config['D_depth'] if config['D_depth'] > 1 else None,
-        'bs%d' % config['batch_size'],
+        f"seed{config['seed']}",
+        f"Gch{config['G_ch']}",
+        f"Dch{config['D_ch']}",
+        f"Gd{config['G_depth']}" if config['G_depth'] > 1 else None,
+        f"Dd{config['D_depth']}" if config['D_depth'] > 1 else None,
+        f"bs{config['batch_size']}",
         'Gfp16' if config['G_fp16'] else None,
         'Dfp16' if config['D_fp16'] else None,
-        'nDs%d' % config['num_D_steps'] if config['num_D_steps'] > 1 else None,
-        'nDa%d' % config['num_D_accumulations'] if config['num_D_accumulations'] > 1 else None,
-        'nGa%d' % config['num_G_accumulations'] if config['num_G_accumulations'] > 1 else None,
-        'Glr%2.1e' % config['G_lr'],
-        'Dlr%2.1e' % config['D_lr'],
-        'GB%3.3f' % config['G_B1'] if config['G_B1'] != 0.0 else None,
-        'GBB%3.3f' % config['G_B2'] if config['G_B2'] != 0.999 else None,
-        'DB%3.3f' % config['D_B1'] if config['D_B1'] != 0.0 else None,
-        'DBB%3.3f' % config['D_B2'] if config['D_B2'] != 0.999 else None,
-        'Gnl%s' % config['G_nl'],
-        'Dnl%s' % config['D_nl'],
-        'Ginit%s' % config['G_init'],
-        'Dinit%s' % config['D_init'],
-        'G%s' % config['G_param'] if config['G_param'] != 'SN' else None,
-        'D%s' % config['D_param'] if config['D_param'] != 'SN' else None,
-        'Gattn%s' % config['G_attn'] if config['G_attn'] != '0' else None,
-        'Dattn%s' % config['D_attn'] if config['D_attn'] != '0' else None,
-        'Gortho%2.1e' % config['G_ortho'] if config['G_ortho'] > 0.0 else None,
-        'Dortho%2.1e' % config['D_ortho'] if config['D_ortho'] > 0.0 else None,
+        f"nDs{config['num_D_steps']}" if config['num_D_steps'] > 1 else None,
+        f"nDa{config['num_D_accumulations']}" if config['num_D_accumulations'] > 1 else None,
+        f"nGa{config['num_G_accumulations']}" if config['num_G_accumulations'] > 1 else None,
+        f"Glr{config['G_lr']:2.1e}",
+        f"Dlr{config['D_lr']:2.1e}",
+        f"GB{config['G_B1']:3.3f}" if config['G_B1'] != 0.0 else None,
+        f"GBB{config['G_B2']:3.3f}" if config['G_B2'] != 0.999 else None,
+        f"DB{config['D_B1']:3.3f}" if config['D_B1'] != 0.0 else None,
+        f"DBB{config['D_B2']:3.3f}" if config['D_B2'] != 0.999 else None,
+        f"Gnl{config['G_nl']}",
+        f"Dnl{config['D_nl']}",
+        f"Ginit{config['G_init']}",
+        f"Dinit{config['D_init']}",
+        f"G{config['G_param']}" if config['G_param'] != 'SN' else None,
+        f"D{config['D_param']}" if config['D_param'] != 'SN' else None,
+        f"Gattn{config['G_attn']}" if config['G_attn'] != '0' else None,
+        f"Dattn{config['D_attn']}" if config['D_attn'] != '0' else None,
+        f"Gortho{config['G_ortho']:2.1e}" if config['G_ortho'] > 0.0 else None,
+        f"Dortho{config['D_ortho']:2.1e}" if config['D_ortho'] > 0.0 else None,
         config['norm_style'] if config['norm_style'] != 'bn' else None,
         'cr' if config['cross_replica'] else None,
         'Gshared' if config['G_shared'] else None,
@@ -289,7 +289,7 @@ class MyLogger(object):
 
     def reinit(self, item):
         """Delete a metric's old log when starting afresh."""
-        path = '%s/%s.log' % (self.root, item)
+        path = f'{self.root}/{item}.log'
         if os.path.exists(path) and self.reinitialize:
             os.remove(path)
 
@@ -300,17 +300,17 @@ class MyLogger(object):
                 self.metrics.append(arg)
             if self.logstyle in ('pickle', 'mat'):
                 continue  # unsupported in the release too
-            with open('%s/%s.log' % (self.root, arg), 'a') as f:
-                f.write('%d: %s\n' % (itr, self.logstyle % kwargs[arg]))
+            with open(f'{self.root}/{arg}.log', 'a') as f:
+                f.write(f'{itr}: {self.logstyle % kwargs[arg]}\n')
 
 
 def write_metadata(logs_root, experiment_name, config, state_dict):
     """metalog.txt: when, the config and the state of this run."""
-    os.makedirs('%s/%s' % (logs_root, experiment_name), exist_ok=True)
-    with atomic_open('%s/%s/metalog.txt' % (logs_root, experiment_name), 'w') as f:
-        f.write('datetime: %s\n' % str(datetime.datetime.now()))
-        f.write('config: %s\n' % str(config))
-        f.write('state: %s\n' % str({k: v for k, v in state_dict.items() if k != 'rng'}))
+    os.makedirs(f'{logs_root}/{experiment_name}', exist_ok=True)
+    with atomic_open(f'{logs_root}/{experiment_name}/metalog.txt', 'w') as f:
+        f.write(f'datetime: {str(datetime.datetime.now())}\n')
+        f.write(f'config: {str(config)}\n')
+        f.write(f"state: {str({k: v for k, v in state_dict.items() if k != 'rng'})}\n")
 
 
 class progress(object):
@@ -329,7 +329,7 @@ class progress(object):
 
     def set_postfix(self, ordered_dict=None, **kwargs):
         metrics = {**(ordered_dict or {}), **kwargs}
-        self.postfix = ', '.join('%s : %+4.3f' % (k, v) for k, v in metrics.items())  # release
+        self.postfix = ', '.join(f'{k} : {v:+4.3f}' for k, v in metrics.items())  # release
 
     def __iter__(self):
         t_start, t_last = time.time(), 0
@@ -349,21 +349,26 @@ class progress(object):
 
     def show(self, n, t_done, end=''):
         """Print the line for n items done in t_done seconds."""
-        line = '\r%s%d/%d (%6.2f%%) ' % (self.desc, self.start + n, self.start + self.total,
-                                          100.0 * n / max(self.total, 1))
+        percent = 100.0 * n / max(self.total, 1)
+        line = f'\r{self.desc}{self.start + n}/{self.start + self.total} ({percent:6.2f}%) '
         if self.displaytype == 's1k':
-            t_1k = t_done / n * 1000
-            line += '(TE/ET1k: %d:%02d / %d:%02d) ' % (divmod(t_done, 60) + divmod(t_1k, 60))
+            label, t_other = 'ET1k', t_done / n * 1000
         else:
-            t_left = t_done / n * (self.total - n)
-            line += '(TE/ETA: %d:%02d / %d:%02d) ' % (divmod(t_done, 60) + divmod(t_left, 60))
+            label, t_other = 'ETA', t_done / n * (self.total - n)
+        line += f'(TE/{label}: {clock(t_done)} / {clock(t_other)}) '
         print(line + self.postfix, end=end, file=self.file, flush=True)
+
+
+def clock(seconds):
+    """m:ss, as the release's progress line shows times."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f'{minutes}:{secs:02d}'
 
 
 def get_SVs(net, prefix):
     """The logged singular values of every SN layer, keyed like the release's logs."""
     d = net.state_dict()
-    return {('%s_%s' % (prefix, key)).replace('.', '_'): float(d[key].item())
+    return {(f'{prefix}_{key}').replace('.', '_'): float(d[key].item())
             for key in d if 'sv' in key}
 
 
@@ -474,7 +479,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
                  experiment_name, folder_number, z_=None):
     """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows)."""
     device = next(G.parameters()).device
-    folder = '%s/%s/%d' % (samples_root, experiment_name, folder_number)
+    folder = f'{samples_root}/{experiment_name}/{folder_number}'
     os.makedirs(folder, exist_ok=True)
     for i in range(math.ceil(num_classes / classes_per_sheet)):
         y = torch.arange(i * classes_per_sheet, min((i + 1) * classes_per_sheet, num_classes),
@@ -487,7 +492,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
                 z = torch.randn(len(y), G.dim_z, device=device)
             ims.append(run_G(G, z, y, parallel).float().cpu())
         out_ims = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples, 3, H, W), row a class
-        save_image(out_ims, '%s/samples%d.jpg' % (folder, i), nrow=samples_per_class)
+        save_image(out_ims, f'{folder}/samples{i}.jpg', nrow=samples_per_class)
 
 
 def interp(x0, x1, num_midpoints):
@@ -523,9 +528,9 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
         ys = ys.view(-1) if not ys.is_floating_point() else ys
         out_ims = run_G(G, zs.view(-1, G.dim_z), ys, parallel, embedded=True)
     style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
-    folder = '%s/%s/%d' % (samples_root, experiment_name, folder_number)
+    folder = f'{samples_root}/{experiment_name}/{folder_number}'
     os.makedirs(folder, exist_ok=True)
-    save_image(out_ims, '%s/interp%s%d.jpg' % (folder, style, sheet_number), nrow=steps)
+    save_image(out_ims, f'{folder}/interp{style}{sheet_number}.jpg', nrow=steps)
 
 
 # ----------------------------------------------------------------------------
@@ -544,7 +549,7 @@ def Distribution(tensor, dist_type, **kwargs):
     elif dist_type == 'categorical':
         tensor.sample_ = functools.partial(tensor.random_, 0, kwargs['num_categories'])
     else:
-        raise ValueError('unknown distribution %r' % dist_type)
+        raise ValueError(f'unknown distribution {dist_type!r}')
     tensor.dist_type, tensor.dist_kwargs = dist_type, kwargs
     return tensor
 

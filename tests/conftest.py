@@ -12,6 +12,8 @@ if ROOT not in sys.path:
 # each other cost seconds per step; subprocesses inherit the setting.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
+import importlib  # noqa: E402
+
 import torch  # noqa: E402
 
 import utils  # noqa: E402
@@ -62,10 +64,34 @@ def assert_same(a, b, where=''):
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
-            assert_same(a[k], b[k], '%s.%s' % (where, k))
+            assert_same(a[k], b[k], f'{where}.{k}')
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, '%s[%d]' % (where, i))
+            assert_same(x, y, f'{where}[{i}]')
     else:
         assert a == b, where
+
+
+def tiny_models(config, seed):
+    """G, D, G_ema from config, seeded, with one optimizer step taken so Adam has state."""
+    model = importlib.import_module(config['model'])
+    torch.manual_seed(seed)
+    G, D = model.Generator(**config), model.Discriminator(**config)
+    G_ema = model.Generator(**{**config, 'no_optim': True})
+    for net in (G, D):
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        net.optim.step()
+    return G, D, G_ema
+
+
+def penalty_grad(w, offdiag):
+    """Autograd gradient of 0.5 * ||W W^T * (1 - I)||_F^2 (or of W W^T - I) for W = w.view."""
+    w = w.detach().clone().requires_grad_(True)
+    m = w.view(w.shape[0], -1)
+    gram = m @ m.t()
+    eye = torch.eye(m.shape[0])
+    pen = 0.5 * ((gram * (1 - eye)) if offdiag else (gram - eye)).pow(2).sum()
+    pen.backward()
+    return w.grad

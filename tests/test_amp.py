@@ -57,9 +57,9 @@ def fp16_autocast_on_cpu():
         with torch.autocast('cpu', dtype=torch.float16):
             out = torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
         if out.dtype != torch.float16:
-            return 'float16 autocast on CPU leaves conv2d in %s' % out.dtype
+            return f'float16 autocast on CPU leaves conv2d in {out.dtype}'
     except RuntimeError as e:
-        return 'float16 autocast is not supported on this CPU: %s' % e
+        return f'float16 autocast is not supported on this CPU: {e}'
     return None
 
 
@@ -180,7 +180,7 @@ def test_channels_last_matches_contiguous():
 
 def compiler_unavailable(error):
     """The reason a torch.compile failure is this machine's toolchain rather than our code."""
-    text = '%s: %s' % (type(error).__name__, error)
+    text = f'{type(error).__name__}: {error}'
     markers = ('CppCompileError', 'InvalidCxxCompiler', 'No working C compiler',
                'Python.h', 'cannot find -l', 'Triton', 'not supported on Python')
     for marker in markers:

@@ -12,11 +12,10 @@ import sys
 
 import pytest
 import torch
-from test_models import tiny_models
 
 import flags
 import utils
-from conftest import FIXTURES, ROOT, TINY_FLAGS, tiny_config
+from conftest import FIXTURES, ROOT, TINY_FLAGS, tiny_config, tiny_models
 
 ACTIONS = {'Store': argparse._StoreAction, 'StoreTrue': argparse._StoreTrueAction,
            'StoreFalse': argparse._StoreFalseAction}
@@ -144,7 +143,7 @@ def script_commands(path, tmp_path):
     log.write_text('')
     env = {k: v for k, v in os.environ.items()
            if k not in ('CUDA_VISIBLE_DEVICES', 'PYTHON')}
-    env.update(PATH='%s:%s' % (stub_dir, env['PATH']), STUB_LOG=str(log))
+    env.update(PATH=f"{stub_dir}:{env['PATH']}", STUB_LOG=str(log))
     proc = subprocess.run(['bash', path], cwd=work, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -215,7 +214,7 @@ def test_unknown_dataset(tmp_path):
 @pytest.mark.parametrize('key', ['G_init', 'D_init'])
 def test_unknown_init_refused_unless_skipped(key):
     """An init style the models do not know is a config error, unless init is skipped."""
-    with pytest.raises(utils.ConfigError, match='--%s .default.' % key):
+    with pytest.raises(utils.ConfigError, match=f'--{key} .default.'):
         tiny_config('--' + key, 'default')
     assert tiny_config('--' + key, 'default', '--skip_init')[key] == 'default'
 

@@ -79,9 +79,8 @@ def test_s32_default_file_name(tmp_path, monkeypatch):
     assert (tmp_path / 'S32_seed3.npz').exists()
 
 
-# ---------------------------------------------------------------------------
-# ImageFolder
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# ImageFolder.
 
 def _make_folder(root, classes=('a', 'b', 'c'), per_class=3, size=(20, 14)):
     """Write a tiny root/<class>/<image>.png tree."""
@@ -168,9 +167,8 @@ def test_folder_layout_errors(tmp_path):
     assert '\n' not in str(info.value)
 
 
-# ---------------------------------------------------------------------------
-# ILSVRC_HDF5
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# ILSVRC_HDF5.
 
 def _make_h5(path, n=24, res=8):
     """Write a small HDF5 in make_hdf5.py's format; returns (imgs, labels)."""
@@ -213,9 +211,8 @@ def test_hdf5_missing_file_says_how_to_make_it(tmp_path):
         dset.ILSVRC_HDF5(str(tmp_path / 'ILSVRC128.hdf5'))
 
 
-# ---------------------------------------------------------------------------
-# CIFAR
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# CIFAR.
 
 @pytest.mark.parametrize('cls, folder', [(dset.CIFAR10, 'cifar-10-batches-py'),
                                          (dset.CIFAR100, 'cifar-100-python')])

@@ -104,14 +104,14 @@ def _worker(rank, port, flags, inputs, out_dir):
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     try:
         out = one_step(tiny_config(*flags), inputs, rank, WORLD)
-        torch.save(out, os.path.join(out_dir, 'rank%d.pt' % rank))
+        torch.save(out, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
 
 def run_ranks(flags, inputs, tmp_path):
     mp.spawn(_worker, args=(free_port(), flags, inputs, str(tmp_path)), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / ('rank%d.pt' % r), weights_only=True) for r in range(WORLD)]
+    return [torch.load(tmp_path / (f'rank{r}.pt'), weights_only=True) for r in range(WORLD)]
 
 
 def max_rel_diff(a, b):
@@ -220,10 +220,10 @@ def test_torchrun_writes_one_set_of_files_and_resumes_exactly(data_root, tmp_pat
                    for p in glob.glob(str(once / '**'), recursive=True) if os.path.isfile(p))
     assert not [f for f in files if 'rank' in f or '.tmp' in f], files
     weights = sorted(f for f in files if f.startswith('weights'))
-    assert weights == ['weights/dist/%s.pth' % n for n in
+    assert weights == [f'weights/dist/{n}.pth' for n in
                        ('D', 'D_optim', 'G', 'G_ema', 'G_optim', 'state_dict')]
     for itr in (N, 2 * N):
-        assert os.path.isfile(once / 'samples' / 'dist' / ('fixed_samples%d.jpg' % itr))
+        assert os.path.isfile(once / 'samples' / 'dist' / (f'fixed_samples{itr}.jpg'))
     for run_dir, itrs in ((once, range(1, 2 * N + 1)), (split, range(1, 2 * N + 1))):
         lines = (run_dir / 'logs' / 'dist' / 'G_loss.log').read_text().split('\n')
         assert [int(line.split(':')[0]) for line in lines if line.strip()] == list(itrs)

@@ -16,8 +16,7 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 
 
 # ----------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------
+# Helpers.
 
 def release_inception_score(pred, num_splits):
     """The release's IS formula, written out directly."""
@@ -80,8 +79,7 @@ class CountingSampler:
 
 
 # ----------------------------------------------------------------------------
-# Inception Score
-# ----------------------------------------------------------------------------
+# Inception Score.
 
 def test_is_uniform_predictions_is_one():
     pred = np.full((100, 10), 0.1)
@@ -112,8 +110,7 @@ def test_is_matches_release_formula_and_streams():
 
 
 # ----------------------------------------------------------------------------
-# FID
-# ----------------------------------------------------------------------------
+# FID.
 
 @pytest.mark.parametrize('fid_fn', [iu.numpy_calculate_frechet_distance,
                                     iu.torch_calculate_frechet_distance])
@@ -171,8 +168,7 @@ def test_torch_fid_accepts_tensors_and_returns_float64():
 
 
 # ----------------------------------------------------------------------------
-# KID and streaming statistics
-# ----------------------------------------------------------------------------
+# KID and streaming statistics.
 
 def direct_mmd2(x, y):
     """Unbiased polynomial-kernel MMD^2 by explicit double loops."""
@@ -235,8 +231,7 @@ def test_feature_stats_reservoir_is_bounded_subset():
 
 
 # ----------------------------------------------------------------------------
-# Networks and weights
-# ----------------------------------------------------------------------------
+# Networks and weights.
 
 def test_tf_fid_state_dict_matches_fixture():
     with open(os.path.join(FIXTURES, 'fid_inception_keys.json')) as f:
@@ -386,8 +381,7 @@ def test_missing_default_weights_one_line_error(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# Moments files
-# ----------------------------------------------------------------------------
+# Moments files.
 
 @pytest.mark.parametrize('dataset,name', [
     ('C10_hdf5', 'C10_inception_moments.npz'),
@@ -456,8 +450,7 @@ def test_missing_moments_names_the_command(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# Activations and the metrics closure
-# ----------------------------------------------------------------------------
+# Activations and the metrics closure.
 
 def test_accumulate_gives_exactly_the_number_asked():
     torch.manual_seed(0)
@@ -547,8 +540,7 @@ def test_no_fid_needs_no_moments(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# calculate_inception_moments.py
-# ----------------------------------------------------------------------------
+# calculate_inception_moments.py.
 
 def test_calculate_inception_moments_run(tmp_path, monkeypatch):
     import calculate_inception_moments as cim

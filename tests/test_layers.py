@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import layers
 import losses
 import utils
+from conftest import penalty_grad
 
 
 def with_spectrum(out, inp, svs, seed=0):
@@ -94,17 +95,6 @@ def test_sn_num_itrs_equals_repeated_calls():
 
 # ----------------------------------------------------------------------------
 # Ortho reg.
-
-def penalty_grad(w, offdiag):
-    """Autograd gradient of 0.5 * ||W W^T * (1 - I)||_F^2 (or of W W^T - I) for W = w.view."""
-    w = w.detach().clone().requires_grad_(True)
-    m = w.view(w.shape[0], -1)
-    gram = m @ m.t()
-    eye = torch.eye(m.shape[0])
-    pen = 0.5 * ((gram * (1 - eye)) if offdiag else (gram - eye)).pow(2).sum()
-    pen.backward()
-    return w.grad
-
 
 class OrthoNet(nn.Module):
     def __init__(self):

@@ -27,10 +27,10 @@ def setup(tmp_path_factory):
     folder = tmp / 'images'
     rng = np.random.default_rng(0)
     for c in range(N_CLASSES):
-        (folder / ('class%d' % c)).mkdir(parents=True)
+        (folder / (f'class{c}')).mkdir(parents=True)
         for i in range(2):
             pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / ('class%d' % c) / ('%d.png' % i))
+            Image.fromarray(pixels).save(folder / (f'class{c}') / (f'{i}.png'))
     weights = tmp / 'fid_inception.pth'
     torch.manual_seed(0)
     torch.save(inception_utils.build_inception_net('tf_fid').state_dict(), weights)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import utils
-from conftest import FIXTURES, tiny_config
+from conftest import FIXTURES, tiny_config, tiny_models
 
 REFERENCE = ['C10_ema', 'I128_bs256x8', 'I128_SNGAN', 'I128_deep']
 
@@ -50,19 +50,6 @@ def test_reference_state_dicts(name):
 
 # ----------------------------------------------------------------------------
 # Checkpoints.
-
-def tiny_models(config, seed):
-    """G, D, G_ema from config, seeded, with one optimizer step taken so Adam has state."""
-    model = importlib.import_module(config['model'])
-    torch.manual_seed(seed)
-    G, D = model.Generator(**config), model.Discriminator(**config)
-    G_ema = model.Generator(**{**config, 'no_optim': True})
-    for net in (G, D):
-        for p in net.parameters():
-            p.grad = torch.randn_like(p)
-        net.optim.step()
-    return G, D, G_ema
-
 
 def release_save(G, D, G_ema, folder, config, legacy=True):
     """Write files as the release did: plain torch.save (PyTorch 1.0's legacy format with

@@ -7,13 +7,12 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-from test_models import tiny_models
 
 import train
 import train_fns
 import utils
 from checkpoints import StopRun
-from conftest import assert_same, run_flags, tiny_config
+from conftest import assert_same, run_flags, tiny_config, tiny_models
 
 NAME = 'exp'
 FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
@@ -86,7 +85,7 @@ def test_run_writes_samples(run3):
         # 10 classes (rows) x 10 samples (columns) of 32px with torchvision's 2px padding.
         assert im.size == (10 * 34 + 2, 10 * 34 + 2)
     for style in ['Z', 'Y', 'ZY']:
-        with Image.open(folder / '3' / ('interp%s0.jpg' % style)) as im:
+        with Image.open(folder / '3' / (f'interp{style}0.jpg')) as im:
             assert im.size == (10 * 34 + 2, 16 * 34 + 2)  # 16 rows of 8 midpoints + 2 ends
 
 
@@ -108,7 +107,7 @@ def test_resume_is_bit_exact(run3, data_root, tmp_path):
             b.pop('saved_config', None)
         assert_same(a, b, f)
     for metric in ['G_loss', 'D_loss_real', 'D_loss_fake']:
-        log = 'logs/%s/%s.log' % (NAME, metric)
+        log = f'logs/{NAME}/{metric}.log'
         assert (full / log).read_text() == (resumed / log).read_text()
 
 
@@ -116,7 +115,7 @@ def test_z_var_leaves_training_alone(run3, data_root, tmp_path, capsys):
     """--z_var is for sampling: training with it is the same run; the name is printed."""
     out3, _ = run3
     train_run(data_root, tmp_path, '--total_itrs', '3', '--z_var', '0.5')
-    assert 'Experiment name is %s' % NAME in capsys.readouterr().out
+    assert f'Experiment name is {NAME}' in capsys.readouterr().out
     for f in ('G', 'G_ema', 'D'):
         assert_same(load(out3 / 'weights' / NAME / (f + '.pth')),
                     load(tmp_path / 'weights' / NAME / (f + '.pth')), f)

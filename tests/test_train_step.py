@@ -5,11 +5,10 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
-from test_layers import penalty_grad
 
 import train_fns
 import utils
-from conftest import tiny_config
+from conftest import penalty_grad, tiny_config
 
 
 def build(config, seed=0):
@@ -150,7 +149,7 @@ def test_ortho_reg_in_the_step(net):
     strength = 0.3
     grads = []
     for ortho in ['0.0', str(strength)]:
-        config = tiny_config('--num_D_steps', '1', '--%s_ortho' % net, ortho)
+        config = tiny_config('--num_D_steps', '1', f'--{net}_ortho', ortho)
         G, D, GD = build(config)
         Z, Y, _, _ = latents(4, G.dim_z, 10)
         logs = {'G': [], 'D': []}

@@ -66,7 +66,7 @@ def mode_flags(mode):
     parts = set(mode.split('+'))
     unknown = parts - {'fp32', 'bf16', 'fp16', 'cl', 'compile', 'release'}
     if unknown:
-        raise SystemExit('unknown mode part(s) %s in %r' % (sorted(unknown), mode))
+        raise SystemExit(f'unknown mode part(s) {sorted(unknown)} in {mode!r}')
     flags = []
     if 'bf16' in parts:
         flags += ['--amp', 'bf16']
@@ -202,14 +202,14 @@ def main():
         return child(args)
 
     results = []
-    print('config %s on %s; %d warm-up + %d x %d timed iterations per mode; load %s'
-          % (args.config, args.device, args.warmup, args.reps, args.itrs,
-             ' '.join('%.2f' % v for v in os.getloadavg())), flush=True)
+    load = ' '.join(f'{v:.2f}' for v in os.getloadavg())
+    print(f'config {args.config} on {args.device}; {args.warmup} warm-up + {args.reps} x '
+          f'{args.itrs} timed iterations per mode; load {load}', flush=True)
     for mode in [m.strip() for m in args.modes.split(',') if m.strip()]:
         if 'fp16' in mode.split('+'):
             reason = fp16_supported(args.device)
             if reason:
-                print('skip %s: fp16 autocast unsupported here (%s)' % (mode, reason))
+                print(f'skip {mode}: fp16 autocast unsupported here ({reason})')
                 continue
         cmd = [sys.executable, os.path.abspath(__file__), '--mode', mode]
         for key in ('config', 'warmup', 'reps', 'itrs', 'batch_size', 'num_D_steps', 'device',
@@ -218,24 +218,23 @@ def main():
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
         if proc.returncode != 0 or not lines:
-            print('mode %s failed:\n%s' % (mode, (proc.stdout + proc.stderr)[-2000:]))
+            print(f'mode {mode} failed:\n{(proc.stdout + proc.stderr)[-2000:]}')
             continue
         results.append(json.loads(lines[-1]))
         r = results[-1]
-        print('  %-18s %.3f s/it (reps %s)' % (mode, r['s_per_itr'],
-                                                ' '.join('%.3f' % t for t in r['times'])),
-              flush=True)
+        reps = ' '.join(f'{t:.3f}' for t in r['times'])
+        print(f"  {mode:<18} {r['s_per_itr']:.3f} s/it (reps {reps})", flush=True)
 
     base = next((r for r in results if r['mode'] == 'fp32'), None)
-    mem = 'peak MiB (%s)' % ('CUDA alloc' if args.device.startswith('cuda') else 'RSS')
-    print('\n| mode | images/s | it/s | %s | x fp32 |' % mem)
+    mem = f"peak MiB ({'CUDA alloc' if args.device.startswith('cuda') else 'RSS'})"
+    print(f'\n| mode | images/s | it/s | {mem} | x fp32 |')
     print('|---|---:|---:|---:|---:|')
     for r in results:
         ips = r['images'] / r['s_per_itr']
         ratio = ips / (base['images'] / base['s_per_itr']) if base else float('nan')
-        print('| %s | %.1f | %.3f | %.0f | %.2f |' % (r['mode'], ips, 1 / r['s_per_itr'],
-                                                     r['peak_MiB'], ratio))
-    print('load after: %s' % ' '.join('%.2f' % v for v in os.getloadavg()))
+        print(f"| {r['mode']} | {ips:.1f} | {1 / r['s_per_itr']:.3f} | {r['peak_MiB']:.0f} | "
+              f'{ratio:.2f} |')
+    print(f"load after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)

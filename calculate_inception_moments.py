@@ -74,9 +74,9 @@ def run(config):
     return path
 
 
-def main():
+def main(argv=None):
     """Parse the command line and run; bad input gets one line and exit status 2."""
-    flags.run_cli(run, prepare_parser())
+    flags.run_cli(run, prepare_parser(), argv)
 
 
 if __name__ == '__main__':

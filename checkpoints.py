@@ -14,24 +14,19 @@ import random
 import re
 import shutil
 import socket
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from distributed import all_gather_objects, get_rank, get_world_size
-from flags import ConfigError, one_line
+from flags import ConfigError, StopRun, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be read: missing, truncated, refused or of the wrong kind."""
-
-
-class StopRun(RuntimeError):
-    """The run cannot go on (it diverged, or a save failed); the message says what is left."""
 
 
 # ----------------------------------------------------------------------------
@@ -85,14 +80,19 @@ def remove_stale_temps(folder, target=None, recursive=False):
 
 
 def check_writable(folder, what):
-    """Create folder if needed, or raise ConfigError saying what cannot be written where."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ConfigError(f'{what} {folder} cannot be created or written '
-                          f'({e.strerror or e}); pass a writable folder') from None
+    """Raise ConfigError, saying what cannot be written where, unless folder exists and is
+    writable or can be created; creates nothing."""
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        reason = f'{parent} is a file'
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        reason = f'{parent} is not writable'
+    else:
+        return
+    raise ConfigError(f'{what} {folder} cannot be created or written ({reason}); pass a '
+                      f'writable folder')
 
 
 @contextlib.contextmanager

@@ -13,11 +13,16 @@ class ConfigError(ValueError):
     """Bad input from the user: entry points print its one-line message and exit with 2."""
 
 
+class StopRun(RuntimeError):
+    """The run cannot go on (it diverged, or a save failed); the message says what is left."""
+
+
 def run_cli(run, parser, argv=None):
     """Parse argv (default: the command line) and call run(config).
 
-    Bad input (a ConfigError) or a failing file system (an OSError: missing file, full disk,
-    no permission) gets one line on stderr and exit status 2 instead of a traceback. SIGTERM
+    Bad input (a ConfigError), a run that cannot go on (StopRun) or a failing file system (an
+    OSError: missing file, full disk, no permission) gets one line on stderr and exit status 2
+    instead of a traceback. SIGTERM
     unwinds the stack like Ctrl-C, so temporary files are removed on the way out; either
     ends the process with 128 + the signal number, as the shell reports a signal.
     """
@@ -25,7 +30,7 @@ def run_cli(run, parser, argv=None):
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run(config)
-    except (ConfigError, OSError) as e:
+    except (ConfigError, StopRun, OSError) as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:

@@ -163,8 +163,8 @@ def run(config):
             report_metrics(std)
 
 
-def main():
-    utils.run_cli(run, utils.add_sample_parser(utils.prepare_parser()))
+def main(argv=None):
+    utils.run_cli(run, utils.add_sample_parser(utils.prepare_parser()), argv)
 
 
 if __name__ == '__main__':

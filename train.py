@@ -245,8 +245,8 @@ def run(config):
     return state_dict
 
 
-def main():
-    utils.run_cli(run, utils.prepare_parser())
+def main(argv=None):
+    utils.run_cli(run, utils.prepare_parser(), argv)
 
 
 if __name__ == '__main__':

@@ -110,9 +110,11 @@ def seed_rng(seed):
 
 
 def prepare_root(config, keys=('weights_root', 'logs_root', 'samples_root')):
-    """Create the root folders, or say in one line which one cannot be created or written."""
+    """Create the root folders, once all of them are known to be creatable and writable."""
     for key in keys:
         check_writable(config[key], f'--{key}')
+    for key in keys:
+        os.makedirs(config[key], exist_ok=True)
 
 
 def join_strings(base_string, strings):

@@ -1,0 +1,668 @@
+"""Attacks and faults: loading never runs code, every bad input gets one line and exit status 2
+with nothing written, and a run that dies leaves no temporary file and a loadable checkpoint."""
+import ast
+import builtins
+import errno
+import glob
+import io
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import calculate_inception_moments
+import checkpoints
+import datasets
+import flags
+import inception_utils
+import make_hdf5
+import sample
+import train
+import utils
+from conftest import ROOT, run_flags, tiny_config, tiny_models
+
+NAME = 'exp'
+CHECKPOINT_FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
+
+
+# ----------------------------------------------------------------------------
+# Payloads: objects whose unpickling creates a marker file.
+
+class System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+class Eval(System):
+    def __reduce__(self):
+        return builtins.eval, (f'open({self.marker!r}, "w").close()',)
+
+
+class Popen(System):
+    def __reduce__(self):
+        return subprocess.Popen, (['touch', self.marker],)
+
+
+class Nested(System):
+    """A payload inside a dict inside a list, as a checkpoint's state would hold it."""
+
+    def __reduce__(self):
+        return dict, ([('state', [{'a': System(self.marker)}])],)
+
+
+PAYLOADS = {'os.system': System, 'builtins.eval': Eval, 'subprocess.Popen': Popen,
+            'nested': Nested}
+
+
+def first_pickle_length(data):
+    """Bytes taken by the first pickle in data (a legacy file's magic number)."""
+    f = io.BytesIO(data)
+    pickle.Unpickler(f).load()  # a plain int: safe to read
+    return f.tell()
+
+
+def write_poisoned(path, payload, where):
+    """A file at path that runs payload when unpickled: in a zip's data.pkl, in a legacy file's
+    object, or in a legacy file's header (the magic-number pickle)."""
+    obj = {'itr': 1, 'weight': torch.zeros(2), 'x': payload}
+    if where == 'zip':
+        torch.save(obj, path)
+    elif where == 'legacy_object':
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:
+        buf = io.BytesIO()
+        torch.save({'itr': 1}, buf, _use_new_zipfile_serialization=False)
+        data = buf.getvalue()
+        with open(path, 'wb') as f:
+            f.write(pickle.dumps(payload, protocol=2) + data[first_pickle_length(data):])
+
+
+def one_error_line(capsys):
+    """The stderr of a run that must have printed exactly one 'error:' line; returns it."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error: '), lines
+    return lines[0]
+
+
+def exits_with_one_line(main, argv, capsys):
+    """Run an entry point in-process; it must exit 2 with one error line, which is returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return one_error_line(capsys)
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under folder."""
+    out = {}
+    for path in glob.glob(os.path.join(str(folder), '**'), recursive=True):
+        if os.path.isfile(path):
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, str(folder))] = f.read()
+    return out
+
+
+@pytest.fixture(scope='module')
+def trained(data_root, tmp_path_factory):
+    """A 3-iteration tiny run saving every iteration: sets '' (itr 3), copy0 (3), copy1 (2)."""
+    out = tmp_path_factory.mktemp('trained')
+    train.run(vars(utils.prepare_parser().parse_args(run_flags(
+        data_root, str(out), NAME, '--total_itrs', '3', '--save_every', '1'))))
+    return out
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    """A copy of the trained run's folders to damage."""
+    out = tmp_path / 'run'
+    shutil.copytree(str(trained), str(out))
+    return out
+
+
+def resume_argv(data_root, out, *extra):
+    return run_flags(data_root, str(out), NAME, '--total_itrs', '4', '--save_every', '1',
+                     '--resume', *extra)
+
+
+def sample_argv(data_root, out, *extra):
+    return run_flags(data_root, str(out), NAME, '--sample_random', *extra)
+
+
+# ----------------------------------------------------------------------------
+# 1. No unrestricted unpickling anywhere.
+
+def calls_in(path):
+    """(line, dotted name, keywords) of every call in a Python file."""
+    tree_ = ast.parse(open(path).read())
+    for node in ast.walk(tree_):
+        if isinstance(node, ast.Call):
+            yield node.lineno, ast.unparse(node.func), {
+                k.arg: ast.unparse(k.value) for k in node.keywords if k.arg}
+
+
+def test_audit_no_unrestricted_unpickling():
+    """No module calls pickle.load(s), np.load(allow_pickle=True), or torch.load without
+    weights_only=True, except torch.load of legacy files through the restricted release_pickle."""
+    offenders = []
+    files = glob.glob(os.path.join(ROOT, '*.py')) + glob.glob(os.path.join(ROOT, 'tools', '*.py'))
+    for path in files:
+        for line, name, kw in calls_in(path):
+            where = f'{os.path.basename(path)}:{line} {name}'
+            unpickles = name.endswith(('pickle.load', 'pickle.loads', 'Unpickler'))
+            if unpickles and 'Release' not in name:
+                offenders.append(where)
+            if name.endswith('np.load') and kw.get('allow_pickle', 'False') != 'False':
+                offenders.append(where)
+            restricted = (kw.get('weights_only') == 'True'
+                          or (kw.get('weights_only') == 'False'
+                              and kw.get('pickle_module') == 'release_pickle'))
+            if name.endswith('torch.load') and not restricted:
+                offenders.append(where)
+    assert not offenders
+    # release_pickle's load is the restricted unpickler too: torch reads a legacy file's header
+    # and storage keys with pickle_module.load.
+    with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+        checkpoints.release_pickle.load(io.BytesIO(pickle.dumps(System('/nonexistent'))))
+
+
+@pytest.mark.parametrize('where', ['zip', 'legacy_object', 'legacy_header'])
+@pytest.mark.parametrize('kind', sorted(PAYLOADS))
+def test_torch_load_refuses_payloads(tmp_path, kind, where):
+    marker = tmp_path / 'MARKER'
+    path = str(tmp_path / 'x.pth')
+    write_poisoned(path, PAYLOADS[kind](str(marker)), where)
+    with pytest.raises(utils.ConfigError, match='x.pth'):
+        checkpoints.torch_load(path)
+    time.sleep(0.05)  # a Popen payload would need a moment
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('where', ['zip', 'legacy_object', 'legacy_header'])
+@pytest.mark.parametrize('name', CHECKPOINT_FILES)
+def test_load_weights_refuses_each_file(run_dir, tmp_path, name, where):
+    """utils.load_weights refuses a poisoned file anywhere in the set, naming it, and leaves
+    the models untouched."""
+    marker = tmp_path / 'MARKER'
+    path = run_dir / 'weights' / NAME / f'{name}.pth'
+    write_poisoned(str(path), Nested(str(marker)), where)
+    config = tiny_config('--ema')
+    G, D, G_ema = tiny_models(config, seed=0)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    with pytest.raises(utils.ConfigError, match=f'{name}.pth'):
+        utils.load_weights(G, D, {}, str(run_dir / 'weights'), NAME, G_ema=G_ema)
+    assert not marker.exists()
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+@pytest.mark.parametrize('where', ['zip', 'legacy_header'])
+@pytest.mark.parametrize('name', CHECKPOINT_FILES)
+def test_train_resume_refuses_each_file(data_root, run_dir, tmp_path, capsys, name, where):
+    marker = tmp_path / 'MARKER'
+    path = run_dir / 'weights' / NAME / f'{name}.pth'
+    write_poisoned(str(path), System(str(marker)), where)
+    before = tree(run_dir)
+    line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    assert str(path) in line and 'not allowed' in line
+    assert not marker.exists()
+    assert tree(run_dir) == before  # nothing written, overwritten or deleted
+
+
+@pytest.mark.parametrize('name,use_ema', [('G', False), ('G_ema', True), ('state_dict', True)])
+def test_sample_refuses_poisoned_checkpoint(data_root, run_dir, tmp_path, capsys, name, use_ema):
+    marker = tmp_path / 'MARKER'
+    path = run_dir / 'weights' / NAME / f'{name}.pth'
+    write_poisoned(str(path), Eval(str(marker)), 'legacy_object')
+    argv = [a for a in sample_argv(data_root, run_dir) if use_ema or a != '--use_ema']
+    line = exits_with_one_line(sample.main, argv, capsys)
+    assert str(path) in line
+    assert not marker.exists()
+
+
+def test_config_from_name_refuses_poisoned_state(data_root, run_dir, tmp_path, capsys):
+    marker = tmp_path / 'MARKER'
+    path = run_dir / 'weights' / NAME / 'state_dict.pth'
+    write_poisoned(str(path), Popen(str(marker)), 'zip')
+    line = exits_with_one_line(
+        sample.main, sample_argv(data_root, run_dir, '--config_from_name'), capsys)
+    assert str(path) in line
+    time.sleep(0.05)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('where', ['zip', 'legacy_object'])
+def test_inception_weights_refused(data_root, tmp_path, capsys, where):
+    """--inception_weights with a payload, in train.py and calculate_inception_moments.py."""
+    marker = tmp_path / 'MARKER'
+    weights = tmp_path / 'inception.pth'
+    write_poisoned(str(weights), System(str(marker)), where)
+    argv = run_flags(data_root, str(tmp_path / 'out'), NAME, '--test_every', '1', '--no_fid',
+                     '--inception_weights', str(weights), '--total_itrs', '1')
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert str(weights) in line
+    line = exits_with_one_line(calculate_inception_moments.main, [
+        '--dataset', 'S32', '--data_root', data_root, '--inception_weights', str(weights),
+        '--device', 'cpu', '--num_workers', '0'], capsys)
+    assert str(weights) in line
+    assert not marker.exists()
+    assert not (tmp_path / 'out').exists()
+
+
+def test_moments_file_refused(data_root, tmp_path, capsys, monkeypatch):
+    """A moments .npz holding pickled objects is refused when metrics load it."""
+    marker = tmp_path / 'MARKER'
+    root = tmp_path / 'data'
+    root.mkdir()
+    np.savez(root / 'S32_inception_moments.npz',
+             mu=np.array([System(str(marker))], dtype=object), sigma=np.eye(2))
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: None)
+    with pytest.raises(inception_utils.InceptionMomentsError,
+                       match='S32_inception_moments.npz'):
+        inception_utils.prepare_metrics('S32', data_root=str(root))
+    assert not marker.exists()
+
+
+def test_dataset_caches_refused(tmp_path, capsys):
+    """The S32 cache and an image folder's index, replaced by files with pickled objects, are
+    refused with one line naming the file (delete it and it is rebuilt)."""
+    marker = tmp_path / 'MARKER'
+    s32 = tmp_path / 'S32'
+    s32.mkdir()
+    np.savez(s32 / 'S32_seed0.npz', imgs=np.array([System(str(marker))], dtype=object),
+             labels=np.zeros(1))
+    line = exits_with_one_line(train.main, run_flags(
+        str(tmp_path), str(tmp_path / 'out'), NAME, '--total_itrs', '1'), capsys)
+    assert 'S32_seed0.npz' in line and 'delete it' in line
+    folder = tmp_path / 'folder'
+    for c in 'ab':
+        (folder / c).mkdir(parents=True)
+        torch.manual_seed(0)
+        from PIL import Image
+        Image.new('RGB', (8, 8)).save(folder / c / '0.png')
+    datasets.ImageFolder(str(folder), index_filename='x_imgs.npz')
+    np.savez(folder / 'x_imgs.npz', signature=np.array([System(str(marker))], dtype=object))
+    with pytest.raises(datasets.DatasetError, match='x_imgs.npz'):
+        datasets.ImageFolder(str(folder), index_filename='x_imgs.npz')
+    assert not marker.exists()
+
+
+def test_release_legacy_state_dict_still_loads(tmp_path):
+    """A legacy-format state_dict.pth with nn.ReLU objects and numpy floats, as the release
+    wrote it, loads through the restricted unpickler."""
+    config = dict(tiny_config(), G_activation=torch.nn.ReLU(), D_activation=torch.nn.ReLU())
+    path = str(tmp_path / 'state_dict.pth')
+    torch.save({'itr': 7, 'best_IS': np.float64(1.5), 'config': config}, path,
+               _use_new_zipfile_serialization=False, pickle_protocol=2)
+    loaded = checkpoints.torch_load(path)
+    assert loaded['itr'] == 7 and loaded['best_IS'] == 1.5 and type(loaded['best_IS']) is float
+    assert isinstance(loaded['config']['G_activation'], torch.nn.ReLU)
+
+
+# ----------------------------------------------------------------------------
+# 2. One clear line and exit status 2 for every bad input, nothing written first.
+
+def truncated(path):
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2])
+
+
+DAMAGE = {
+    'truncated': truncated,
+    'zero-byte': lambda path: open(path, 'wb').close(),
+    'empty-dict': lambda path: torch.save({}, path),
+    'wrong-type': lambda path: torch.save([1, 2, 3], path),
+    'garbage': lambda path: open(path, 'wb').write(os.urandom(999)),
+}
+
+
+@pytest.mark.parametrize('damage', sorted(DAMAGE))
+@pytest.mark.parametrize('name', CHECKPOINT_FILES)
+def test_damaged_checkpoint_file(data_root, run_dir, capsys, name, damage):
+    path = run_dir / 'weights' / NAME / f'{name}.pth'
+    DAMAGE[damage](str(path))
+    before = tree(run_dir)
+    line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    assert str(path) in line
+    assert tree(run_dir) == before
+
+
+def test_missing_file_names_it_and_the_complete_sets(data_root, run_dir, capsys):
+    (run_dir / 'weights' / NAME / 'D.pth').unlink()
+    (run_dir / 'weights' / NAME / 'G_optim_copy1.pth').unlink()
+    before = tree(run_dir)
+    line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    assert 'missing D.pth' in line
+    assert "complete sets there: 'copy0'" in line and '--load_weights copy0' in line
+    assert tree(run_dir) == before
+    # The suggested set loads.
+    utils.load_weights(*tiny_models(tiny_config('--ema'), 0)[:2], {}, str(run_dir / 'weights'),
+                       NAME, 'copy0', tiny_models(tiny_config('--ema'), 0)[2])
+
+
+@pytest.mark.parametrize('root', ['weights_root', 'logs_root', 'samples_root'])
+def test_root_below_a_file(data_root, tmp_path, capsys, root):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    argv = run_flags(data_root, str(tmp_path / 'out'), NAME, '--total_itrs', '1')
+    argv += [f'--{root}', str(blocker / 'below')]
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert f'--{root}' in line and 'cannot be created' in line
+    assert not (tmp_path / 'out').exists()
+
+
+def bad_value(domain):
+    """A value just outside a flags.DOMAINS bound."""
+    if domain.startswith('['):
+        low, high = (float(v) for v in domain[1:-1].split(','))
+        return str(-1 if low == 0 and high > 1e6 else high + 0.5 if domain.endswith(']')
+                   else high)
+    op, bound = domain.split()
+    bound = float(bound)
+    return str(int(bound) - 1 if bound == int(bound) and op == '>=' else bound)
+
+
+ENTRY_OF = {'sample_num_npz': 'sample', 'kid_feats': 'moments', 'chunk_size': 'make_hdf5'}
+
+
+@pytest.mark.parametrize('key', sorted(flags.DOMAINS))
+def test_numeric_flag_outside_its_domain(data_root, tmp_path, capsys, key):
+    value = bad_value(flags.DOMAINS[key])
+    assert not flags.in_domain(float(value), flags.DOMAINS[key])
+    out = tmp_path / 'out'
+    entry = ENTRY_OF.get(key, 'train')
+    if entry == 'train':
+        main, argv = train.main, run_flags(data_root, str(out), NAME, '--total_itrs', '1')
+    elif entry == 'sample':
+        main, argv = sample.main, sample_argv(data_root, out, '--sample_npz')
+    elif entry == 'moments':
+        main, argv = calculate_inception_moments.main, ['--dataset', 'S32', '--data_root',
+                                                         str(out)]
+    else:
+        main, argv = make_hdf5.main, ['--dataset', 'S32', '--data_root', str(out)]
+    line = exits_with_one_line(main, argv + [f'--{key}', value], capsys)
+    assert f'--{key} must be {flags.DOMAINS[key]}' in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('flag,value', [('--G_lr', 'nan'), ('--D_B2', 'inf'),
+                                        ('--ema_decay=-inf', None)])
+def test_non_finite_flag_values(data_root, tmp_path, capsys, flag, value):
+    argv = run_flags(data_root, str(tmp_path / 'out'), NAME) + [flag] + ([value] if value else [])
+    assert flag.split('=')[0] in exits_with_one_line(train.main, argv, capsys)
+
+
+@pytest.mark.parametrize('extra,expect', [
+    (['--sample_trunc_curves', '0_0.1_1'], 'start > 0'),
+    (['--sample_trunc_curves', '1_0_2'], 'step > 0'),
+    (['--sample_trunc_curves', 'a_b'], 'start_step_end'),
+    (['--sample_inception_metrics', '--num_inception_images', '9'], 'at least 10')])
+def test_sampling_ranges(data_root, run_dir, capsys, extra, expect):
+    line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir, *extra), capsys)
+    assert expect in line
+
+
+def test_data_folders_without_images(tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    folder = tmp_path / 'one_empty_class'
+    (folder / 'a').mkdir(parents=True)
+    (folder / 'b').mkdir()
+    from PIL import Image
+    Image.new('RGB', (8, 8)).save(folder / 'a' / '0.png')
+    for root, expect in [(tmp_path / 'empty', 'no class folders and no images'),
+                         (folder, "hold no images ('b')")]:
+        argv = run_flags(str(tmp_path), str(tmp_path / 'out'), NAME) + [
+            '--dataset', 'mine', '--dataset_root', str(root), '--resolution', '32',
+            '--n_classes', '2']
+        assert expect in exits_with_one_line(train.main, argv, capsys)
+    assert not (tmp_path / 'out').exists()
+
+
+# ----------------------------------------------------------------------------
+# 3. Nothing is lost when a run dies.
+
+def dead_pid():
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_removed_at_start(data_root, tmp_path):
+    """At start-up a run removes this host's temporary files whose writer is gone, and keeps
+    those of running writers and of other hosts."""
+    out = tmp_path / 'out'
+    folder = out / 'weights' / NAME
+    sheets = out / 'samples' / NAME / '2'
+    folder.mkdir(parents=True)
+    sheets.mkdir(parents=True)
+    live = subprocess.Popen(['sleep', '60'])
+    try:
+        dead = checkpoints.temp_path(str(folder / 'G.pth')).rsplit('-', 1)[0] + f'-{dead_pid()}'
+        running = dead.rsplit('-', 1)[0] + f'-{live.pid}'
+        other = str(folder / f'D.pth.tmp-otherhost-{dead_pid()}')
+        sheet = checkpoints.temp_path(str(sheets / 'samples0.jpg')).rsplit('-', 1)[0] + '-1'
+        scratch = dead.replace('G.pth', 'samples.npz.parts')
+        for path in (dead, running, other, sheet):
+            open(path, 'w').close()
+        os.makedirs(scratch)
+        train.run(vars(utils.prepare_parser().parse_args(run_flags(
+            data_root, str(out), NAME, '--total_itrs', '1', '--save_every', '0'))))
+        assert not os.path.exists(dead) and not os.path.exists(scratch)
+        assert os.path.exists(running) and os.path.exists(other)
+        # pid 1 runs (init), so a file claiming it is kept.
+        assert os.path.exists(sheet)
+    finally:
+        live.kill()
+
+
+def test_make_hdf5_removes_its_own_stale_partial(tmp_path):
+    out = tmp_path / 'S32.hdf5'
+    stale = checkpoints.temp_path(str(out)).rsplit('-', 1)[0] + f'-{dead_pid()}'
+    someone_elses = checkpoints.temp_path(str(tmp_path / 'other.hdf5')).rsplit(
+        '-', 1)[0] + f'-{dead_pid()}'
+    for path in (stale, someone_elses):
+        open(path, 'w').close()
+    s32 = tmp_path / 'S32'
+    s32.mkdir()
+    np.savez(s32 / 'S32_seed0.npz', imgs=np.zeros((20, 32, 32, 3), np.uint8),
+             labels=np.arange(20) % 10)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets, 'S32_DEFAULT_PER_CLASS', 2)
+        make_hdf5.main(['--dataset', 'S32', '--data_root', str(tmp_path), '--no_progress',
+                        '--num_workers', '0'])
+    assert out.exists() and not os.path.exists(stale)
+    assert os.path.exists(someone_elses)  # another output's temporary is not ours to judge
+
+
+def test_kills_during_saves_leave_no_litter(data_root, tmp_path):
+    """SIGKILL a run that saves every iteration, several times; each restart removes what the
+    killed one left, and the latest checkpoint always loads."""
+    out = tmp_path / 'out'
+    argv = [sys.executable, os.path.join(ROOT, 'train.py')] + run_flags(
+        data_root, str(out), NAME, '--save_every', '1', '--total_itrs', '100000')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    folder = out / 'weights' / NAME
+    for attempt in range(3):
+        proc = subprocess.Popen(argv + (['--resume'] if attempt else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        deadline = time.time() + 120
+        while not (folder / 'state_dict.pth').exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0 + 0.37 * attempt)  # a few more saves, then a kill somewhere in one
+        proc.kill()
+        proc.wait()
+        G, D, G_ema = tiny_models(tiny_config('--ema'), 0)
+        utils.load_weights(G, D, {}, str(out / 'weights'), NAME, G_ema=G_ema)
+    train.run(vars(utils.prepare_parser().parse_args(run_flags(
+        data_root, str(out), NAME, '--save_every', '1', '--resume',
+        '--total_itrs', str(checkpoints.torch_load(str(folder / 'state_dict.pth'))['itr'] + 1)))))
+    leftovers = [p for p in glob.glob(str(out / '**'), recursive=True) if '.tmp-' in p]
+    assert not leftovers
+
+
+def poison_at(itr, nets):
+    """A wrapper for train_fns.GAN_training_function whose step fills nets' weights with NaN
+    before iteration itr."""
+    real = train.train_fns.GAN_training_function
+
+    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
+        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+        models = {'G': G, 'D': D, 'G_ema': ema.target if ema else None}
+
+        def train_(x, y):
+            if state_dict['itr'] == itr:
+                with torch.no_grad():
+                    for name in nets:
+                        next(models[name].parameters()).fill_(float('nan'))
+            return step(x, y)
+        return train_
+    return make
+
+
+def test_nan_stops_run_and_keeps_last_checkpoint(data_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--save_every', '2', '--total_itrs', '6')
+    monkeypatch.setattr(train.train_fns, 'GAN_training_function', poison_at(3, ['D']))
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert 'diverged at iteration 3' in line and f"{out / 'weights' / NAME} (itr 2)" in line
+    saved = checkpoints.torch_load(str(out / 'weights' / NAME / 'state_dict.pth'))
+    assert saved['itr'] == 2
+    for name in ('G', 'D', 'G_ema'):
+        weights = checkpoints.torch_load(str(out / 'weights' / NAME / f'{name}.pth'))
+        assert checkpoints.first_nonfinite(weights) is None
+
+
+def test_nan_in_ema_only_is_never_saved(data_root, tmp_path, capsys, monkeypatch):
+    """Finite losses but a NaN G_ema: the save refuses and the run stops."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--save_every', '2', '--total_itrs', '6')
+    # The EMA keeps the NaN: 0 * NaN is NaN, whatever the decay.
+    monkeypatch.setattr(train.train_fns, 'GAN_training_function', poison_at(3, ['G_ema']))
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert 'not saving iteration 4' in line and 'G_ema' in line and '(itr 2)' in line
+    assert checkpoints.torch_load(str(out / 'weights' / NAME / 'state_dict.pth'))['itr'] == 2
+
+
+def test_full_disk_during_save(data_root, tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing the second checkpoint: the first stays whole and loadable, no
+    partial file is left, the run stops with one line."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--save_every', '2', '--total_itrs', '6',
+                     '--num_save_copies', '0')
+    real, calls = torch.save, []
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 9:  # the second set, its third file
+            with open(f, 'wb') as half:
+                half.write(b'\0' * 100)
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', full_disk)
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert 'No space left on device' in line and 'iteration 4' in line
+    monkeypatch.undo()
+    folder = out / 'weights' / NAME
+    assert sorted(os.listdir(folder)) == sorted(f'{n}.pth' for n in CHECKPOINT_FILES)
+    G, D, G_ema = tiny_models(tiny_config('--ema'), 0)
+    state = {}
+    utils.load_weights(G, D, state, str(out / 'weights'), NAME, G_ema=G_ema)
+    assert state['itr'] == 2
+
+
+FAIL_ON_RANK1 = '''
+import sys
+sys.path.insert(0, {root!r})
+import train, train_fns
+real = train_fns.GAN_training_function
+def failing(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
+    step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+    def train_(x, y):
+        import torch.distributed as dist
+        if dist.get_rank() == 1 and state_dict['itr'] == 4:
+            raise RuntimeError('injected failure on rank 1')
+        return step(x, y)
+    return train_
+train_fns.GAN_training_function = failing
+train.main()
+'''
+
+
+def test_torchrun_rank_failure_ends_the_job(data_root, tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    script = tmp_path / 'fail.py'
+    script.write_text(FAIL_ON_RANK1.format(root=ROOT))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+           '2', str(script)] + run_flags(data_root, str(out), NAME, '--save_every', '2',
+                                          '--total_itrs', '100')
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=str(out), env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                          capture_output=True, text=True, timeout=240)
+    took = time.time() - start
+    assert proc.returncode != 0
+    assert 'injected failure on rank 1' in proc.stderr + proc.stdout
+    assert took < 120, took  # bounded: no hang in a collective
+    state = {}
+    utils.load_weights(None, None, state, str(out / 'weights'), NAME, load_optim=False)
+    assert state['itr'] == 2
+
+
+# ----------------------------------------------------------------------------
+# 4. Outputs get normal file modes.
+
+def test_outputs_respect_umask(data_root, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / 'out'
+        train.run(vars(utils.prepare_parser().parse_args(run_flags(
+            data_root, str(out), NAME, '--total_itrs', '2', '--save_every', '2'))))
+        sample.main(sample_argv(data_root, out, '--sample_npz', '--sample_num_npz', '4'))
+        inception_utils.save_inception_moments(str(tmp_path / 'm.npz'), np.zeros(2), np.eye(2),
+                                               'torchvision')
+        make_hdf5.write_hdf5(str(tmp_path / 'x.hdf5'),
+                             [(np.zeros((2, 3, 8, 8), np.uint8), np.zeros(2), [])], 2, 8,
+                             {'compression': False, 'compression_filter': 'lzf',
+                              'chunk_size': 2, 'no_progress': True, 'skip_bad': False})
+        files = [p for p in glob.glob(str(tmp_path / '**'), recursive=True) if os.path.isfile(p)]
+        assert len(files) > 20
+        modes = {os.path.relpath(p, str(tmp_path)): oct(os.stat(p).st_mode & 0o777)
+                 for p in files}
+        assert set(modes.values()) == {'0o644'}, modes
+    finally:
+        os.umask(old)
+
+
+def test_host_name_in_temp_pattern():
+    """Temporary names carry this host, so a shared file system's other nodes are left be."""
+    name = checkpoints.temp_path('/x/G.pth')
+    m = checkpoints._TEMP.match(os.path.basename(name))
+    assert m and m['target'] == 'G.pth' and int(m['pid']) == os.getpid()
+    assert m['host'] == checkpoints._HOST and m['host'][:1] == socket.gethostname()[:1]
+
+
+def test_sigterm_unwinds_and_cleans_up(tmp_path):
+    """run_cli turns SIGTERM into an unwinding exit (status 143) so temporary files go."""
+    target = tmp_path / 'big.bin'
+
+    def run(config):
+        with checkpoints.atomic_open(str(target)) as f:
+            f.write(b'x')
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    parser = flags.new_parser('t')
+    with pytest.raises(SystemExit) as info:
+        flags.run_cli(run, parser, [])
+    assert info.value.code == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []

@@ -177,42 +177,128 @@ def local_batch_stats():
         _LOCAL_STATS.pop()
 
 
-def batch_moments(x, cross_replica=False):
-    """Per-channel mean and biased variance of x in float32, over all ranks if cross_replica."""
-    float_x = x.float()
+def spans_ranks(cross_replica):
+    """Whether BN statistics span every rank: cross_replica under a process group, outside
+    local_batch_stats."""
+    return (cross_replica and not _LOCAL_STATS[-1] and dist.is_available()
+            and dist.is_initialized())
+
+
+def _wide(t):
+    """t in float32 at least (float64 stays float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def batch_moments(x):
+    """Per-channel mean and biased variance of x in float32, as the release's manual_bn."""
+    float_x = _wide(x)
     m = torch.mean(float_x, [0, 2, 3], keepdim=True)
     m2 = torch.mean(float_x ** 2, [0, 2, 3], keepdim=True)
-    if (cross_replica and not _LOCAL_STATS[-1] and dist.is_available()
-            and dist.is_initialized()):
-        # Averaging E[x] and E[x^2] over equal-sized replicas gives the statistics of the
-        # concatenated batch; AllReduceSum's backward makes the gradients match too.
-        world = dist.get_world_size()
-        m, m2 = (t / world for t in AllReduceSum.apply(torch.cat([m, m2], 0)).chunk(2, 0))
     return m, m2 - m ** 2
 
 
-class AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose gradient is the sum of every rank's gradient."""
+class _CPUSyncBNOps:
+    """CPU versions of the CUDA-only kernels torch.nn.SyncBatchNorm uses, same signatures.
+
+    Statistics are per-channel float32 (mean, invstd); counts are elements per channel.
+    """
 
     @staticmethod
-    def forward(ctx, x):
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
+    def batch_norm_stats(x, eps):
+        var, mean = torch.var_mean(_wide(x), [0, 2, 3], correction=0)
+        return mean, torch.rsqrt(var + eps)
 
     @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+    def batch_norm_gather_stats_with_counts(ref, mean_all, invstd_all, running_mean, running_var,
+                                            momentum, eps, counts):
+        # Chan et al.'s merge: M2 = sum_r [M2_r + n_r (mean_r - mean)^2], never E[x^2] - E[x]^2.
+        n = counts.view(-1, 1)
+        mean = (n * mean_all).sum(0) / n.sum()
+        m2 = (n * (invstd_all.pow(-2) - eps + (mean_all - mean) ** 2)).sum(0)
+        return mean, torch.rsqrt(m2 / n.sum() + eps)
+
+    @staticmethod
+    def batch_norm_elemt(x, weight, bias, mean, invstd, eps):
+        return ((_wide(x) - mean[:, None, None]) * invstd[:, None, None]).to(x.dtype)
+
+    @staticmethod
+    def batch_norm_backward_reduce(dy, x, mean, invstd, weight, input_g, weight_g, bias_g):
+        dy = _wide(dy)
+        xmu = _wide(x) - mean[:, None, None]
+        return dy.sum([0, 2, 3]), (dy * xmu).sum([0, 2, 3]), None, None
+
+    @staticmethod
+    def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts):
+        n = counts.sum()
+        xmu = _wide(x) - mean[:, None, None]
+        factor = (invstd ** 2 * sum_dy_xmu / n)[:, None, None]
+        return ((_wide(dy) - (sum_dy / n)[:, None, None] - xmu * factor)
+                * invstd[:, None, None]).to(dy.dtype)
+
+
+class SyncBN(torch.autograd.Function):
+    """Batch norm without affine terms whose statistics span every rank if across_ranks.
+
+    As torch.nn.SyncBatchNorm: each rank's count, mean and invstd are gathered and merged
+    (counts, means and centred second moments), and backward all-reduces the centred sums of dy
+    and dy * (x - mean), so float32 stays accurate for non-centred activations; ranks may hold
+    different batch sizes. CUDA runs PyTorch's fused kernels, CPU their equivalents above.
+    Without across_ranks it normalises with this process's batch. Returns the normalised x and,
+    without gradients, the float32 batch mean, biased variance and element count per channel.
+    """
+
+    @staticmethod
+    def forward(ctx, x, eps, across_ranks):
+        ops = torch if x.is_cuda else _CPUSyncBNOps
+        if x.is_cuda and not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous()
+        mean, invstd = ops.batch_norm_stats(x, eps)
+        count = torch.full((1,), x.numel() // x.size(1), dtype=mean.dtype, device=x.device)
+        stats = torch.cat([mean, invstd, count])  # (2C + 1,)
+        if across_ranks:
+            parts = [torch.empty_like(stats) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, stats)
+            stats = torch.stack(parts)  # (world, 2C + 1)
+        mean_all, invstd_all, counts = stats.view(-1, stats.size(-1)).split(mean.numel(), 1)
+        # The first argument only sets the counts' dtype (without running stats): float32, not
+        # x's, so counts stay exact under autocast.
+        mean, invstd = ops.batch_norm_gather_stats_with_counts(
+            mean_all, mean_all, invstd_all, None, None, 0.0, eps, counts.view(-1))
+        counts = counts.view(-1).to(torch.int32)
+        ctx.save_for_backward(x, mean, invstd, counts)
+        ctx.across_ranks = across_ranks
+        var, n = invstd.pow(-2) - eps, counts.sum()
+        ctx.mark_non_differentiable(mean, var, n)
+        return ops.batch_norm_elemt(x, None, None, mean, invstd, eps), mean, var, n
+
+    @staticmethod
+    def backward(ctx, dy, *_):
+        x, mean, invstd, counts = ctx.saved_tensors
+        ops = torch if x.is_cuda else _CPUSyncBNOps
+        if x.is_cuda and not dy.is_contiguous(memory_format=torch.channels_last):
+            dy = dy.contiguous()
+        sum_dy, sum_dy_xmu, _, _ = ops.batch_norm_backward_reduce(
+            dy, x, mean, invstd, None, True, False, False)
+        if ctx.across_ranks:
+            sums = torch.cat([sum_dy, sum_dy_xmu])
+            dist.all_reduce(sums)
+            sum_dy, sum_dy_xmu = sums.chunk(2)
+        dx = ops.batch_norm_backward_elemt(dy, x, mean, invstd, None, sum_dy, sum_dy_xmu, counts)
+        return dx, None, None
 
 
 def manual_bn(x, gain=None, bias=None, return_mean_var=False, eps=1e-5, cross_replica=False):
     """Batch norm computed by hand in float32 (so stats are exact under mixed precision)."""
-    m, var = batch_moments(x, cross_replica)
-    out = fused_bn(x, m.to(x.dtype), var.to(x.dtype), gain, bias, eps)
+    if not spans_ranks(cross_replica):
+        m, var = batch_moments(x)
+        out = fused_bn(x, m.to(x.dtype), var.to(x.dtype), gain, bias, eps)
+        m, var = m.squeeze(), var.squeeze()
+    else:
+        out, m, var, _ = SyncBN.apply(x, eps, True)
+        out = out if gain is None else out * gain
+        out = out if bias is None else out + bias
     if return_mean_var:
-        return out, m.squeeze(), var.squeeze()
+        return out, m, var
     return out
 
 
@@ -259,18 +345,16 @@ def sync_batch_norm(x, running_mean, running_var, training, momentum=0.1, eps=1e
     """F.batch_norm without affine terms whose batch statistics span every DDP rank.
 
     It keeps the same buffers as the plain path, so one checkpoint serves with and without
-    `--cross_replica`; on a single process it equals F.batch_norm.
+    `--cross_replica`; without a process group (or inside local_batch_stats) it is F.batch_norm.
     """
-    if not training:
-        return F.batch_norm(x, running_mean, running_var, None, None, False, momentum, eps)
-    m, var = batch_moments(x, cross_replica=True)
+    if not spans_ranks(cross_replica=training):
+        return F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
+    out, m, var, n = SyncBN.apply(x, eps, True)
     with torch.no_grad():
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        n = world * x.numel() // x.size(1)
-        running_mean.mul_(1 - momentum).add_(m.flatten(), alpha=momentum)
+        running_mean.mul_(1 - momentum).add_(m, alpha=momentum)
         # Running variance is unbiased, as F.batch_norm keeps it.
-        running_var.mul_(1 - momentum).add_(var.flatten(), alpha=momentum * n / max(n - 1, 1))
-    return fused_bn(x, m.to(x.dtype), var.to(x.dtype), eps=eps)
+        running_var.mul_(1 - momentum).add_(var * (momentum * n / (n - 1).clamp(min=1)))
+    return out
 
 
 def groupnorm(x, norm_style):

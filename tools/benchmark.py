@@ -13,7 +13,8 @@ cache cannot help another): `--warmup` untimed iterations, then `--reps` timed r
 Columns: images/s = real images consumed per second (D's batch: batch_size x num_D_steps x
 num_D_accumulations per iteration); it/s; peak memory (CUDA max_memory_allocated on GPU; on CPU
 the process's peak RSS, ru_maxrss, which includes the Python/torch runtime); x fp32 = images/s
-relative to the float32 eager mode (`fp32`) of the same run.
+relative to the float32 eager mode (`fp32`) of the same run. `--budget` caps the whole run
+(tools/gpu_check.sh uses it); `--ch` shrinks the widths (its dry run on CPU).
 
 Modes are '+'-joined switches:
   fp32      float32 eager, the default training path (foreach Adam, foreach EMA)
@@ -111,6 +112,8 @@ def child(args):
     argv = CONFIGS[args.config] + flags + ['--device', args.device]
     if args.batch_size:
         argv += ['--batch_size', str(args.batch_size)]
+    if args.ch:
+        argv += ['--G_ch', str(args.ch), '--D_ch', str(args.ch)]
     if args.num_D_steps:
         argv += ['--num_D_steps', str(args.num_D_steps)]
     config = utils.prepare_config(vars(utils.prepare_parser().parse_args(argv)))
@@ -190,6 +193,9 @@ def main():
     p.add_argument('--itrs', type=int, default=1, help='iterations per repetition')
     p.add_argument('--batch_size', type=int, default=0, help='override the config\'s batch')
     p.add_argument('--num_D_steps', type=int, default=0, help='override the config\'s D steps')
+    p.add_argument('--ch', type=int, default=0, help='override G_ch and D_ch (e.g. a dry run)')
+    p.add_argument('--budget', type=float, default=0,
+                   help='seconds for all modes together; a mode gets what is left (0: no limit)')
     p.add_argument('--device', default='', help='cuda, cpu, ... (default: CUDA if available)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s)')
     p.add_argument('--json', default='', help='also write the results to this file')
@@ -202,6 +208,7 @@ def main():
         return child(args)
 
     results = []
+    deadline = time.monotonic() + args.budget if args.budget else None
     load = ' '.join(f'{v:.2f}' for v in os.getloadavg())
     print(f'config {args.config} on {args.device}; {args.warmup} warm-up + {args.reps} x '
           f'{args.itrs} timed iterations per mode; load {load}', flush=True)
@@ -212,10 +219,18 @@ def main():
                 print(f'skip {mode}: fp16 autocast unsupported here ({reason})')
                 continue
         cmd = [sys.executable, os.path.abspath(__file__), '--mode', mode]
-        for key in ('config', 'warmup', 'reps', 'itrs', 'batch_size', 'num_D_steps', 'device',
-                    'threads'):
+        for key in ('config', 'warmup', 'reps', 'itrs', 'batch_size', 'num_D_steps', 'ch',
+                    'device', 'threads'):
             cmd += ['--' + key, str(getattr(args, key))]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        left = deadline - time.monotonic() if deadline else None
+        if left is not None and left < 1:
+            print(f'skip {mode}: the --budget is spent')
+            continue
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=left)
+        except subprocess.TimeoutExpired:
+            print(f'mode {mode} stopped: over the --budget of {args.budget:g} s')
+            continue
         lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
         if proc.returncode != 0 or not lines:
             print(f'mode {mode} failed:\n{(proc.stdout + proc.stderr)[-2000:]}')

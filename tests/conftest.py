@@ -95,3 +95,45 @@ def penalty_grad(w, offdiag):
     pen = 0.5 * ((gram * (1 - eye)) if offdiag else (gram - eye)).pow(2).sum()
     pen.backward()
     return w.grad
+
+
+def metrics_setup(tmp, device, n_classes=10):
+    """An n_classes image folder, random tf_fid Inception weights on disk, and the folder's
+    moments computed on device: (folder, weights, data_root)."""
+    import numpy as np
+    from PIL import Image
+
+    import calculate_inception_moments
+    import inception_utils
+    folder = tmp / 'images'
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        (folder / f'class{c}').mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f'class{c}' / f'{i}.png')
+    weights = tmp / 'fid_inception.pth'
+    torch.manual_seed(0)
+    torch.save(inception_utils.build_inception_net('tf_fid').state_dict(), weights)
+    data_root = tmp / 'data'
+    data_root.mkdir()
+    calculate_inception_moments.run({
+        'dataset': 'custom', 'data_root': str(data_root), 'batch_size': 10, 'parallel': False,
+        'augment': False, 'num_workers': 0, 'shuffle': False, 'seed': 0,
+        'inception_backend': 'tf_fid', 'inception_weights': str(weights), 'device': device,
+        'dataset_root': str(folder), 'resolution': 32, 'n_classes': n_classes,
+        'kid_feats': 20})
+    return folder, weights, data_root
+
+
+class FakeInception(torch.nn.Module):
+    """A cheap stand-in for a wrapped Inception: (pool (N, 8), logits (N, 5))."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        """Pool = first 8 pixels, logits = a linear map of them."""
+        pool = x.flatten(1)[:, :8]
+        return pool, self.fc(pool)

@@ -25,14 +25,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image
 
-import calculate_inception_moments
 import inception_utils
 import layers
 import sample
 import train
 import train_fns
 import utils
-from conftest import TINY_FLAGS, tiny_config
+from conftest import TINY_FLAGS, metrics_setup, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
@@ -182,24 +181,7 @@ def test_one_process_nccl_ddp_step(no_tf32, monkeypatch):
 def cuda_setup(tmp_path_factory):
     """A 10-class image folder, random tf_fid weights on disk, and its moments made on CUDA."""
     tmp = tmp_path_factory.mktemp('cuda')
-    folder = tmp / 'images'
-    rng = np.random.default_rng(0)
-    for c in range(N_CLASSES):
-        (folder / (f'class{c}')).mkdir(parents=True)
-        for i in range(2):
-            pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / (f'class{c}') / (f'{i}.png'))
-    weights = tmp / 'fid_inception.pth'
-    torch.manual_seed(0)
-    torch.save(inception_utils.build_inception_net('tf_fid').state_dict(), weights)
-    data_root = tmp / 'data'
-    data_root.mkdir()
-    calculate_inception_moments.run({
-        'dataset': 'custom', 'data_root': str(data_root), 'batch_size': 10, 'parallel': False,
-        'augment': False, 'num_workers': 0, 'shuffle': False, 'seed': 0,
-        'inception_backend': 'tf_fid', 'inception_weights': str(weights), 'device': 'cuda',
-        'dataset_root': str(folder), 'resolution': 32, 'n_classes': N_CLASSES,
-        'kid_feats': 20})
+    folder, weights, data_root = metrics_setup(tmp, 'cuda', N_CLASSES)
     return tmp, folder, weights, data_root
 
 

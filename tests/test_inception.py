@@ -11,6 +11,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import inception_utils as iu
+from conftest import FakeInception
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 
@@ -49,19 +50,6 @@ def random_cov(dim, cond, rng):
     """SPD matrix with a log-uniform spectrum of the given condition."""
     q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     return (q * np.logspace(0, -np.log10(cond), dim)) @ q.T
-
-
-class FakeNet(nn.Module):
-    """Cheap stand-in for a wrapped Inception: (pool (N, 8), logits (N, 5))."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        """Pool = first 8 pixels, logits = a linear map of them."""
-        pool = x.flatten(1)[:, :8]
-        return pool, self.fc(pool)
 
 
 class CountingSampler:
@@ -454,7 +442,7 @@ def test_missing_moments_names_the_command(tmp_path, monkeypatch):
 
 def test_accumulate_gives_exactly_the_number_asked():
     torch.manual_seed(0)
-    net, sample = FakeNet(), CountingSampler(batch=4)
+    net, sample = FakeInception(), CountingSampler(batch=4)
     pool, probs, labels = iu.accumulate_inception_activations(sample, net, 10)
     assert pool.shape == (10, 8) and probs.shape == (10, 5) and labels.shape == (10,)
     torch.testing.assert_close(probs.sum(1), torch.ones(10))
@@ -463,7 +451,7 @@ def test_accumulate_gives_exactly_the_number_asked():
 
 def test_inception_runs_in_float32_under_autocast():
     # G may sample under --amp; the features compared with float32 moments must not.
-    net = FakeNet()
+    net = FakeInception()
     plain = iu.accumulate_inception_activations(CountingSampler(batch=4), net, 8)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         amp = iu.accumulate_inception_activations(CountingSampler(batch=4), net, 8)
@@ -474,9 +462,9 @@ def test_inception_runs_in_float32_under_autocast():
 
 @pytest.fixture
 def fake_metrics_setup(tmp_path, monkeypatch):
-    """Moments for FakeNet's 8-d features and a patched network loader."""
+    """Moments for FakeInception's 8-d features and a patched network loader."""
     torch.manual_seed(0)
-    net = FakeNet()
+    net = FakeInception()
     monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: net)
     rng = np.random.default_rng(9)
     real = rng.uniform(-1, 1, (40, 8))
@@ -531,7 +519,7 @@ def test_get_inception_metrics_with_kid(fake_metrics_setup):
 
 def test_no_fid_needs_no_moments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: FakeNet())
+    monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: FakeInception())
     get_metrics = iu.prepare_inception_metrics(
         'C10_hdf5', False, no_fid=True, data_root=str(tmp_path))
     is_mean, _, fid = get_metrics(CountingSampler(), 4, num_splits=2,
@@ -558,7 +546,7 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch):
     monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
     monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
     torch.manual_seed(0)
-    net = FakeNet()
+    net = FakeInception()
     monkeypatch.setattr(iu, 'check_inception_weights', lambda *a: 'x')
     monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: net)
     config = vars(cim.prepare_parser().parse_args(

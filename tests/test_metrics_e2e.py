@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import calculate_inception_moments
 import inception_utils
 import sample
 import train
 import utils
-from conftest import ROOT, TINY_FLAGS
+from conftest import ROOT, TINY_FLAGS, metrics_setup
 
 N_CLASSES = 10
 
@@ -24,24 +23,7 @@ N_CLASSES = 10
 def setup(tmp_path_factory):
     """A 10-class image folder, random tf_fid weights on disk and the folder's moments."""
     tmp = tmp_path_factory.mktemp('e2e')
-    folder = tmp / 'images'
-    rng = np.random.default_rng(0)
-    for c in range(N_CLASSES):
-        (folder / (f'class{c}')).mkdir(parents=True)
-        for i in range(2):
-            pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / (f'class{c}') / (f'{i}.png'))
-    weights = tmp / 'fid_inception.pth'
-    torch.manual_seed(0)
-    torch.save(inception_utils.build_inception_net('tf_fid').state_dict(), weights)
-    data_root = tmp / 'data'
-    data_root.mkdir()
-    calculate_inception_moments.run({
-        'dataset': 'custom', 'data_root': str(data_root), 'batch_size': 10, 'parallel': False,
-        'augment': False, 'num_workers': 0, 'shuffle': False, 'seed': 0,
-        'inception_backend': 'tf_fid', 'inception_weights': str(weights), 'device': 'cpu',
-        'dataset_root': str(folder), 'resolution': 32, 'n_classes': N_CLASSES,
-        'kid_feats': 20})
+    folder, weights, data_root = metrics_setup(tmp, 'cpu', N_CLASSES)
     return tmp, folder, weights, data_root
 
 

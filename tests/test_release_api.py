@@ -11,12 +11,12 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import BigGAN
 import inception_utils
 import train_fns
 import utils
+from conftest import FakeInception
 
 FLAGS = ['--dataset', 'S32', '--G_ch', '4', '--D_ch', '4', '--batch_size', '4', '--G_attn', '0',
          '--D_attn', '0', '--dim_z', '8', '--G_shared', '--shared_dim', '8', '--hier', '--ema',
@@ -40,18 +40,6 @@ def release_config(root, sampling=False):
         config['skip_init'] = True
         config['no_optim'] = True
     return config
-
-
-class FakeInception(nn.Module):
-    """A cheap stand-in for the wrapped Inception: (pool (N, 8), logits (N, 5))."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        pool = x.flatten(1)[:, :8]
-        return pool, self.fc(pool)
 
 
 def test_release_style_training_calls(tmp_path, monkeypatch):

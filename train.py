@@ -110,6 +110,8 @@ def run(config):
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
+    # --tensorboard: rank 0 mirrors its logs and sheets to logs_root/experiment_name/tb.
+    tb = utils.TensorBoardLogger.for_run(config, experiment_name, rank)
 
     # Inception weights and moments are checked before any training, so a missing file
     # fails now rather than at the first test.
@@ -204,11 +206,14 @@ def run(config):
                 metrics = train(x, y)
                 if rank == 0:
                     train_log.log(itr=int(state_dict['itr']), **metrics)
+                    svs = {}
                     if (config['sv_log_interval'] > 0
                             and not state_dict['itr'] % config['sv_log_interval']):
-                        train_log.log(itr=int(state_dict['itr']),
-                                      **{**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')})
+                        svs = {**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')}
+                        train_log.log(itr=int(state_dict['itr']), **svs)
                     batches.set_postfix(metrics)
+                    tb.log_train(state_dict['itr'], metrics, svs, D_batch_size * world_size,
+                                 G=G.optim, D=D.optim)
 
                 itr = state_dict['itr']
                 testing = config['test_every'] > 0 and not itr % config['test_every']
@@ -218,11 +223,13 @@ def run(config):
                     state_dict.update(precision.state_dict())
                 if testing:
                     # Test before saving, so a checkpoint of this iteration holds the result.
-                    train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
-                                   get_inception_metrics, experiment_name, test_log)
+                    record = train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
+                                            get_inception_metrics, experiment_name, test_log)
+                    tb.scalars(itr, 'test', record)
                 if saving:
                     train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y,
                                               state_dict, config, experiment_name)
+                    tb.after_save(itr, config['samples_root'], experiment_name)
                 if finished(state_dict, config) or stop:
                     break
             if finished(state_dict, config) or stop:
@@ -238,6 +245,8 @@ def run(config):
         state_dict.update(precision.state_dict())
         train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                                   experiment_name)
+        tb.after_save(state_dict['itr'], config['samples_root'], experiment_name)
+    tb.close()
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return state_dict

@@ -185,6 +185,7 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
          experiment_name, test_log):
     """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line.
+    Returns the metrics logged ({'IS_mean', 'IS_std', 'FID', ...}).
 
     Under DDP every rank calls it: the metrics come from every rank's samples.
     """
@@ -214,6 +215,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            'best%d' % slot, G_ema if config['ema'] else None)
+    record = {'IS_mean': float(IS_mean), 'IS_std': float(IS_std), 'FID': float(FID),
+              **{k: float(v) for k, v in extra.items()}}
     if rank0:
-        test_log.log(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
-                     FID=float(FID), **{k: float(v) for k, v in extra.items()})
+        test_log.log(itr=int(state_dict['itr']), **record)
+    return record

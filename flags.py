@@ -59,6 +59,7 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
+    '--tensorboard',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
@@ -272,6 +273,10 @@ TRAIN_FLAGS = {
                                 help="Local file with the Inception weights ('': torch hub's "
                                      'cache)'),
     '--kid': dict(action='store_true', default=False, help='Also report KID beside FID'),
+    '--tensorboard': dict(action='store_true', default=False,
+                          help='Also write losses, metrics, singular values, learning rates, '
+                               'images/s and sample sheets for TensorBoard to '
+                               'logs_root/experiment_name/tb (needs the tensorboard package)'),
 }
 
 SAMPLE_FLAGS = {

@@ -112,6 +112,8 @@ def run(config):
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
+    # --tensorboard: rank 0 mirrors its logs and sheets to logs_root/experiment_name/tb.
+    tb = utils.TensorBoardLogger.for_run(config, experiment_name, rank)
 
     # Check the metrics' Inception weights and moments now, so a missing file fails before any
     # training rather than at the first test.
@@ -201,11 +203,13 @@ def run(config):
         state_dict.update(precision.state_dict())
         if testing:
             # Test before saving, so a checkpoint of this iteration holds the result.
-            train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample, measure,
-                           experiment_name, test_log)
+            metrics = train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample, measure,
+                                     experiment_name, test_log)
+            tb.scalars(state_dict['itr'], 'test', metrics)
         if saving:
             train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                                       experiment_name)
+            tb.after_save(state_dict['itr'], config['samples_root'], experiment_name)
 
     # Train. Under torchrun the launcher owns signals; a lone process stops cleanly on them.
     start_itr = state_dict['itr']
@@ -222,9 +226,12 @@ def run(config):
             metrics = train(x, y)
             if rank == 0:
                 train_log.log(itr=itr, **metrics)
+                svs = {}
                 if config['sv_log_interval'] > 0 and not itr % config['sv_log_interval']:
-                    train_log.log(itr=itr, **utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D'))
+                    svs = {**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')}
+                    train_log.log(itr=itr, **svs)
                 bar.set_postfix(metrics)
+                tb.log_train(itr, metrics, svs, D_batch_size * world_size, G=G.optim, D=D.optim)
             # The losses are on the host already: a NaN stops the run before it is saved.
             check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
                               experiment_name)
@@ -240,6 +247,7 @@ def run(config):
     itr = state_dict['itr']
     if config['save_every'] > 0 and itr > start_itr and itr % config['save_every']:
         evaluate_and_save(testing=False, saving=True)
+    tb.close()
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return state_dict

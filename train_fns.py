@@ -169,8 +169,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line.
 
     get_inception_metrics returns a dict (inception_utils.prepare_metrics) or the release's
-    (IS_mean, IS_std, FID). Under DDP every rank calls it: the metrics come from every rank's
-    samples.
+    (IS_mean, IS_std, FID). Returns the metrics logged ({'IS_mean', 'IS_std', 'FID', ...}).
+    Under DDP every rank calls it: the metrics come from every rank's samples.
     """
     G_sample = which_G(G, G_ema, config)
     with utils.sampling(G_sample, z_, y_, config):
@@ -195,3 +195,4 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
                            f'best{slot}', G_ema if config['ema'] else None)
     if rank0:
         test_log.log(itr=int(state_dict['itr']), **metrics)
+    return metrics

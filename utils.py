@@ -306,6 +306,121 @@ class MyLogger(object):
                 f.write(f'{itr}: {self.logstyle % kwargs[arg]}\n')
 
 
+class TensorBoardLogger(object):
+    """Mirrors a run's logs into TensorBoard event files in log_dir (rank 0 only).
+
+    Off (every method does nothing) when log_dir is None. The event file is created at the
+    first write, so a run that fails its checks leaves none; a fresh run removes old event
+    files first, as MyLogger removes old logs. Events reach the disk at each after_save() and
+    every two minutes.
+    """
+
+    def __init__(self, log_dir=None, reinitialize=False):
+        self.log_dir, self.reinitialize = log_dir, reinitialize
+        self.writer = None
+        self.last = None  # (time, itr) of the previous log_train, for images/s
+        if log_dir is not None:
+            self.proto = tensorboard_modules()
+
+    @classmethod
+    def for_run(cls, config, experiment_name, rank):
+        """The run's logger: off without --tensorboard and on ranks other than 0. Every rank
+        checks the package, so a missing one stops them all before anything is written."""
+        if not config.get('tensorboard'):
+            return cls()
+        tensorboard_modules()
+        if rank != 0:
+            return cls()
+        return cls(f"{config['logs_root']}/{experiment_name}/tb",
+                   reinitialize=not config['resume'])
+
+    def write(self, step, values, wall_time=None):
+        """One event at step (and wall_time, default now) holding values, Summary.Values."""
+        if self.log_dir is None:
+            return
+        event_pb2, summary_pb2, EventFileWriter = self.proto
+        if self.writer is None:
+            if self.reinitialize and os.path.isdir(self.log_dir):
+                for name in os.listdir(self.log_dir):
+                    if name.startswith('events.out.tfevents.'):
+                        os.remove(os.path.join(self.log_dir, name))
+            self.writer = EventFileWriter(self.log_dir)
+            if not self.reinitialize:
+                # A resumed run: TensorBoard drops older events from this step on, which the
+                # interrupted run logged after its last checkpoint.
+                self.writer.add_event(event_pb2.Event(
+                    step=step, session_log=event_pb2.SessionLog(
+                        status=event_pb2.SessionLog.START)))
+        self.writer.add_event(event_pb2.Event(wall_time=wall_time or time.time(), step=step,
+                                              summary=summary_pb2.Summary(value=values)))
+
+    def summary_values(self, group, values):
+        """Summary.Values for {name: number}, tagged group/name."""
+        Value = self.proto[1].Summary.Value
+        return [Value(tag=f'{group}/{k}', simple_value=float(v)) for k, v in values.items()]
+
+    def scalars(self, step, group, values):
+        """values {name: number} as scalars group/name, in one event."""
+        if self.log_dir is not None and values:
+            self.write(step, self.summary_values(group, values))
+
+    def log_train(self, itr, metrics, svs, images, **optims):
+        """One iteration in one event: losses, singular values (when logged), learning rates
+        and images/s (images per iteration over the time since the previous call)."""
+        if self.log_dir is None:
+            return
+        groups = {'train': metrics, 'sv': svs,
+                  'lr': {k: o.param_groups[0]['lr'] for k, o in optims.items()}}
+        now = time.time()
+        if self.last is not None and now > self.last[0]:
+            groups['speed'] = {'images_per_s': images * (itr - self.last[1]) / (now - self.last[0])}
+        self.last = (now, itr)
+        self.write(itr, [v for group, values in groups.items()
+                         for v in self.summary_values(group, values)], wall_time=now)
+
+    def after_save(self, itr, samples_root, experiment_name):
+        """After a save: its fixed-z sheet and first class sheet, as the JPEGs written (the
+        other class sheets and interpolations would grow the event file by megabytes a save),
+        then everything to disk, so a killed run keeps what it logged up to its checkpoint."""
+        if self.log_dir is None:
+            return
+        from PIL import Image
+        Summary = self.proto[1].Summary
+        folder = f'{samples_root}/{experiment_name}'
+        values = []
+        for tag, path in [('samples/fixed', f'{folder}/fixed_samples{itr}.jpg'),
+                          ('samples/classes0', f'{folder}/{itr}/samples0.jpg')]:
+            if os.path.exists(path):
+                with open(path, 'rb') as f, Image.open(path) as im:
+                    values.append(Summary.Value(tag=tag, image=Summary.Image(
+                        height=im.height, width=im.width, colorspace=3,
+                        encoded_image_string=f.read())))
+        if values:
+            self.write(itr, values)
+        self.flush()
+
+    def flush(self):
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self):
+        """Flush and close; the logger is off afterwards."""
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = self.log_dir = None
+
+
+def tensorboard_modules():
+    """tensorboard's event and summary protos and its event file writer, or a ConfigError."""
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard'
+                          ) from None
+    return event_pb2, summary_pb2, EventFileWriter
+
+
 def write_metadata(logs_root, experiment_name, config, state_dict):
     """metalog.txt: when, the config and the state of this run."""
     os.makedirs(f'{logs_root}/{experiment_name}', exist_ok=True)

@@ -1,5 +1,6 @@
 """Shared fixtures for the core tests: the repo root on sys.path and tiny configs."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -137,3 +138,14 @@ class FakeInception(torch.nn.Module):
         """Pool = first 8 pixels, logits = a linear map of them."""
         pool = x.flatten(1)[:, :8]
         return pool, self.fc(pool)
+
+
+def demo_flags(**env):
+    """The train.py flags of scripts/launch_demo.sh (MODEL_FLAGS then TRAIN_FLAGS), expanded by
+    bash with env (EXPERIMENT, TOTAL_ITRS, SAVE_EVERY, ...) set."""
+    script = os.path.join(ROOT, 'scripts', 'launch_demo.sh')
+    arrays = ("eval \"$(sed -n '/^[A-Z_]*=\\${/p;/^MODEL_FLAGS=(/,/^)/p;/^TRAIN_FLAGS=(/,/^)/p' "
+              "\"$0\")\"; printf '%s\\n' \"${MODEL_FLAGS[@]}\" \"${TRAIN_FLAGS[@]}\"")
+    out = subprocess.run(['bash', '-c', arrays, script], env={**os.environ, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return out.splitlines()

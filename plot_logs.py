@@ -1,0 +1,350 @@
+"""Plot a run's logs as PNGs beside them: IS/FID, losses, singular values; compare runs.
+
+    python plot_logs.py --experiment_name NAME --logs_root logs
+    python plot_logs.py --experiment_name 'BigGAN_I128*' OTHER --x time
+
+For each experiment, into logs_root/NAME/: IS_FID.png (from logs_root/NAME_log.jsonl),
+losses.png, G_singular_values.png and D_singular_values.png (from logs_root/NAME/*.log);
+with several experiments also logs_root/compare_IS_FID.png. What the release's MATLAB scripts
+(process_inception_log.m, process_training.m, compare_IS.m) showed. Logs that are still being
+written plot what is complete.
+
+Figures are written through the project's atomic write (checkpoints.atomic_open).
+"""
+import fnmatch
+import json
+import os
+import re
+
+import numpy as np
+
+import flags
+
+FIGURES = {'IS_FID': 'IS_FID.png', 'losses': 'losses.png',
+           'G_sv': 'G_singular_values.png', 'D_sv': 'D_singular_values.png'}
+SIZES = {'IS_FID': (12, 4.5), 'losses': (12, 4.5), 'sv': (10, 6), 'compare': (12, 6)}  # inches
+DPI = 100
+SV_LOG = re.compile(r'([GD])_.*sv\d+$')  # utils.get_SVs' names: G_blocks_0_0_conv1_sv0
+
+
+def prepare_parser():
+    parser = flags.new_parser(__doc__.split('\n')[0])
+    parser.add_argument('--experiment_name', type=str, nargs='+', required=True,
+                        help='Experiments to plot: names or shell-style patterns matched '
+                             'against the experiments in logs_root')
+    parser.add_argument('--logs_root', type=str, default='logs',
+                        help='Folder holding NAME/ and NAME_log.jsonl')
+    parser.add_argument('--x', type=str, default='itr', choices=['itr', 'time'],
+                        help='x axis of the IS/FID figures: iterations, or hours since the '
+                             "start from the tests' _stamp (the .log files carry no times, so "
+                             'losses and singular values stay on iterations)')
+    parser.add_argument('--smooth', type=int, default=100,
+                        help='Window (logged points) of the moving average drawn over the '
+                             'raw losses; 1: none')
+    parser.add_argument('--compare_out', type=str, default='',
+                        help='Path of the comparison figure when several experiments are '
+                             'named (default: logs_root/compare_IS_FID.png)')
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+def complete_lines(path):
+    """The lines of a text file, without one still being written (no newline yet)."""
+    with open(path, 'r', errors='replace') as f:
+        text = f.read()
+    return text[:text.rfind('\n') + 1].splitlines()
+
+
+def latest(itr):
+    """Mask keeping, where a resumed run logged iterations again, the later lines: a line
+    stays if every later line has a larger iteration."""
+    later_min = np.append(np.minimum.accumulate(itr[::-1])[::-1][1:], np.inf)
+    return itr < later_min
+
+
+def read_metric_log(path):
+    """(itr, values) of a MyLogger file, lines `itr: value`. The value may be in any %-style
+    that prints a number (%3.3e, %3.3f, %g, %d, %s; nan and inf too); other lines are skipped."""
+    itr, values = [], []
+    for line in complete_lines(path):
+        left, _, right = line.partition(':')
+        try:
+            i, v = int(left), float(right)
+        except ValueError:
+            continue
+        itr.append(i)
+        values.append(v)
+    itr, values = np.array(itr, dtype=np.int64), np.array(values, dtype=np.float64)
+    keep = latest(itr)
+    return itr[keep], values[keep]
+
+
+def read_jsonl(path):
+    """{key: array} of a MetricsLogger file's numeric fields (itr, IS_mean, IS_std, FID, _stamp,
+    KID_mean, ...), NaN where a record lacks a key; records without itr are skipped."""
+    records = []
+    for line in complete_lines(path):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get('itr'), (int, float)):
+            records.append(record)
+    keys = sorted({k for r in records for k, v in r.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    series = {k: np.array([r.get(k, np.nan) for r in records], dtype=np.float64) for k in keys}
+    if records:
+        keep = latest(series['itr'])
+        series = {k: v[keep] for k, v in series.items()}
+    return series
+
+
+def hours(tests):
+    """Hours since the run's start for each test. The logs do not record the start, so it is
+    extrapolated back to iteration 0 at the pace between the first two tests."""
+    if '_stamp' not in tests:
+        raise flags.ConfigError('a _log.jsonl without _stamp times: plot it with --x itr')
+    stamp, itr = tests['_stamp'], tests['itr']
+    start = stamp[0]
+    if len(stamp) > 1 and itr[1] > itr[0]:
+        start -= itr[0] * (stamp[1] - stamp[0]) / (itr[1] - itr[0])
+    return (stamp - start) / 3600.0
+
+
+def experiment_names(logs_root):
+    """Every experiment with logs in logs_root: a folder of .log files or a NAME_log.jsonl."""
+    names = set()
+    for entry in os.listdir(logs_root):
+        path = os.path.join(logs_root, entry)
+        if entry.endswith('_log.jsonl') and os.path.isfile(path):
+            names.add(entry[:-len('_log.jsonl')])
+        elif os.path.isdir(path) and any(f.endswith('.log') for f in os.listdir(path)):
+            names.add(entry)
+    return names
+
+
+def resolve(patterns, logs_root):
+    """The experiments the names and patterns denote, in order, each once."""
+    if not os.path.isdir(logs_root):
+        raise flags.ConfigError(f'no logs_root folder {logs_root}: pass --logs_root')
+    available = experiment_names(logs_root)
+    out = []
+    for pattern in patterns:
+        found = sorted(fnmatch.filter(available, pattern))
+        if not found:
+            raise flags.ConfigError(f'no logs of {pattern} in {logs_root} (looked for '
+                                    f'{pattern}/ with .log files and {pattern}_log.jsonl)')
+        out += [name for name in found if name not in out]
+    return out
+
+
+def read_experiment(logs_root, name):
+    """A run's logs: {'name', 'tests': read_jsonl's series ({} without tests), 'metrics':
+    {metric: (itr, values)} of every logs_root/name/*.log}."""
+    jsonl = os.path.join(logs_root, name + '_log.jsonl')
+    folder = os.path.join(logs_root, name)
+    metrics = {}
+    if os.path.isdir(folder):
+        for f in sorted(os.listdir(folder)):
+            if f.endswith('.log'):
+                metrics[f[:-4]] = read_metric_log(os.path.join(folder, f))
+    tests = read_jsonl(jsonl) if os.path.exists(jsonl) else {}
+    return {'name': name, 'tests': tests if len(tests.get('itr', ())) else {},
+            'metrics': metrics}
+
+
+def smooth(values, window):
+    """Trailing moving average over window points (fewer at the start); NaNs are skipped."""
+    finite = np.isfinite(values)
+    sums = np.cumsum(np.where(finite, values, 0.0))
+    counts = np.cumsum(finite)
+    lo = np.arange(len(values)) - window
+    lower_sums = np.where(lo >= 0, sums[np.maximum(lo, 0)], 0.0)
+    lower_counts = np.where(lo >= 0, counts[np.maximum(lo, 0)], 0)
+    n = counts - lower_counts
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(n > 0, (sums - lower_sums) / n, np.nan)
+
+
+# ----------------------------------------------------------------------------
+# Figures.
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or a ConfigError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise flags.ConfigError('plot_logs.py needs matplotlib: pip install matplotlib'
+                                ) from None
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def new_figure(size, ncols=1):
+    fig, axes = pyplot().subplots(1, ncols, figsize=size, dpi=DPI, squeeze=False)
+    return fig, list(axes[0])
+
+
+def x_of(tests, x):
+    return (hours(tests), 'hours since start (estimated)') if x == 'time' else (
+        tests['itr'], 'iteration')
+
+
+def figure_IS_FID(run, x='itr'):
+    """IS (with its std as a band) and FID of one run's tests, best points marked."""
+    fig, (ax_is, ax_fid) = new_figure(SIZES['IS_FID'], 2)
+    tests = run['tests']
+    xs, label = x_of(tests, x)
+    for ax, key, best in [(ax_is, 'IS_mean', np.nanargmax), (ax_fid, 'FID', np.nanargmin)]:
+        ys = tests.get(key, np.full(len(xs), np.nan))
+        ax.plot(xs, ys, '.-', label=key)
+        if key == 'IS_mean' and 'IS_std' in tests:
+            ax.fill_between(xs, ys - tests['IS_std'], ys + tests['IS_std'], alpha=0.2,
+                            label='IS +/- std')
+        if np.isfinite(ys).any():
+            b = best(ys)
+            ax.plot(xs[b], ys[b], '*', color='red', markersize=14,
+                    label=f"best {ys[b]:.4g} at itr {tests['itr'][b]}")
+        ax.set_xlabel(label)
+        ax.set_title(f"{run['name']}: {'IS' if key == 'IS_mean' else 'FID'}",
+                     fontsize='small')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
+def figure_losses(run, window=100):
+    """G's loss and D's two losses against iteration, raw (faint) and smoothed; the y range
+    leaves out the most extreme 0.5% at each end (the first iterations' spikes)."""
+    fig, axes = new_figure(SIZES['losses'], 2)
+    groups = [(axes[0], ['G_loss']), (axes[1], ['D_loss_real', 'D_loss_fake'])]
+    for ax, names in groups:
+        shown = []
+        for name in names:
+            if name not in run['metrics']:
+                continue
+            itr, values = run['metrics'][name]
+            raw, = ax.plot(itr, values, alpha=0.3, linewidth=0.8, label=name)
+            if window > 1:
+                ax.plot(itr, smooth(values, window), color=raw.get_color(), linewidth=1.5,
+                        label=f'{name} (mean of {window})')
+            shown.append(values[np.isfinite(values)])
+        shown = np.concatenate(shown) if shown else np.zeros(0)
+        if len(shown) > 1:
+            lo, hi = np.percentile(shown, [0.5, 99.5])
+            if hi > lo:
+                ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+        ax.set_xlabel('iteration')
+        ax.set_title(f"{run['name']}: {'G loss' if len(names) == 1 else 'D losses'}",
+                     fontsize='small')
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
+def sv_names(run, net):
+    """The singular-value logs of G or D, in file-name order."""
+    return [name for name in run['metrics']
+            if SV_LOG.match(name) and SV_LOG.match(name).group(1) == net]
+
+
+def figure_svs(run, net):
+    """One line per logged singular value of net ('G' or 'D'), log scale."""
+    fig, (ax,) = new_figure(SIZES['sv'])
+    names = sv_names(run, net)
+    # Colours run through a map in file (roughly depth) order, so 40 lines stay tellable.
+    colors = pyplot().get_cmap('turbo')(np.linspace(0.05, 0.95, max(len(names), 1)))
+    for name, color in zip(names, colors):
+        itr, values = run['metrics'][name]
+        ax.plot(itr, values, linewidth=1, color=color, label=name[2:])
+    ax.set_yscale('log')
+    # Plain numbers (1.2, not 1.2 x 10^0): the values mostly sit within a decade.
+    ax.yaxis.set_major_formatter('{x:g}')
+    ax.yaxis.set_minor_formatter('{x:g}')
+    ax.set_xlabel('iteration')
+    ax.set_title(f"{run['name']}: {net} singular values", fontsize='small')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize='xx-small', ncol=1 + len(names) // 20, loc='center left',
+              bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def figure_compare(runs, x='itr'):
+    """IS and FID of several runs on shared axes (the release's compare_IS.m)."""
+    fig, (ax_is, ax_fid) = new_figure(SIZES['compare'], 2)
+    for run in runs:
+        xs, label = x_of(run['tests'], x)
+        for ax, key in [(ax_is, 'IS_mean'), (ax_fid, 'FID')]:
+            ax.plot(xs, run['tests'].get(key, np.full(len(xs), np.nan)), '.-',
+                    label=run['name'])
+            ax.set_xlabel(label)
+    for ax, title in [(ax_is, 'Inception Score'), (ax_fid, 'FID')]:
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    # Experiment names are long: one legend under both panels.
+    fig.legend(*ax_is.get_legend_handles_labels(), loc='lower center', fontsize='x-small',
+               ncol=1 + len(runs) // 6)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * min(len(runs), 6), 1, 1))
+    return fig
+
+
+def save(fig, path):
+    """Write fig as a PNG, atomically (a reader never sees half a PNG), and free it."""
+    from checkpoints import atomic_open  # torch comes with it: only once there is a figure
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format='png', dpi=DPI)
+    finally:
+        pyplot().close(fig)
+    print(f'wrote {path}')
+
+
+def plot_run(run, logs_root, x='itr', window=100):
+    """The figures one run's logs allow, beside its logs; returns their paths."""
+    folder = os.path.join(logs_root, run['name'])
+    os.makedirs(folder, exist_ok=True)
+    figures = []
+    if run['tests']:
+        figures.append(('IS_FID', lambda: figure_IS_FID(run, x)))
+    if any(name in run['metrics'] for name in ('G_loss', 'D_loss_real', 'D_loss_fake')):
+        figures.append(('losses', lambda: figure_losses(run, window)))
+    for net in 'GD':
+        if sv_names(run, net):
+            figures.append((net + '_sv', lambda net=net: figure_svs(run, net)))
+    paths = []
+    for key, make in figures:
+        paths.append(os.path.join(folder, FIGURES[key]))
+        save(make(), paths[-1])
+    return paths
+
+
+def run(config):
+    pyplot()  # a missing matplotlib stops us before any reading
+    logs_root = config['logs_root']
+    runs = [read_experiment(logs_root, name)
+            for name in resolve(config['experiment_name'], logs_root)]
+    paths = []
+    for r in runs:
+        paths += plot_run(r, logs_root, config['x'], max(config['smooth'], 1))
+        if not r['tests']:
+            print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
+    tested = [r for r in runs if r['tests']]
+    if len(runs) > 1 and tested:
+        paths.append(config['compare_out'] or os.path.join(logs_root, 'compare_IS_FID.png'))
+        save(figure_compare(tested, config['x']), paths[-1])
+    return paths
+
+
+def main(argv=None):
+    flags.run_cli(run, prepare_parser(), argv)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,63 @@
+#!/bin/bash
+# Copy an experiment under a new name, as the release's duplicate.sh did (it had the names
+# written into the file): the weights folder, the logs folder and the test log.
+#
+#   bash scripts/utils/duplicate.sh SOURCE TARGET [--weights_root weights] [--logs_root logs]
+#
+# copies weights_root/SOURCE/ to weights_root/TARGET/, logs_root/SOURCE/ to logs_root/TARGET/
+# and logs_root/SOURCE_log.jsonl to logs_root/TARGET_log.jsonl (the logs when there are any).
+# Continue the copy with the training flags plus --experiment_name TARGET --resume.
+# Refuses, changing nothing, when SOURCE has no weights folder or TARGET has any of the three.
+set -euo pipefail
+
+usage="usage: duplicate.sh SOURCE TARGET [--weights_root DIR] [--logs_root DIR]"
+fail() { echo "error: $1" >&2; exit 2; }
+
+weights_root=weights
+logs_root=logs
+names=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --weights_root|--logs_root)
+      [ $# -ge 2 ] || fail "$1 needs a folder; $usage"
+      declare "${1#--}=$2"
+      shift 2 ;;
+    --weights_root=*|--logs_root=*)
+      opt=${1%%=*}
+      declare "${opt#--}=${1#*=}"
+      shift ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) fail "unknown option $1; $usage" ;;
+    *) names+=("$1"); shift ;;
+  esac
+done
+[ ${#names[@]} -eq 2 ] || fail "give SOURCE and TARGET experiment names; $usage"
+source=${names[0]}
+target=${names[1]}
+for name in "$source" "$target"; do
+  case "$name" in ''|*/*|.|..) fail "'$name' is not an experiment name (no slashes)" ;; esac
+done
+
+pairs=("$weights_root/$source" "$weights_root/$target"
+       "$logs_root/$source" "$logs_root/$target"
+       "$logs_root/${source}_log.jsonl" "$logs_root/${target}_log.jsonl")
+[ -d "$weights_root/$source" ] || fail "no weights folder $weights_root/$source/: \
+check SOURCE and --weights_root"
+found=()
+for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+  [ ! -e "${pairs[i+1]}" ] || fail "${pairs[i+1]} already exists: pick another TARGET or remove it"
+  [ ! -e "${pairs[i]}" ] || found+=("$i")
+done
+
+# Each copy gets its final name only once whole, so an interrupted run leaves no half target.
+tmp=""
+trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
+for i in "${found[@]}"; do
+  src=${pairs[i]}
+  dst=${pairs[i+1]}
+  tmp="$dst.tmp$$"
+  cp -a "$src" "$tmp"
+  mv "$tmp" "$dst"
+  tmp=""
+  echo "copied $src to $dst"
+done

@@ -70,7 +70,7 @@ def remove_stale_temps(folder, target=None, recursive=False):
             pid = int(m['pid'])
             if pid == os.getpid() or not _running(pid):
                 stale = os.path.join(root, name)
-                if os.path.isdir(stale):
+                if os.path.isdir(stale) and not os.path.islink(stale):
                     shutil.rmtree(stale, ignore_errors=True)
                 else:
                     with contextlib.suppress(FileNotFoundError):
@@ -103,6 +103,9 @@ def atomic_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale_temps(folder, target=path)
     tmp = temp_path(path)
+    # Created here, exclusively and without following links, so a planted file or symlink of
+    # this name cannot redirect the write; writers then open this regular file.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

@@ -666,3 +666,15 @@ def test_sigterm_unwinds_and_cleans_up(tmp_path):
         flags.run_cli(run, parser, [])
     assert info.value.code == 128 + signal.SIGTERM
     assert os.listdir(tmp_path) == []
+
+
+def test_planted_symlink_cannot_redirect_a_write(tmp_path):
+    """A symlink planted under the temporary name a write will use is replaced, not followed."""
+    victim = tmp_path / 'victim'
+    victim.write_text('precious')
+    target = tmp_path / 'G.pth'
+    os.symlink(victim, checkpoints.temp_path(str(target)))
+    with checkpoints.atomic_open(str(target)) as f:
+        f.write(b'new')
+    assert victim.read_text() == 'precious' and target.read_bytes() == b'new'
+    assert sorted(os.listdir(tmp_path)) == ['G.pth', 'victim']

@@ -10,10 +10,12 @@ import torch.distributed as dist
 
 
 def pick_device(name=''):
-    """torch.device from a flag value; '' or None picks CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    """torch.device from a flag value; '' or None picks CUDA when available, else CPU. Under
+    torchrun a CUDA device without an index is this process's GPU, cuda:LOCAL_RANK."""
+    device = torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda' and device.index is None and 'LOCAL_RANK' in os.environ:
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+    return device
 
 
 def setup_distributed(config):
@@ -25,9 +27,8 @@ def setup_distributed(config):
     device = pick_device(config.get('device'))
     if world_size == 1:
         return 0, 1, device
-    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    rank = int(os.environ['RANK'])
     if device.type == 'cuda':
-        device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')

@@ -91,9 +91,8 @@ def to_uint8(images):
 def run(config):
     if config['config_from_name']:
         config = config_from_checkpoint(config)
-    config = utils.prepare_config(config)
-    config['skip_init'] = True
-    config['no_optim'] = True
+    # G's weights all come from the checkpoint, and sampling needs no optimizer.
+    config = utils.prepare_config({**config, 'skip_init': True, 'no_optim': True})
     device = torch.device(config['device'])
     trunc_stds = truncation_values(config['sample_trunc_curves'])
     utils.seed_rng(config['seed'])

@@ -106,9 +106,6 @@ def training_batches(loader, state_dict, config, rank):
 def run(config):
     config = utils.prepare_config(config)
     rank, world_size, device = setup_distributed(config)
-    config['device'] = str(device)
-    if config['resume']:
-        config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     experiment_name = config['experiment_name'] or utils.name_from_config(config)

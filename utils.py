@@ -4,7 +4,7 @@ regularisers, logging, sampling, latents.
 The command line lives in flags.py, the data path in datasets.py, checkpoints and atomic writes
 in checkpoints.py, devices and ranks in distributed.py; the names the release's users import
 from utils (utils.prepare_parser, utils.get_data_loaders, utils.load_weights, ...) are
-re-exported here (RELEASE_NAMES).
+re-exported here.
 """
 import contextlib
 import datetime
@@ -24,7 +24,8 @@ import torchvision
 
 import layers
 
-# Re-exported: the release's names (RELEASE_NAMES) and the project's most used helpers.
+# Re-exported: the release's names that moved to their own modules (tests/test_release_api.py
+# lists every name release users import), and the project's most used helpers.
 from checkpoints import atomic_open, check_writable, load_weights, save_weights, torch_load  # noqa: F401
 from datasets import (  # noqa: F401
     DATASETS,
@@ -42,13 +43,6 @@ from datasets import (  # noqa: F401
 )
 from distributed import get_rank, get_world_size, pick_device, setup_distributed  # noqa: F401
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
-
-# The release's utils names that moved to another module and stay importable from here.
-RELEASE_NAMES = (
-    'prepare_parser', 'add_sample_parser', 'dset_dict', 'imsize_dict', 'root_dict',
-    'nclass_dict', 'classes_per_sheet_dict', 'CenterCropLongEdge', 'RandomCropLongEdge',
-    'MultiEpochSampler', 'get_data_loaders', 'save_weights', 'load_weights')
-
 
 # ----------------------------------------------------------------------------
 # Config.
@@ -83,6 +77,8 @@ def prepare_config(config):
     if config['resolution'] not in (32, 64, 128, 256, 512):
         raise ConfigError(f"resolution {config['resolution']} has no architecture: use 32, 64, "
                           f'128, 256 or 512')
+    if config.get('resume'):
+        config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     # The release printed a note for an unknown init and kept PyTorch's default init.
     for key in ['G_init', 'D_init']:
         if not config['skip_init'] and config[key] not in layers.INIT_STYLES:
@@ -493,6 +489,7 @@ def get_SVs(net, prefix):
 # Sampling.
 
 def initiate_standing_stats(net):
+    """Reset every standing-stat BN of net and switch it to accumulating."""
     for module in net.modules():
         if hasattr(module, 'accumulate_standing'):
             module.reset_stats()
@@ -526,7 +523,6 @@ def sampling_state(*nets):
     saved = [{k: v.clone() for k, v in n.named_buffers()} for n in nets]
     modes = [(n.training, [(m, m.accumulate_standing) for m in n.modules()
                            if hasattr(m, 'accumulate_standing')]) for n in nets]
-    import layers
     with torch.random.fork_rng(devices=devices), layers.local_batch_stats():
         try:
             yield

@@ -22,7 +22,7 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
                           'weights_root', 'logs_root', 'samples_root', 'data_root', 'parallel',
                           'amp', 'channels_last', 'compile', 'inception_backend',
                           'inception_weights', 'kid', 'num_inception_images', 'no_fid',
-                          'accumulate_stats', 'num_standing_accumulations']
+                          'accumulate_stats', 'num_standing_accumulations', 'truncation']
 
 
 def config_from_checkpoint(config):
@@ -36,8 +36,9 @@ def config_from_checkpoint(config):
     return config
 
 
-def save_npz(sample, num, path):
-    """Exactly num images (uint8 N x 3 x H x W) and labels (int64) to an npz, in chunks.
+def save_npz(sample, num, path, truncation=0.0):
+    """Exactly num images (uint8 N x 3 x H x W) and labels (int64) to an npz, in chunks, with
+    the truncation z was drawn with (when there was one).
 
     The arrays are filled on disk through memory maps and stored uncompressed in the zip, so
     memory does not grow with num.
@@ -65,6 +66,9 @@ def save_npz(sample, num, path):
             with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.write(os.path.join(tmp, 'x.npy'), 'x.npy')
                 zf.write(os.path.join(tmp, 'y.npy'), 'y.npy')
+                if truncation:
+                    with zf.open('truncation.npy', 'w') as entry:
+                        np.save(entry, np.float64(truncation))
 
 
 def truncation_values(spec):
@@ -87,6 +91,15 @@ def to_uint8(images):
     return ((images.float() + 1) * 127.5).round().clamp_(0, 255).to(torch.uint8)
 
 
+def note_truncation(state_dict, truncation):
+    """A note when a converted official generator is sampled at another truncation than the
+    one its BN statistics were taken for (convert_pretrained.py records it)."""
+    stats_for = (state_dict.get('pretrained') or {}).get('truncation')
+    if stats_for is not None and stats_for != truncation:
+        print('note: this checkpoint\'s BN statistics are for --truncation %g; sampling with '
+              '%g differs from the official model\'s samples' % (stats_for, truncation))
+
+
 def run(config):
     if config['config_from_name']:
         config = config_from_checkpoint(config)
@@ -95,6 +108,9 @@ def run(config):
     config['no_optim'] = True
     device = torch.device(config['device'])
     trunc_stds = truncation_values(config['sample_trunc_curves'])
+    if config['truncation'] < 0:
+        raise utils.ConfigError('--truncation must be positive (or 0 for none), got %g'
+                                % config['truncation'])
     if config['sample_npz'] and config['sample_num_npz'] < 1:
         raise utils.ConfigError('--sample_num_npz must be at least 1, got %d'
                                 % config['sample_num_npz'])
@@ -122,6 +138,10 @@ def run(config):
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
                                z_var=config['z_var'])
+    truncation = config['truncation']
+    if truncation:
+        utils.Distribution(z_, 'truncated_normal', truncation=truncation)
+    note_truncation(state_dict, truncation)
     if config['G_eval_mode']:
         G.eval()
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
@@ -134,13 +154,14 @@ def run(config):
         os.makedirs(folder, exist_ok=True)
 
         if config['sample_npz']:
-            save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder)
+            save_npz(sample, config['sample_num_npz'], '%s/samples.npz' % folder, truncation)
         if config['sample_sheets']:
             utils.sample_sheet(G, classes_per_sheet=utils.classes_per_sheet(config),
                                num_classes=config['n_classes'], samples_per_class=10,
                                parallel=config['parallel'], samples_root=config['samples_root'],
                                experiment_name=experiment_name,
-                               folder_number=config['sample_sheet_folder_num'], z_=z_)
+                               folder_number=config['sample_sheet_folder_num'], z_=z_,
+                               truncation=truncation)
         if config['sample_interps']:
             for fix_z, fix_y in zip([False, False, True], [False, True, False]):
                 utils.interp_sheet(G, num_per_sheet=16, num_midpoints=8,
@@ -148,7 +169,8 @@ def run(config):
                                    samples_root=config['samples_root'],
                                    experiment_name=experiment_name,
                                    folder_number=config['sample_sheet_folder_num'], sheet_number=0,
-                                   fix_z=fix_z, fix_y=fix_y, device=device)
+                                   fix_z=fix_z, fix_y=fix_y, device=device,
+                                   truncation=truncation)
         if config['sample_random']:
             images, _ = sample()
             utils.save_image(images, '%s/random_samples.jpg' % folder,
@@ -162,7 +184,7 @@ def run(config):
             extra = metrics[3] if len(metrics) > 3 else {}
             out = 'Using %s weights ' % ('ema' if config['use_ema'] else 'non-ema')
             out += 'in %s mode, ' % ('eval' if config['G_eval_mode'] else 'training')
-            out += 'with noise variance %3.3f, ' % z_std
+            out += ('with %s %3.3f, ' % ('truncation' if truncation else 'noise variance', z_std))
             out += 'over %d images, ' % config['num_inception_images']
             if config['accumulate_stats'] or not config['G_eval_mode']:
                 out += 'with batch size %d, ' % G_batch_size
@@ -175,9 +197,13 @@ def run(config):
             print(out)
 
         if config['sample_inception_metrics']:
-            get_metrics(config['z_var'])
+            get_metrics(truncation or config['z_var'])
         for std in trunc_stds:
-            utils.Distribution(z_, 'normal', mean=0, var=std)
+            # With --truncation the curve's values are truncations.
+            if truncation:
+                utils.Distribution(z_, 'truncated_normal', truncation=std)
+            else:
+                utils.Distribution(z_, 'normal', mean=0, var=std)
             if config['accumulate_stats']:
                 utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                 config['num_standing_accumulations'])

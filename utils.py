@@ -55,7 +55,8 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
-    '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
+    '--compression_filter', '--skip_bad', '--output', '--no_progress',  # make_hdf5.py
+    '--truncation'])  # sample.py
 
 
 class ReleaseParser(ArgumentParser):
@@ -395,6 +396,10 @@ def add_sample_parser(parser):
     parser.add_argument('--sample_inception_metrics', action='store_true', default=False,
                         help='Calculate Inception metrics with sample.py? '
                              '(default: %(default)s)')
+    parser.add_argument('--truncation', type=float, default=0.0,
+                        help='Draw z as truncation x a normal truncated to [-2, 2], as the '
+                             'official BigGAN models are sampled, for every output (replaces '
+                             '--z_var; 0, the default: normal z with std --z_var)')
     return parser
 
 
@@ -1269,8 +1274,9 @@ def save_image(images, path, nrow):
 
 
 def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel, samples_root,
-                 experiment_name, folder_number, z_=None):
-    """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows)."""
+                 experiment_name, folder_number, z_=None, truncation=0.0):
+    """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows);
+    z from z_.sample_() when it holds a sheet row, else from draw_z."""
     device = next(G.parameters()).device
     folder = '%s/%s/%d' % (samples_root, experiment_name, folder_number)
     os.makedirs(folder, exist_ok=True)
@@ -1282,7 +1288,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
             if z_ is not None and hasattr(z_, 'sample_') and len(y) <= z_.size(0):
                 z = z_.sample_()[:len(y)]
             else:
-                z = torch.randn(len(y), G.dim_z, device=device)
+                z = draw_z((len(y), G.dim_z), device, truncation)
             ims.append(run_G(G, z, y, parallel).float().cpu())
         out_ims = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples, 3, H, W), row a class
         save_image(out_ims, '%s/samples%d.jpg' % (folder, i), nrow=samples_per_class)
@@ -1302,15 +1308,16 @@ def sample_1hot(batch_size, num_classes, device='cpu'):
 
 def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
                  experiment_name, folder_number, sheet_number=0, fix_z=False, fix_y=False,
-                 device=None):
-    """Rows interpolating z, y or both between two random endpoints."""
+                 device=None, truncation=0.0):
+    """Rows interpolating z, y or both between two random endpoints (z from draw_z)."""
     device = device or next(G.parameters()).device
     steps = num_midpoints + 2
+    shape = (num_per_sheet, 1, G.dim_z)
     if fix_z:
-        zs = torch.randn(num_per_sheet, 1, G.dim_z, device=device).repeat(1, steps, 1)
+        zs = draw_z(shape, device, truncation).repeat(1, steps, 1)
     else:
-        zs = interp(torch.randn(num_per_sheet, 1, G.dim_z, device=device),
-                    torch.randn(num_per_sheet, 1, G.dim_z, device=device), num_midpoints)
+        zs = interp(draw_z(shape, device, truncation), draw_z(shape, device, truncation),
+                    num_midpoints)
     with torch.no_grad():
         def embed():
             return G.shared(sample_1hot(num_per_sheet, num_classes, device)).view(
@@ -1335,16 +1342,33 @@ def Distribution(tensor, dist_type, **kwargs):
     The release subclassed torch.Tensor, and the subclass leaked into every result; here the
     tensor stays a torch.Tensor and slicing or arithmetic on it gives ordinary tensors.
     dist_type 'normal' takes mean and var (used as the standard deviation, as in the release);
-    'categorical' takes num_categories.
+    'truncated_normal' takes truncation (see truncated_normal_); 'categorical' takes
+    num_categories.
     """
     if dist_type == 'normal':
         tensor.sample_ = functools.partial(tensor.normal_, kwargs['mean'], kwargs['var'])
+    elif dist_type == 'truncated_normal':
+        tensor.sample_ = functools.partial(truncated_normal_, tensor, kwargs['truncation'])
     elif dist_type == 'categorical':
         tensor.sample_ = functools.partial(tensor.random_, 0, kwargs['num_categories'])
     else:
         raise ValueError('unknown distribution %r' % dist_type)
     tensor.dist_type, tensor.dist_kwargs = dist_type, kwargs
     return tensor
+
+
+def truncated_normal_(tensor, truncation):
+    """tensor filled in place with truncation x a standard normal truncated to [-2, 2]: the
+    truncation trick as the official BigGAN models are sampled (BigGAN's TF-Hub modules,
+    pytorch-pretrained-BigGAN's truncated_noise_sample)."""
+    return torch.nn.init.trunc_normal_(tensor, 0.0, 1.0, -2.0, 2.0).mul_(truncation)
+
+
+def draw_z(shape, device, truncation=0.0):
+    """Fresh latents: standard normal, or truncated_normal_ when truncation > 0."""
+    if truncation:
+        return truncated_normal_(torch.empty(shape, device=device), truncation)
+    return torch.randn(shape, device=device)
 
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cpu', fp16=False, z_var=1.0):

@@ -55,6 +55,13 @@ def convert(source, truncation, weights_root, name, *extra):
     return load_as_sample(weights_root, name)[0]
 
 
+def cli_error(argv, capsys):
+    """(exit status, stderr lines) of convert_pretrained.py's command line on argv."""
+    with pytest.raises(SystemExit) as info:
+        convert_pretrained.main(argv)
+    return info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
 def latents(config, truncation, n=4, seed=1):
     """z as HF's truncated_noise_sample draws it, and classes."""
     z = truncnorm.rvs(-2, 2, size=(n, config.z_dim), random_state=seed).astype(np.float32)
@@ -390,7 +397,7 @@ def test_plain_conversion_is_exact_too(hf128, weights):
     assert_exact(hf128, G, 0.4)
 
 
-def test_vectors_that_break_the_sn_rule_are_refused(hf128, tmp_path):
+def test_vectors_that_break_the_sn_rule_are_refused(hf128, tmp_path, capsys):
     """u != normalize(W v): our SN cannot reproduce HF's sigma u . (W v), so the conversion
     stops with one line naming --G_param plain, which is exact."""
     state = dict(hf128.state)
@@ -401,12 +408,9 @@ def test_vectors_that_break_the_sn_rule_are_refused(hf128, tmp_path):
     model = import_hf().BigGAN(hf128.config)
     model.load_state_dict(state)
     source = Source(str(tmp_path / 'hf'), hf128.config, model)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
-                           '--hf_dir', source.folder, '--truncation', '0.4',
-                           '--weights_root', str(tmp_path / 'w')],
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and '--G_param plain' in lines[0]
+    status, lines = cli_error(['--hf_dir', source.folder, '--truncation', '0.4',
+                               '--weights_root', str(tmp_path / 'w')], capsys)
+    assert status == 2 and len(lines) == 1 and '--G_param plain' in lines[0]
     assert not os.path.exists(tmp_path / 'w')
     G = convert(source, 0.4, tmp_path / 'w', 'plain', '--G_param', 'plain')
     assert_exact(source, G, 0.4)
@@ -419,7 +423,7 @@ def test_vectors_that_break_the_sn_rule_are_refused(hf128, tmp_path):
     (['--HF'], 'needs --truncation'),
     (['--truncation', '0.5', '--BADLAYERS'], 'not a BigGAN-deep layout'),
 ])
-def test_bad_input_gets_one_line(hf128, tmp_path, args, message):
+def test_bad_input_gets_one_line(hf128, tmp_path, capsys, args, message):
     folder = str(tmp_path / 'empty')
     if '--BADLAYERS' in args:
         folder = save_hf(hf128.config, hf128.model, folder)
@@ -431,11 +435,9 @@ def test_bad_input_gets_one_line(hf128, tmp_path, args, message):
     elif '--HF' in args:
         folder = hf128.folder
     args = [a for a in args if a not in ('--HF', '--BADLAYERS')]
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
-                           '--hf_dir', folder, '--weights_root', str(tmp_path / 'w')] + args,
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    status, lines = cli_error(['--hf_dir', folder, '--weights_root', str(tmp_path / 'w')] + args,
+                              capsys)
+    assert status == 2 and len(lines) == 1 and message in lines[0], lines
     assert not os.path.exists(tmp_path / 'w')
 
 

@@ -3,8 +3,6 @@ random values, written with tf_bundle) against an independent float64 forward pa
 TensorFlow's layout (NHWC, HWIO kernels, TF's [z chunk, class] conditioning, TF's SN step)."""
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from scipy.stats import truncnorm
 
 import convert_pretrained
 import tf_bundle
-from conftest import ROOT, load_as_sample
+from conftest import load_as_sample
 
 EMA = '/ema_b999900'
 EXACT = 1e-4
@@ -176,6 +174,17 @@ def module(folder, resolution, levels=0, prefix='', seed=0):
     return v
 
 
+def cli(argv, capsys):
+    """(exit status, stdout lines, stderr lines) of convert_pretrained.py's command line."""
+    try:
+        convert_pretrained.main(argv)
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out.strip().splitlines(), out.err.strip().splitlines()
+
+
 def converted(folder, weights_root, name, resolution, *extra):
     convert_pretrained.main(['--tfhub_dir', folder, '-r', str(resolution), '--weights_root',
                              str(weights_root), '--experiment_name', name] + list(extra))
@@ -213,7 +222,7 @@ def test_loaded_module_names_convert_too(tmp_path):
     assert error(G, v, 128) < EXACT
 
 
-def test_statistics_per_truncation_follow_it(tmp_path):
+def test_statistics_per_truncation_follow_it(tmp_path, capsys):
     """Where a module holds BN statistics per truncation level, --truncation picks them as HF
     does; without --truncation the conversion stops with one line."""
     v = module(str(tmp_path / 'module'), 128, levels=51)
@@ -221,23 +230,19 @@ def test_statistics_per_truncation_follow_it(tmp_path):
                   '0.123')
     assert error(G, v, 128, truncation=0.123) < EXACT
     assert error(G, v, 128, truncation=0.56) > 1e-3
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
-                           '--tfhub_dir', str(tmp_path / 'module'), '-r', '128',
-                           '--weights_root', str(tmp_path / 'w2')],
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and '--truncation' in lines[0]
+    status, _, lines = cli(['--tfhub_dir', str(tmp_path / 'module'), '-r', '128',
+                            '--weights_root', str(tmp_path / 'w2')], capsys)
+    assert status == 2 and len(lines) == 1 and '--truncation' in lines[0]
 
 
-def test_one_set_of_statistics_is_the_releases_limitation(tmp_path):
+def test_one_set_of_statistics_is_the_releases_limitation(tmp_path, capsys):
     """Single statistics: a note, and the sample command uses truncation 1 unless asked."""
     module(str(tmp_path / 'module'), 128)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
-                           '--tfhub_dir', str(tmp_path / 'module'), '-r', '128',
-                           '--weights_root', str(tmp_path / 'w')],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert 'truncation 1 only' in proc.stdout and '--truncation 1 ' in proc.stdout
+    status, out, _ = cli(['--tfhub_dir', str(tmp_path / 'module'), '-r', '128',
+                          '--weights_root', str(tmp_path / 'w')], capsys)
+    assert status == 0
+    assert any('truncation 1 only' in line for line in out)
+    assert any('--truncation 1 ' in line for line in out)
     assert os.path.isfile(tmp_path / 'w' / 'biggan-128' / 'G_ema.pth')
 
 
@@ -246,17 +251,14 @@ def test_one_set_of_statistics_is_the_releases_limitation(tmp_path):
     ('Generator/GBlock_1/conv1/u0', ['-r', '128', '--no_ema'], 'Generator/GBlock_1/conv1/u0'),
     (None, [], '-r/--resolution'),
 ])
-def test_bad_modules_get_one_line(tmp_path, drop, args, message):
+def test_bad_modules_get_one_line(tmp_path, capsys, drop, args, message):
     v = tfhub_variables(128)
     if drop:
         v = {k: a for k, a in v.items() if drop not in k}
     tf_bundle.write_bundle(str(tmp_path / 'module' / 'variables' / 'variables'), v)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
-                           '--tfhub_dir', str(tmp_path / 'module'),
-                           '--weights_root', str(tmp_path / 'w')] + args,
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    status, _, lines = cli(['--tfhub_dir', str(tmp_path / 'module'),
+                            '--weights_root', str(tmp_path / 'w')] + args, capsys)
+    assert status == 2 and len(lines) == 1 and message in lines[0], lines
 
 
 class Shapes:

@@ -59,7 +59,7 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
-    '--tensorboard',
+    '--tensorboard', '--truncation',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
@@ -304,6 +304,10 @@ SAMPLE_FLAGS = {
                                        'same effect.'),
     '--sample_inception_metrics': dict(action='store_true', default=False,
                                        help='Calculate Inception metrics with sample.py?'),
+    '--truncation': dict(type=float, default=0.0,
+                         help='Draw z as truncation x a normal truncated to [-2, 2], as the '
+                              'official BigGAN models are sampled, for every output (replaces '
+                              '--z_var; 0: normal z with std --z_var)'),
 }
 FLAGS = {**TRAIN_FLAGS, **SAMPLE_FLAGS}
 CUSTOM_DATASET_FLAGS = ('--dataset_root', '--resolution', '--n_classes')
@@ -349,7 +353,8 @@ DOMAINS = {
     'adam_eps': '> 0', 'BN_eps': '> 0', 'SN_eps': '> 0', 'num_G_SVs': '>= 1',
     'num_D_SVs': '>= 1', 'num_G_SV_itrs': '>= 1', 'num_D_SV_itrs': '>= 1', 'G_ortho': '>= 0',
     'D_ortho': '>= 0', 'sv_log_interval': '>= 0', 'total_itrs': '>= 0', 'resolution': '>= 0',
-    'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'kid_feats': '>= 0', 'chunk_size': '>= 1',
+    'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
+    'chunk_size': '>= 1',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

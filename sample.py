@@ -22,7 +22,7 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
                           'weights_root', 'logs_root', 'samples_root', 'data_root', 'parallel',
                           'amp', 'channels_last', 'compile', 'inception_backend',
                           'inception_weights', 'kid', 'num_inception_images', 'no_fid',
-                          'accumulate_stats', 'num_standing_accumulations']
+                          'accumulate_stats', 'num_standing_accumulations', 'truncation']
 
 
 def config_from_checkpoint(config):
@@ -36,8 +36,9 @@ def config_from_checkpoint(config):
     return config
 
 
-def save_npz(sample, num, path):
-    """Exactly num images (uint8 N x 3 x H x W) and labels (int64) to an npz, in chunks.
+def save_npz(sample, num, path, truncation=0.0):
+    """Exactly num images (uint8 N x 3 x H x W) and labels (int64) to an npz, in chunks, with
+    the truncation z was drawn with (when there was one).
 
     The arrays are filled on disk through memory maps and stored uncompressed in the zip, so
     memory does not grow with num.
@@ -66,6 +67,9 @@ def save_npz(sample, num, path):
             with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.write(os.path.join(tmp, 'x.npy'), 'x.npy')
                 zf.write(os.path.join(tmp, 'y.npy'), 'y.npy')
+                if truncation:
+                    with zf.open('truncation.npy', 'w') as entry:
+                        np.save(entry, np.float64(truncation))
 
 
 def truncation_values(spec):
@@ -86,6 +90,15 @@ def truncation_values(spec):
 def to_uint8(images):
     """[-1, 1] floats to uint8 pixels, rounded to nearest."""
     return ((images.float() + 1) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+
+
+def note_truncation(state_dict, truncation):
+    """A note when a converted official generator is sampled at another truncation than the
+    one its BN statistics were taken for (convert_pretrained.py records it)."""
+    stats_for = (state_dict.get('pretrained') or {}).get('truncation')
+    if stats_for is not None and stats_for != truncation:
+        print(f"note: this checkpoint's BN statistics are for --truncation {stats_for:g}; "
+              f"sampling with {truncation:g} differs from the official model's samples")
 
 
 def run(config):
@@ -124,12 +137,16 @@ def run(config):
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
                                z_var=config['z_var'])
+    truncation = config['truncation']
+    if truncation:
+        utils.Distribution(z_, 'truncated_normal', truncation=truncation)
+    note_truncation(state_dict, truncation)
     if config['G_eval_mode']:
         G.eval()
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
     with utils.sampling(G, z_, y_, config):
         if config['sample_npz']:
-            save_npz(sample, config['sample_num_npz'], f'{folder}/samples.npz')
+            save_npz(sample, config['sample_num_npz'], f'{folder}/samples.npz', truncation)
         utils.save_sheets(G, config, experiment_name, config['sample_sheet_folder_num'], z_,
                           sheets=config['sample_sheets'], interps=config['sample_interps'])
         if config['sample_random']:
@@ -143,7 +160,7 @@ def run(config):
                               prints=False)
             out = f"Using {'ema' if config['use_ema'] else 'non-ema'} weights "
             out += f"in {'eval' if config['G_eval_mode'] else 'training'} mode, "
-            out += f'with noise variance {z_std:3.3f}, '
+            out += f"with {'truncation' if truncation else 'noise variance'} {z_std:3.3f}, "
             out += f"over {config['num_inception_images']} images, "
             if config['accumulate_stats'] or not config['G_eval_mode']:
                 out += f'with batch size {G_batch_size}, '
@@ -153,9 +170,13 @@ def run(config):
             print(out + inception_utils.metrics_line(state_dict['itr'], metrics))
 
         if config['sample_inception_metrics']:
-            report_metrics(config['z_var'])
+            report_metrics(truncation or config['z_var'])
         for std in trunc_stds:
-            utils.Distribution(z_, 'normal', mean=0, var=std)
+            # With --truncation the curve's values are truncations.
+            if truncation:
+                utils.Distribution(z_, 'truncated_normal', truncation=std)
+            else:
+                utils.Distribution(z_, 'normal', mean=0, var=std)
             if config['accumulate_stats']:
                 utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                 config['num_standing_accumulations'])

@@ -556,12 +556,14 @@ def save_sheets(G, config, experiment_name, folder_number, z_=None, sheets=True,
         sample_sheet(G, classes_per_sheet=classes_per_sheet(config),
                      num_classes=config['n_classes'], samples_per_class=10,
                      parallel=config['parallel'], samples_root=config['samples_root'],
-                     experiment_name=experiment_name, folder_number=folder_number, z_=z_)
+                     experiment_name=experiment_name, folder_number=folder_number, z_=z_,
+                     truncation=config.get('truncation', 0.0))
     for fix_z, fix_y in zip([False, False, True], [False, True, False]) if interps else ():
         interp_sheet(G, num_per_sheet=16, num_midpoints=8, num_classes=config['n_classes'],
                      parallel=config['parallel'], samples_root=config['samples_root'],
                      experiment_name=experiment_name, folder_number=folder_number,
-                     sheet_number=0, fix_z=fix_z, fix_y=fix_y)
+                     sheet_number=0, fix_z=fix_z, fix_y=fix_y,
+                     truncation=config.get('truncation', 0.0))
 
 
 def run_G(G, z, y, parallel=False, embedded=False):
@@ -589,8 +591,9 @@ def save_image(images, path, nrow):
 
 
 def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel, samples_root,
-                 experiment_name, folder_number, z_=None):
-    """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows)."""
+                 experiment_name, folder_number, z_=None, truncation=0.0):
+    """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows);
+    z from z_.sample_() when it holds a sheet row, else from draw_z."""
     device = next(G.parameters()).device
     folder = f'{samples_root}/{experiment_name}/{folder_number}'
     os.makedirs(folder, exist_ok=True)
@@ -602,7 +605,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
             if z_ is not None and hasattr(z_, 'sample_') and len(y) <= z_.size(0):
                 z = z_.sample_()[:len(y)]
             else:
-                z = torch.randn(len(y), G.dim_z, device=device)
+                z = draw_z((len(y), G.dim_z), device, truncation)
             ims.append(run_G(G, z, y, parallel).float().cpu())
         out_ims = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples, 3, H, W), row a class
         save_image(out_ims, f'{folder}/samples{i}.jpg', nrow=samples_per_class)
@@ -622,15 +625,16 @@ def sample_1hot(batch_size, num_classes, device='cpu'):
 
 def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
                  experiment_name, folder_number, sheet_number=0, fix_z=False, fix_y=False,
-                 device=None):
-    """Rows interpolating z, y or both between two random endpoints."""
+                 device=None, truncation=0.0):
+    """Rows interpolating z, y or both between two random endpoints (z from draw_z)."""
     device = device or next(G.parameters()).device
     steps = num_midpoints + 2
+    shape = (num_per_sheet, 1, G.dim_z)
     if fix_z:
-        zs = torch.randn(num_per_sheet, 1, G.dim_z, device=device).repeat(1, steps, 1)
+        zs = draw_z(shape, device, truncation).repeat(1, steps, 1)
     else:
-        zs = interp(torch.randn(num_per_sheet, 1, G.dim_z, device=device),
-                    torch.randn(num_per_sheet, 1, G.dim_z, device=device), num_midpoints)
+        zs = interp(draw_z(shape, device, truncation), draw_z(shape, device, truncation),
+                    num_midpoints)
     with torch.no_grad():
         def embed():
             return G.shared(sample_1hot(num_per_sheet, num_classes, device)).view(
@@ -655,16 +659,33 @@ def Distribution(tensor, dist_type, **kwargs):
     The release subclassed torch.Tensor, and the subclass leaked into every result; here the
     tensor stays a torch.Tensor and slicing or arithmetic on it gives ordinary tensors.
     dist_type 'normal' takes mean and var (used as the standard deviation, as in the release);
-    'categorical' takes num_categories.
+    'truncated_normal' takes truncation (see truncated_normal_); 'categorical' takes
+    num_categories.
     """
     if dist_type == 'normal':
         tensor.sample_ = functools.partial(tensor.normal_, kwargs['mean'], kwargs['var'])
+    elif dist_type == 'truncated_normal':
+        tensor.sample_ = functools.partial(truncated_normal_, tensor, kwargs['truncation'])
     elif dist_type == 'categorical':
         tensor.sample_ = functools.partial(tensor.random_, 0, kwargs['num_categories'])
     else:
         raise ValueError(f'unknown distribution {dist_type!r}')
     tensor.dist_type, tensor.dist_kwargs = dist_type, kwargs
     return tensor
+
+
+def truncated_normal_(tensor, truncation):
+    """tensor filled in place with truncation x a standard normal truncated to [-2, 2]: the
+    truncation trick as the official BigGAN models are sampled (BigGAN's TF-Hub modules,
+    pytorch-pretrained-BigGAN's truncated_noise_sample)."""
+    return torch.nn.init.trunc_normal_(tensor, 0.0, 1.0, -2.0, 2.0).mul_(truncation)
+
+
+def draw_z(shape, device, truncation=0.0):
+    """Fresh latents: standard normal, or truncated_normal_ when truncation > 0."""
+    if truncation:
+        return truncated_normal_(torch.empty(shape, device=device), truncation)
+    return torch.randn(shape, device=device)
 
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cpu', fp16=False, z_var=1.0):

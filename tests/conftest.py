@@ -149,3 +149,135 @@ def demo_flags(**env):
     out = subprocess.run(['bash', '-c', arrays, script], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout
     return out.splitlines()
+
+
+# ----------------------------------------------------------------------------
+# Official generators: stand-ins in HuggingFace's pytorch-pretrained-BigGAN format.
+
+# HF's `layers` per resolution: [upsample, in, out] channel multipliers of each GenBlock.
+HF_LAYERS = {128: [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8],
+                   [False, 8, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2], [False, 2, 2],
+                   [True, 2, 1]]}
+HF_LAYERS[256] = HF_LAYERS[128][:4] + [[False, 8, 8], [True, 8, 8]] + HF_LAYERS[128][4:]
+HF_LAYERS[512] = HF_LAYERS[256] + [[False, 1, 1], [True, 1, 1]]
+
+
+def import_hf():
+    """HuggingFace's pytorch_pretrained_biggan (skips the test when it is not installed).
+
+    Its package imports boto3, requests and botocore for downloads only; installed with
+    --no-deps they are absent, so stand-ins take their place while it is imported.
+    """
+    import importlib.util
+    import types
+    if importlib.util.find_spec('pytorch_pretrained_biggan') is None:
+        pytest.skip('pytorch-pretrained-biggan is not installed: pip install --no-deps '
+                    'pytorch-pretrained-biggan==0.1.1')
+    added = [name for name in ('boto3', 'requests', 'botocore')
+             if name not in sys.modules and importlib.util.find_spec(name) is None]
+    for name in added:
+        sys.modules[name] = types.ModuleType(name)
+    if 'botocore' in added:
+        sys.modules['botocore.exceptions'] = types.ModuleType('botocore.exceptions')
+        sys.modules['botocore.exceptions'].ClientError = Exception
+        added.append('botocore.exceptions')
+    try:
+        import pytorch_pretrained_biggan
+    finally:
+        for name in added:
+            del sys.modules[name]
+    return pytorch_pretrained_biggan
+
+
+def hf_standin(resolution=128, channel_width=8, z_dim=12, num_classes=10, seed=0, batch=16,
+               **overrides):
+    """HF's BigGAN-deep with random weights, as its files would hold a trained one.
+
+    Every SN layer gets a dominant direction (responses stay moderate), the SN vectors one
+    training-mode power step (so u = normalize(W v), as in HF's converted files), and the BN
+    statistics are measured per truncation level every 10 levels, linear in between with a
+    little noise, so activations stay O(1) and neighbouring levels differ. overrides go to
+    BigGANConfig (n_stats, attention_layer_position, ...). Returns (BigGANConfig, model in
+    eval mode).
+    """
+    hf = import_hf()
+    from scipy.stats import truncnorm
+    config = hf.BigGANConfig(output_dim=resolution, z_dim=z_dim, class_embed_dim=z_dim,
+                             channel_width=channel_width, num_classes=num_classes,
+                             layers=HF_LAYERS[resolution], **overrides)
+    n_stats = config.n_stats
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = hf.BigGAN(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('weight_orig'):
+                spike = torch.outer(torch.randn(p.shape[0], generator=g),
+                                    torch.randn(p[0].numel(), generator=g))
+                p.copy_(torch.randn(p.shape, generator=g) + 3 * spike.reshape(p.shape))
+            elif name == 'embeddings.weight':
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith('gamma'):
+                p.fill_(0.5)
+            elif name == 'generator.bn.weight':
+                p.copy_(0.5 * (1 + 0.2 * torch.randn(p.shape, generator=g)))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        z = torch.from_numpy(truncnorm.rvs(-2, 2, size=(batch, z_dim), random_state=seed)
+                             .astype('float32'))
+        y = torch.eye(num_classes)[torch.randint(0, num_classes, (batch,), generator=g)]
+        model.train()
+        model(z, y, 0.5)
+        model.eval()
+        bns = [m for m in model.modules() if isinstance(m, hf.model.BigGANBatchNorm)]
+        level = [0]
+
+        def measure(module, args):
+            # Written into this level and every later one, whichever of two levels HF reads.
+            x = args[0]
+            var, mean = x.var((0, 2, 3), unbiased=False), x.mean((0, 2, 3))
+            module.running_means[level[0]:] = mean
+            module.running_vars[level[0]:] = var + 0.1 * var.mean() + 0.1 * mean ** 2
+        hooks = [bn.register_forward_pre_hook(measure) for bn in bns]
+        anchors = sorted(set(range(0, n_stats, 10)) | {n_stats - 1})
+        for anchor in anchors:
+            level[0], t = anchor, anchor / (n_stats - 1)
+            model(z * t, y, max(t, 1e-3))
+        for hook in hooks:
+            hook.remove()
+        for bn in bns:
+            for a, b in zip(anchors, anchors[1:]):
+                for i in range(a + 1, b):
+                    f = (i - a) / (b - a)
+                    for stats in (bn.running_means, bn.running_vars):
+                        stats[i] = (1 - f) * stats[a] + f * stats[b]
+            bn.running_vars.mul_(1 + 0.01 * torch.rand(bn.running_vars.shape, generator=g))
+    return config, model
+
+
+def save_hf(config, model, folder):
+    """The folder HF's from_pretrained reads: config.json (its own JSON) and
+    pytorch_model.bin (the state dict)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'config.json'), 'w', encoding='utf-8') as f:
+        f.write(config.to_json_string())
+    torch.save(model.state_dict(), os.path.join(folder, 'pytorch_model.bin'))
+    return folder
+
+
+def load_as_sample(weights_root, experiment_name, *extra):
+    """G as sample.py builds it for --config_from_name --G_eval_mode (the model flags from the
+    checkpoint, G.pth loaded, eval mode), with the sample config."""
+    import importlib
+
+    import sample
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = vars(parser.parse_args(['--config_from_name', '--weights_root', str(weights_root),
+                                     '--experiment_name', experiment_name, '--G_eval_mode',
+                                     '--device', 'cpu'] + list(extra)))
+    config = utils.prepare_config(sample.config_from_checkpoint(config))
+    G = importlib.import_module(config['model']).Generator(
+        **{**config, 'skip_init': True, 'no_optim': True})
+    utils.load_weights(G, None, {}, config['weights_root'], experiment_name, None, None,
+                       strict=True, load_optim=False)
+    return G.eval(), config

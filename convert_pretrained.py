@@ -1,0 +1,526 @@
+"""DeepMind's released generators as checkpoints of this codebase.
+
+BigGAN-deep from HuggingFace's pytorch-pretrained-BigGAN files (a folder with config.json and
+pytorch_model.bin), for one truncation:
+
+    python convert_pretrained.py --hf_dir biggan-deep-128 --truncation 0.4 \\
+        --weights_root weights --experiment_name deep128_t0.4
+
+BigGAN from a downloaded TF-Hub module (the folder holding variables/), as the release's
+TFHub/converter.py maps it, without TensorFlow:
+
+    python convert_pretrained.py --tfhub_dir biggan-128 -r 128 --experiment_name biggan128
+
+Both write weights_root/NAME/{G.pth, G_ema.pth, state_dict.pth} (the model flags in
+state_dict.pth, for sample.py --config_from_name) and print the sample.py command to use.
+Neither needs HuggingFace's package or TensorFlow: plain JSON, checkpoints.torch_load
+and tf_bundle's reader.
+"""
+import functools
+import importlib
+import json
+import math
+import os
+import shlex
+
+import torch
+
+import BigGAN
+import flags
+import layers
+import utils
+from checkpoints import atomic_save_all, checkpoint_path, plain_config, torch_load
+from datasets import DATASETS
+
+# pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
+HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel_width': 128,
+               'num_classes': 1000, 'attention_layer_position': 8, 'eps': 1e-4, 'n_stats': 51,
+               'layers': [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8],
+                          [False, 8, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2],
+                          [False, 2, 2], [True, 2, 1]]}
+# The release's TFHub/converter.py: attention resolution per module resolution, EMA suffix.
+TFHUB_ATTENTION = {128: 64, 256: 128, 512: 64}
+TFHUB_EMA = '/ema_b999900'
+# How closely this codebase's spectral norm must reproduce the source's sigma (relative).
+SIGMA_RTOL = 1e-5
+
+
+# ----------------------------------------------------------------------------
+# Pieces both sources share.
+
+def hf_levels(truncation, n_stats):
+    """[(level, weight)] of the BN statistics HF uses at a truncation, by HF's own arithmetic:
+    (f, s) = modf(truncation / (1 / (n_stats - 1))) in double precision; f = 0 takes level s,
+    else f of level s and 1 - f of level s + 1 (the reverse of linear interpolation)."""
+    coef, start = math.modf(truncation / (1.0 / (n_stats - 1)))
+    start = int(start)
+    if coef == 0.0:
+        return [(start, 1.0)]
+    return [(start, coef), (start + 1, 1 - coef)]
+
+
+def level_stats(stats, truncation):
+    """One (C,) row from per-truncation (S, C) statistics, computed in float32 as HF does."""
+    levels = hf_levels(truncation, stats.shape[0])
+    if levels[-1][0] >= stats.shape[0]:
+        raise flags.ConfigError(f'truncation {truncation:g} needs statistics level '
+                                f'{levels[-1][0]}; the file has {stats.shape[0]}')
+    if len(levels) == 1:
+        return stats[levels[0][0]]
+    (s, f), (s1, g) = levels
+    return stats[s] * f + stats[s1] * g
+
+
+def project_sigma(weight, u0):
+    """The sigma this codebase's SN computes in eval mode from u0 (one power step, no update),
+    in float64."""
+    svs, _, _ = layers.power_iteration(weight.double().flatten(1), [u0.double().clone()],
+                                       update=False)
+    return float(svs[0])
+
+
+def u0_for(weight, v):
+    """A u0 whose power step lands on v: W^T u0 = v by least squares in float64.
+
+    HF's v = normalize(W^T u) lies in W's row space, so the solution is exact; the step then
+    gives sigma = |W v|, which is torch's eval sigma u . (W v) because HF's u = normalize(W v).
+    """
+    w = weight.double().flatten(1)
+    return torch.linalg.lstsq(w.t(), v.double().unsqueeze(1)).solution.t()  # (1, out)
+
+
+def swap_halves(t, first):
+    """Columns [a (first), b] -> [b, a]: the source's [z, class] input order to ours."""
+    return torch.cat([t[:, first:], t[:, :first]], 1)
+
+
+def channels_first_rows(t, channels, side=4):
+    """Rows in TF's (h, w, c) order -> ours (c, h, w): the first linear layer's outputs."""
+    return t.reshape(side * side, channels, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+class Target:
+    """This codebase's G state dict being filled in, checked against the G built from the
+    flags (every key set, every shape right)."""
+
+    def __init__(self, G, sn):
+        self.template = G.state_dict()
+        self.sn = sn
+        self.out = {}
+
+    def put(self, key, value, source):
+        want = tuple(self.template[key].shape)
+        if tuple(value.shape) != want:
+            raise flags.ConfigError(f'{source} has shape {tuple(value.shape)} where this model '
+                                    f'needs {want} for {key}: the weights do not match their '
+                                    f'config')
+        self.out[key] = value.detach().to(self.template[key].dtype).clone().contiguous()
+
+    def put_sn(self, key, weight, u0, sigma, source):
+        """An SN layer whose normalised weight must be weight / sigma: with SN, weight and a
+        u0 from which our power step gives sigma; plain (baked), weight / sigma."""
+        if not sigma > 0:
+            raise flags.ConfigError(f'{source} has a non-positive spectral norm estimate {sigma:g}')
+        if not self.sn:
+            self.put(key + '.weight', weight.double() / sigma, source)
+            return
+        ours = project_sigma(weight, u0)
+        if abs(ours - sigma) > SIGMA_RTOL * sigma:
+            raise flags.ConfigError(f'{source}: its stored spectral-norm vectors do not satisfy '
+                                    f"u = normalize(W v) as HF's files do (sigma {sigma:g}, "
+                                    f'ours {ours:g}); convert with --G_param plain')
+        self.put(key + '.weight', weight, source)
+        self.put(key + '.u0', u0.reshape(1, -1), source)
+        self.put(key + '.sv0', torch.tensor([sigma]), source)
+
+    def done(self):
+        missing = [k for k in self.template if k not in self.out]
+        if missing:
+            raise RuntimeError(f"conversion left {', '.join(missing[:5])} unset")
+        return self.out
+
+
+def build_config(flags):
+    """The training config these flags give (what state_dict.pth stores) and its G."""
+    config = utils.prepare_config(vars(utils.prepare_parser().parse_args(flags)))
+    model = importlib.import_module(config['model'])
+    G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True})
+    return config, G
+
+
+def dataset_for(resolution):
+    """A dataset entry of the right resolution where the table has one (512px has none)."""
+    name = f'I{resolution}_hdf5'
+    return name if name in DATASETS else 'I128_hdf5'
+
+
+def save_checkpoint(state, config, weights_root, experiment_name, info):
+    """G.pth and G_ema.pth (the same weights) and state_dict.pth, written together atomically."""
+    os.makedirs(os.path.join(weights_root, experiment_name), exist_ok=True)
+    path = functools.partial(checkpoint_path, weights_root, experiment_name)
+    meta = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+            'best_FID': 999999, 'config': plain_config(config), 'pretrained': info}
+    atomic_save_all([(state, path('G')), (state, path('G_ema')),
+                           (meta, path('state_dict'))])
+
+
+# ----------------------------------------------------------------------------
+# HuggingFace's BigGAN-deep.
+
+def read_hf(folder):
+    """(config with HF's defaults filled in, state dict) of an HF model folder."""
+    paths = [os.path.join(folder, name) for name in ('config.json', 'pytorch_model.bin')]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: --hf_dir takes a folder with HF's "
+                                    f'config.json and pytorch_model.bin')
+    try:
+        with open(paths[0], encoding='utf-8') as f:
+            cfg = {**HF_DEFAULTS, **json.load(f)}
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise flags.ConfigError(f'{paths[0]} is not a JSON object: {e}') from None
+    state = torch_load(paths[1])  # tensors and plain data only, or one line naming the file
+    if not isinstance(state, dict):
+        raise flags.ConfigError(f'{paths[1]} holds a {type(state)}, not a state dict')
+    return cfg, state
+
+
+def hf_arch(cfg):
+    """(resolution, blocks per stage, attention resolution or 0) of HF's layer list, refused
+    unless BigGANdeep builds the same blocks (a stage: blocks keeping the channels, then one
+    changing them and upsampling)."""
+    try:
+        layer_list = [(bool(up), int(i), int(o)) for up, i, o in cfg['layers']]
+        position = int(cfg['attention_layer_position'])
+    except (TypeError, ValueError):
+        raise flags.ConfigError('config.json: layers must be [upsample, in, out] triples '
+                                'and attention_layer_position an integer') from None
+    stages = sum(up for up, _, _ in layer_list)
+    depth = len(layer_list) // max(stages, 1)
+    resolution = 4 * 2 ** stages
+    expected = []
+    for ins, outs in zip(*BigGAN.G_CHANNELS.get(resolution, ([], []))):
+        expected += [(False, ins, ins)] * (depth - 1) + [(True, ins, outs)]
+    if not expected or layer_list != expected:
+        would_be = [list(layer) for layer in expected]
+        raise flags.ConfigError(f"config.json: layers {cfg['layers']} are not a BigGAN-deep "
+                                f'layout this codebase builds (at {resolution}px with {depth} '
+                                f'blocks a stage it would be {would_be})')
+    if int(cfg['n_stats']) < 2:
+        raise flags.ConfigError(f"config.json: n_stats must be at least 2, got {cfg['n_stats']}")
+    if position >= len(layer_list):
+        return resolution, depth, 0
+    if position < 1 or not layer_list[position - 1][0]:
+        raise flags.ConfigError(f'config.json: attention_layer_position {position} is not '
+                                f"right after a stage's upsampling layer, where BigGANdeep puts "
+                                f'attention')
+    return resolution, depth, 4 * 2 ** sum(up for up, _, _ in layer_list[:position])
+
+
+def hf_keys(cfg, attention):
+    """Every entry HF's model with this config has."""
+    sn = ('weight_orig', 'weight_u', 'weight_v')
+    keys = ['embeddings.weight'] + ['generator.gen_z.' + k for k in sn + ('bias',)]
+    for n in hf_modules(cfg, attention):
+        for k in range(4):
+            keys += [f'{n}bn_{k}.{s}' for s in ('running_means', 'running_vars')]
+            keys += [f'{n}bn_{k}.{p}.{s}' for p in ('scale', 'offset') for s in sn]
+            keys += [f'{n}conv_{k}.{s}' for s in sn + ('bias',)]
+    if attention:
+        a = f"generator.layers.{cfg['attention_layer_position']}."
+        keys += [a + 'gamma'] + [f'{a}snconv1x1_{p}.{s}'
+                                 for p in ('theta', 'phi', 'g', 'o_conv') for s in sn]
+    keys += ['generator.bn.' + k for k in ('weight', 'bias', 'running_means', 'running_vars')]
+    return keys + ['generator.conv_to_rgb.' + k for k in sn + ('bias',)]
+
+
+def hf_modules(cfg, attention):
+    """The HF module prefix of each GenBlock, in order (the attention takes one index)."""
+    position = cfg['attention_layer_position']
+    return [f'generator.layers.{i + (1 if attention and i >= position else 0)}.'
+            for i in range(len(cfg['layers']))]
+
+
+def hf_flags(cfg, arch, G_param):
+    """The flags that build HF's model as this codebase's BigGANdeep."""
+    resolution, depth, attention = arch
+    eps, d = repr(float(cfg['eps'])), str(int(cfg['z_dim']))
+    return ['--model', 'BigGANdeep', '--G_param', G_param,
+            '--G_ch', str(int(cfg['channel_width'])), '--G_depth', str(depth),
+            '--G_attn', str(attention), '--G_shared', '--hier', '--shared_dim', d, '--dim_z', d,
+            '--resolution', str(resolution), '--n_classes', str(int(cfg['num_classes'])),
+            '--dataset', dataset_for(resolution), '--BN_eps', eps, '--SN_eps', eps,
+            '--num_G_SVs', '1', '--num_G_SV_itrs', '1', '--norm_style', 'bn', '--G_eval_mode',
+            '--skip_init']
+
+
+def hf_sn(state, name):
+    """(weight_orig, v, sigma) of one of HF's SN modules; sigma as torch's spectral_norm
+    computes it in eval mode: u . (W v) with the stored vectors, no power step."""
+    w, u, v = (state[name + s] for s in ('.weight_orig', '.weight_u', '.weight_v'))
+    return w, v, float(u.double() @ (w.double().flatten(1) @ v.double()))
+
+
+def convert_hf(cfg, state, truncation, G_param='SN'):
+    """(this codebase's G state dict, config) of an HF BigGAN-deep at one truncation."""
+    arch = hf_arch(cfg)
+    missing = [k for k in hf_keys(cfg, arch[2]) if k not in state]
+    if missing:
+        raise flags.ConfigError(f'pytorch_model.bin lacks {len(missing)} of the entries '
+                                f"config.json implies ({', '.join(missing[:3])} ...)")
+    config, G = build_config(hf_flags(cfg, arch, G_param))
+    t = Target(G, sn=G_param == 'SN')
+    d, C, eps = int(cfg['z_dim']), int(cfg['channel_width']), float(cfg['eps'])
+
+    def sn(key, name, columns=None, rows=None):
+        """HF's SN module `name` as ours at `key`, its inputs and outputs reordered."""
+        weight, v, sigma = hf_sn(state, name)
+        if columns:
+            weight, v = columns(weight), columns(v.unsqueeze(0)).squeeze(0)
+        if rows:
+            weight = rows(weight)  # u0_for solves for the reordered rows
+        t.put_sn(key, weight, u0_for(weight, v), sigma, name)
+
+    def zy(w):
+        return swap_halves(w, d)
+
+    t.put('shared.weight', state['embeddings.weight'].t(), 'embeddings.weight')
+    sn('linear', 'generator.gen_z', zy, lambda w: channels_first_rows(w, 16 * C))
+    t.put('linear.bias', channels_first_rows(state['generator.gen_z.bias'], 16 * C),
+          'generator.gen_z.bias')
+    for i, name in enumerate(hf_modules(cfg, arch[2])):
+        block = f'blocks.{i}.0.'
+        for k in range(4):
+            bn, ours = f'{name}bn_{k}.', f'{block}bn{k + 1}.'
+            for part, our_part in (('scale', 'gain'), ('offset', 'bias')):
+                sn(ours + our_part, bn + part, zy)
+            t.put(ours + 'stored_mean', level_stats(state[bn + 'running_means'], truncation),
+                  bn + 'running_means')
+            t.put(ours + 'stored_var', level_stats(state[bn + 'running_vars'], truncation),
+                  bn + 'running_vars')
+            conv = f'{name}conv_{k}'
+            sn(f'{block}conv{k + 1}', conv)
+            t.put(f'{block}conv{k + 1}.bias', state[conv + '.bias'], conv + '.bias')
+    if arch[2]:
+        name = f"generator.layers.{cfg['attention_layer_position']}."
+        block = f"blocks.{cfg['attention_layer_position'] - 1}.1."
+        for part, ours in (('theta', 'theta'), ('phi', 'phi'), ('g', 'g'), ('o_conv', 'o')):
+            sn(block + ours, name + 'snconv1x1_' + part)
+        t.put(block + 'gamma', state[name + 'gamma'].reshape(()), name + 'gamma')
+    scale = convert_hf_rgb(t, state)
+    # Our output BN's eps is fixed (the release's 1e-5): fold HF's into the variance.
+    out_eps = G.output_layer[0].eps
+    t.put('output_layer.0.gain', state['generator.bn.weight'].double() * scale,
+          'generator.bn.weight')
+    t.put('output_layer.0.bias', state['generator.bn.bias'].double() * scale,
+          'generator.bn.bias')
+    t.put('output_layer.0.stored_mean', level_stats(state['generator.bn.running_means'],
+                                                    truncation), 'generator.bn.running_means')
+    t.put('output_layer.0.stored_var', level_stats(state['generator.bn.running_vars'],
+                                                   truncation) + (eps - out_eps),
+          'generator.bn.running_vars')
+    return t.done(), config
+
+
+def convert_hf_rgb(t, state):
+    """The RGB conv's first 3 of C output channels; returns the factor for the output BN.
+
+    HF normalises all C rows by their sigma and keeps 3 channels; our 3-row conv can only
+    estimate the 3 rows' own sigma. Its output is linear in its input, and ReLU commutes with a
+    positive factor, so scaling the output BN's gain and bias by ours / HF's makes it exact.
+    """
+    name = 'generator.conv_to_rgb'
+    w, _, sigma = hf_sn(state, name)
+    w3 = w[:3]
+    t.put('output_layer.2.bias', state[name + '.bias'][:3], name + '.bias')
+    if not t.sn:
+        t.put_sn('output_layer.2', w3, None, sigma, name)
+        return 1.0
+    u0 = torch.linalg.svd(w3.double().flatten(1), full_matrices=False).U[:, :1].t()
+    ours = project_sigma(w3, u0)
+    t.put_sn('output_layer.2', w3, u0, ours, name)
+    return ours / sigma
+
+
+# ----------------------------------------------------------------------------
+# The release's TF-Hub BigGAN.
+
+class TFHubModule:
+    """Named tensors of a TF-Hub module's checkpoint as torch tensors, EMA copies by choice."""
+
+    def __init__(self, folder, ema=True):
+        import tf_bundle
+        try:
+            self.bundle = tf_bundle.Bundle(folder)
+        except tf_bundle.BundleError as e:
+            raise flags.ConfigError(str(e)) from None
+        # Variables carry 'module/' when dumped from a loaded hub.Module, not in the checkpoint.
+        self.prefix = 'module/' if any(k.startswith('module/') for k in self.bundle.keys()) else ''
+        self.ema = ema
+
+    def key(self, name, averaged=True):
+        """The checkpoint name of variable `name` (its EMA copy when averaged and asked for)."""
+        key = self.prefix + name + (TFHUB_EMA if self.ema and averaged else '')
+        if key not in self.bundle:
+            hint = (' (no EMA weights in this module? pass --no_ema)'
+                    if self.ema and averaged and self.prefix + name in self.bundle else '')
+            raise flags.ConfigError(f'{self.bundle.prefix} has no variable {key}{hint}: is it a '
+                                    f'TF-Hub BigGAN module of this resolution?')
+        return key
+
+    def shape(self, name, averaged=True):
+        return self.bundle.shape(self.key(name, averaged))
+
+    def __call__(self, name, averaged=True):
+        """The tensor `name` as a torch tensor."""
+        import tf_bundle
+        try:
+            return torch.from_numpy(self.bundle[self.key(name, averaged)].copy())
+        except tf_bundle.BundleError as e:
+            raise flags.ConfigError(str(e)) from None
+
+
+def tfhub_flags(module, resolution, G_param):
+    """The release's config for a TF-Hub resolution, with widths read off the checkpoint."""
+    n_classes, shared_dim = module.shape('linear/w')
+    chunk, out = module.shape('Generator/G_Z/G_linear/w')
+    n_blocks = len(BigGAN.G_CHANNELS[resolution][0])
+    return ['--model', 'BigGAN', '--G_param', G_param, '--G_ch', str(out // 256), '--G_shared',
+            '--hier', '--shared_dim', str(shared_dim), '--dim_z', str(chunk * (n_blocks + 1)),
+            '--G_attn', str(TFHUB_ATTENTION[resolution]), '--resolution', str(resolution),
+            '--n_classes', str(n_classes), '--dataset', dataset_for(resolution),
+            '--BN_eps', '1e-4', '--SN_eps', '1e-4', '--num_G_SVs', '1', '--num_G_SV_itrs', '1',
+            '--norm_style', 'bn', '--G_nl', 'inplace_relu', '--G_eval_mode', '--skip_init']
+
+
+def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
+    """(this codebase's G state dict, config, whether the statistics follow the truncation)."""
+    config, G = build_config(tfhub_flags(module, resolution, G_param))
+    t = Target(G, sn=G_param == 'SN')
+    per_truncation = []
+
+    def sn(key, name, layout, bias=True):
+        weight = layout(module(name + '/w'))
+        u0 = module(name + '/u0', averaged=False).reshape(1, -1)
+        if name.endswith('G_linear'):
+            u0 = channels_first_rows(u0.t(), weight.shape[0] // 16).t()
+        t.put_sn(key, weight, u0, project_sigma(weight, u0), name)
+        if bias:
+            b = module(name + '/b').reshape(-1)
+            t.put(key + '.bias', channels_first_rows(b, b.shape[0] // 16)
+                  if name.endswith('G_linear') else b, name + '/b')
+
+    def stats(key, name):
+        for ours in ('mean', 'var'):
+            value = module(f'{name}/accumulated_{ours}', averaged=False)
+            if value.dim() == 2:  # statistics per truncation level, as HF's files hold them
+                if truncation is None:
+                    raise flags.ConfigError((f'{name} holds BN statistics per truncation: pass '
+                                            '--truncation'))
+                value = level_stats(value, truncation)
+                per_truncation.append(name)
+            t.put(f'{key}.stored_{ours}', value, name)
+
+    conv = functools.partial(torch.permute, dims=(3, 2, 0, 1))  # TF's HWIO -> OIHW
+    shared_dim = config['shared_dim']
+    t.put('shared.weight', module('linear/w'), 'linear/w')
+    sn('linear', 'Generator/G_Z/G_linear',
+       lambda w: channels_first_rows(w.t(), w.shape[1] // 16))
+    for i in range(len(BigGAN.G_CHANNELS[resolution][0])):
+        name, block = f"Generator/GBlock{f'_{i}' if i else ''}/", f'blocks.{i}.0.'
+        for tf_conv, ours in (('conv0', 'conv1'), ('conv1', 'conv2'), ('conv_sc', 'conv_sc')):
+            sn(block + ours, name + tf_conv, conv)
+        for k, suffix in ((1, ''), (2, '_1')):
+            for part, ours in (('gamma', 'gain'), ('beta', 'bias')):
+                # Their conditioning vector is [z chunk, class]; ours is [class, z chunk].
+                sn(f'{block}bn{k}.{ours}', f'{name}HyperBN{suffix}/{part}',
+                   lambda w: swap_halves(w.t(), w.shape[0] - shared_dim), bias=False)
+            stats(f'{block}bn{k}', f'{name}CrossReplicaBN{suffix}')
+    attention = f'blocks.{int(math.log2(TFHUB_ATTENTION[resolution])) - 3}.1.'
+    for part, ours in (('theta', 'theta'), ('phi', 'phi'), ('g', 'g'), ('o_conv', 'o')):
+        sn(attention + ours, 'Generator/attention/' + part, conv, bias=False)
+    t.put(attention + 'gamma', module('Generator/attention/gamma').reshape(()),
+          'Generator/attention/gamma')
+    t.put('output_layer.0.gain', module('Generator/ScaledCrossReplicaBN/gamma').reshape(-1),
+          'Generator/ScaledCrossReplicaBN/gamma')
+    t.put('output_layer.0.bias', module('Generator/ScaledCrossReplicaBN/beta').reshape(-1),
+          'Generator/ScaledCrossReplicaBN/beta')
+    stats('output_layer.0', 'Generator/ScaledCrossReplicaBNbn')
+    sn('output_layer.2', 'Generator/conv_2d', conv)
+    return t.done(), config, bool(per_truncation)
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+def prepare_parser():
+    parser = flags.new_parser(__doc__.split('\n\n')[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--hf_dir', type=str, default='',
+                        help="HuggingFace BigGAN-deep folder (config.json, pytorch_model.bin)")
+    source.add_argument('--tfhub_dir', type=str, default='',
+                        help='Extracted TF-Hub BigGAN module (the folder holding variables/)')
+    parser.add_argument('--truncation', type=float, default=None,
+                        help='Truncation the BN statistics are taken for, in (0, 1] (HF: '
+                             'required; TF-Hub: only for modules with statistics per level)')
+    parser.add_argument('-r', '--resolution', type=int, default=0, choices=[128, 256, 512],
+                        help="The TF-Hub module's resolution")
+    parser.add_argument('--no_ema', action='store_true', default=False,
+                        help='TF-Hub: the raw weights instead of their EMA copies')
+    parser.add_argument('--G_param', type=str, default='SN', choices=['SN', 'plain'],
+                        help='SN (default): a trainable spectrally normalised G; plain: weights '
+                             'divided by their spectral norm once')
+    parser.add_argument('--weights_root', type=str, default='weights',
+                        help='Where the checkpoint folder goes')
+    parser.add_argument('--experiment_name', type=str, default='',
+                        help='Checkpoint folder name (default: from the source and truncation)')
+    return parser
+
+
+def run(config):
+    """Convert what the flags name, write the checkpoint, print how to sample it."""
+    truncation = config['truncation']
+    if truncation is not None and not 0 < truncation <= 1:
+        raise flags.ConfigError(f'--truncation must lie in (0, 1], got {truncation:g}')
+    source = config['hf_dir'] or config['tfhub_dir']
+    info = {'source': 'huggingface' if config['hf_dir'] else 'tfhub',
+            'path': os.path.abspath(source)}
+    note = ''
+    if config['hf_dir']:
+        if truncation is None:
+            raise flags.ConfigError('--hf_dir needs --truncation: HF\'s BN statistics differ '
+                                    'per truncation, and a checkpoint holds one set')
+        cfg, state = read_hf(config['hf_dir'])
+        G_state, model_config = convert_hf(cfg, state, truncation, config['G_param'])
+        name = f'{os.path.basename(os.path.normpath(source))}_t{truncation:g}'
+    else:
+        if not config['resolution']:
+            raise flags.ConfigError('--tfhub_dir needs -r/--resolution 128, 256 or 512')
+        module = TFHubModule(source, ema=not config['no_ema'])
+        G_state, model_config, per_level = convert_tfhub(module, config['resolution'],
+                                                         truncation, config['G_param'])
+        if not per_level:
+            # The release's limitation: one set of statistics, TF-Hub's at truncation 1.
+            note = ('note: this module holds one set of BN statistics, so samples match '
+                    "TF-Hub's at truncation 1 only")
+            truncation = 1.0 if truncation is None else truncation
+        info['ema'] = not config['no_ema']
+        name = f"biggan-{config['resolution']}{'_noema' if config['no_ema'] else ''}"
+    info['truncation'] = truncation if not note else 1.0
+    name = config['experiment_name'] or name
+    save_checkpoint(G_state, model_config, config['weights_root'], name, info)
+    print(f"Wrote {os.path.join(config['weights_root'], name)}")
+    if note:
+        print(note)
+    print(f'Sample it with:\n  python sample.py --config_from_name --weights_root '
+          f"{shlex.quote(config['weights_root'])} --experiment_name {shlex.quote(name)} "
+          f'--G_eval_mode --truncation {truncation:g} --sample_sheets')
+    return os.path.join(config['weights_root'], name)
+
+
+def main(argv=None):
+    return flags.run_cli(run, prepare_parser(), argv)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,404 @@
+"""TensorFlow checkpoints (the tensor-bundle format of `variables/variables.*`) without TensorFlow.
+
+A bundle is `PREFIX.index`, an SSTable (LevelDB's table format) that maps each tensor name to a
+serialized `BundleEntryProto` (dtype, shape, shard, offset, size, CRC32C) and the empty name to a
+`BundleHeaderProto`, plus `PREFIX.data-0000i-of-0000n`, the raw little-endian tensor bytes.
+`Bundle` reads one (lazily, checking every checksum); `write_bundle` writes one byte for byte as
+TensorFlow's BundleWriter does (unsliced tensors, one shard), for tests.
+Only numpy is needed, so this module also runs where torch is absent.
+"""
+import math
+import os
+import struct
+
+import numpy as np
+
+MAGIC = 0xdb4775248b80fb57     # LevelDB table footer magic
+FOOTER_SIZE = 48               # two block handles padded to 40 bytes, then the magic
+BLOCK_SIZE = 262144            # TensorFlow's table block size
+RESTART_INTERVAL = 16          # keys between restart points in data blocks (index blocks: 1)
+
+# TensorFlow DataType enum -> numpy dtype; bfloat16 (14) is widened to float32 on reading.
+DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+          8: np.complex64, 9: np.int64, 10: np.bool_, 14: np.uint16, 17: np.uint16,
+          18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64}
+DTYPE_NAMES = {1: 'float32', 2: 'float64', 3: 'int32', 4: 'uint8', 5: 'int16', 6: 'int8',
+               7: 'string', 8: 'complex64', 9: 'int64', 10: 'bool', 14: 'bfloat16',
+               17: 'uint16', 18: 'complex128', 19: 'float16', 22: 'uint32', 23: 'uint64'}
+TF_DTYPES = {np.dtype(v): k for k, v in DTYPES.items() if k != 14}
+
+
+class BundleError(ValueError):
+    """A file that is not a readable tensor bundle (truncated, corrupt, unsupported)."""
+
+
+# ----------------------------------------------------------------------------
+# CRC32C (Castagnoli), as LevelDB and TensorFlow checksum blocks and tensors.
+
+def _crc_table():
+    table = np.zeros(256, dtype=np.uint32)
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table[n] = c
+    return table
+
+
+CRC_TABLE = _crc_table()
+_TABLE_LIST = CRC_TABLE.tolist()
+
+
+def _gf2_apply(columns, x):
+    """A 32x32 GF(2) matrix (its 32 column words) times the word(s) x."""
+    out = np.zeros_like(x)
+    for bit in range(32):
+        out ^= np.where((x >> np.uint32(bit)) & np.uint32(1), columns[bit], np.uint32(0))
+    return out
+
+
+def _gf2_square(columns):
+    return _gf2_apply(columns, columns)
+
+
+def _zeros_operator(n):
+    """The linear map a raw CRC register undergoes over n zero bytes, as 32 column words."""
+    # One zero bit shifts right and xors the polynomial when the low bit was set.
+    power = np.array([0x82F63B78] + [1 << (bit - 1) for bit in range(1, 32)], dtype=np.uint32)
+    result = np.array([1 << bit for bit in range(32)], dtype=np.uint32)  # identity
+    bits = 8 * n
+    while bits:
+        if bits & 1:
+            result = _gf2_apply(power, result)
+        power = _gf2_square(power)
+        bits >>= 1
+    return result
+
+
+def _crc_register(data, state=0):
+    """The raw CRC register after data, from state (no pre- or post-inversion)."""
+    if len(data) < 4096:
+        for byte in bytes(data):
+            state = _TABLE_LIST[(state ^ byte) & 0xff] ^ (state >> 8)
+        return state
+    # Long data: split it into 2^k equal rows (zeros in front change nothing from state 0), run
+    # the rows side by side, then fold neighbours together with the zero-byte operator.
+    data = np.frombuffer(data, dtype=np.uint8)
+    rows = 1 << max(0, int(math.log2(16 * math.sqrt(len(data)))))
+    width = -(-len(data) // rows)
+    padded = np.zeros(rows * width, dtype=np.uint8)
+    padded[rows * width - len(data):] = data
+    columns = np.ascontiguousarray(padded.reshape(rows, width).T)
+    regs = np.zeros(rows, dtype=np.uint32)
+    for column in columns:
+        regs = CRC_TABLE[(regs ^ column) & 0xff] ^ (regs >> np.uint32(8))
+    shift = _zeros_operator(width)
+    while len(regs) > 1:
+        regs = _gf2_apply(shift, regs[0::2]) ^ regs[1::2]
+        shift = _gf2_square(shift)
+    combined = int(regs[0])
+    if state:
+        combined ^= int(_gf2_apply(_zeros_operator(len(data)), np.array(state, np.uint32)))
+    return combined
+
+
+def crc32c(data):
+    """CRC32C of bytes-like data."""
+    return _crc_register(data, 0xffffffff) ^ 0xffffffff
+
+
+def mask_crc(crc):
+    """LevelDB's masked CRC (stored checksums are masked)."""
+    return ((((crc >> 15) | (crc << 17)) & 0xffffffff) + 0xa282ead8) & 0xffffffff
+
+
+# ----------------------------------------------------------------------------
+# Protocol buffers: just the wire format the two messages use.
+
+def read_varint(buf, pos):
+    """(value, next position) of the varint at buf[pos]."""
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise BundleError('truncated varint')
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7f) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7f
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def parse_message(buf):
+    """{field number: [values]} of a serialized message: ints for varint and fixed fields,
+    bytes for length-delimited ones."""
+    fields, pos = {}, 0
+    while pos < len(buf):
+        key, pos = read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = read_varint(buf, pos)
+        elif wire == 1:
+            value, pos = struct.unpack_from('<Q', buf, pos)[0], pos + 8
+        elif wire == 2:
+            length, pos = read_varint(buf, pos)
+            value, pos = bytes(buf[pos:pos + length]), pos + length
+        elif wire == 5:
+            value, pos = struct.unpack_from('<I', buf, pos)[0], pos + 4
+        else:
+            raise BundleError(f'unsupported protobuf wire type {wire}')
+        fields.setdefault(number, []).append(value)
+    if pos != len(buf):
+        raise BundleError('truncated protobuf message')
+    return fields
+
+
+def field(number, wire, value):
+    """One serialized field (wire 0: varint, 2: bytes, 5: fixed32)."""
+    key = varint(number << 3 | wire)
+    if wire == 0:
+        return key + varint(value)
+    if wire == 2:
+        return key + varint(len(value)) + value
+    return key + struct.pack('<I', value)
+
+
+# ----------------------------------------------------------------------------
+# SSTable blocks.
+
+def read_block(f, offset, size, verify=True):
+    """The contents of the block at offset, its trailer's checksum checked."""
+    f.seek(offset)
+    raw = f.read(size + 5)
+    if len(raw) != size + 5:
+        raise BundleError(f'truncated table block at offset {offset}')
+    if verify and struct.unpack('<I', raw[-4:])[0] != mask_crc(crc32c(raw[:-4])):
+        raise BundleError(f'checksum mismatch in table block at offset {offset}')
+    if raw[size] != 0:
+        raise BundleError(f'compressed table blocks (type {raw[size]}) are not supported')
+    return raw[:size]
+
+
+def block_entries(block):
+    """[(key, value)] of a block, keys rebuilt from their shared prefixes."""
+    if len(block) < 4:
+        raise BundleError('table block too short')
+    num_restarts = struct.unpack_from('<I', block, len(block) - 4)[0]
+    end = len(block) - 4 - 4 * num_restarts
+    entries, pos, key = [], 0, b''
+    while pos < end:
+        shared, pos = read_varint(block, pos)
+        non_shared, pos = read_varint(block, pos)
+        value_length, pos = read_varint(block, pos)
+        key = key[:shared] + block[pos:pos + non_shared]
+        pos += non_shared
+        entries.append((key, block[pos:pos + value_length]))
+        pos += value_length
+    return entries
+
+
+def read_table(path):
+    """Every (key, value) of an SSTable, in order."""
+    with open(path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        length = f.tell()
+        if length < FOOTER_SIZE:
+            raise BundleError(f'{path} is too short to be a checkpoint index')
+        f.seek(length - FOOTER_SIZE)
+        footer = f.read(FOOTER_SIZE)
+        if struct.unpack('<Q', footer[-8:])[0] != MAGIC:
+            raise BundleError(f'{path} is not a TensorFlow checkpoint index (bad magic)')
+        _, pos = read_varint(footer, 0)          # metaindex handle: unused
+        _, pos = read_varint(footer, pos)
+        index_offset, pos = read_varint(footer, pos)
+        index_size, pos = read_varint(footer, pos)
+        entries = []
+        for _, handle in block_entries(read_block(f, index_offset, index_size)):
+            offset, pos = read_varint(handle, 0)
+            size, _ = read_varint(handle, pos)
+            entries += block_entries(read_block(f, offset, size))
+    return entries
+
+
+class BlockBuilder:
+    """A block of sorted (key, value) entries with prefix compression and restart points."""
+
+    def __init__(self, restart_interval):
+        self.restart_interval = restart_interval
+        self.buffer, self.restarts, self.count, self.last = bytearray(), [0], 0, b''
+
+    def add(self, key, value):
+        shared = 0
+        if self.count == self.restart_interval:
+            self.restarts.append(len(self.buffer))
+            self.count = 0
+        else:
+            limit = min(len(self.last), len(key))
+            while shared < limit and self.last[shared] == key[shared]:
+                shared += 1
+        self.buffer += varint(shared) + varint(len(key) - shared) + varint(len(value))
+        self.buffer += key[shared:] + value
+        self.last, self.count = key, self.count + 1
+
+    def size(self):
+        """What the finished block will weigh (TensorFlow's estimate, exact)."""
+        return len(self.buffer) + 4 * len(self.restarts) + 4
+
+    def finish(self):
+        return bytes(self.buffer + b''.join(struct.pack('<I', r) for r in self.restarts)
+                     + struct.pack('<I', len(self.restarts)))
+
+
+def shortest_separator(start, limit):
+    """A short key k with start <= k < limit (LevelDB's bytewise FindShortestSeparator)."""
+    n = 0
+    while n < min(len(start), len(limit)) and start[n] == limit[n]:
+        n += 1
+    if n < min(len(start), len(limit)) and start[n] < 0xff and start[n] + 1 < limit[n]:
+        return start[:n] + bytes([start[n] + 1])
+    return start
+
+
+def short_successor(key):
+    """A short key k >= key (LevelDB's bytewise FindShortSuccessor)."""
+    for i, byte in enumerate(key):
+        if byte != 0xff:
+            return key[:i] + bytes([byte + 1])
+    return key
+
+
+def write_table(f, entries):
+    """Sorted (key, value) entries as an uncompressed SSTable, as TensorFlow writes it."""
+    offset, index, block = 0, BlockBuilder(1), BlockBuilder(RESTART_INTERVAL)
+
+    def write_block(contents):
+        nonlocal offset
+        f.write(contents + b'\0' + struct.pack('<I', mask_crc(crc32c(contents + b'\0'))))
+        handle = varint(offset) + varint(len(contents))
+        offset += len(contents) + 5
+        return handle
+
+    for key, value in entries:
+        if block.count and block.size() >= BLOCK_SIZE:
+            index.add(shortest_separator(block.last, key), write_block(block.finish()))
+            block = BlockBuilder(RESTART_INTERVAL)
+        block.add(key, value)
+    if block.count:
+        index.add(short_successor(block.last), write_block(block.finish()))
+    footer = write_block(BlockBuilder(RESTART_INTERVAL).finish())  # the (empty) metaindex
+    footer += write_block(index.finish())
+    f.write(footer + b'\0' * (40 - len(footer)) + struct.pack('<Q', MAGIC))
+
+
+# ----------------------------------------------------------------------------
+# Bundles.
+
+def resolve_prefix(path):
+    """The checkpoint prefix for a module folder, its variables/ folder, or a prefix itself."""
+    for candidate in (os.path.join(path, 'variables', 'variables'),
+                      os.path.join(path, 'variables'), path):
+        if os.path.isfile(candidate + '.index'):
+            return candidate
+    raise FileNotFoundError((f'no TensorFlow checkpoint under {path} (looked for variables/'
+                            'variables.index): pass the extracted module folder'))
+
+
+class Bundle:
+    """A tensor bundle opened for reading: names, shapes and dtypes from the index, tensors
+    read from the data files on demand."""
+
+    def __init__(self, path):
+        self.prefix = resolve_prefix(path)
+        self.entries, header = {}, None
+        for key, value in read_table(self.prefix + '.index'):
+            if key == b'':
+                header = parse_message(value)
+            else:
+                self.entries[key.decode('utf-8')] = value
+        if header is None:
+            raise BundleError(f'{self.prefix}.index has no bundle header')
+        self.num_shards = header.get(1, [1])[0]
+        self.big_endian = header.get(2, [0])[0] == 1
+
+    def keys(self):
+        return sorted(self.entries)
+
+    def __contains__(self, name):
+        return name in self.entries
+
+    def entry(self, name):
+        """(TF dtype number, shape, shard, offset, size, crc32c or None) of a tensor."""
+        if name not in self.entries:
+            raise KeyError(name)
+        msg = parse_message(self.entries[name])
+        if 7 in msg:
+            raise BundleError(f'{name} is a partitioned (sliced) variable: not supported')
+        shape = parse_message(msg[2][0]) if 2 in msg else {}
+        dims = tuple(parse_message(d).get(1, [0])[0] for d in shape.get(2, []))
+        return (msg.get(1, [0])[0], dims, msg.get(3, [0])[0], msg.get(4, [0])[0],
+                msg.get(5, [0])[0], msg.get(6, [None])[0])
+
+    def shape(self, name):
+        return self.entry(name)[1]
+
+    def __getitem__(self, name):
+        """The tensor as a numpy array (bfloat16 as float32), its checksum checked."""
+        dtype, shape, shard, offset, size, crc = self.entry(name)
+        if dtype not in DTYPES:
+            raise BundleError(f'{name} has dtype {DTYPE_NAMES.get(dtype, dtype)}, which this '
+                              f'reader does not support')
+        path = f'{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}'
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path} (holding {name}) is missing')
+        with open(path, 'rb') as f:
+            f.seek(offset)
+            raw = f.read(size)
+        if len(raw) != size:
+            raise BundleError(f'{path} is truncated: {name} needs bytes {offset}..{offset + size}')
+        if crc is not None and mask_crc(crc32c(raw)) != crc:
+            raise BundleError(f'checksum mismatch for {name} in {path}')
+        np_dtype = np.dtype(DTYPES[dtype]).newbyteorder('>' if self.big_endian else '<')
+        if np_dtype.itemsize * math.prod(shape) != size:
+            raise BundleError(f'{name}: {size} bytes do not hold a {DTYPE_NAMES[dtype]} tensor '
+                              f'of shape {shape}')
+        array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder('='))
+        if dtype == 14:
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        return array
+
+
+def write_bundle(prefix, tensors):
+    """Write {name: array} as a one-shard bundle PREFIX.index + PREFIX.data-00000-of-00001,
+    tensors in name order, as TensorFlow's SaveV2 lays them out."""
+    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
+    entries = [(b'', field(1, 0, 1) + field(3, 2, field(1, 0, 1)))]  # 1 shard, producer 1
+    offset = 0
+    with open(prefix + '.data-00000-of-00001', 'wb') as data:
+        for name in sorted(tensors):
+            array = np.asarray(tensors[name])
+            if array.dtype not in TF_DTYPES:
+                raise BundleError(f'cannot write {name}: dtype {array.dtype}')
+            raw = array.astype(array.dtype.newbyteorder('<')).tobytes(order='C')
+            data.write(raw)
+            shape = b''.join(field(2, 2, field(1, 0, d) if d else b'') for d in array.shape)
+            msg = field(1, 0, TF_DTYPES[array.dtype]) + field(2, 2, shape)
+            # proto3 leaves zero-valued fields out, as TensorFlow's serializer does.
+            msg += field(4, 0, offset) if offset else b''
+            msg += field(5, 0, len(raw)) if raw else b''
+            msg += field(6, 5, mask_crc(crc32c(raw)))
+            entries.append((name.encode('utf-8'), msg))
+            offset += len(raw)
+    with open(prefix + '.index', 'wb') as f:
+        write_table(f, entries)

@@ -1,0 +1,83 @@
+"""Max pixel error of convert_pretrained.py against HF's BigGAN-deep, per size and truncation.
+
+For each size it builds a stand-in in HF's format (tests/conftest.py's hf_standin: HF's own model
+with random weights and calibrated per-truncation statistics; full width by default), writes it
+as HF's files, converts it with the command line as a user would, loads the checkpoint the way
+sample.py --config_from_name --G_eval_mode does, and compares images with HF's
+BigGAN(z, one_hot(y), truncation) in eval mode on the same z (truncation x a truncated normal) and
+classes. --float64 also reports HF's own float32 error (against its float64 output), the noise
+floor of any float32 reimplementation.
+
+Run: .venv/bin/python tools/check_pretrained.py [--sizes 128 256 512] [--channel_width 128]
+     [--truncations 0.4 0.123 0.56 1.0] [--batch 2] [--float64]
+"""
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import truncnorm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+from conftest import hf_standin, load_as_sample, save_hf  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512])
+    parser.add_argument('--channel_width', type=int, default=128)
+    parser.add_argument('--z_dim', type=int, default=128)
+    parser.add_argument('--num_classes', type=int, default=1000)
+    parser.add_argument('--truncations', type=float, nargs='+', default=[0.4, 0.123, 0.56, 1.0])
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--float64', action='store_true', help="also HF's float32 noise floor")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print('size  truncation  max |ours - HF|  HF f32 vs f64  HF params   our params  convert s')
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            config, hf = hf_standin(size, args.channel_width, args.z_dim, args.num_classes,
+                                    args.seed, batch=args.batch)
+            folder = save_hf(config, hf, os.path.join(tmp, f'biggan-deep-{size}'))
+            hf_params = sum(p.numel() for p in hf.parameters())
+            for truncation in args.truncations:
+                name = f'deep{size}_t{truncation:g}'
+                start = time.time()
+                subprocess.run([sys.executable, os.path.join(ROOT, 'convert_pretrained.py'),
+                                '--hf_dir', folder, '--truncation', str(truncation),
+                                '--weights_root', tmp, '--experiment_name', name],
+                               check=True, stdout=subprocess.DEVNULL)
+                seconds = time.time() - start
+                G, _ = load_as_sample(tmp, name)
+                z = torch.from_numpy(truncnorm.rvs(-2, 2, size=(args.batch, args.z_dim),
+                                                   random_state=args.seed + 1)
+                                     .astype('float32')) * truncation
+                y = torch.arange(args.batch) * 7 % args.num_classes
+                one_hot = F.one_hot(y, args.num_classes).float()
+                with torch.no_grad():
+                    reference = hf(z, one_hot, truncation)
+                    ours = G(z, G.shared(y))
+                    floor = float('nan')
+                    if args.float64:
+                        hf64 = copy.deepcopy(hf).double()
+                        floor = (hf64(z.double(), one_hot.double(), truncation)
+                                 - reference.double()).abs().max().item()
+                        del hf64
+                error = (ours - reference).abs().max().item()
+                params = sum(p.numel() for p in G.parameters())
+                print(f'{size:4d}  {truncation:10g}  {error:15.2e}  {floor:13.2e}  '
+                      f'{hf_params:10d}  {params:10d}  {seconds:9.1f}', flush=True)
+                del G
+
+
+if __name__ == '__main__':
+    main()

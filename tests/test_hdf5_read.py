@@ -392,5 +392,6 @@ def test_read_benchmark_runs(tmp_path, monkeypatch, capsys):
     # The release layout's 500 images per chunk stop at the 300 images there are.
     assert [r[:2] for r in rows] == [['none', '300'], ['none', '300'], ['gzip', '300'],
                                      ['gzip', '10']]
-    assert rows[2][5] and not rows[3][5]  # chunk-aware figures for the big compressed chunks
+    assert rows[2][6] and not rows[3][6]  # chunk-aware figures for the big compressed chunks
+    assert all(float(r[3].replace(',', '')) > 0 for r in (rows[0], rows[2], rows[3]))
     assert os.listdir(tmp_path) == []

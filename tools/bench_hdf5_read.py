@@ -11,10 +11,13 @@ big), and sequentially. Layouts: `release` is 500 images per chunk, what the rel
 project before) wrote whatever the compression; `default` is what make_hdf5.py writes now
 without --chunk_size.
 
-Each figure is images/s after the first batch of every worker (start-up excluded), over
---seconds or until the epoch ends, and in brackets images per CPU-second of all the reading
-processes (main and workers, start-up included): what each worker would give on a core of its
-own, which on a shared machine the wall clock does not show.
+Each loader figure is images/s after the first batch of every worker (start-up excluded),
+over --seconds or until the epoch ends, and in brackets images per CPU-second of all the
+reading processes (main and workers, start-up included): what each worker would give on a core
+of its own, which on a shared machine the wall clock does not show. "ILSVRC_HDF5 alone" is
+images per CPU-second of indexing the dataset in shuffled order in this one process: the HDF5
+read and the conversion to floats, without the loader's inter-process transport. With gzip it
+also prints how many images zlib alone inflates per CPU-second, a floor no layout can beat.
 """
 
 import argparse
@@ -24,6 +27,7 @@ import resource
 import sys
 import tempfile
 import time
+import zlib
 
 import h5py
 import numpy as np
@@ -91,6 +95,30 @@ def read_rate(path, res, workers, shuffle, window, batch_size, seconds):
     return timed / max(wall, 1e-9), (total + timed) / max(cpu_seconds() - cpu, 1e-9)
 
 
+def item_rate(path, seconds):
+    """Images per CPU-second of ILSVRC_HDF5 alone, indexed in shuffled order in this process:
+    the reading itself, without the loader's transport of float32 batches between processes."""
+    ds = dset.ILSVRC_HDF5(path)
+    order = dset.epoch_order(len(ds), 0, 0)
+    start, n = time.process_time(), 0
+    for i in order:
+        ds[i]
+        n += 1
+        if time.process_time() - start >= seconds:
+            break
+    return n / max(time.process_time() - start, 1e-9)
+
+
+def inflate_rate(res, n=200):
+    """Images per CPU-second zlib alone inflates (gzip's floor: every image is inflated once)."""
+    imgs = next(photo_batches(n, res, batch=n))[0]
+    packed = [zlib.compress(img.tobytes(), 4) for img in imgs]  # h5py's gzip level
+    start = time.process_time()
+    for blob in packed:
+        zlib.decompress(blob)
+    return n / max(time.process_time() - start, 1e-9)
+
+
 def cell(rates):
     """'images/s (images/CPU-s)' for a table cell."""
     return f'{rates[0]:,.0f} ({rates[1]:,.0f})'
@@ -145,13 +173,17 @@ def main():
                     cells = [cell(f) for f in figures]
                     if not window:
                         cells.insert(1, '')
+                    alone = f'{item_rate(path, args.seconds):,.0f}' if w == workers[0] else ''
                     rows.append([compression, str(stored_chunk),
-                                 f'{os.path.getsize(path) / raw:.2f}', str(w)] + cells)
+                                 f'{os.path.getsize(path) / raw:.2f}', alone, str(w)] + cells)
                     print('  ' + ' | '.join(rows[-1]), flush=True)
-    print(f'\nload average at the end {os.getloadavg()[0]:.1f}\n')
-    print('| compression | images per chunk | size / raw | workers | shuffled | '
-          f'shuffled, --chunk_window {args.chunk_window} | sequential |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    print(f'\nload average at the end {os.getloadavg()[0]:.1f}')
+    if 'gzip' in args.compressions:
+        print(f'zlib alone inflates {inflate_rate(args.res):,.0f} images per CPU-second')
+    print()
+    print('| compression | images per chunk | size / raw | ILSVRC_HDF5 alone, shuffled | '
+          f'workers | shuffled | shuffled, --chunk_window {args.chunk_window} | sequential |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|')
     for row in rows:
         print('| ' + ' | '.join(row) + ' |')
 

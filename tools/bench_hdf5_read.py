@@ -153,10 +153,11 @@ def main():
                 chunk = (RELEASE_CHUNK if layout == 'release' else
                          make_hdf5.default_chunk(compression != 'none', args.res))
                 path = os.path.join(tmp, f'{compression}_{chunk}.hdf5')
-                if not os.path.exists(path):
-                    took = write_file(path, args.n_images, args.res, compression, chunk)
-                    print(f'wrote {os.path.basename(path)} in {took:.1f} s, '
-                          f'{os.path.getsize(path) / raw:.2f} of raw')
+                if os.path.exists(path):
+                    continue  # uncompressed, both layouts are the release's
+                took = write_file(path, args.n_images, args.res, compression, chunk)
+                print(f'wrote {os.path.basename(path)} in {took:.1f} s, '
+                      f'{os.path.getsize(path) / raw:.2f} of raw')
                 with h5py.File(path, 'r') as f:
                     stored_chunk = f['imgs'].chunks[0]  # at most the image count
                 # Chunk-aware rows only where a full shuffle is slow (release-style files).

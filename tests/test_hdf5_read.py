@@ -255,6 +255,27 @@ def test_big_compressed_chunks_warn_once_in_one_line(tmp_path, capsys):
     assert loader_warnings(slow, capsys) == []
 
 
+def test_release_written_file_loads_and_reads_in_windows(tmp_path, monkeypatch, capsys):
+    """A file written the release's way (tools/bench_make_hdf5.py rebuilds its writer: LZF,
+    500-image chunks, grown batch by batch) warns, and --chunk_window reads it in its order."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
+    import bench_make_hdf5
+    imgs, labels = images(n=1100, res=32)
+    floats = torch.from_numpy(imgs).float() / 255 * 2 - 1
+    path = str(tmp_path / 'release.hdf5')
+    bench_make_hdf5.release_write(((floats[i:i + 256], torch.from_numpy(labels[i:i + 256]))
+                                   for i in range(0, 1100, 256)), path, 1100, 32, True)
+    with h5py.File(path, 'r') as f:
+        assert f['imgs'].chunks[0] == 500 and f['imgs'].compression == 'lzf'
+        stored = f['imgs'][:]
+    assert len(loader_warnings(path, capsys)) == 1
+    loader = dset.get_data_loaders('S32', dataset_root=path, batch_size=100, num_workers=0,
+                                   chunk_window=1, seed=1)[0]
+    seen = torch.cat([x for x, _ in loader])
+    order = dset.epoch_order(1100, 0, 1, True, 500, 1)
+    assert torch.equal(seen, torch.stack([reference(stored[i]) for i in order]))
+
+
 @pytest.mark.parametrize('compression, chunk, kwargs', [
     ('lzf', 100, {'chunk_window': 4}), ('lzf', 100, {'load_in_mem': True}),
     ('lzf', 100, {'shuffle': False}), ('lzf', 80, {}), ('none', 200, {}), ('lzf', None, {})])

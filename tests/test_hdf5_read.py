@@ -270,7 +270,7 @@ def test_release_written_file_loads_and_reads_in_windows(tmp_path, monkeypatch, 
         stored = f['imgs'][:]
     assert len(loader_warnings(path, capsys)) == 1
     loader = dset.get_data_loaders('S32', dataset_root=path, batch_size=100, num_workers=0,
-                                   chunk_window=1, seed=1)[0]
+                                   pin_memory=False, chunk_window=1, seed=1)[0]
     seen = torch.cat([x for x, _ in loader])
     order = dset.epoch_order(1100, 0, 1, True, 500, 1)
     assert torch.equal(seen, torch.stack([reference(stored[i]) for i in order]))

@@ -7,6 +7,7 @@ as in the release.
 """
 import hashlib
 import os
+import sys
 import warnings
 
 import h5py
@@ -19,6 +20,7 @@ from torch.utils import data
 from torch.utils.data import DataLoader, Sampler
 
 from checkpoints import atomic_open
+from distributed import get_rank
 from flags import ConfigError
 
 IMG_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
@@ -41,6 +43,121 @@ _S32_BLOCK = 1000
 
 class DatasetError(ConfigError):
     """A dataset on disk that cannot be used as it is; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------
+# Memory for --load_in_mem: said up front, refused when the machine lacks it.
+
+# Kept free for the rest of the training process (models, optimizers, loader buffers).
+MEM_HEADROOM = 2 << 30
+# Python objects around each item of an in-memory image folder (tensor, storage, list slot).
+ITEM_OVERHEAD = 512
+
+
+def _read_number(path, key=None):
+    """An integer from a /proc or cgroup file: the whole file, or the line starting with key."""
+    with open(path) as f:
+        if key is None:
+            return int(f.read().split()[0])
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] == key:
+                return int(fields[1])
+    raise ValueError(f'no {key} in {path}')
+
+
+def _cgroup_room(cgroup_root, self_cgroup):
+    """Bytes left under the tightest memory limit of this process's cgroups (v1 or v2), with
+    inactive file cache counted as free; None when no limit applies or none can be read.
+
+    Containers and schedulers (Docker, Kubernetes, Slurm) set these limits, and their OOM
+    killer enforces them whatever /proc/meminfo says about the host.
+    """
+    try:
+        with open(self_cgroup) as f:
+            lines = [line.rstrip('\n').split(':', 2) for line in f]
+    except OSError:
+        return None
+    room = None
+    for _, controllers, path in (line for line in lines if len(line) == 3):
+        if controllers == '':  # v2
+            top, files = cgroup_root, ('memory.max', 'memory.current', 'inactive_file')
+        elif 'memory' in controllers.split(','):  # v1
+            top = os.path.join(cgroup_root, 'memory')
+            files = ('memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')
+        else:
+            continue
+        # A limit on any ancestor applies; inside a container the mount root is its own cgroup.
+        parts = [p for p in path.split('/') if p]
+        for depth in range(len(parts), -1, -1):
+            folder = os.path.join(top, *parts[:depth])
+            try:
+                with open(os.path.join(folder, files[0])) as f:
+                    limit = f.read().strip()
+                if limit == 'max' or int(limit) >= 1 << 60:
+                    continue
+                used = (_read_number(os.path.join(folder, files[1]))
+                        - _read_number(os.path.join(folder, 'memory.stat'), files[2]))
+            except (OSError, ValueError):
+                continue
+            left = int(limit) - max(used, 0)
+            room = left if room is None else min(room, left)
+    return room
+
+
+def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
+                     self_cgroup='/proc/self/cgroup'):
+    """Bytes this process can still take: MemAvailable (else free pages), capped by its
+    cgroups' memory limits; None when unknown. The paths are parameters for tests."""
+    try:
+        avail = _read_number(meminfo, 'MemAvailable:') * 1024
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+        except (OSError, ValueError, AttributeError):
+            avail = None
+    room = _cgroup_room(cgroup_root, self_cgroup)
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
+    return avail
+
+
+def _gb(nbytes):
+    """Bytes as GB with one decimal (two below 1 GB)."""
+    gb = nbytes / 1e9
+    return f'{gb:.1f} GB' if gb >= 1 else f'{gb:.2f} GB'
+
+
+def check_memory(nbytes, what):
+    """Say how much memory --load_in_mem takes, and refuse with one line when it is not there.
+
+    Every process of this machine under torchrun (LOCAL_WORLD_SIZE) loads its own copy.
+    """
+    procs = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    copies = f' x {procs} processes' if procs > 1 else ''
+    avail = available_memory()
+    have = 'unknown' if avail is None else _gb(avail)
+    if get_rank() == 0:
+        print(f'--load_in_mem: {what} take {_gb(nbytes)}{copies}; {have} available')
+    if avail is not None and nbytes * procs + MEM_HEADROOM > avail:
+        raise DatasetError(
+            f'--load_in_mem needs {_gb(nbytes)}{copies} for {what}, plus '
+            f'{_gb(MEM_HEADROOM)} to train, but only {have} is available; free memory, use '
+            f'a machine with more, or drop --load_in_mem (an HDF5 file written by make_hdf5.py '
+            f'reads fast enough from disk)')
+
+
+def item_nbytes(item):
+    """Bytes one in-memory item holds: a tensor's or array's data, a PIL image's pixels."""
+    if isinstance(item, torch.Tensor):
+        nbytes = item.element_size() * item.nelement()
+    elif isinstance(item, np.ndarray):
+        nbytes = item.nbytes
+    elif isinstance(item, Image.Image):
+        nbytes = item.width * item.height * len(item.getbands())
+    else:
+        nbytes = sys.getsizeof(item)
+    return nbytes + ITEM_OVERHEAD
 
 
 def _hsv_to_rgb(h, s, v):
@@ -322,7 +439,11 @@ class ImageFolder(data.Dataset):
         self.targets = self.labels
         self.imgs = list(zip(self.paths, self.labels.tolist()))
         if load_in_mem:
-            self.data = [self._load(i) for i in range(len(self.paths))]
+            # The first item, transformed, sizes them all.
+            first = self._load(0)
+            check_memory(len(self.paths) * item_nbytes(first),
+                         f'{len(self.paths)} images of {self.root}')
+            self.data = [first] + [self._load(i) for i in range(1, len(self.paths))]
 
     def _index(self, n_classes):
         """Classes, root-relative paths and labels, from the cache when it is current."""
@@ -400,12 +521,34 @@ class ImageFolder(data.Dataset):
 # ----------------------------------------------------------------------------
 # Preprocessed HDF5 (written by make_hdf5.py).
 
+# Every shuffled read decompresses a whole chunk: past this many bytes (5 images of 128 px;
+# make_hdf5.py's compressed chunks hold 32 KB, the release's 24.6 MB at 128 px), it costs
+# milliseconds per image and get_data_loaders warns.
+SLOW_CHUNK_BYTES = 256 << 10
+_warned_slow = set()
+
+
+def _next_prime(n):
+    """The smallest prime >= n (HDF5 wants a prime number of chunk-cache slots)."""
+    n = max(n, 2)
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
+
+
 class ILSVRC_HDF5(data.Dataset):
-    """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors."""
+    """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors.
+
+    A compressed chunk is decompressed whole whenever one of its images is read, so each
+    process keeps the last `cache_chunks` chunks of a compressed file in HDF5's chunk cache
+    (a chunk-aware sampler reads a window of that many chunks at a time). Uncompressed chunks
+    are not cached: HDF5 then reads each image straight from the file, the fastest for random
+    access.
+    """
 
     def __init__(self, root, transform=None, target_transform=None,
                  load_in_mem=False, train=True, download=False,
-                 validate_seed=0, val_split=0, **kwargs):
+                 validate_seed=0, val_split=0, cache_chunks=1, **kwargs):
         self.root = os.path.expanduser(str(root))
         if not os.path.exists(self.root):
             raise FileNotFoundError(
@@ -415,29 +558,55 @@ class ILSVRC_HDF5(data.Dataset):
         self.target_transform = target_transform
         self.load_in_mem = load_in_mem
         with h5py.File(self.root, 'r') as f:
+            imgs = f['imgs']
             self.labels = f['labels'][:].astype(np.int64)
-            self.data = f['imgs'][:] if load_in_mem else None
+            # Images per chunk (1 for a contiguous dataset), and whether chunks go through
+            # filters (compression) that make a read decompress the whole chunk.
+            self.chunk_len = imgs.chunks[0] if imgs.chunks else 1
+            self.chunk_nbytes = imgs.dtype.itemsize * int(np.prod(imgs.chunks or imgs.shape[1:]))
+            self.compressed = imgs.id.get_create_plist().get_nfilters() > 0
+            self.compression = imgs.compression  # 'lzf', 'gzip', ... or None
+            if load_in_mem:
+                check_memory(imgs.dtype.itemsize * int(np.prod(imgs.shape)),
+                             f'the {len(imgs)} images of {self.root}')
+            self.data = imgs[:] if load_in_mem else None
         self.targets = self.labels
         self.num_imgs = len(self.labels)
-        self._file, self._pid = None, None
+        self.cache = {}
+        if self.compressed:
+            nbytes = max(self.chunk_nbytes * max(int(cache_chunks), 1), 1 << 20)
+            self.cache = {'rdcc_nbytes': nbytes,
+                          'rdcc_nslots': _next_prime(100 * (nbytes // self.chunk_nbytes))}
+        self._file, self._dset, self._pid = None, None, None
+
+    @property
+    def slow_shuffle(self):
+        """Whether a full shuffle reads this file slowly: big compressed chunks."""
+        return (not self.load_in_mem and self.compressed
+                and self.chunk_nbytes > SLOW_CHUNK_BYTES)
 
     def _imgs(self):
-        """This process's handle on 'imgs': HDF5 handles must not cross a fork."""
+        """This process's handle on 'imgs': HDF5 handles must not cross a fork.
+
+        The dataset handle is kept, not reopened per image: its chunk cache lives with it.
+        """
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.root, 'r')
+            self._file = h5py.File(self.root, 'r', **self.cache)
+            self._dset = self._file['imgs']
             self._pid = os.getpid()
-        return self._file['imgs']
+        return self._dset
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state['_file'], state['_pid'] = None, None
+        state['_file'], state['_dset'], state['_pid'] = None, None, None
         return state
 
     def __getitem__(self, index):
         img = self.data[index] if self.load_in_mem else self._imgs()[index]
         target = int(self.labels[index])
-        # The release's normalisation, kept bit-for-bit so models see the same inputs.
-        img = ((torch.from_numpy(img).float() / 255) - 0.5) * 2
+        # The release's normalisation ((x / 255) - 0.5) * 2, kept bit-for-bit so models see
+        # the same inputs; in place, as it runs for every image.
+        img = torch.from_numpy(img).float().div_(255).sub_(0.5).mul_(2)
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -446,6 +615,20 @@ class ILSVRC_HDF5(data.Dataset):
 
     def __len__(self):
         return self.num_imgs
+
+
+def warn_slow_shuffle(dataset):
+    """One line on stderr, once per file, when shuffled reading of dataset will be slow."""
+    if not getattr(dataset, 'slow_shuffle', False) or dataset.root in _warned_slow:
+        return
+    _warned_slow.add(dataset.root)
+    gzip = ' --compression_filter gzip' if dataset.compression == 'gzip' else ''
+    print(f'warning: {dataset.root} holds {dataset.chunk_len} compressed images per chunk, so '
+          f'each shuffled image decompresses {dataset.chunk_nbytes / 1e6:.1f} MB and training '
+          f'will wait for data; rewrite it in small chunks with `python make_hdf5.py '
+          f'--dataset_root {dataset.root} --output {dataset.root} --compression{gzip}`, or '
+          f'pass --chunk_window 64 (chunk-aware shuffling, see README) or --load_in_mem',
+          file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -585,8 +768,11 @@ def dataset_source(config):
 
 
 def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, resolution=0,
-                n_classes=0, dataset_root='', download=False, **kwargs):
-    """The training set with the release's transforms, values in [-1, 1]."""
+                n_classes=0, dataset_root='', download=False, chunk_window=0, **kwargs):
+    """The training set with the release's transforms, values in [-1, 1].
+
+    An HDF5 file read with a chunk window keeps that many chunks in each process's cache.
+    """
     config = {'dataset': dataset, 'data_root': data_root, 'dataset_root': dataset_root}
     which_dataset, root = dataset_source(config)
     image_size = resolution or DATASETS[dataset].resolution
@@ -606,6 +792,8 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
     ds_kwargs = {'index_filename': f'{dataset}_imgs.npz'}
     if n_classes and which_dataset is ImageFolder:
         ds_kwargs['n_classes'] = n_classes
+    if which_dataset is ILSVRC_HDF5:
+        ds_kwargs['cache_chunks'] = max(chunk_window, 1)
     if download:
         ds_kwargs['download'] = True
     return which_dataset(root=root, transform=train_transform, load_in_mem=load_in_mem,
@@ -615,12 +803,29 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
 # ----------------------------------------------------------------------------
 # Samplers and loaders.
 
-def epoch_order(n, epoch, seed, shuffle=True):
-    """The sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
+def epoch_order(n, epoch, seed, shuffle=True, chunk=1, window=0):
+    """The sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1.
+
+    With window > 0 the permutation is chunk-aware: the chunks (runs of `chunk` consecutive
+    indices, as an HDF5 file stores them) are shuffled, taken `window` at a time, and the
+    indices of each window are shuffled among themselves. Every index still comes once.
+    """
     if not shuffle:
         return list(range(n))
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g).tolist()
+    if window <= 0:
+        return torch.randperm(n, generator=g).tolist()
+    n_chunks = -(-n // chunk)
+    slot = torch.empty(n_chunks, dtype=torch.long)  # each chunk's place in the shuffled order
+    slot[torch.randperm(n_chunks, generator=g)] = torch.arange(n_chunks)
+    order = torch.randperm(n, generator=g)
+    # A stable sort by window keeps the random order inside each window.
+    return order[torch.sort(slot[order // chunk] // window, stable=True).indices].tolist()
+
+
+def chunk_len(data_source):
+    """Consecutive indices the dataset stores together (an HDF5 file's chunk), else 1."""
+    return max(int(getattr(data_source, 'chunk_len', 1)), 1)
 
 
 class EpochSampler(Sampler):
@@ -630,9 +835,10 @@ class EpochSampler(Sampler):
     mid-epoch, so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, data_source, shuffle=True, seed=0, rank=0, world_size=1):
+    def __init__(self, data_source, shuffle=True, seed=0, rank=0, world_size=1, chunk_window=0):
         self.n = len(data_source)
         self.shuffle, self.seed = shuffle, seed
+        self.chunk, self.window = chunk_len(data_source), chunk_window
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
@@ -641,7 +847,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle)
+        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle, self.chunk, self.window)
         order = order[:self.n - self.n % self.world_size]  # equal shares for every rank
         return iter(order[self.rank::self.world_size][self.start:])
 
@@ -652,13 +858,14 @@ class EpochSampler(Sampler):
 class MultiEpochSampler(Sampler):
     """Shuffled indices for all num_epochs epochs at once, starting start_itr batches in.
 
-    Epochs are generated lazily, one seeded permutation each; ranks take interleaved samples
-    of the global stream.
+    Epochs are generated lazily, one seeded permutation each (chunk-aware with chunk_window,
+    as in epoch_order); ranks take interleaved samples of the global stream.
     """
 
     def __init__(self, data_source, num_epochs, start_itr=0, batch_size=128, seed=0, rank=0,
-                 world_size=1):
+                 world_size=1, chunk_window=0):
         self.data_source = data_source
+        self.chunk, self.window = chunk_len(data_source), chunk_window
         self.num_samples = len(self.data_source)
         self.num_epochs = num_epochs
         self.start_itr = start_itr
@@ -677,7 +884,7 @@ class MultiEpochSampler(Sampler):
         while pos < self._total():
             if pos // n != epoch:
                 epoch = pos // n
-                order = epoch_order(n, epoch, self.seed)
+                order = epoch_order(n, epoch, self.seed, True, self.chunk, self.window)
             yield order[pos % n]
             pos += w
 
@@ -688,19 +895,23 @@ class MultiEpochSampler(Sampler):
 def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,
                      shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True,
                      drop_last=True, start_itr=0, num_epochs=500, use_multiepoch_sampler=False,
-                     seed=0, rank=0, world_size=1, **kwargs):
+                     seed=0, rank=0, world_size=1, chunk_window=0, **kwargs):
     """A list holding the training loader, as the release returns it.
 
     With the multi-epoch sampler one pass covers every epoch; otherwise call
-    `loader.sampler.set_epoch(epoch, start)` before each epoch.
+    `loader.sampler.set_epoch(epoch, start)` before each epoch. chunk_window > 0 shuffles
+    chunk-aware (epoch_order).
     """
-    train_set = get_dataset(dataset, data_root, augment, load_in_mem, **kwargs)
+    train_set = get_dataset(dataset, data_root, augment, load_in_mem, chunk_window=chunk_window,
+                            **kwargs)
+    if rank == 0 and (shuffle or use_multiepoch_sampler) and not chunk_window:
+        warn_slow_shuffle(train_set)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(train_set, num_epochs, start_itr, batch_size, seed, rank,
-                                    world_size)
+                                    world_size, chunk_window)
         drop_last = False
     else:
-        sampler = EpochSampler(train_set, shuffle, seed, rank, world_size)
+        sampler = EpochSampler(train_set, shuffle, seed, rank, world_size, chunk_window)
     # A private generator keeps worker seeding off the global RNG that training draws from.
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,

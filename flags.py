@@ -57,7 +57,7 @@ def one_line(error):
 # Flags the release's entry points did not have; the README lists them.
 ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
-    '--n_classes', '--download', '--amp', '--channels_last', '--compile',
+    '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
     '--tensorboard', '--truncation',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
@@ -256,6 +256,11 @@ TRAIN_FLAGS = {
                         help="Class count of a custom dataset; 0 takes the table's"),
     '--download': dict(action='store_true', default=False,
                        help='Let torchvision download CIFAR when its files are missing'),
+    '--chunk_window': dict(type=int, default=0,
+                           help='Chunk-aware shuffling for HDF5 files with big compressed '
+                                'chunks: shuffle the chunks, then the images within each '
+                                'window of this many chunks (each loader worker caches a '
+                                'window); 0 shuffles fully'),
     '--total_itrs': dict(type=int, default=0,
                          help='Stop after this many iterations in all; 0 runs num_epochs'),
     '--amp': dict(type=str, default='', choices=['', 'bf16', 'fp16'],
@@ -354,7 +359,7 @@ DOMAINS = {
     'num_D_SVs': '>= 1', 'num_G_SV_itrs': '>= 1', 'num_D_SV_itrs': '>= 1', 'G_ortho': '>= 0',
     'D_ortho': '>= 0', 'sv_log_interval': '>= 0', 'total_itrs': '>= 0', 'resolution': '>= 0',
     'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
-    'chunk_size': '>= 1',
+    'chunk_size': '>= 1', 'chunk_window': '>= 0',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

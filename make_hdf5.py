@@ -5,12 +5,16 @@
 reads the class folders under ``data_root/ImageNet`` and writes
 ``data_root/ILSVRC128.hdf5`` with ``imgs`` (uint8, N x 3 x 128 x 128) and ``labels``
 (int64).  ``--dataset S32`` converts the built-in shapes dataset to
-``data_root/S32.hdf5``.
+``data_root/S32.hdf5``. ``--dataset_root old.hdf5`` rewrites an existing file (one the
+release wrote, say) in the layout and compression the flags ask for.
 
 Unlike the release, pixels go straight from the decoded uint8 image into the file
 (the release normalised to floats and truncated back to bytes, which can shift a
 pixel by one), workers ship bytes rather than floats, the file is written whole
 chunks at a time and kept open, and it only gets its final name once complete.
+A compressed file holds chunks of about 32 KB by default (one image from 128 px up; the
+release: 500 images), so that reading an image in shuffled order decompresses little more
+than that image.
 """
 
 import os
@@ -34,13 +38,35 @@ class BadImageError(flags.ConfigError):
     """An input image could not be decoded."""
 
 
+# The release's chunk length; also how many images the writer buffers at least.
+RELEASE_CHUNK = 500
+# Bytes of a compressed chunk: LZF and gzip look back 8 and 32 KB, so bigger chunks compress
+# hardly better (S32: 1% smaller than 32 KB chunks with 500 images, 6% bigger with one).
+COMPRESSED_CHUNK_BYTES = 32 << 10
+
+
+def default_chunk(compression, res):
+    """Images per chunk: the release's for plain files, about 32 KB for compressed ones.
+
+    A compressed chunk is decompressed whole for any image read from it, so it stays small:
+    one image from 128 px up. Uncompressed, HDF5 reads an image straight out of a big chunk,
+    so the release's layout stays.
+    """
+    if not compression:
+        return RELEASE_CHUNK
+    return max(1, COMPRESSED_CHUNK_BYTES // (3 * res * res))
+
+
 def prepare_parser():
     """Command line of make_hdf5.py: the release's flags plus a few new ones."""
     parser = flags.new_parser('Preprocess an image dataset into an HDF5 file.')
     flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--num_workers'],
                     dataset='I128', batch_size=256, num_workers=16)
-    parser.add_argument('--chunk_size', type=int, default=500,
-                        help='HDF5 chunk length along the image axis')
+    parser.add_argument('--chunk_size', type=int, default=None,
+                        help='HDF5 chunk length along the image axis; default '
+                             f'{RELEASE_CHUNK} (the release\'s) uncompressed; with '
+                             '--compression, as many images as fit in 32 KB (at least 1), '
+                             'so that a shuffled read decompresses little more than its image')
     parser.add_argument('--compression', action='store_true', default=False,
                         help='Compress the HDF5 datasets')
     parser.add_argument('--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],
@@ -154,27 +180,55 @@ def s32_batches(config, batch_size=4096):
         yield np.ascontiguousarray(chunk), labels[i:i + batch_size], []
 
 
+def hdf5_source(path):
+    """(image count, resolution) of an HDF5 file to rewrite, refusing one that is not ours."""
+    try:
+        with h5py.File(path, 'r') as f:
+            shape, n_labels = f['imgs'].shape, len(f['labels'])
+    except (OSError, KeyError) as e:
+        raise flags.ConfigError(f'cannot read {path} as an HDF5 file with imgs and labels '
+                                f'({flags.one_line(e)})') from None
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or n_labels != shape[0]:
+        raise flags.ConfigError(f'{path} holds imgs of shape {shape} and {n_labels} labels, '
+                                f'not N x 3 x res x res images with one label each')
+    return shape[0], shape[2]
+
+
+def hdf5_batches(path):
+    """Yield an HDF5 file's images in the writer's batch format, whole chunks per read (so
+    each compressed chunk is decompressed once)."""
+    with h5py.File(path, 'r') as f:
+        imgs, labels = f['imgs'], f['labels']
+        chunk = imgs.chunks[0] if imgs.chunks else 1
+        step = chunk * -(-RELEASE_CHUNK // chunk)
+        for i in range(0, len(labels), step):
+            yield imgs[i:i + step], labels[i:i + step].astype(np.int64), []
+
+
 # ----------------------------------------------------------------------------
 # Writing.
 
 class ChunkWriter:
-    """Streams images into preallocated HDF5 datasets, one whole chunk per write.
+    """Streams images into preallocated HDF5 datasets, whole chunks per write.
 
     Whole-chunk writes mean each chunk is compressed exactly once; memory is one
-    chunk of images whatever the dataset size.
+    block of at least RELEASE_CHUNK images (a whole number of chunks) whatever the
+    dataset size.
     """
 
     def __init__(self, f, n, res, chunk_size, compression):
         self.chunk = max(1, min(chunk_size, n))
+        self.block = min(self.chunk * -(-RELEASE_CHUNK // self.chunk), max(n, self.chunk))
         shape = (n, 3, res, res)
         self.imgs = f.create_dataset(
             'imgs', shape, dtype='uint8', maxshape=shape,
             chunks=(self.chunk, 3, res, res), compression=compression)
+        # Labels are read whole: one chunk per block keeps their index small.
         self.labels = f.create_dataset(
             'labels', (n,), dtype='int64', maxshape=(n,),
-            chunks=(self.chunk,), compression=compression)
-        self.buf = np.empty((self.chunk, 3, res, res), np.uint8)
-        self.buf_y = np.empty(self.chunk, np.int64)
+            chunks=(self.block,), compression=compression)
+        self.buf = np.empty((self.block, 3, res, res), np.uint8)
+        self.buf_y = np.empty(self.block, np.int64)
         self.fill = 0
         self.count = 0
 
@@ -182,12 +236,12 @@ class ChunkWriter:
         """Append a batch of uint8 N x 3 x res x res images and their labels."""
         i = 0
         while i < len(labels):
-            take = min(self.chunk - self.fill, len(labels) - i)
+            take = min(self.block - self.fill, len(labels) - i)
             self.buf[self.fill:self.fill + take] = imgs[i:i + take]
             self.buf_y[self.fill:self.fill + take] = labels[i:i + take]
             self.fill += take
             i += take
-            if self.fill == self.chunk:
+            if self.fill == self.block:
                 self.flush()
 
     def flush(self):
@@ -212,12 +266,13 @@ def write_hdf5(path, batches, n, res, config):
     """Write batches to path through a temporary file; returns (written, bad list)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     compression = config['compression_filter'] if config['compression'] else None
+    chunk = config['chunk_size'] or default_chunk(compression, res)
     bad_all = []
     bar = tqdm(total=n, unit='img', smoothing=0.05, dynamic_ncols=True,
                disable=config['no_progress'], file=sys.stderr)
     try:
         with atomic_path(path) as tmp, h5py.File(tmp, 'w') as f:
-            writer = ChunkWriter(f, n, res, config['chunk_size'], compression)
+            writer = ChunkWriter(f, n, res, chunk, compression)
             for imgs, labels, bad in batches:
                 if bad and not config['skip_bad']:
                     bad_path, err = bad[0]
@@ -240,13 +295,23 @@ def run(config):
         raise flags.ConfigError(f'{name} is already an HDF5 dataset; pass the source '
                          f'dataset name (e.g. I128)')
     res, n_classes, subdir = dataset_info(name)
+    source = config['dataset_root']
+    rewrite = source.endswith(('.hdf5', '.h5'))
+    if rewrite:
+        n, file_res = hdf5_source(source)
+        if config['resolution'] not in (0, file_res):
+            raise flags.ConfigError(f'{source} holds {file_res} px images, not '
+                                    f"--resolution {config['resolution']}")
+        res = file_res
     res = config['resolution'] or res
     n_classes = config['n_classes'] or n_classes
     if res is None:
         raise flags.ConfigError(f'unknown dataset {name!r}: pass --resolution (and '
                          f'--n_classes, --dataset_root) for a custom dataset')
     path = output_path(config, res)
-    if name == 'S32' and not config['dataset_root']:
+    if rewrite:
+        batches = hdf5_batches(source)
+    elif name == 'S32' and not config['dataset_root']:
         n = dset.S32_DEFAULT_PER_CLASS * len(dset.S32_CLASSES)
         batches = s32_batches(config)
     else:

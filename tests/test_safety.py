@@ -372,7 +372,8 @@ def bad_value(domain):
     return str(int(bound) - 1 if bound == int(bound) and op == '>=' else bound)
 
 
-ENTRY_OF = {'sample_num_npz': 'sample', 'truncation': 'sample', 'kid_feats': 'moments', 'chunk_size': 'make_hdf5'}
+ENTRY_OF = {'sample_num_npz': 'sample', 'truncation': 'sample', 'kid_feats': 'moments',
+            'chunk_size': 'make_hdf5'}
 
 
 @pytest.mark.parametrize('key', sorted(flags.DOMAINS))

@@ -536,6 +536,18 @@ def _next_prime(n):
     return n
 
 
+def check_hdf5(f, path):
+    """f's 'imgs' and 'labels' datasets, or a DatasetError saying what the file lacks."""
+    imgs, labels = f.get('imgs'), f.get('labels')
+    if not isinstance(imgs, h5py.Dataset) or not isinstance(labels, h5py.Dataset):
+        raise DatasetError(f"{path} has no 'imgs' and 'labels' datasets; write it with "
+                           f'make_hdf5.py')
+    if imgs.ndim != 4 or imgs.shape[1] != 3 or labels.shape != (imgs.shape[0],):
+        raise DatasetError(f"{path}: 'imgs' {imgs.shape} and 'labels' {labels.shape} are not "
+                           f'N x 3 x H x W images with N labels; write it with make_hdf5.py')
+    return imgs, labels
+
+
 class ILSVRC_HDF5(data.Dataset):
     """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors.
 
@@ -557,9 +569,14 @@ class ILSVRC_HDF5(data.Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.load_in_mem = load_in_mem
-        with h5py.File(self.root, 'r') as f:
-            imgs = f['imgs']
-            self.labels = f['labels'][:].astype(np.int64)
+        try:
+            f = h5py.File(self.root, 'r')
+        except OSError as e:
+            raise DatasetError(f'{self.root} is not a readable HDF5 file ({e}); write it with '
+                               f'make_hdf5.py') from None
+        with f:
+            imgs, labels = check_hdf5(f, self.root)
+            self.labels = labels[:].astype(np.int64)
             # Images per chunk (1 for a contiguous dataset), and whether chunks go through
             # filters (compression) that make a read decompress the whole chunk.
             self.chunk_len = imgs.chunks[0] if imgs.chunks else 1

@@ -679,3 +679,23 @@ def test_planted_symlink_cannot_redirect_a_write(tmp_path):
         f.write(b'new')
     assert victim.read_text() == 'precious' and target.read_bytes() == b'new'
     assert sorted(os.listdir(tmp_path)) == ['G.pth', 'victim']
+
+
+def test_unusable_hdf5_files(tmp_path, capsys):
+    """An HDF5 file without the datasets, with mismatched ones, or not HDF5 at all: one line."""
+    import h5py
+    files = {'no_imgs.hdf5': "no 'imgs' and 'labels'", 'mismatch.hdf5': 'are not N x 3',
+             'garbage.hdf5': 'file signature not found'}
+    with h5py.File(tmp_path / 'no_imgs.hdf5', 'w') as f:
+        f['labels'] = np.zeros(8, np.int64)
+    with h5py.File(tmp_path / 'mismatch.hdf5', 'w') as f:
+        f['imgs'] = np.zeros((8, 3, 32, 32), np.uint8)
+        f['labels'] = np.zeros(5, np.int64)
+    (tmp_path / 'garbage.hdf5').write_bytes(b'not hdf5')
+    for name, expect in files.items():
+        argv = run_flags(str(tmp_path), str(tmp_path / 'out'), NAME) + [
+            '--dataset', 'mine', '--dataset_root', str(tmp_path / name), '--resolution', '32',
+            '--n_classes', '10']
+        line = exits_with_one_line(train.main, argv, capsys)
+        assert expect in line and name in line
+    assert not (tmp_path / 'out').exists()

@@ -65,6 +65,10 @@ def prepare_parser():
     utils.add_custom_dataset_args(parser)
     utils.add_download_arg(parser)
     parser.add_argument(
+        '--num_samples', type=int, default=None,
+        help='Use a seeded (--seed) random subset of this many images, '
+             "chosen as train.py's --num_samples chooses (default: all)")
+    parser.add_argument(
         '--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
         help='Real pool features stored for KID; 0 stores none '
              '(default: %(default)s)')

@@ -484,3 +484,45 @@ class CIFAR100(CIFAR10):
     train_list = torchvision.datasets.CIFAR100.train_list
     test_list = torchvision.datasets.CIFAR100.test_list
     meta = torchvision.datasets.CIFAR100.meta
+
+
+# ---------------------------------------------------------------------------
+# --num_samples and --mirror_augment (the DiffAugment fork's data flags)
+# ---------------------------------------------------------------------------
+
+def subset_indices(n, num_samples, seed=0):
+    """The DiffAugment fork's --num_samples rule: numpy's legacy generator seeded with seed
+    picks num_samples of range(n) without replacement, in the order drawn (not balanced)."""
+    if num_samples > n:
+        raise DatasetError(f'--num_samples {num_samples} exceeds the {n} images of the '
+                           f'training set: ask for at most {n}')
+    return np.random.RandomState(seed).choice(n, num_samples, replace=False)
+
+
+class LimitedData(data.Dataset):
+    """A dataset seen through an index list (None: all of it), each image flipped
+    horizontally at random when mirror is set. Works on any dataset yielding (C,H,W) tensors."""
+
+    def __init__(self, dataset, indices=None, mirror=False):
+        self.dataset = dataset
+        self.indices = indices
+        self.mirror = mirror
+
+    def __getitem__(self, index):
+        img, target = self.dataset[index if self.indices is None else int(self.indices[index])]
+        # The draw torchvision's RandomHorizontalFlip makes, from the same generator.
+        if self.mirror and torch.rand(1) < 0.5:
+            img = img.flip(-1)
+        return img, target
+
+    def __len__(self):
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+
+def limit_data(dataset, num_samples=None, mirror=False, seed=0):
+    """dataset restricted to --num_samples seeded random images and/or randomly mirrored;
+    dataset itself when neither is asked for."""
+    if num_samples is None and not mirror:
+        return dataset
+    indices = None if num_samples is None else subset_indices(len(dataset), num_samples, seed)
+    return LimitedData(dataset, indices, mirror)

@@ -55,7 +55,10 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
-    '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
+    '--compression_filter', '--skip_bad', '--output', '--no_progress',  # make_hdf5.py
+    # add_data_efficient_args (the DiffAugment and LeCam forks' flags)
+    '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
+    '--LC_ema_decay', '--LC_start'])
 
 
 class ReleaseParser(ArgumentParser):
@@ -343,6 +346,7 @@ def prepare_parser():
                         help='Local file with the Inception weights (default: torch hub cache)')
     parser.add_argument('--kid', action='store_true', default=False,
                         help='Also report KID beside FID')
+    add_data_efficient_args(parser)
     return parser
 
 
@@ -351,6 +355,62 @@ def add_download_arg(parser):
     parser.add_argument('--download', action='store_true', default=False,
                         help='Let torchvision download CIFAR when its files are missing')
     return parser
+
+
+def add_data_efficient_args(parser):
+    """The flags of the DiffAugment (mit-han-lab/data-efficient-gans) and LeCam
+    (google/lecam-gan) forks, with their types and defaults; README "Training on little data"."""
+    parser.add_argument('--DiffAugment', type=str, default='',
+                        help='DiffAugment policy: comma-separated names from color, '
+                             "translation, cutout, applied to D's inputs in both steps "
+                             "(default: '' = off)")
+    parser.add_argument('--CR', type=float, default=0,
+                        help='Consistency regularisation weight (CR-BigGAN); 0 = off '
+                             '(default: %(default)s)')
+    parser.add_argument('--CR_augment', type=str, default='flip,translation',
+                        help="Augmentation of the reals for --CR: an optional 'flip,' prefix "
+                             "(random h-flip), then a DiffAugment policy; '' compares with the "
+                             'un-augmented reals (default: %(default)s)')
+    parser.add_argument('--num_samples', type=int, default=None,
+                        help='Train on a seeded (--seed) random subset of this many images '
+                             'of the training set (default: all)')
+    parser.add_argument('--mirror_augment', action='store_true', default=False,
+                        help='Augment the data with random horizontal flips only '
+                             '(default: %(default)s)')
+    parser.add_argument('--LC', type=float, default=0,
+                        help='LeCam regularisation weight; 0 = off (default: %(default)s)')
+    parser.add_argument('--LC_ema_decay', type=float, default=0.9,
+                        help="Decay of the moving averages of D's outputs that LeCam "
+                             'anchors to (default: %(default)s)')
+    parser.add_argument('--LC_start', type=int, default=1000,
+                        help='LeCam applies after this iteration; before it the anchors are '
+                             'the latest batch means (default: %(default)s)')
+    return parser
+
+
+def check_data_efficient_args(config):
+    """Refuse bad data-efficient flags at start-up (the fork failed mid-training)."""
+    from DiffAugment_pytorch import PolicyError, policy_names
+    try:
+        policy_names(config.get('DiffAugment', ''))
+    except PolicyError as e:
+        raise ConfigError('--DiffAugment: %s' % e) from None
+    cr_augment = config.get('CR_augment') or ''
+    names = cr_augment.split(',')
+    if 'flip' in names[1:] or cr_augment == 'flip':
+        raise ConfigError("--CR_augment %r: flip goes first and with a comma, e.g. "
+                          "'flip,translation', or 'flip,' for a flip alone" % cr_augment)
+    try:
+        policy_names(cr_augment.replace('flip,', ''))
+    except PolicyError as e:
+        raise ConfigError('--CR_augment: %s' % e) from None
+    for key in ['CR', 'LC']:
+        if config.get(key, 0) < 0:
+            raise ConfigError('--%s must be at least 0, got %g' % (key, config[key]))
+    if not 0.0 <= config.get('LC_ema_decay', 0.9) <= 1.0:
+        raise ConfigError('--LC_ema_decay must lie in [0, 1], got %g' % config['LC_ema_decay'])
+    if config.get('num_samples') is not None and config['num_samples'] < 1:
+        raise ConfigError('--num_samples must be at least 1, got %d' % config['num_samples'])
 
 
 def add_custom_dataset_args(parser):
@@ -466,6 +526,7 @@ def prepare_config(config):
             config['D_mixed_precision']]) and not config.get('amp'):
         print("note: the release's fp16 flags now mean --amp fp16 (torch.autocast + GradScaler)")
         config['amp'] = 'fp16'
+    check_data_efficient_args(config)
     config = update_config_roots(config)
     config['device'] = str(pick_device(config.get('device', '')))
     return config
@@ -725,7 +786,11 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
     With the multi-epoch sampler one pass covers every epoch; otherwise call
     `loader.sampler.set_epoch(epoch, start)` before each epoch.
     """
+    import datasets
     train_set = get_dataset(dataset, data_root, augment, load_in_mem, **kwargs)
+    # --augment already flips, so --mirror_augment adds a flip only without it.
+    train_set = datasets.limit_data(train_set, kwargs.get('num_samples'),
+                                    kwargs.get('mirror_augment') and not augment, seed)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(train_set, num_epochs, start_itr, batch_size, seed, rank,
                                     world_size)
@@ -823,6 +888,34 @@ class ema(object):
         for k, v in source.items():
             if not v.is_floating_point():
                 target[k].copy_(v)
+
+
+class ema_losses(object):
+    """Moving averages of the training losses and of D's mean outputs, as the LeCam fork keeps
+    them: D_real and D_fake are the anchors losses.lecam_reg pulls D's outputs towards."""
+
+    KEYS = ('G_loss', 'D_loss_real', 'D_loss_fake', 'D_real', 'D_fake')
+
+    def __init__(self, init=1000., decay=0.9, start_itr=0):
+        for key in self.KEYS:
+            setattr(self, key, init)
+        self.decay = decay
+        self.start_itr = start_itr
+
+    def update(self, cur, mode, itr):
+        """Fold cur into the average named mode; before start_itr it simply becomes cur."""
+        if mode not in self.KEYS:
+            raise ValueError('ema_losses has no %r: use one of %s' % (mode, ', '.join(self.KEYS)))
+        decay = 0.0 if itr < self.start_itr else self.decay
+        setattr(self, mode, getattr(self, mode) * decay + cur * (1 - decay))
+
+    def state_dict(self):
+        """The averages as plain floats, for state_dict.pth."""
+        return {key: float(getattr(self, key)) for key in self.KEYS}
+
+    def load_state_dict(self, state):
+        for key in self.KEYS:
+            setattr(self, key, state[key])
 
 
 def ortho_grad(w, strength, offdiag=True):

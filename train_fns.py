@@ -69,6 +69,20 @@ def lecam_anchors(config, state_dict):
     return anchors
 
 
+def track_outputs(ema_losses, D_fake, D_real, itr):
+    """Fold the batch means of D's outputs into the LeCam anchors, fakes first (what the fork's
+    hinge loss does). Under DDP the means span every rank's batch, so all ranks hold the
+    anchors one process would, and rank 0's checkpoint resumes them all."""
+    means = torch.stack([D_fake.detach().mean(), D_real.detach().mean()])
+    world_size = utils.get_world_size()
+    if world_size > 1:
+        torch.distributed.all_reduce(means)
+        means = means / world_size
+    fake, real = means.tolist()
+    ema_losses.update(fake, 'D_fake', itr)
+    ema_losses.update(real, 'D_real', itr)
+
+
 def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=None,
                           ema_losses=None):
     """Returns train(x, y): num_D_steps D steps, then one G step, then the EMA update.
@@ -105,14 +119,14 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
                                                    train_G=False, split_D=config['split_D'],
                                                    **augment)]
                     D_fake, D_real = D_out[:2]
-                    # With --LC the anchors first take in this batch's mean outputs.
-                    D_loss_real, D_loss_fake = losses.discriminator_loss(
-                        D_fake, D_real, ema_losses, state_dict['itr'])
+                    D_loss_real, D_loss_fake = losses.discriminator_loss(D_fake, D_real)
                     D_loss = D_loss_real + D_loss_fake
                     if CR > 0:
                         D_loss_CR = torch.mean((D_out[2] - D_real) ** 2) * CR
                         D_loss = D_loss + D_loss_CR
                     if LC > 0:
+                        # The anchors first take in this batch's mean outputs.
+                        track_outputs(ema_losses, D_fake, D_real, state_dict['itr'])
                         D_loss_LC = torch.zeros(())
                         if state_dict['itr'] > ema_losses.start_itr:
                             D_loss_LC = losses.lecam_reg(D_real, D_fake, ema_losses) * LC

@@ -16,7 +16,7 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-compare_s32}
-TOTAL_ITRS=${TOTAL_ITRS:-2500}
+TOTAL_ITRS=${TOTAL_ITRS:-3000}
 REAL_IMAGES=${REAL_IMAGES:-3000}   # images of the full set in the FID reference moments
 FID_IMAGES=${FID_IMAGES:-1500}     # G_ema samples per FID
 ACC_IMAGES=${ACC_IMAGES:-10000}    # G_ema samples per classifier accuracy

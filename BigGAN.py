@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import layers
+from DiffAugment_pytorch import DiffAugment
 
 # Channel multipliers of G_ch / D_ch per resolution: G stages go in[i] -> out[i], upsampling x2.
 G_CHANNELS = {
@@ -281,6 +282,32 @@ class Discriminator(nn.Module):
         return out + torch.sum(self.embed(y) * h, 1, keepdim=True)   # + projection
 
 
+def augment(images, policy):
+    """DiffAugment(images, policy), handed back in the memory format it came in
+    (DiffAugment returns standard-contiguous tensors)."""
+    out = DiffAugment(images, policy)
+    if out is not images and not images.is_contiguous() and images.is_contiguous(
+            memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def consistency_reals(x_aug, x, CR_augment):
+    """The reals D is asked to score like x_aug under --CR (the DiffAugment fork's rule): x_aug
+    randomly h-flipped per sample if CR_augment starts with 'flip,', then DiffAugment'ed with
+    the rest of CR_augment; the un-augmented reals x when CR_augment is empty."""
+    if not CR_augment:
+        return x
+    if CR_augment.startswith('flip,'):
+        flip = torch.randint(0, 2, size=[x_aug.size(0), 1, 1, 1], device=x_aug.device) > 0
+        x_aug = torch.where(flip, x_aug.flip(3), x_aug)
+    return augment(x_aug, CR_augment.replace('flip,', ''))
+
+
+def _cat(tensors):
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
+
+
 class G_D(nn.Module):
     """G and D in one module, so one DataParallel/DDP wrapper covers the whole step."""
 
@@ -289,26 +316,46 @@ class G_D(nn.Module):
         self.G = G
         self.D = D
 
-    def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False, split_D=False):
-        # G and D may be DistributedDataParallel wrappers; `.module` is the network inside.
-        G_net = getattr(self.G, 'module', self.G)
-        with torch.set_grad_enabled(train_G):
-            G_z = self.G(z, G_net.shared(gy))
-        if x is not None:
-            G_z = G_z.to(x.dtype)
+    def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False, split_D=False,
+                policy=False, CR=False, CR_augment=None):
+        """D's outputs on G(z) (z None: none) and on the reals x: (D_fake, D_real) with both,
+        (D_fake, D_real, D_real_CR) with CR, else the one tensor ((D_fake, G_z) if return_G_z).
+
+        policy (--DiffAugment) augments what D sees with one DiffAugment call over fakes then
+        reals; split_D splits the D pass after that call, so the draws are the same.
+        """
+        G_z = None
+        if z is not None:
+            # G and D may be DistributedDataParallel wrappers; `.module` is the network inside.
+            G_net = getattr(self.G, 'module', self.G)
+            with torch.set_grad_enabled(train_G):
+                G_z = self.G(z, G_net.shared(gy))
+            if x is not None:
+                G_z = G_z.to(x.dtype)
         # D is not trained in the G step, so it runs outside its DDP wrapper: no gradient sync.
         D = getattr(self.D, 'module', self.D) if train_G else self.D
-        if split_D:
-            if x is not None:
-                # DDP allows one wrapped call per backward: the real pass carries the sync
-                # (both passes' gradients reach it, as they sum before the hooks fire).
-                return getattr(D, 'module', D)(G_z, gy), D(x, dy)
-            D_fake = D(G_z, gy)
-            return (D_fake, G_z) if return_G_z else D_fake
-        # One D pass over fake then real: D has no batch statistics, so batching them is free.
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = D(D_input, D_class)
-        if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])  # D_fake, D_real
+        images = [t for t in (G_z, x) if t is not None]
+        classes = [t for t in (gy if G_z is not None else None, dy) if t is not None]
+        sizes = [t.shape[0] for t in images]
+        D_input, D_class = _cat(images), _cat(classes)
+        if policy:
+            # Each sample gets its own draws, the fakes' first in every drawn tensor.
+            D_input = augment(D_input, policy)
+        if CR:
+            D_input = torch.cat([D_input, consistency_reals(D_input[sizes[0]:], x, CR_augment)])
+            D_class = torch.cat([D_class, dy])
+            sizes.append(x.shape[0])
+        if split_D and len(sizes) > 1:
+            # Fakes, then the rest, in separate passes. DDP allows one wrapped call per
+            # backward: the real pass carries the sync (both passes' gradients reach it, as
+            # they sum before the hooks fire).
+            split = [sizes[0], sum(sizes[1:])]
+            (fake_in, real_in), (fake_cls, real_cls) = (torch.split(D_input, split),
+                                                        torch.split(D_class, split))
+            D_out = torch.cat([getattr(D, 'module', D)(fake_in, fake_cls), D(real_in, real_cls)])
+        else:
+            # One D pass over fake then real: D has no batch statistics, so batching is free.
+            D_out = D(D_input, D_class)
+        if G_z is not None and x is not None:
+            return torch.split(D_out, sizes)  # D_fake, D_real[, D_real_CR]
         return (D_out, G_z) if return_G_z else D_out

@@ -698,6 +698,47 @@ class CIFAR100(CIFAR10):
 
 
 # ----------------------------------------------------------------------------
+# --num_samples and --mirror_augment (the DiffAugment fork's data flags).
+
+def subset_indices(n, num_samples, seed=0):
+    """The DiffAugment fork's --num_samples rule: numpy's legacy generator seeded with seed
+    picks num_samples of range(n) without replacement, in the order drawn (not balanced)."""
+    if num_samples > n:
+        raise DatasetError(f'--num_samples {num_samples} exceeds the {n} images of the '
+                           f'training set: ask for at most {n}')
+    return np.random.RandomState(seed).choice(n, num_samples, replace=False)
+
+
+class LimitedData(data.Dataset):
+    """A dataset seen through an index list (None: all of it), each image flipped
+    horizontally at random when mirror is set. Works on any dataset yielding (C,H,W) tensors."""
+
+    def __init__(self, dataset, indices=None, mirror=False):
+        self.dataset = dataset
+        self.indices = indices
+        self.mirror = mirror
+
+    def __getitem__(self, index):
+        img, target = self.dataset[index if self.indices is None else int(self.indices[index])]
+        # The draw torchvision's RandomHorizontalFlip makes, from the same generator.
+        if self.mirror and torch.rand(1) < 0.5:
+            img = img.flip(-1)
+        return img, target
+
+    def __len__(self):
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+
+def limit_data(dataset, num_samples=None, mirror=False, seed=0):
+    """dataset restricted to --num_samples seeded random images and/or randomly mirrored;
+    dataset itself when neither is asked for."""
+    if num_samples is None and not mirror:
+        return dataset
+    indices = None if num_samples is None else subset_indices(len(dataset), num_samples, seed)
+    return LimitedData(dataset, indices, mirror)
+
+
+# ----------------------------------------------------------------------------
 # The dataset table.
 
 class DatasetEntry:
@@ -923,6 +964,9 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
                             **kwargs)
     if rank == 0 and (shuffle or use_multiepoch_sampler) and not chunk_window:
         warn_slow_shuffle(train_set)
+    # --augment already flips, so --mirror_augment adds a flip only without it.
+    train_set = limit_data(train_set, kwargs.get('num_samples'),
+                           kwargs.get('mirror_augment') and not augment, seed)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(train_set, num_epochs, start_itr, batch_size, seed, rank,
                                     world_size, chunk_window)

@@ -60,6 +60,9 @@ ADDED_FLAGS = frozenset([
     '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
     '--tensorboard', '--truncation',
+    # the DiffAugment and LeCam forks' flags
+    '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
+    '--LC_ema_decay', '--LC_start',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
@@ -282,6 +285,30 @@ TRAIN_FLAGS = {
                           help='Also write losses, metrics, singular values, learning rates, '
                                'images/s and sample sheets for TensorBoard to '
                                'logs_root/experiment_name/tb (needs the tensorboard package)'),
+    # The DiffAugment (mit-han-lab/data-efficient-gans) and LeCam (google/lecam-gan) forks'
+    # flags, with their types and defaults; README "Training on little data".
+    '--DiffAugment': dict(type=str, default='',
+                          help='DiffAugment policy: comma-separated names from color, '
+                               "translation, cutout, applied to D's inputs in both steps "
+                               "('': off)"),
+    '--CR': dict(type=float, default=0,
+                 help='Consistency regularisation weight (CR-BigGAN); 0: off'),
+    '--CR_augment': dict(type=str, default='flip,translation',
+                         help="Augmentation of the reals for --CR: an optional 'flip,' prefix "
+                              "(random h-flip), then a DiffAugment policy; '' compares with "
+                              'the un-augmented reals'),
+    '--num_samples': dict(type=int, default=None,
+                          help='Train on a seeded (--seed) random subset of this many images '
+                               'of the training set (None: all)'),
+    '--mirror_augment': dict(action='store_true', default=False,
+                             help='Augment the data with random horizontal flips only'),
+    '--LC': dict(type=float, default=0, help='LeCam regularisation weight; 0: off'),
+    '--LC_ema_decay': dict(type=float, default=0.9,
+                           help="Decay of the moving averages of D's outputs that LeCam "
+                                'anchors to'),
+    '--LC_start': dict(type=int, default=1000,
+                       help='LeCam applies after this iteration; before it the anchors are the '
+                            'latest batch means'),
 }
 
 SAMPLE_FLAGS = {
@@ -359,7 +386,8 @@ DOMAINS = {
     'num_D_SVs': '>= 1', 'num_G_SV_itrs': '>= 1', 'num_D_SV_itrs': '>= 1', 'G_ortho': '>= 0',
     'D_ortho': '>= 0', 'sv_log_interval': '>= 0', 'total_itrs': '>= 0', 'resolution': '>= 0',
     'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
-    'chunk_size': '>= 1', 'chunk_window': '>= 0',
+    'chunk_size': '>= 1', 'chunk_window': '>= 0', 'CR': '>= 0', 'LC': '>= 0',
+    'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

@@ -6,7 +6,7 @@ import torch
 import inception_utils
 import losses
 import utils
-from distributed import broadcast_object, get_rank
+from distributed import broadcast_object, get_rank, get_world_size
 
 
 def dummy_training_function():
@@ -60,14 +60,46 @@ class Precision(object):
         self.skipped[name] += int(scaler.get_scale() < scale)
 
 
-def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
+def lecam_anchors(config, state_dict):
+    """The LeCam fork's utils.ema_losses for --LC (None without it), holding the anchors a
+    resumed run saved in state_dict['ema_losses']."""
+    if not config.get('LC', 0) > 0:
+        return None
+    anchors = utils.ema_losses(decay=config['LC_ema_decay'], start_itr=config['LC_start'])
+    if 'ema_losses' in state_dict:
+        anchors.load_state_dict(state_dict['ema_losses'])
+    return anchors
+
+
+def track_outputs(ema_losses, D_fake, D_real, itr):
+    """Fold the batch means of D's outputs into the LeCam anchors, fakes first (what the fork's
+    hinge loss does). Under DDP the means span every rank's batch, so all ranks hold the
+    anchors one process would, and rank 0's checkpoint resumes them all."""
+    means = torch.stack([D_fake.detach().mean(), D_real.detach().mean()])
+    world_size = get_world_size()
+    if world_size > 1:
+        torch.distributed.all_reduce(means)
+        means = means / world_size
+    fake, real = means.tolist()
+    ema_losses.update(fake, 'D_fake', itr)
+    ema_losses.update(real, 'D_real', itr)
+
+
+def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=None,
+                          ema_losses=None):
     """Returns train(x, y): num_D_steps D steps, then one G step, then the EMA update.
 
-    x holds batch_size * num_D_steps * num_D_accumulations real images.
+    x holds batch_size * num_D_steps * num_D_accumulations real images. --DiffAugment, --CR and
+    --LC act as in the DiffAugment and LeCam forks; ema_losses (the LeCam anchors) defaults to
+    lecam_anchors(config, state_dict), and its state is kept in state_dict['ema_losses'].
     """
     # A config built the release's way has no device: the models' is the one to use.
     precision = precision or Precision(config, next(G.parameters()).device)
     bs = config['batch_size']
+    policy, CR, LC = config.get('DiffAugment', ''), config.get('CR', 0), config.get('LC', 0)
+    augment = {'policy': policy, 'CR': CR > 0, 'CR_augment': config.get('CR_augment')}
+    if ema_losses is None:
+        ema_losses = lecam_anchors(config, state_dict)
 
     def train(x, y):
         G.optim.zero_grad()
@@ -86,11 +118,23 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
                 z_.sample_()
                 y_.sample_()
                 with precision.autocast():
-                    D_fake, D_real = GD(z_[:bs], y_[:bs], x[counter], y[counter],
-                                        train_G=False, split_D=config['split_D'])
-                    D_loss_real, D_loss_fake = losses.discriminator_loss(D_fake.float(),
-                                                                         D_real.float())
-                    D_loss = (D_loss_real + D_loss_fake) / float(config['num_D_accumulations'])
+                    D_out = [d.float() for d in GD(z_[:bs], y_[:bs], x[counter], y[counter],
+                                                   train_G=False, split_D=config['split_D'],
+                                                   **augment)]
+                    D_fake, D_real = D_out[:2]
+                    D_loss_real, D_loss_fake = losses.discriminator_loss(D_fake, D_real)
+                    D_loss = D_loss_real + D_loss_fake
+                    if CR > 0:
+                        D_loss_CR = torch.mean((D_out[2] - D_real) ** 2) * CR
+                        D_loss = D_loss + D_loss_CR
+                    if LC > 0:
+                        # The anchors first take in this batch's mean outputs.
+                        track_outputs(ema_losses, D_fake, D_real, state_dict['itr'])
+                        D_loss_LC = torch.zeros(())
+                        if state_dict['itr'] > ema_losses.start_itr:
+                            D_loss_LC = losses.lecam_reg(D_real, D_fake, ema_losses) * LC
+                            D_loss = D_loss + D_loss_LC
+                    D_loss = D_loss / float(config['num_D_accumulations'])
                 precision.D_scaler.scale(D_loss).backward()
                 counter += 1
             precision.step(precision.D_scaler, D.optim, 'D',
@@ -102,14 +146,20 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
             utils.toggle_grad(D, False)
             utils.toggle_grad(G, True)
         G.optim.zero_grad()
+        G_loss_total = 0.0
         for _ in range(config['num_G_accumulations']):
             z_.sample_()
             y_.sample_()
             with precision.autocast():
-                D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'])
+                D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'], policy=policy)
                 G_loss = (losses.generator_loss(D_fake.float())
                           / float(config['num_G_accumulations']))
             precision.G_scaler.scale(G_loss).backward()
+            if ema_losses is not None:
+                G_loss_total += G_loss.item()
+        if ema_losses is not None:
+            ema_losses.update(G_loss_total, 'G_loss', state_dict['itr'])
+            state_dict['ema_losses'] = ema_losses.state_dict()
         # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
         precision.step(precision.G_scaler, G.optim, 'G',
                        (lambda: utils.ortho(G, config['G_ortho'],
@@ -123,6 +173,10 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
         out = {'G_loss': float(G_loss.item()),
                'D_loss_real': float(D_loss_real.item()),
                'D_loss_fake': float(D_loss_fake.item())}
+        if CR > 0:
+            out['D_loss_CR'] = float(D_loss_CR.item())
+        if LC > 0:
+            out['D_loss_LC'] = float(D_loss_LC.item())
         if precision.G_scaler.is_enabled():
             out.update(G_skipped_steps=precision.skipped['G'],
                        D_skipped_steps=precision.skipped['D'])

@@ -93,9 +93,26 @@ def prepare_config(config):
             config['D_mixed_precision']]) and not config.get('amp'):
         print("note: the release's fp16 flags now mean --amp fp16 (torch.autocast + GradScaler)")
         config['amp'] = 'fp16'
+    check_policies(config)
     config = update_config_roots(config)
     config['device'] = str(pick_device(config.get('device')))
     return config
+
+
+def check_policies(config):
+    """Refuse unknown --DiffAugment/--CR_augment policies at start-up (the fork failed
+    mid-training)."""
+    from DiffAugment_pytorch import PolicyError, policy_names
+    cr_augment = config.get('CR_augment') or ''
+    if 'flip' in cr_augment.split(',')[1:] or cr_augment == 'flip':
+        raise ConfigError(f"--CR_augment {cr_augment!r}: flip goes first and with a comma, "
+                          f"e.g. 'flip,translation', or 'flip,' for a flip alone")
+    for flag, policy in [('DiffAugment', config.get('DiffAugment', '')),
+                         ('CR_augment', cr_augment.replace('flip,', ''))]:
+        try:
+            policy_names(policy)
+        except PolicyError as e:
+            raise ConfigError(f'--{flag}: {e}') from None
 
 
 def seed_rng(seed):
@@ -220,6 +237,34 @@ class ema(object):
         for k, v in source.items():
             if not v.is_floating_point():
                 target[k].copy_(v)
+
+
+class ema_losses(object):
+    """Moving averages of the training losses and of D's mean outputs, as the LeCam fork keeps
+    them: D_real and D_fake are the anchors losses.lecam_reg pulls D's outputs towards."""
+
+    KEYS = ('G_loss', 'D_loss_real', 'D_loss_fake', 'D_real', 'D_fake')
+
+    def __init__(self, init=1000., decay=0.9, start_itr=0):
+        for key in self.KEYS:
+            setattr(self, key, init)
+        self.decay = decay
+        self.start_itr = start_itr
+
+    def update(self, cur, mode, itr):
+        """Fold cur into the average named mode; before start_itr it simply becomes cur."""
+        if mode not in self.KEYS:
+            raise ValueError(f"ema_losses has no {mode!r}: use one of {', '.join(self.KEYS)}")
+        decay = 0.0 if itr < self.start_itr else self.decay
+        setattr(self, mode, getattr(self, mode) * decay + cur * (1 - decay))
+
+    def state_dict(self):
+        """The averages as plain floats, for state_dict.pth."""
+        return {key: float(getattr(self, key)) for key in self.KEYS}
+
+    def load_state_dict(self, state):
+        for key in self.KEYS:
+            setattr(self, key, state[key])
 
 
 def ortho_grad(w, strength, offdiag=True):

@@ -5,6 +5,7 @@ import ast
 import csv
 import glob
 import hashlib
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -40,6 +41,11 @@ def entry_parser(entry):
         return train_parser()
     if entry == 'sample.py':
         return sample_parser()
+    if entry.startswith('tools/'):  # a tool a script runs, e.g. tools/compare_s32.py
+        spec = importlib.util.spec_from_file_location(entry[6:-3], os.path.join(ROOT, entry))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.prepare_parser()
     module = __import__(entry[:-3])  # make_hdf5.py, calculate_inception_moments.py
     return module.prepare_parser()
 

@@ -1,0 +1,19 @@
+#!/bin/bash
+# The LeCam fork's launch script (google/lecam-gan@f9af948, biggan_cifar/scripts/),
+# with its arguments unchanged.
+# CIFAR is read from data/cifar; flags given to this script are appended, e.g.
+#   bash scripts/data_efficient/lc-DiffAugment-biggan-cifar100-0.1.sh --data_root /datasets
+python train.py --experiment_name lc-DiffAugment-biggan-cifar100-0.1 \
+--DiffAugment translation,cutout --LC 0.3 \
+--mirror_augment --use_multiepoch_sampler \
+--which_best FID --num_inception_images 10000 \
+--shuffle --batch_size 50 --parallel \
+--num_G_accumulations 1 --num_D_accumulations 1 --num_epochs 5000 --num_samples 5000 \
+--num_D_steps 4 --G_lr 2e-4 --D_lr 2e-4 \
+--dataset C100 \
+--G_ortho 0.0 \
+--G_attn 0 --D_attn 0 \
+--G_init N02 --D_init N02 \
+--ema --use_ema --ema_start 1000 \
+--test_every 4000 --save_every 2000 --seed 0 \
+"$@"

@@ -340,21 +340,29 @@ def torch_load(path, map_location='cpu'):
         else:
             raise ValueError('empty file' if not magic else 'not a PyTorch zip or pickle file')
     except Exception as e:  # any failure to parse is the file's fault: name it, in one line
-        raise CheckpointError(f'cannot load {path} ({_reason(e)}); it is truncated, damaged '
-                              f'or not a checkpoint of tensors and plain data') from None
+        refused = _refused_global(e)
+        if refused:
+            raise CheckpointError(f'refusing {path}: it holds {refused}, which is not allowed '
+                                  f'in a checkpoint (only tensors and plain data are '
+                                  f'loaded)') from None
+        raise CheckpointError(f'cannot load {path} ({load_error_reason(e)}); it is truncated, '
+                              f'damaged or not a checkpoint of tensors and plain data') from None
     if isinstance(obj, dict):
         # numpy scalars become floats, so the state can be saved again as plain data.
         obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
     return obj
 
 
-def _reason(error):
-    """A loading error in a few words: the refused global, or the message's first sentence
-    (past torch's weights_only boilerplate)."""
+def _refused_global(error):
+    """The module.name an unpickler refused to build, or None."""
+    found = re.search(r'GLOBAL ([\w.]+)|([\w.]+) is not allowed in a checkpoint', str(error))
+    return (found[1] or found[2]) if found else None
+
+
+def load_error_reason(error):
+    """A loading error in a few words: its message's first sentence (past torch's weights_only
+    boilerplate)."""
     text = str(error)
-    refused = re.search(r'GLOBAL ([\w.]+)', text)
-    if refused:
-        return f'{refused[1]} is not allowed in a checkpoint'
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and lines[0].startswith('Weights only load failed'):
         lines = lines[1:]

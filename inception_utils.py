@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from checkpoints import atomic_open
+from checkpoints import atomic_open, load_error_reason
 from distributed import is_distributed, pick_device
 from flags import ConfigError
 
@@ -294,9 +294,8 @@ def _load_state_dict_file(net, path, backend):
     """Load weights strictly, tolerating only missing num_batches_tracked."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise _weights_error(backend, path,
-                             f'unreadable ({type(err).__name__})') from err
+    except Exception as err:  # refused, truncated or not a torch file
+        raise _weights_error(backend, path, f'unreadable ({load_error_reason(err)})') from None
     if not isinstance(state, dict):
         raise _weights_error(backend, path, 'does not hold a state dict')
     try:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import flags
 import inception_utils
 from checkpoints import check_writable
-from datasets import check_dataset, get_data_loaders
+from datasets import check_dataset, get_data_loaders, to_float
 from distributed import pick_device
 
 
@@ -59,7 +59,7 @@ def run(config):
                                                  min(10, num_images))
     with torch.no_grad():
         for x, _ in tqdm(loader):
-            pool, logits = net(x.to(device).float())
+            pool, logits = net(to_float(x.to(device)).float())
             feats.update(pool)
             scores.update(F.softmax(logits.double(), 1))
     is_mean, is_std = scores.result()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 import train_fns
 import utils
 from checkpoints import check_finite_step, remove_stale_temps, set_rng_state
-from datasets import get_data_loaders
+from datasets import get_data_loaders, to_float
 from distributed import setup_distributed
 
 
@@ -218,6 +218,7 @@ def run(config):
                 if net is not None:
                     net.train()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = to_float(x)  # HDF5 batches travel as uint8
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import flags
 import inception_utils
 from checkpoints import check_writable
-from datasets import check_dataset, get_data_loaders
+from datasets import check_dataset, get_data_loaders, to_float
 from distributed import pick_device
 
 
@@ -48,7 +48,7 @@ def run(config):
                                             config['inception_weights'])
     # Every image counts, as in the release; pinned memory only helps CUDA.
     loader = get_data_loaders(
-        **{**config, 'drop_last': False,
+        **{**config, 'drop_last': False, 'raw': True,
            'pin_memory': device.type == 'cuda'})[0]
     net = inception_utils.load_inception_net(
         config['parallel'], backend, config['inception_weights'], device)
@@ -59,7 +59,7 @@ def run(config):
                                                  min(10, num_images))
     with torch.no_grad():
         for x, _ in tqdm(loader):
-            pool, logits = net(x.to(device).float())
+            pool, logits = net(to_float(x.to(device)).float())
             feats.update(pool)
             scores.update(F.softmax(logits.double(), 1))
     is_mean, is_std = scores.result()

@@ -1,5 +1,6 @@
 """The data path: datasets (image folders, preprocessed HDF5 files, CIFAR and the built-in
-S32), the dataset table, the release's transforms, the samplers and get_data_loaders.
+S32), the dataset table, the release's transforms, the samplers, get_data_loaders, and
+to_float, which turns the uint8 batches of HDF5 files into the floats the models take.
 
 Every dataset class takes ``(root, transform=None, load_in_mem=False, **kwargs)`` so that the
 table can build any of them the same way; unknown keyword arguments are accepted and ignored,
@@ -548,8 +549,38 @@ def check_hdf5(f, path):
     return imgs, labels
 
 
+def normalize(img):
+    """uint8 pixels to the release's [-1, 1] float32, ((x / 255) - 0.5) * 2, on the CPU."""
+    return img.float().div_(255).sub_(0.5).mul_(2)  # in place: it runs for every image
+
+
+# normalize's 256 values, computed once on the CPU. to_float looks pixels up here instead of
+# recomputing the formula on the batch's device: CUDA divides by a Python number by multiplying
+# with its float32 reciprocal, which for 126 of the 256 pixel values differs from true division
+# in the last bit.
+_PIXEL_FLOATS = normalize(torch.arange(256, dtype=torch.uint8))
+_pixel_floats = {}  # _PIXEL_FLOATS on each device used
+
+
+def to_float(x):
+    """A batch as the models take it: uint8 pixels (HDF5 loaders) become the floats
+    ILSVRC_HDF5 gives by default, bit for bit on any device; floats pass unchanged.
+
+    Call it after moving the batch to its device: the loader then carries a quarter of the
+    bytes, and on an accelerator the conversion costs nothing.
+    """
+    if x.dtype != torch.uint8:
+        return x
+    table = _pixel_floats.get(x.device)
+    if table is None:
+        table = _pixel_floats[x.device] = _PIXEL_FLOATS.to(x.device)
+    return table.index_select(0, x.reshape(-1).int()).view(x.shape)
+
+
 class ILSVRC_HDF5(data.Dataset):
-    """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors.
+    """HDF5 file with 'imgs' (uint8 N x 3 x H x W) and 'labels'; yields [-1, 1] tensors, or
+    with raw=True the stored uint8 ones, for to_float to normalise where the batch is used
+    (a transform gets the tensor the item would otherwise be).
 
     A compressed chunk is decompressed whole whenever one of its images is read, so each
     process keeps the last `cache_chunks` chunks of a compressed file in HDF5's chunk cache
@@ -560,7 +591,7 @@ class ILSVRC_HDF5(data.Dataset):
 
     def __init__(self, root, transform=None, target_transform=None,
                  load_in_mem=False, train=True, download=False,
-                 validate_seed=0, val_split=0, cache_chunks=1, **kwargs):
+                 validate_seed=0, val_split=0, cache_chunks=1, raw=False, **kwargs):
         self.root = os.path.expanduser(str(root))
         if not os.path.exists(self.root):
             raise FileNotFoundError(
@@ -569,6 +600,7 @@ class ILSVRC_HDF5(data.Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.load_in_mem = load_in_mem
+        self.raw = raw
         try:
             f = h5py.File(self.root, 'r')
         except OSError as e:
@@ -619,11 +651,12 @@ class ILSVRC_HDF5(data.Dataset):
         return state
 
     def __getitem__(self, index):
-        img = self.data[index] if self.load_in_mem else self._imgs()[index]
+        # A copy of an in-memory image, so that no transform can change the array.
+        img = self.data[index].copy() if self.load_in_mem else self._imgs()[index]
         target = int(self.labels[index])
-        # The release's normalisation ((x / 255) - 0.5) * 2, kept bit-for-bit so models see
-        # the same inputs; in place, as it runs for every image.
-        img = torch.from_numpy(img).float().div_(255).sub_(0.5).mul_(2)
+        img = torch.from_numpy(img)
+        if not self.raw:
+            img = normalize(img)
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -826,10 +859,12 @@ def dataset_source(config):
 
 
 def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, resolution=0,
-                n_classes=0, dataset_root='', download=False, chunk_window=0, **kwargs):
+                n_classes=0, dataset_root='', download=False, chunk_window=0, raw=False,
+                **kwargs):
     """The training set with the release's transforms, values in [-1, 1].
 
     An HDF5 file read with a chunk window keeps that many chunks in each process's cache.
+    With raw, an HDF5 file yields its uint8 pixels, which to_float makes those values.
     """
     config = {'dataset': dataset, 'data_root': data_root, 'dataset_root': dataset_root}
     which_dataset, root = dataset_source(config)
@@ -852,6 +887,7 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
         ds_kwargs['n_classes'] = n_classes
     if which_dataset is ILSVRC_HDF5:
         ds_kwargs['cache_chunks'] = max(chunk_window, 1)
+        ds_kwargs['raw'] = raw
     if download:
         ds_kwargs['download'] = True
     return which_dataset(root=root, transform=train_transform, load_in_mem=load_in_mem,
@@ -953,15 +989,17 @@ class MultiEpochSampler(Sampler):
 def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,
                      shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True,
                      drop_last=True, start_itr=0, num_epochs=500, use_multiepoch_sampler=False,
-                     seed=0, rank=0, world_size=1, chunk_window=0, **kwargs):
+                     seed=0, rank=0, world_size=1, chunk_window=0, raw=False, **kwargs):
     """A list holding the training loader, as the release returns it.
 
     With the multi-epoch sampler one pass covers every epoch; otherwise call
     `loader.sampler.set_epoch(epoch, start)` before each epoch. chunk_window > 0 shuffles
-    chunk-aware (epoch_order).
+    chunk-aware (epoch_order). With raw an HDF5 file's batches carry uint8 pixels, a quarter
+    of the bytes for the workers to ship: pass every batch through to_float once it is on its
+    device (train.py does; without raw, the release's float batches).
     """
     train_set = get_dataset(dataset, data_root, augment, load_in_mem, chunk_window=chunk_window,
-                            **kwargs)
+                            raw=raw, **kwargs)
     if rank == 0 and (shuffle or use_multiepoch_sampler) and not chunk_window:
         warn_slow_shuffle(train_set)
     # --augment already flips, so --mirror_augment adds a flip only without it.

@@ -16,7 +16,7 @@ from tqdm import tqdm
 import train_fns
 import utils
 from checkpoints import check_finite_step, remove_stale_temps, set_rng_state
-from datasets import get_data_loaders
+from datasets import get_data_loaders, to_float
 from distributed import setup_distributed
 
 
@@ -140,7 +140,7 @@ def run(config):
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     loader = get_data_loaders(**{**config, 'batch_size': D_batch_size,
                                  'start_itr': state_dict['itr'], 'rank': rank,
-                                 'world_size': world_size})[0]
+                                 'world_size': world_size, 'raw': True})[0]
     if len(loader.dataset) // world_size < D_batch_size:
         n = len(loader.dataset)
         raise utils.ConfigError(
@@ -218,6 +218,7 @@ def run(config):
                 if net is not None:
                     net.train()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = to_float(x)  # HDF5 batches travel as uint8
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)

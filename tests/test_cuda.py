@@ -1,9 +1,10 @@
 """CUDA checks, skipped without CUDA (tools/gpu_check.sh runs them with the benchmark).
 
-A float32 step on CUDA against the same step on CPU; channels_last and torch.compile against
-the eager CUDA step; `--amp bf16|fp16` runs of train.py; the synchronized BN's CUDA kernels
-against its CPU path; a one-process NCCL DDP step; train.py testing with IS/FID/KID, sample.py
-and both Inception backends on CUDA, with random Inception weights saved to a file.
+A float32 step on CUDA against the same step on CPU; HDF5 batches made floats on CUDA against
+the CPU; channels_last and torch.compile against the eager CUDA step; `--amp bf16|fp16` runs of
+train.py; the synchronized BN's CUDA kernels against its CPU path; a one-process NCCL DDP step;
+train.py testing with IS/FID/KID, sample.py and both Inception backends on CUDA, with random
+Inception weights saved to a file.
 
 Comparisons disable TF32 (on by default for cuDNN convolutions, with a 10-bit mantissa) and swap
 ReLU for SiLU: a pre-activation within float32 rounding of 0 flips ReLU's gradient between two
@@ -25,6 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image
 
+import datasets
 import inception_utils
 import layers
 import sample
@@ -172,6 +174,15 @@ def test_one_process_nccl_ddp_step(no_tf32, monkeypatch):
         dist.destroy_process_group()
     assert calls
     assert_steps_agree(ddp, plain)
+
+
+def test_hdf5_batches_become_the_cpu_floats_on_cuda():
+    """to_float on CUDA gives the CPU's bits for every pixel value (dividing by 255 there would
+    not: CUDA multiplies by the float32 reciprocal, off by one bit for 126 of the 256)."""
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16)
+    cpu = datasets.to_float(x)
+    cuda = datasets.to_float(x.to('cuda'))
+    assert cuda.is_cuda and torch.equal(cuda.cpu().view(torch.int32), cpu.view(torch.int32))
 
 
 # ----------------------------------------------------------------------------

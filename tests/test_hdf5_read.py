@@ -11,6 +11,7 @@ import torch
 import datasets as dset
 import make_hdf5
 import train
+import train_fns
 import utils
 from conftest import ROOT, assert_same, run_flags
 
@@ -109,6 +110,101 @@ def test_compressed_files_cache_their_chunks(tmp_path):
         assert ds._imgs() is ds._imgs()  # one handle, so its cache survives between reads
     plain = dset.ILSVRC_HDF5(write(tmp_path / 'plain.hdf5', imgs, labels))
     assert plain.cache == {} and not plain.compressed
+
+
+# ----------------------------------------------------------------------------
+# uint8 batches, made floats where they are used.
+
+def as_bits(x):
+    """A float32 tensor's bit patterns, so that equality means bit-identical (-0.0 != 0.0)."""
+    assert x.dtype == torch.float32
+    return x.contiguous().view(torch.int32)
+
+
+def test_to_float_is_the_release_formula():
+    """Every pixel value gives the release's float32 ((x / 255) - 0.5) * 2, computed here
+    with numpy; floats pass through untouched; any layout keeps its shape."""
+    v = np.arange(256, dtype=np.float32)
+    expect = torch.from_numpy((v / np.float32(255) - np.float32(0.5)) * np.float32(2))
+    got = dset.to_float(torch.arange(256, dtype=torch.uint8))
+    assert torch.equal(as_bits(got), as_bits(expect))
+    batch = torch.from_numpy(images(n=4)[0])
+    for x in (batch, batch.contiguous(memory_format=torch.channels_last), batch[:, :, ::2]):
+        y = dset.to_float(x)
+        assert y.shape == x.shape and torch.equal(as_bits(y), as_bits(reference(x.numpy())))
+    floats = reference(batch.numpy())
+    assert dset.to_float(floats) is floats
+
+
+@pytest.mark.parametrize('load_in_mem', [False, True])
+def test_raw_items_are_the_stored_pixels(tmp_path, load_in_mem):
+    imgs, labels = images()
+    path = write(tmp_path / 'f.hdf5', imgs, labels, 'lzf')
+    raw = dset.ILSVRC_HDF5(path, raw=True, load_in_mem=load_in_mem)
+    floats = dset.ILSVRC_HDF5(path, load_in_mem=load_in_mem)  # the default: the release's
+    for i in (0, 17, N - 1):
+        x, y = raw[i]
+        assert x.dtype == torch.uint8 and torch.equal(x, torch.from_numpy(imgs[i]))
+        assert y == labels[i] and torch.equal(as_bits(dset.to_float(x)), as_bits(floats[i][0]))
+        x.zero_()  # an item is the caller's own: the in-memory array is untouched
+        assert torch.equal(raw[i][0], torch.from_numpy(imgs[i]))
+    # A transform gets the uint8 tensor.
+    flipped = dset.ILSVRC_HDF5(path, raw=True, transform=lambda t: t.flip(-1))
+    assert torch.equal(flipped[3][0], torch.from_numpy(imgs[3]).flip(-1))
+
+
+@pytest.mark.parametrize('workers, load_in_mem, window', [(0, False, 0), (1, False, 2),
+                                                          (0, True, 0)])
+def test_loader_ships_uint8_that_become_the_old_floats(tmp_path, workers, load_in_mem, window):
+    """With raw=True get_data_loaders' batches of an HDF5 file are uint8, and to_float gives the
+    batches of the float loader (raw=False, the release's) and of ILSVRC_HDF5's items."""
+    imgs, labels = images()
+    path = write(tmp_path / 'f.hdf5', imgs, labels, 'gzip', 4)
+
+    def batches(raw):
+        loader = dset.get_data_loaders(
+            'S32', dataset_root=path, batch_size=8, num_workers=workers, pin_memory=False,
+            load_in_mem=load_in_mem, chunk_window=window, seed=2, raw=raw)[0]
+        return [(x, y) for x, y in loader]
+    raw, old = batches(True), batches(False)
+    items = dset.ILSVRC_HDF5(path)
+    order = dset.epoch_order(N, 0, 2, True, 4, window)
+    assert len(raw) == N // 8 and all(x.dtype == torch.uint8 for x, _ in raw)
+    for b, ((x, y), (x_old, y_old)) in enumerate(zip(raw, old)):
+        expect = torch.stack([items[i][0] for i in order[8 * b:8 * b + 8]])
+        assert torch.equal(as_bits(dset.to_float(x)), as_bits(x_old))
+        assert torch.equal(as_bits(x_old), as_bits(expect)) and torch.equal(y, y_old)
+
+
+@pytest.mark.parametrize('extra', [[], ['--load_in_mem', '--channels_last'],
+                                   ['--num_workers', '1']])
+def test_step_gets_the_release_floats(data_root, tmp_path, monkeypatch, extra):
+    """train.py on an HDF5 file hands the step the floats ILSVRC_HDF5 gives by default (the
+    release's), bit for bit, in the sampler's order."""
+    s32 = dset.S32(os.path.join(data_root, 'S32'))
+    imgs = s32.data[:24].transpose(0, 3, 1, 2).copy()
+    path = write(tmp_path / 's32.hdf5', imgs, s32.labels[:24], 'gzip')
+    seen = []
+    make_step = train_fns.GAN_training_function
+
+    def recording(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def train_step(x, y):
+            seen.append((x.clone(), y.clone()))
+            return step(x, y)
+        return train_step
+    monkeypatch.setattr(train_fns, 'GAN_training_function', recording)
+    flags = run_flags(data_root, str(tmp_path / 'out'), 's', '--dataset_root', path,
+                      '--resolution', '32', '--n_classes', '10', '--total_itrs', '2',
+                      '--save_every', '0', *extra)
+    train.run(vars(utils.prepare_parser().parse_args(flags)))
+    items = dset.ILSVRC_HDF5(path)
+    order = dset.epoch_order(24, 0, 0)[:8]
+    assert len(seen) == 2
+    x, y = (torch.cat(t) for t in zip(*seen))
+    assert torch.equal(as_bits(x), as_bits(torch.stack([items[i][0] for i in order])))
+    assert torch.equal(y, torch.tensor([items[i][1] for i in order]))
 
 
 # ----------------------------------------------------------------------------
@@ -219,10 +315,10 @@ def test_train_resume_is_bit_exact_with_chunk_window(data_root, tmp_path, monkey
     run(tmp_path / 'once', 6)
     assert state['itr'] == 6 and state['epoch'] == 1
     assert all(torch.equal(a, b) for a, b in zip(resumed, seen)) and len(seen) == 6
-    # 22 images, 5 batches of 4 per epoch: epoch 0's are the first 20 of its order.
+    # 22 images, 5 batches of 4 per epoch: epoch 0's are the first 20 of its order, as
+    # stored (the loader ships uint8; test_step_gets_the_release_floats checks the floats).
     order = dset.epoch_order(22, 0, 0, True, 4, 2)[:20]
-    expect = torch.stack([reference(imgs[i]) for i in order])
-    assert torch.equal(torch.cat(seen[:5]), expect)
+    assert torch.equal(torch.cat(seen[:5]), torch.from_numpy(imgs[order]))
     for name in ('G', 'D', 'G_ema', 'G_optim', 'D_optim'):
         a = torch.load(tmp_path / 'split' / 'weights' / 'w' / f'{name}.pth', weights_only=True)
         b = torch.load(tmp_path / 'once' / 'weights' / 'w' / f'{name}.pth', weights_only=True)
@@ -271,7 +367,7 @@ def test_release_written_file_loads_and_reads_in_windows(tmp_path, monkeypatch, 
     assert len(loader_warnings(path, capsys)) == 1
     loader = dset.get_data_loaders('S32', dataset_root=path, batch_size=100, num_workers=0,
                                    pin_memory=False, chunk_window=1, seed=1)[0]
-    seen = torch.cat([x for x, _ in loader])
+    seen = torch.cat([dset.to_float(x) for x, _ in loader])
     order = dset.epoch_order(1100, 0, 1, True, 500, 1)
     assert torch.equal(seen, torch.stack([reference(stored[i]) for i in order]))
 
@@ -412,6 +508,6 @@ def test_read_benchmark_runs(tmp_path, monkeypatch, capsys):
     rows = [[c.strip() for c in line.strip('|').split('|')] for line in table]
     # The release layout's 500 images per chunk stop at the 300 images there are.
     assert [r[:2] for r in rows] == [['none', '300'], ['gzip', '300'], ['gzip', '10']]
-    assert rows[1][6] and not rows[2][6]  # chunk-aware figures for the big compressed chunks
-    assert all(float(r[3].replace(',', '')) > 0 for r in rows)
+    assert rows[1][7] and not rows[2][7]  # chunk-aware figures for the big compressed chunks
+    assert all(float(r[i].split()[0].replace(',', '')) > 0 for r in rows for i in (3, 5, 6, 8))
     assert os.listdir(tmp_path) == []

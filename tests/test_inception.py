@@ -530,15 +530,22 @@ def test_no_fid_needs_no_moments(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------
 # calculate_inception_moments.py.
 
-def test_calculate_inception_moments_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize('hdf5', [False, True])
+def test_calculate_inception_moments_run(tmp_path, monkeypatch, hdf5):
+    """Moments of the images the loader gives; an HDF5 loader's uint8 batches reach the network
+    as the release's floats, bit for bit."""
     import calculate_inception_moments as cim
 
-    images = torch.rand(13, 3, 8, 8) * 2 - 1
+    if hdf5:
+        pixels = torch.randint(0, 256, (13, 3, 8, 8), dtype=torch.uint8)
+        images = ((pixels.float() / 255) - 0.5) * 2  # the release's normalisation
+    else:
+        pixels = images = torch.rand(13, 3, 8, 8) * 2 - 1
     seen = {}
 
     def get_data_loaders(**config):
         seen.update(config)
-        data = torch.utils.data.TensorDataset(images, torch.zeros(13))
+        data = torch.utils.data.TensorDataset(pixels, torch.zeros(13))
         return [torch.utils.data.DataLoader(data, batch_size=5)]
 
     # The dataset check passes (S8 is not in the real table) and the loader yields the
@@ -546,13 +553,15 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch):
     monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
     monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
     torch.manual_seed(0)
-    net = FakeInception()
+    net, inputs = FakeInception(), []
+    net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     monkeypatch.setattr(iu, 'check_inception_weights', lambda *a: 'x')
     monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: net)
     config = vars(cim.prepare_parser().parse_args(
         ['--dataset', 'S8_hdf5', '--data_root', str(tmp_path),
          '--device', 'cpu', '--kid_feats', '5']))
     path = cim.run(config)
+    assert torch.equal(torch.cat(inputs).view(torch.int32), images.view(torch.int32))
     assert path == str(tmp_path / 'S8_inception_moments.npz')
     assert seen['drop_last'] is False
     got = iu.load_inception_moments('S8_hdf5', str(tmp_path),

@@ -4,20 +4,25 @@
 
 writes one file per compression (none, LZF, gzip) and chunk layout with make_hdf5.py's own
 writer, all holding the same generated photo-like images (smooth colour fields plus grain,
-128 px by default), and reads each through the real path (datasets.get_data_loaders ->
-ILSVRC_HDF5 -> DataLoader, batch --batch_size) with every worker count: in the full shuffle
-training uses, in the chunk-aware order of --chunk_window (for files whose compressed chunks are
-big), and sequentially. Layouts: `release` is 500 images per chunk, what the release (and this
-project before) wrote whatever the compression; `default` is what make_hdf5.py writes now
-without --chunk_size.
+128 px by default), and reads each through the path training uses (datasets.get_data_loaders ->
+ILSVRC_HDF5 -> DataLoader, batch --batch_size) with every worker count: in the full shuffle,
+in the chunk-aware order of --chunk_window (for files whose compressed chunks are big), and
+sequentially. Layouts: `release` is 500 images per chunk, what the release (and this project
+before) wrote whatever the compression; `default` is what make_hdf5.py writes now without
+--chunk_size.
 
 Each loader figure is images/s after the first batch of every worker (start-up excluded),
 over --seconds or until the epoch ends, and in brackets images per CPU-second of all the
 reading processes (main and workers, start-up included): what each worker would give on a core
-of its own, which on a shared machine the wall clock does not show. "ILSVRC_HDF5 alone" is
-images per CPU-second of indexing the dataset in shuffled order in this one process: the HDF5
-read and the conversion to floats, without the loader's inter-process transport. With gzip it
-also prints how many images zlib alone inflates per CPU-second, a floor no layout can beat.
+of its own, which on a shared machine the wall clock does not show. "Shuffled" is the loader
+alone; "+ to_float" also makes every batch floats in this process on the CPU, as train.py does
+after moving a batch to its device (on an accelerator that costs the CPU nothing, so the
+loader's figure is the one that counts there). "ILSVRC_HDF5 alone" is images per CPU-second of
+indexing the dataset as the loader does, in shuffled order in this one process: the HDF5 read,
+without the loader's inter-process transport. It also prints to_float's CPU cost per image and,
+with gzip, how many images zlib alone inflates per CPU-second, a floor no layout can beat.
+The script also runs on the project's earlier versions (whose loaders gave floats, made in the
+workers), for before-and-after figures.
 """
 
 import argparse
@@ -42,6 +47,8 @@ import make_hdf5
 # The release's chunk length (spelled out, so the script also runs on older versions of the
 # project, for before-and-after figures).
 RELEASE_CHUNK = 500
+# Older versions' loaders already gave floats.
+to_float = getattr(dset, 'to_float', lambda x: x)
 
 
 def photo_batches(n, res, batch=500, seed=0, grain=4.0):
@@ -73,12 +80,13 @@ def cpu_seconds():
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def read_rate(path, res, workers, shuffle, window, batch_size, seconds):
-    """(images/s after start-up, images per CPU-second) of one pass through the loader."""
+def read_rate(path, res, workers, shuffle, window, batch_size, seconds, convert=False):
+    """(images/s after start-up, images per CPU-second) of one pass through the loader; with
+    convert, this process also makes every batch floats, as the training loop does."""
     loader = dset.get_data_loaders(
         'bench', dataset_root=path, resolution=res, n_classes=10, batch_size=batch_size,
         num_workers=workers, shuffle=shuffle, chunk_window=window, pin_memory=False,
-        drop_last=False, seed=0)[0]
+        drop_last=False, seed=0, raw=True)[0]
     cpu = cpu_seconds()
     it = iter(loader)
     total = 0
@@ -86,6 +94,8 @@ def read_rate(path, res, workers, shuffle, window, batch_size, seconds):
         total += len(next(it)[0])
     start, timed = time.perf_counter(), 0
     for x, _ in it:
+        if convert:
+            to_float(x)
         timed += len(x)
         if time.perf_counter() - start >= seconds:
             break
@@ -96,9 +106,9 @@ def read_rate(path, res, workers, shuffle, window, batch_size, seconds):
 
 
 def item_rate(path, seconds):
-    """Images per CPU-second of ILSVRC_HDF5 alone, indexed in shuffled order in this process:
-    the reading itself, without the loader's transport of float32 batches between processes."""
-    ds = dset.ILSVRC_HDF5(path)
+    """Images per CPU-second of ILSVRC_HDF5 alone, indexed as the loader does (raw where the
+    version has it) in shuffled order in this process: no transport between processes."""
+    ds = dset.ILSVRC_HDF5(path, raw=True)  # older versions ignore raw
     order = dset.epoch_order(len(ds), 0, 0)
     start, n = time.process_time(), 0
     for i in order:
@@ -117,6 +127,19 @@ def inflate_rate(res, n=200):
     for blob in packed:
         zlib.decompress(blob)
     return n / max(time.process_time() - start, 1e-9)
+
+
+def to_float_cost(res, batch_size, repeats=20):
+    """CPU microseconds per image of to_float on uint8 batches, on one thread."""
+    x = torch.from_numpy(next(photo_batches(batch_size, res, batch=batch_size))[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    to_float(x)
+    start = time.process_time()
+    for _ in range(repeats):
+        to_float(x)
+    torch.set_num_threads(threads)
+    return (time.process_time() - start) / (repeats * batch_size) * 1e6
 
 
 def cell(rates):
@@ -165,7 +188,8 @@ def main():
                 window = args.chunk_window if slow else 0
                 for w in workers:
                     figures = [read_rate(path, args.res, w, True, 0, args.batch_size,
-                                         args.seconds)]
+                                         args.seconds, convert)
+                               for convert in (False, True)]
                     if window:
                         figures.append(read_rate(path, args.res, w, True, window,
                                                  args.batch_size, args.seconds))
@@ -173,18 +197,22 @@ def main():
                                              args.seconds))
                     cells = [cell(f) for f in figures]
                     if not window:
-                        cells.insert(1, '')
+                        cells.insert(2, '')
                     alone = f'{item_rate(path, args.seconds):,.0f}' if w == workers[0] else ''
                     rows.append([compression, str(stored_chunk),
                                  f'{os.path.getsize(path) / raw:.2f}', alone, str(w)] + cells)
                     print('  ' + ' | '.join(rows[-1]), flush=True)
     print(f'\nload average at the end {os.getloadavg()[0]:.1f}')
+    if hasattr(dset, 'to_float'):
+        print(f'to_float takes {to_float_cost(args.res, args.batch_size):.0f} CPU-us per image '
+              f'(one thread)')
     if 'gzip' in args.compressions:
         print(f'zlib alone inflates {inflate_rate(args.res):,.0f} images per CPU-second')
     print()
     print('| compression | images per chunk | size / raw | ILSVRC_HDF5 alone, shuffled | '
-          f'workers | shuffled | shuffled, --chunk_window {args.chunk_window} | sequential |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|')
+          f'workers | shuffled | shuffled + to_float | shuffled, --chunk_window '
+          f'{args.chunk_window} | sequential |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     for row in rows:
         print('| ' + ' | '.join(row) + ' |')
 

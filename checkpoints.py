@@ -58,8 +58,7 @@ def remove_stale_temps(folder, target=None, recursive=False):
     folder (for target only, if given). One is stale when its name matches the temp pattern,
     it names this host, and its pid runs no process here other than this one."""
     if not os.path.isdir(folder):
-        return []
-    removed = []
+        return
     walk = os.walk(folder) if recursive else [(folder, os.listdir(folder), [])]
     for root, dirs, files in walk:
         for name in dirs + files:
@@ -75,8 +74,6 @@ def remove_stale_temps(folder, target=None, recursive=False):
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(stale)
-                removed.append(stale)
-    return removed
 
 
 def check_writable(folder, what):

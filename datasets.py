@@ -537,16 +537,24 @@ def _next_prime(n):
     return n
 
 
-def check_hdf5(f, path):
-    """f's 'imgs' and 'labels' datasets, or a DatasetError saying what the file lacks."""
+def open_hdf5(path):
+    """path opened for reading, once it is known to hold 'imgs' (N x 3 x H x W) and N
+    'labels'; otherwise a DatasetError saying what is wrong with the file."""
+    try:
+        f = h5py.File(path, 'r')
+    except OSError as e:
+        raise DatasetError(f'{path} is not a readable HDF5 file ({e}); write it with '
+                           f'make_hdf5.py') from None
     imgs, labels = f.get('imgs'), f.get('labels')
     if not isinstance(imgs, h5py.Dataset) or not isinstance(labels, h5py.Dataset):
-        raise DatasetError(f"{path} has no 'imgs' and 'labels' datasets; write it with "
-                           f'make_hdf5.py')
-    if imgs.ndim != 4 or imgs.shape[1] != 3 or labels.shape != (imgs.shape[0],):
-        raise DatasetError(f"{path}: 'imgs' {imgs.shape} and 'labels' {labels.shape} are not "
-                           f'N x 3 x H x W images with N labels; write it with make_hdf5.py')
-    return imgs, labels
+        problem = f"{path} has no 'imgs' and 'labels' datasets"
+    elif imgs.ndim != 4 or imgs.shape[1] != 3 or labels.shape != (imgs.shape[0],):
+        problem = (f"{path}: 'imgs' {imgs.shape} and 'labels' {labels.shape} are not "
+                   f'N x 3 x H x W images with N labels')
+    else:
+        return f
+    f.close()
+    raise DatasetError(f'{problem}; write it with make_hdf5.py')
 
 
 def normalize(img):
@@ -601,13 +609,8 @@ class ILSVRC_HDF5(data.Dataset):
         self.target_transform = target_transform
         self.load_in_mem = load_in_mem
         self.raw = raw
-        try:
-            f = h5py.File(self.root, 'r')
-        except OSError as e:
-            raise DatasetError(f'{self.root} is not a readable HDF5 file ({e}); write it with '
-                               f'make_hdf5.py') from None
-        with f:
-            imgs, labels = check_hdf5(f, self.root)
+        with open_hdf5(self.root) as f:
+            imgs, labels = f['imgs'], f['labels']
             self.labels = labels[:].astype(np.int64)
             # Images per chunk (1 for a contiguous dataset), and whether chunks go through
             # filters (compression) that make a read decompress the whole chunk.

@@ -182,15 +182,11 @@ def s32_batches(config, batch_size=4096):
 
 def hdf5_source(path):
     """(image count, resolution) of an HDF5 file to rewrite, refusing one that is not ours."""
-    try:
-        with h5py.File(path, 'r') as f:
-            shape, n_labels = f['imgs'].shape, len(f['labels'])
-    except (OSError, KeyError) as e:
-        raise flags.ConfigError(f'cannot read {path} as an HDF5 file with imgs and labels '
-                                f'({flags.one_line(e)})') from None
-    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or n_labels != shape[0]:
-        raise flags.ConfigError(f'{path} holds imgs of shape {shape} and {n_labels} labels, '
-                                f'not N x 3 x res x res images with one label each')
+    with dset.open_hdf5(path) as f:
+        shape = f['imgs'].shape
+    if shape[2] != shape[3]:
+        raise flags.ConfigError(f'{path} holds {shape[2]} x {shape[3]} images; make_hdf5.py '
+                                f'writes square ones')
     return shape[0], shape[2]
 
 

@@ -146,7 +146,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
             utils.toggle_grad(D, False)
             utils.toggle_grad(G, True)
         G.optim.zero_grad()
-        G_loss_total = 0.0
+        G_losses = []
         for _ in range(config['num_G_accumulations']):
             z_.sample_()
             y_.sample_()
@@ -155,10 +155,10 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
                 G_loss = (losses.generator_loss(D_fake.float())
                           / float(config['num_G_accumulations']))
             precision.G_scaler.scale(G_loss).backward()
-            if ema_losses is not None:
-                G_loss_total += G_loss.item()
+            G_losses.append(G_loss.detach())
         if ema_losses is not None:
-            ema_losses.update(G_loss_total, 'G_loss', state_dict['itr'])
+            # Read once all accumulations are queued: one host sync, not one per accumulation.
+            ema_losses.update(sum(t.item() for t in G_losses), 'G_loss', state_dict['itr'])
             state_dict['ema_losses'] = ema_losses.state_dict()
         # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
         precision.step(precision.G_scaler, G.optim, 'G',

@@ -41,7 +41,7 @@ from datasets import (  # noqa: F401
     nclass_dict,
     root_dict,
 )
-from distributed import get_rank, get_world_size, pick_device, setup_distributed  # noqa: F401
+from distributed import pick_device
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 
 # ----------------------------------------------------------------------------
@@ -369,8 +369,8 @@ class TensorBoardLogger(object):
         checks the package, so a missing one stops them all before anything is written."""
         if not config.get('tensorboard'):
             return cls()
-        tensorboard_modules()
         if rank != 0:
+            tensorboard_modules()  # a missing package stops every rank, not only rank 0
             return cls()
         return cls(f"{config['logs_root']}/{experiment_name}/tb",
                    reinitialize=not config['resume'])

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 import flags
 import inception_utils
-from checkpoints import check_writable
 from datasets import check_dataset, get_data_loaders, to_float
 from distributed import pick_device
+from files import check_writable
 
 
 def prepare_parser():

@@ -1,25 +1,30 @@
-"""Files that must survive a crash: the one atomic-write helper every writer uses, the clean-up
-of what killed writers left behind, and checkpoints (save, load, the restricted unpickler).
+"""Checkpoints: save, load, the restricted unpickler (the atomic writes live in files.py).
 
 Nothing is loaded that could run code: tensors and plain data go through torch's
 weights_only loader, and the release's legacy-format state_dict.pth through an unpickler
 that builds only the few types such a file holds, for every pickle in the file.
 """
-import contextlib
 import functools
 import math
 import os
 import pickle
 import random
 import re
-import shutil
-import socket
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from distributed import all_gather_objects, get_rank, get_world_size
+from files import (  # noqa: F401  (release-facing names; new code imports from files)
+    atomic_open,
+    atomic_path,
+    atomic_save_all,
+    check_writable,
+    remove_stale_temps,
+    scratch_folder,
+    temp_path,
+)
 from flags import ConfigError, StopRun, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
@@ -27,124 +32,6 @@ CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be read: missing, truncated, refused or of the wrong kind."""
-
-
-# ----------------------------------------------------------------------------
-# Atomic writes.
-
-_HOST = re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
-# A writer's temporary file: '<target>.tmp-<host>-<pid>', beside its target.
-_TEMP = re.compile(r'^(?P<target>.+)\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)$')
-
-
-def temp_path(path):
-    """The temporary name this process writes path under."""
-    return f'{path}.tmp-{_HOST}-{os.getpid()}'
-
-
-def _running(pid):
-    """Whether a process with this pid runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def remove_stale_temps(folder, target=None, recursive=False):
-    """Delete temporary files (and scratch folders) that killed writers on this host left in
-    folder (for target only, if given). One is stale when its name matches the temp pattern,
-    it names this host, and its pid runs no process here other than this one."""
-    if not os.path.isdir(folder):
-        return
-    walk = os.walk(folder) if recursive else [(folder, os.listdir(folder), [])]
-    for root, dirs, files in walk:
-        for name in dirs + files:
-            m = _TEMP.match(name)
-            if (m is None or m['host'] != _HOST
-                    or (target is not None and m['target'] != os.path.basename(target))):
-                continue
-            pid = int(m['pid'])
-            if pid == os.getpid() or not _running(pid):
-                stale = os.path.join(root, name)
-                if os.path.isdir(stale) and not os.path.islink(stale):
-                    shutil.rmtree(stale, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(stale)
-
-
-def check_writable(folder, what):
-    """Raise ConfigError, saying what cannot be written where, unless folder exists and is
-    writable or can be created; creates nothing."""
-    parent = os.path.abspath(folder)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        reason = f'{parent} is a file'
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        reason = f'{parent} is not writable'
-    else:
-        return
-    raise ConfigError(f'{what} {folder} cannot be created or written ({reason}); pass a '
-                      f'writable folder')
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path to write path's content to; once the block ends it is synced
-    and renamed over path, so a kill at any moment leaves the old file or the new one. On
-    any exception (Ctrl-C and SIGTERM included) the temporary file is removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    remove_stale_temps(folder, target=path)
-    tmp = temp_path(path)
-    # Created here, exclusively and without following links, so a planted file or symlink of
-    # this name cannot redirect the write; writers then open this regular file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-@contextlib.contextmanager
-def scratch_folder(name):
-    """A folder for a writer's intermediate files, named like a temporary file (so a killed
-    writer's is cleaned up) and removed when the block ends."""
-    remove_stale_temps(os.path.dirname(os.path.abspath(name)), target=name)
-    folder = temp_path(name)
-    os.makedirs(folder)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode='wb'):
-    """open() for writing through atomic_path."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
-
-
-def atomic_save_all(items):
-    """torch.save every (obj, path) to its temporary file, then rename them all in a row, so
-    the files of one checkpoint change together; if any write fails (a full disk), no file
-    changes and no temporary file is left."""
-    with contextlib.ExitStack() as stack:
-        # Entered in reverse, so the renames on exit run in the order given.
-        tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
-        for obj, path in items:
-            torch.save(obj, tmps[path])
 
 
 # ----------------------------------------------------------------------------

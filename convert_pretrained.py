@@ -29,8 +29,9 @@ import BigGAN
 import flags
 import layers
 import utils
-from checkpoints import atomic_save_all, checkpoint_path, plain_config, torch_load
+from checkpoints import checkpoint_path, plain_config, torch_load
 from datasets import DATASETS
+from files import atomic_save_all
 
 # pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
 HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel_width': 128,

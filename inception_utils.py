@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from checkpoints import atomic_open, load_error_reason
+from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
+from files import atomic_open
 from flags import ConfigError
 
 BACKENDS = ('torchvision', 'tf_fid')

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import datasets as dset
 import flags
-from checkpoints import atomic_path, check_writable
+from files import atomic_path, check_writable
 
 
 class BadImageError(flags.ConfigError):

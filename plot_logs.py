@@ -9,7 +9,7 @@ with several experiments also logs_root/compare_IS_FID.png. What the release's M
 (process_inception_log.m, process_training.m, compare_IS.m) showed. Logs that are still being
 written plot what is complete.
 
-Figures are written through the project's atomic write (checkpoints.atomic_open).
+Figures are written through the project's atomic write (files.atomic_open).
 """
 import fnmatch
 import json
@@ -297,7 +297,7 @@ def figure_compare(runs, x='itr'):
 
 def save(fig, path):
     """Write fig as a PNG, atomically (a reader never sees half a PNG), and free it."""
-    from checkpoints import atomic_open  # torch comes with it: only once there is a figure
+    from files import atomic_open  # torch comes with it: only once there is a figure
     try:
         with atomic_open(path) as f:
             fig.savefig(f, format='png', dpi=DPI)

@@ -13,7 +13,7 @@ from numpy.lib.format import open_memmap
 from tqdm import trange
 
 import utils
-from checkpoints import atomic_open, remove_stale_temps, scratch_folder
+from files import atomic_open, remove_stale_temps, scratch_folder
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
 # this run happens (paths, device, metrics), which describe the run rather than the model.

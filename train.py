@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 import train_fns
 import utils
-from checkpoints import check_finite_step, remove_stale_temps, set_rng_state
+from checkpoints import check_finite_step, set_rng_state
 from datasets import get_data_loaders, to_float
 from distributed import setup_distributed
+from files import remove_stale_temps
 
 
 def build_models(config, device):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import datasets as dset
+import files
 import make_hdf5
 import train
 import train_fns
@@ -392,14 +393,14 @@ def test_no_warning_when_reading_is_fast(tmp_path, capsys, compression, chunk, k
 def memory(monkeypatch):
     """Set the available memory datasets sees: memory(bytes)."""
     def fake(nbytes):
-        monkeypatch.setattr(dset, 'available_memory', lambda: nbytes)
+        monkeypatch.setattr(files, "available_memory", lambda: nbytes)
     return fake
 
 
 def test_load_in_mem_says_what_it_takes(tmp_path, memory, capsys):
     imgs, labels = images()
     path = write(tmp_path / 'f.hdf5', imgs, labels)
-    memory(dset.MEM_HEADROOM + imgs.nbytes)
+    memory(files.MEM_HEADROOM + imgs.nbytes)
     ds = dset.ILSVRC_HDF5(path, load_in_mem=True)
     assert ds.data.nbytes == imgs.nbytes
     out = capsys.readouterr().out
@@ -409,12 +410,12 @@ def test_load_in_mem_says_what_it_takes(tmp_path, memory, capsys):
 def test_load_in_mem_refuses_what_does_not_fit(tmp_path, memory, monkeypatch):
     imgs, labels = images()
     path = write(tmp_path / 'f.hdf5', imgs, labels)
-    memory(dset.MEM_HEADROOM + imgs.nbytes - 1)
+    memory(files.MEM_HEADROOM + imgs.nbytes - 1)
     with pytest.raises(utils.ConfigError, match='--load_in_mem needs') as info:
         dset.ILSVRC_HDF5(path, load_in_mem=True)
     assert '\n' not in str(info.value)
     # Every torchrun process of the machine loads its own copy.
-    memory(dset.MEM_HEADROOM + 3 * imgs.nbytes)
+    memory(files.MEM_HEADROOM + 3 * imgs.nbytes)
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
     with pytest.raises(utils.ConfigError, match='x 4 processes'):
         dset.ILSVRC_HDF5(path, load_in_mem=True)
@@ -434,11 +435,11 @@ def test_image_folder_load_in_mem_checks_before_loading(tmp_path, memory):
         calls.append(1)
         return torch.zeros(3, 8, 8)
     per_item = 3 * 8 * 8 * 4 + dset.ITEM_OVERHEAD
-    memory(dset.MEM_HEADROOM + 6 * per_item - 1)
+    memory(files.MEM_HEADROOM + 6 * per_item - 1)
     with pytest.raises(utils.ConfigError, match='6 images of'):
         dset.ImageFolder(str(tmp_path), transform=transform, load_in_mem=True)
     assert len(calls) == 1  # refused after sizing one image, before loading the rest
-    memory(dset.MEM_HEADROOM + 6 * per_item)
+    memory(files.MEM_HEADROOM + 6 * per_item)
     assert len(dset.ImageFolder(str(tmp_path), transform=transform, load_in_mem=True).data) == 6
 
 
@@ -484,15 +485,15 @@ def test_available_memory_reads_meminfo_and_cgroup_limits(tmp_path):
     t = str(tmp_path)
 
     def avail(root, self_cgroup):
-        return dset.available_memory(f'{t}/meminfo', f'{t}/{root}', f'{t}/{self_cgroup}')
+        return files.available_memory(f'{t}/meminfo', f'{t}/{root}', f'{t}/{self_cgroup}')
     assert avail('none', 'none') == 4000000 * 1024
     assert avail('v2', 'self_v2') == 3000000000
     assert avail('v1', 'self_v1') == 1000000000
     # Without /proc/meminfo: the free pages os.sysconf reports.
     pages = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    got = dset.available_memory(f'{t}/missing', f'{t}/none', f'{t}/none')
+    got = files.available_memory(f'{t}/missing', f'{t}/none', f'{t}/none')
     assert abs(got - pages) < 0.2 * pages
-    real = dset.available_memory()
+    real = files.available_memory()
     assert real is not None and real > 0
 
 

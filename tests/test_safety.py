@@ -21,6 +21,7 @@ import torch
 import calculate_inception_moments
 import checkpoints
 import datasets
+import files
 import flags
 import inception_utils
 import make_hdf5
@@ -449,10 +450,10 @@ def test_stale_temporaries_removed_at_start(data_root, tmp_path):
     sheets.mkdir(parents=True)
     live = subprocess.Popen(['sleep', '60'])
     try:
-        dead = checkpoints.temp_path(str(folder / 'G.pth')).rsplit('-', 1)[0] + f'-{dead_pid()}'
+        dead = files.temp_path(str(folder / 'G.pth')).rsplit('-', 1)[0] + f'-{dead_pid()}'
         running = dead.rsplit('-', 1)[0] + f'-{live.pid}'
         other = str(folder / f'D.pth.tmp-otherhost-{dead_pid()}')
-        sheet = checkpoints.temp_path(str(sheets / 'samples0.jpg')).rsplit('-', 1)[0] + '-1'
+        sheet = files.temp_path(str(sheets / 'samples0.jpg')).rsplit('-', 1)[0] + '-1'
         scratch = dead.replace('G.pth', 'samples.npz.parts')
         for path in (dead, running, other, sheet):
             open(path, 'w').close()
@@ -469,8 +470,8 @@ def test_stale_temporaries_removed_at_start(data_root, tmp_path):
 
 def test_make_hdf5_removes_its_own_stale_partial(tmp_path):
     out = tmp_path / 'S32.hdf5'
-    stale = checkpoints.temp_path(str(out)).rsplit('-', 1)[0] + f'-{dead_pid()}'
-    someone_elses = checkpoints.temp_path(str(tmp_path / 'other.hdf5')).rsplit(
+    stale = files.temp_path(str(out)).rsplit('-', 1)[0] + f'-{dead_pid()}'
+    someone_elses = files.temp_path(str(tmp_path / 'other.hdf5')).rsplit(
         '-', 1)[0] + f'-{dead_pid()}'
     for path in (stale, someone_elses):
         open(path, 'w').close()
@@ -647,10 +648,10 @@ def test_outputs_respect_umask(data_root, tmp_path):
 
 def test_host_name_in_temp_pattern():
     """Temporary names carry this host, so a shared file system's other nodes are left be."""
-    name = checkpoints.temp_path('/x/G.pth')
-    m = checkpoints._TEMP.match(os.path.basename(name))
+    name = files.temp_path('/x/G.pth')
+    m = files._TEMP.match(os.path.basename(name))
     assert m and m['target'] == 'G.pth' and int(m['pid']) == os.getpid()
-    assert m['host'] == checkpoints._HOST and m['host'][:1] == socket.gethostname()[:1]
+    assert m['host'] == files._HOST and m['host'][:1] == socket.gethostname()[:1]
 
 
 def test_sigterm_unwinds_and_cleans_up(tmp_path):
@@ -658,7 +659,7 @@ def test_sigterm_unwinds_and_cleans_up(tmp_path):
     target = tmp_path / 'big.bin'
 
     def run(config):
-        with checkpoints.atomic_open(str(target)) as f:
+        with files.atomic_open(str(target)) as f:
             f.write(b'x')
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
@@ -674,8 +675,8 @@ def test_planted_symlink_cannot_redirect_a_write(tmp_path):
     victim = tmp_path / 'victim'
     victim.write_text('precious')
     target = tmp_path / 'G.pth'
-    os.symlink(victim, checkpoints.temp_path(str(target)))
-    with checkpoints.atomic_open(str(target)) as f:
+    os.symlink(victim, files.temp_path(str(target)))
+    with files.atomic_open(str(target)) as f:
         f.write(b'new')
     assert victim.read_text() == 'precious' and target.read_bytes() == b'new'
     assert sorted(os.listdir(tmp_path)) == ['G.pth', 'victim']

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoints  # noqa: E402
 import datasets  # noqa: E402
+import files  # noqa: E402
 import inception_utils  # noqa: E402
 import utils  # noqa: E402
 
@@ -108,7 +108,7 @@ def train_classifier(config, out):
             loss.backward()
             optim.step()
     acc = accuracy(net, x[held], y[held])
-    checkpoints.atomic_save_all([(net.state_dict(), os.path.join(out, CLASSIFIER_FILE))])
+    files.atomic_save_all([(net.state_dict(), os.path.join(out, CLASSIFIER_FILE))])
     with utils.atomic_open(os.path.join(out, 'classifier.json'), 'w') as f:
         json.dump({'heldout_accuracy': acc, 'heldout_images': len(held),
                    'train_images': len(train)}, f)
@@ -118,7 +118,7 @@ def train_classifier(config, out):
 def prepare(config):
     out = config['out']
     os.makedirs(out, exist_ok=True)
-    checkpoints.atomic_save_all([(random_inception(config['seed']).state_dict(),
+    files.atomic_save_all([(random_inception(config['seed']).state_dict(),
                             os.path.join(out, INCEPTION_FILE))])
     train_classifier(config, out)
 

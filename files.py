@@ -1,0 +1,376 @@
+"""Files: the mechanisms every reader and writer of this project goes through.
+
+- atomic writes (a kill at any moment leaves the old file or the new one) and the clean-up of
+  what killed writers left behind;
+- check_name, the one containment check for a path component taken from a flag or a file;
+- open_regular and read_bounded, the one way to open and read a file whose content is not
+  trusted: regular files only, and every declared size checked against the file's length
+  and the memory available (check_declared) before anything is allocated;
+- the memory probe behind --load_in_mem.
+"""
+import contextlib
+import os
+import re
+import shutil
+import socket
+import stat
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distributed import get_rank
+from flags import ConfigError
+
+
+class FileError(ConfigError):
+    """A file or name that cannot be used as it is; the message names it and says what to do."""
+
+# ----------------------------------------------------------------------------
+# Atomic writes.
+
+_HOST = re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
+# A writer's temporary file: '<target>.tmp-<host>-<pid>', beside its target.
+_TEMP = re.compile(r'^(?P<target>.+)\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)$')
+
+
+def temp_path(path):
+    """The temporary name this process writes path under."""
+    return f'{path}.tmp-{_HOST}-{os.getpid()}'
+
+
+def _running(pid):
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(folder, target=None, recursive=False):
+    """Delete temporary files (and scratch folders) that killed writers on this host left in
+    folder (for target only, if given). One is stale when its name matches the temp pattern,
+    it names this host, and its pid runs no process here other than this one."""
+    if not os.path.isdir(folder):
+        return
+    walk = os.walk(folder) if recursive else [(folder, os.listdir(folder), [])]
+    for root, dirs, files in walk:
+        for name in dirs + files:
+            m = _TEMP.match(name)
+            if (m is None or m['host'] != _HOST
+                    or (target is not None and m['target'] != os.path.basename(target))):
+                continue
+            pid = int(m['pid'])
+            if pid == os.getpid() or not _running(pid):
+                stale = os.path.join(root, name)
+                if os.path.isdir(stale) and not os.path.islink(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(stale)
+
+
+def check_writable(folder, what):
+    """Raise ConfigError, saying what cannot be written where, unless folder exists and is
+    writable or can be created; creates nothing."""
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        reason = f'{parent} is a file'
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        reason = f'{parent} is not writable'
+    else:
+        return
+    raise ConfigError(f'{what} {folder} cannot be created or written ({reason}); pass a '
+                      f'writable folder')
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write path's content to; once the block ends it is synced
+    and renamed over path, so a kill at any moment leaves the old file or the new one. On
+    any exception (Ctrl-C and SIGTERM included) the temporary file is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temps(folder, target=path)
+    tmp = temp_path(path)
+    # Created here, exclusively and without following links, so a planted file or symlink of
+    # this name cannot redirect the write; writers then open this regular file.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def scratch_folder(name):
+    """A folder for a writer's intermediate files, named like a temporary file (so a killed
+    writer's is cleaned up) and removed when the block ends."""
+    remove_stale_temps(os.path.dirname(os.path.abspath(name)), target=name)
+    folder = temp_path(name)
+    os.makedirs(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode='wb'):
+    """open() for writing through atomic_path."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_save_all(items):
+    """torch.save every (obj, path) to its temporary file, then rename them all in a row, so
+    the files of one checkpoint change together; if any write fails (a full disk), no file
+    changes and no temporary file is left."""
+    with contextlib.ExitStack() as stack:
+        # Entered in reverse, so the renames on exit run in the order given.
+        tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
+        for obj, path in items:
+            torch.save(obj, tmps[path])
+
+
+# ----------------------------------------------------------------------------
+# Memory for --load_in_mem: said up front, refused when the machine lacks it.
+
+# Kept free for the rest of the training process (models, optimizers, loader buffers).
+MEM_HEADROOM = 2 << 30
+# Python objects around each item of an in-memory image folder (tensor, storage, list slot).
+ITEM_OVERHEAD = 512
+
+
+def _read_number(path, key=None):
+    """An integer from a /proc or cgroup file: the whole file, or the line starting with key."""
+    with open(path) as f:
+        if key is None:
+            return int(f.read().split()[0])
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] == key:
+                return int(fields[1])
+    raise ValueError(f'no {key} in {path}')
+
+
+def _cgroup_room(cgroup_root, self_cgroup):
+    """Bytes left under the tightest memory limit of this process's cgroups (v1 or v2), with
+    inactive file cache counted as free; None when no limit applies or none can be read.
+
+    Containers and schedulers (Docker, Kubernetes, Slurm) set these limits, and their OOM
+    killer enforces them whatever /proc/meminfo says about the host.
+    """
+    try:
+        with open(self_cgroup) as f:
+            lines = [line.rstrip('\n').split(':', 2) for line in f]
+    except OSError:
+        return None
+    room = None
+    for _, controllers, path in (line for line in lines if len(line) == 3):
+        if controllers == '':  # v2
+            top, files = cgroup_root, ('memory.max', 'memory.current', 'inactive_file')
+        elif 'memory' in controllers.split(','):  # v1
+            top = os.path.join(cgroup_root, 'memory')
+            files = ('memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')
+        else:
+            continue
+        # A limit on any ancestor applies; inside a container the mount root is its own cgroup.
+        parts = [p for p in path.split('/') if p]
+        for depth in range(len(parts), -1, -1):
+            folder = os.path.join(top, *parts[:depth])
+            try:
+                with open(os.path.join(folder, files[0])) as f:
+                    limit = f.read().strip()
+                if limit == 'max' or int(limit) >= 1 << 60:
+                    continue
+                used = (_read_number(os.path.join(folder, files[1]))
+                        - _read_number(os.path.join(folder, 'memory.stat'), files[2]))
+            except (OSError, ValueError):
+                continue
+            left = int(limit) - max(used, 0)
+            room = left if room is None else min(room, left)
+    return room
+
+
+def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
+                     self_cgroup='/proc/self/cgroup'):
+    """Bytes this process can still take: MemAvailable (else free pages), capped by its
+    cgroups' memory limits; None when unknown. The paths are parameters for tests."""
+    try:
+        avail = _read_number(meminfo, 'MemAvailable:') * 1024
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+        except (OSError, ValueError, AttributeError):
+            avail = None
+    room = _cgroup_room(cgroup_root, self_cgroup)
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
+    return avail
+
+
+def _gb(nbytes):
+    """Bytes as GB with one decimal (two below 1 GB)."""
+    gb = nbytes / 1e9
+    return f'{gb:.1f} GB' if gb >= 1 else f'{gb:.2f} GB'
+
+
+def check_memory(nbytes, what):
+    """Say how much memory --load_in_mem takes, and refuse with one line when it is not there.
+
+    Every process of this machine under torchrun (LOCAL_WORLD_SIZE) loads its own copy.
+    """
+    procs = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    copies = f' x {procs} processes' if procs > 1 else ''
+    avail = available_memory()
+    have = 'unknown' if avail is None else _gb(avail)
+    if get_rank() == 0:
+        print(f'--load_in_mem: {what} take {_gb(nbytes)}{copies}; {have} available')
+    if avail is not None and nbytes * procs + MEM_HEADROOM > avail:
+        raise FileError(
+            f'--load_in_mem needs {_gb(nbytes)}{copies} for {what}, plus '
+            f'{_gb(MEM_HEADROOM)} to train, but only {have} is available; free memory, use '
+            f'a machine with more, or drop --load_in_mem (an HDF5 file written by make_hdf5.py '
+            f'reads fast enough from disk)')
+
+
+def item_nbytes(item):
+    """Bytes one in-memory item holds: a tensor's or array's data, a PIL image's pixels."""
+    if isinstance(item, torch.Tensor):
+        nbytes = item.element_size() * item.nelement()
+    elif isinstance(item, np.ndarray):
+        nbytes = item.nbytes
+    elif isinstance(item, Image.Image):
+        nbytes = item.width * item.height * len(item.getbands())
+    else:
+        nbytes = sys.getsizeof(item)
+    return nbytes + ITEM_OVERHEAD
+
+
+# ----------------------------------------------------------------------------
+# Containment: one check for every path component built from a flag or a file's content.
+
+def check_name(name, what):
+    """Return name if it is one plain path component; else raise FileError naming what.
+
+    Refused: empty, '.', '..', any separator (/ or the platform's), NUL or other control
+    characters. Every folder or file name this project builds from a flag (experiment names,
+    --load_weights suffixes), from a stored config or from a file's content goes through here
+    before anything is created, so no such name can reach outside the root it is joined to.
+    """
+    bad = None
+    if not isinstance(name, str):
+        bad = f'is a {type(name).__name__}, not a name'
+    elif name in ('', '.', '..'):
+        bad = 'is not a name' if name == '' else f'is {name!r}'
+    elif '/' in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        bad = 'holds a path separator'
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        bad = 'holds a control character'
+    if bad is not None:
+        raise FileError(f'{what} {name!r} {bad}; give one plain name (no "/", "..", or '
+                        f'control characters)')
+    return name
+
+
+# ----------------------------------------------------------------------------
+# Reading untrusted files: regular files only, every declared size bounded.
+
+def open_regular(path, what='file', mode='rb'):
+    """open() path for reading, refusing anything but a regular file (FIFOs, devices, sockets,
+    folders) with one line; symlinks are followed to what they name, which must be regular.
+    The check is made on the open descriptor, so the file cannot be swapped in between."""
+    flags = os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileError(f'{what} {path} does not exist; check the path') from None
+    except IsADirectoryError:
+        raise FileError(f'{what} {path} is a folder, not a file') from None
+    except OSError as e:
+        raise FileError(f'{what} {path} cannot be opened ({e.strerror})') from None
+    try:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            raise FileError(f'{what} {path} is not a regular file (a FIFO, device or '
+                            f'folder); give a file')
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_size(f):
+    """The length in bytes of an open regular file."""
+    return os.fstat(f.fileno()).st_size
+
+
+def check_declared(nbytes, what, path, limit=None):
+    """Refuse (FileError) a size a file declares that exceeds limit (the file's length, when
+    what is declared must be stored in it) or the memory available; returns nbytes as int.
+    Every size, shape or count read from a file passes through here before any allocation."""
+    if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
+        raise FileError(f'{path}: {what} declares a size of {nbytes!r}; the file is damaged '
+                        f'or not what it claims to be')
+    nbytes = int(nbytes)
+    if limit is not None and nbytes > limit:
+        raise FileError(f'{path}: {what} declares {nbytes} bytes but the file holds only '
+                        f'{limit}; the file is truncated or damaged')
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise FileError(f'{path}: {what} declares {_gb(nbytes)}, more than the {_gb(avail)} '
+                        f'of memory available; the file is damaged or too large for this '
+                        f'machine')
+    return nbytes
+
+
+def declared_nbytes(shape, itemsize, what, path):
+    """Bytes of an array of this declared shape and item size, refusing a shape that is not a
+    sequence of non-negative ints; no overflow (Python ints)."""
+    try:
+        dims = [int(d) for d in shape]
+    except (TypeError, ValueError):
+        raise FileError(f'{path}: {what} has shape {shape!r}; the file is damaged') from None
+    if any(d < 0 for d in dims) or any(not isinstance(d, (int, np.integer)) for d in shape):
+        raise FileError(f'{path}: {what} has shape {tuple(shape)!r}; the file is damaged')
+    n = int(itemsize)
+    for d in dims:
+        n *= d
+    return n
+
+
+def read_bounded(f, nbytes, what, path):
+    """Read exactly nbytes from the open file f after check_declared against what is left of
+    the file; a short read is a FileError, never a partial result."""
+    left = file_size(f) - f.tell()
+    nbytes = check_declared(nbytes, what, path, limit=max(left, 0))
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise FileError(f'{path}: {what} ends early; the file is truncated')
+    return data
+
+
+def read_lines(path, what='log', max_line=1 << 20):
+    """Yield the lines of a regular text file, refusing (FileError) a line longer than
+    max_line bytes, so a file without newlines cannot fill memory."""
+    with open_regular(path, what) as f:
+        for number, line in enumerate(iter(lambda: f.readline(max_line + 1), b''), 1):
+            if len(line) > max_line:
+                raise FileError(f'{path}: line {number} is longer than {max_line} bytes; '
+                                f'not a log this project writes')
+            yield line.decode('utf-8', errors='replace')

@@ -95,8 +95,9 @@ class ReleaseParser(ArgumentParser):
 TRAIN_FLAGS = {
     # Dataset/Dataloader.
     '--dataset': dict(type=str, default='I128_hdf5',
-                      help='Dataset name from the table in utils.py (I32..I256[_hdf5], C10, C100,'
-                           ' S32), or any name with --dataset_root, --resolution and --n_classes'),
+                      help='Dataset name from the table in datasets.py (I32..I256[_hdf5], C10,'
+                           ' C100, S32), or any name with --dataset_root, --resolution and'
+                           ' --n_classes'),
     '--augment': dict(action='store_true', default=False,
                       help='Augment with random crops and flips'),
     '--num_workers': dict(type=int, default=8, help='Number of dataloader workers'),

@@ -207,7 +207,7 @@ def figure_IS_FID(run, x='itr'):
         if np.isfinite(ys).any():
             b = best(ys)
             ax.plot(xs[b], ys[b], '*', color='red', markersize=14,
-                    label=f"best {ys[b]:.4g} at itr {tests['itr'][b]}")
+                    label=f"best {ys[b]:.4g} at itr {int(tests['itr'][b])}")
         ax.set_xlabel(label)
         ax.set_title(f"{run['name']}: {'IS' if key == 'IS_mean' else 'FID'}",
                      fontsize='small')

@@ -344,6 +344,8 @@ def test_plotted_data_is_the_logs(tmp_path):
         b = best(tests[key])
         assert ax.lines[1].get_xdata().tolist() == [tests['itr'][b]]
         assert ax.lines[1].get_ydata().tolist() == [tests[key][b]]
+        # Iterations print as integers, as the logs hold them ('at itr 136000', not '136000.0').
+        assert ax.lines[1].get_label().endswith(f' at itr {int(tests["itr"][b])}')
 
     for net, metric in [('G', 'G_blocks_0_0_conv1_sv0'), ('D', 'D_linear_sv0')]:
         ax = plot_logs.figure_svs(run, net).axes[0]

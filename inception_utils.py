@@ -326,6 +326,19 @@ def load_inception_net(parallel=False, backend='torchvision',
 # ----------------------------------------------------------------------------
 # Statistics.
 
+def torch_cov(m, rowvar=False):
+    """Covariance of m as numpy.cov(m, rowvar=rowvar) computes it (1 / (N - 1)); m is kept."""
+    if m.dim() > 2:
+        raise ValueError('m has more than 2 dimensions')
+    if m.dim() < 2:
+        m = m.view(1, -1)
+    if not rowvar and m.size(0) != 1:
+        m = m.t()
+    # The release centred m in place, changing the caller's tensor; this centres a copy.
+    m = m - torch.mean(m, dim=1, keepdim=True)
+    return (m @ m.t()).squeeze() / (m.size(1) - 1)
+
+
 def _to_numpy64(x):
     """Any array-like or tensor to a float64 numpy array."""
     if isinstance(x, torch.Tensor):

@@ -139,7 +139,7 @@ def run(config):
                                z_var=config['z_var'])
     truncation = config['truncation']
     if truncation:
-        utils.Distribution(z_, 'truncated_normal', truncation=truncation)
+        utils.attach_sampler(z_, 'truncated_normal', truncation=truncation)
     note_truncation(state_dict, truncation)
     if config['G_eval_mode']:
         G.eval()
@@ -174,9 +174,9 @@ def run(config):
         for std in trunc_stds:
             # With --truncation the curve's values are truncations.
             if truncation:
-                utils.Distribution(z_, 'truncated_normal', truncation=std)
+                utils.attach_sampler(z_, 'truncated_normal', truncation=std)
             else:
-                utils.Distribution(z_, 'normal', mean=0, var=std)
+                utils.attach_sampler(z_, 'normal', mean=0, var=std)
             if config['accumulate_stats']:
                 utils.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                 config['num_standing_accumulations'])

@@ -188,6 +188,32 @@ def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
+def print_grad_norms(net):
+    """Print each parameter's name, gradient norm, norm and shape, smallest gradient first."""
+    rows = [(name, None if p.grad is None else float(torch.norm(p.grad)),
+             float(torch.norm(p.detach())), tuple(p.shape)) for name, p in net.named_parameters()]
+    # Parameters without a gradient (frozen, or unused this step) come first, as 'None'.
+    rows.sort(key=lambda r: (r[1] is not None, r[1] or 0.0))
+    for name, grad_norm, norm, shape in rows:
+        grad = 'None' if grad_norm is None else f'{grad_norm:3.3e}'
+        print(f'{name}: grad {grad}, norm {norm:3.3e}, shape {shape}')
+
+
+def query_gpu(indices=None):
+    """Print free and total memory of the CUDA devices in indices (all when None)."""
+    if not torch.cuda.is_available():
+        print('query_gpu: no GPU (CUDA is not available)')
+        return
+    if indices is None:
+        indices = range(torch.cuda.device_count())
+    elif isinstance(indices, int):
+        indices = [indices]
+    for i in indices:
+        free, total = torch.cuda.mem_get_info(i)
+        print(f'GPU {i} ({torch.cuda.get_device_name(i)}): {free / 2**20:.0f} MiB free '
+              f'of {total / 2**20:.0f} MiB')
+
+
 # ----------------------------------------------------------------------------
 # Precision.
 
@@ -662,10 +688,14 @@ def interp(x0, x1, num_midpoints):
     return x0 * (1 - lerp.view(1, -1, 1)) + x1 * lerp.view(1, -1, 1)
 
 
-def sample_1hot(batch_size, num_classes, device='cpu'):
-    """Random class indices (the release's name)."""
+def sample_classes(batch_size, num_classes, device='cpu'):
+    """batch_size random class indices in [0, num_classes) (int64, not one-hot)."""
     return torch.randint(low=0, high=num_classes, size=(batch_size,), device=device,
                          dtype=torch.int64)
+
+
+# The release's name: it returns indices, not one-hot vectors.
+sample_1hot = sample_classes
 
 
 def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
@@ -682,7 +712,7 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
                     num_midpoints)
     with torch.no_grad():
         def embed():
-            return G.shared(sample_1hot(num_per_sheet, num_classes, device)).view(
+            return G.shared(sample_classes(num_per_sheet, num_classes, device)).view(
                 num_per_sheet, 1, -1)
         ys = embed().repeat(1, steps, 1) if fix_y else interp(embed(), embed(), num_midpoints)
         # Without a shared embedding ys are class indices: one per image.
@@ -698,7 +728,7 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
 # ----------------------------------------------------------------------------
 # Latents.
 
-def Distribution(tensor, dist_type, **kwargs):
+def attach_sampler(tensor, dist_type, **kwargs):
     """Give a plain tensor the release's in-place `sample_()`.
 
     The release subclassed torch.Tensor, and the subclass leaked into every result; here the
@@ -717,6 +747,10 @@ def Distribution(tensor, dist_type, **kwargs):
         raise ValueError(f'unknown distribution {dist_type!r}')
     tensor.dist_type, tensor.dist_kwargs = dist_type, kwargs
     return tensor
+
+
+# The release's name: there it was a torch.Tensor subclass; here a function attaching sample_().
+Distribution = attach_sampler
 
 
 def truncated_normal_(tensor, truncation):
@@ -738,7 +772,7 @@ def prepare_z_y(G_batch_size, dim_z, nclasses, device='cpu', fp16=False, z_var=1
     # Drawn on the CPU and moved, as the release did: the device's generator is left
     # untouched, so every later z_/y_ draw on it matches the release's for the same seed.
     z = torch.randn(G_batch_size, dim_z).to(device, torch.float16 if fp16 else torch.float32)
-    z_ = Distribution(z, 'normal', mean=0, var=z_var)
-    y_ = Distribution(torch.zeros(G_batch_size, device=device, dtype=torch.int64),
+    z_ = attach_sampler(z, 'normal', mean=0, var=z_var)
+    y_ = attach_sampler(torch.zeros(G_batch_size, device=device, dtype=torch.int64),
                       'categorical', num_categories=nclasses)
     return z_, y_

@@ -133,8 +133,9 @@ RELEASE_NAMES = {
               'load_weights', 'MetricsLogger', 'MyLogger', 'write_metadata', 'progress',
               'sample', 'sample_sheet', 'interp', 'interp_sheet', 'get_SVs',
               'name_from_config', 'count_parameters', 'sample_1hot', 'Distribution',
-              'prepare_z_y', 'initiate_standing_stats', 'accumulate_standing_stats'],
-    'inception_utils': ['WrapInception', 'torch_calculate_frechet_distance',
+              'print_grad_norms', 'query_gpu', 'prepare_z_y', 'initiate_standing_stats',
+              'accumulate_standing_stats'],
+    'inception_utils': ['WrapInception', 'torch_calculate_frechet_distance', 'torch_cov',
                         'numpy_calculate_frechet_distance', 'calculate_inception_score',
                         'accumulate_inception_activations', 'load_inception_net',
                         'prepare_inception_metrics'],
@@ -164,4 +165,77 @@ def test_release_names_importable(module):
         assert mod.dset_dict['I128_hdf5'].__name__ == 'ILSVRC_HDF5'
         assert mod.imsize_dict['I128'] == 128 and mod.nclass_dict['C100'] == 100
         assert mod.prepare_parser is __import__('flags').prepare_parser
-    assert BigGAN.G_D is not None
+
+
+def test_G_D_matches_G_then_D(tmp_path):
+    # The release's G_D(z, gy, x, dy) is D on G(z, G.shared(gy)) then on the reals x.
+    config = release_config(tmp_path)
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config).eval(), BigGAN.Discriminator(**config).eval()
+    z, gy = torch.randn(3, G.dim_z), torch.tensor([0, 4, 9])
+    x, dy = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([1, 2])
+    with torch.no_grad():
+        D_fake, D_real = BigGAN.G_D(G, D)(z, gy, x, dy)
+        G_z = G(z, G.shared(gy))
+        assert torch.allclose(D_fake, D(G_z, gy), atol=1e-5)
+        assert torch.allclose(D_real, D(x, dy), atol=1e-5)
+        D_out, G_z2 = BigGAN.G_D(G, D)(z, gy, return_G_z=True)
+    assert torch.allclose(G_z2, G_z, atol=1e-6) and torch.allclose(D_out, D_fake, atol=1e-5)
+
+
+def test_sampler_names_and_aliases():
+    assert utils.sample_1hot is utils.sample_classes
+    assert utils.Distribution is utils.attach_sampler
+    torch.manual_seed(0)
+    y = utils.sample_classes(500, 7)
+    assert y.dtype == torch.int64 and y.shape == (500,)
+    assert set(y.tolist()) == set(range(7))
+    z = utils.attach_sampler(torch.zeros(4000), 'normal', mean=3.0, var=0.5)
+    z.sample_()
+    assert type(z) is torch.Tensor
+    assert abs(z.mean().item() - 3.0) < 0.05 and abs(z.std().item() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize('shape,rowvar', [((50, 4), False), ((4, 50), True), ((30,), False),
+                                          ((1, 30), True)])
+def test_torch_cov_matches_numpy(shape, rowvar):
+    m = torch.randn(*shape, dtype=torch.float64) * 3 + 1
+    before = m.clone()
+    got = inception_utils.torch_cov(m, rowvar=rowvar)
+    np.testing.assert_allclose(got.numpy(), np.cov(m.numpy(), rowvar=rowvar), rtol=1e-10)
+    assert torch.equal(m, before)
+    with pytest.raises(ValueError):
+        inception_utils.torch_cov(torch.zeros(2, 2, 2))
+
+
+def test_print_grad_norms(capsys):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2),
+                              torch.nn.Linear(2, 2))
+    net(torch.randn(5, 3))[:, :1].sum().backward()
+    net[2].bias.grad = None  # a parameter without a gradient must not crash it
+    utils.print_grad_norms(net)
+    lines = capsys.readouterr().out.splitlines()
+    params = dict(net.named_parameters())
+    assert sorted(line.split(':')[0] for line in lines) == sorted(params)
+    assert lines[0] == (f"2.bias: grad None, norm {params['2.bias'].norm().item():3.3e}, "
+                        f"shape (2,)")
+    norms = [float(line.split('grad ')[1].split(',')[0]) for line in lines[1:]]
+    assert norms == sorted(norms)
+    for line in lines[1:]:
+        name = line.split(':')[0]
+        p = params[name]
+        expected = np.sqrt((p.grad.double().numpy() ** 2).sum())
+        assert float(line.split('grad ')[1].split(',')[0]) == pytest.approx(expected, rel=1e-3)
+        assert line.endswith(f'shape {tuple(p.shape)}')
+
+
+def test_query_gpu_prints_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    utils.query_gpu([0])
+    assert capsys.readouterr().out == 'query_gpu: no GPU (CUDA is not available)\n'
+    if torch.cuda.device_count():
+        monkeypatch.undo()
+        utils.query_gpu(0)
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 1 and out[0].startswith('GPU 0 ')

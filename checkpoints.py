@@ -20,7 +20,9 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     atomic_open,
     atomic_path,
     atomic_save_all,
+    atomic_save_set,
     check_writable,
+    file_digest,
     remove_stale_temps,
     scratch_folder,
     temp_path,
@@ -153,7 +155,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                   path('state_dict')))
     try:
         os.makedirs(root, exist_ok=True)
-        atomic_save_all(items)
+        atomic_save_set(items)
     except (OSError, RuntimeError) as e:  # torch.save reports write errors as RuntimeError
         raise StopRun(f"could not write the checkpoint for iteration {state_dict['itr']} to "
                       f'{root} ({one_line(e)}); the previous checkpoint there is whole and no '
@@ -287,9 +289,39 @@ def check_shapes(module, loaded, path, strict=True):
                           f'with')
 
 
-def complete_sets(folder, names):
+def mismatched_companion(folder, saved):
+    """The first file that a state_dict's 'files' record (sizes and sha256 of its set's other
+    files, written before it) does not match, with why; None when all match or when the
+    state_dict has no record (the release's sets)."""
+    record = saved.get('files') if isinstance(saved, dict) else None
+    if not isinstance(record, dict):
+        return None
+    for name, want in record.items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return name, 'missing'
+        if os.path.getsize(path) != want.get('size'):
+            return name, f"{os.path.getsize(path)} bytes, not {want.get('size')}"
+        if file_digest(path)['sha256'] != want.get('sha256'):
+            return name, 'sha256 differs'
+    return None
+
+
+def _set_is_intact(folder, suffix):
+    """Whether the set with suffix in folder has a loadable state_dict whose record (if any)
+    matches its companion files."""
+    name = '_'.join(item for item in ['state_dict', suffix] if item) + '.pth'
+    try:
+        saved = torch_load(os.path.join(folder, name))
+    except ConfigError:
+        return False
+    return isinstance(saved, dict) and mismatched_companion(folder, saved) is None
+
+
+def complete_sets(folder, names, intact=False):
     """The suffixes ('' for the latest, 'copy0', 'best1', ...) of every set in folder that
-    has a file for each of names."""
+    has a file for each of names (and, with intact, whose files match its state_dict's
+    record)."""
     found = {}
     names_re = '|'.join(CHECKPOINT_FILES)
     pattern = re.compile(rf'^({names_re})(?:_(copy\d+|best\d+))?\.pth$')
@@ -297,7 +329,19 @@ def complete_sets(folder, names):
         m = pattern.match(entry)
         if m:
             found.setdefault(m[2] or '', set()).add(m[1])
-    return sorted(s for s, have in found.items() if set(names) <= have)
+    sets = sorted(s for s, have in found.items() if set(names) <= have)
+    return [s for s in sets if _set_is_intact(folder, s)] if intact else sets
+
+
+def sets_hint(folder, names):
+    """'; intact sets there: ...' naming the sets of folder that load, or advice to train."""
+    sets = complete_sets(folder, names, intact=True)
+    listed = ', '.join(f"'{s}'" if s else "'' (the latest)" for s in sets)
+    example = sets[-1] if sets and sets[-1] else "''"
+    return (f'; complete sets there: {listed} (pass --load_weights SUFFIX, e.g. '
+            f'--load_weights {example})' if sets else
+            '; train first, or pass --weights_root/--experiment_name/--load_weights naming '
+            'an existing one')
 
 
 def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None,
@@ -321,16 +365,20 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         files = ', '.join(os.path.basename(path(n)) for n in missing)
         which = f' (--load_weights {name_suffix})' if name_suffix else ''
         what = 'no checkpoint' if len(missing) == len(needed) else 'an incomplete checkpoint'
-        sets = complete_sets(folder, needed)
-        listed = ', '.join(f"'{s}'" if s else "'' (the latest)" for s in sets)
-        example = sets[-1] if sets and sets[-1] else "''"
-        hint = (f'; complete sets there: {listed} (pass --load_weights SUFFIX, e.g. '
-                f'--load_weights {example})' if sets else
-                '; train first, or pass --weights_root/--experiment_name/--load_weights naming '
-                'an existing one')
-        raise CheckpointError(f'{what} at {folder}{which}: missing {files}{hint}')
-    loaded = {}
-    for name in needed:
+        raise CheckpointError(f'{what} at {folder}{which}: missing {files}'
+                              f'{sets_hint(folder, needed)}')
+    loaded = {'state_dict': torch_load(path('state_dict'))}
+    check_kind(loaded['state_dict'], path('state_dict'), 'state_dict')
+    # Checked before any other file is read: a save interrupted between its renames leaves
+    # new files beside an old state_dict.pth, whose record then no longer matches them.
+    bad = mismatched_companion(folder, loaded['state_dict'])
+    if bad:
+        which = f' (--load_weights {name_suffix})' if name_suffix else ''
+        raise CheckpointError(f'mixed checkpoint set{which}: {os.path.join(folder, bad[0])} '
+                              f'({bad[1]}) is '
+                              f'not the file {os.path.basename(path("state_dict"))} was saved '
+                              f'with (a save was interrupted){sets_hint(folder, needed)}')
+    for name in needed[:-1]:
         loaded[name] = torch_load(path(name))
         check_kind(loaded[name], path(name), name)
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
@@ -343,7 +391,7 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                 net.optim.load_state_dict(loaded[name + '_optim'])
     saved = loaded['state_dict']
     for key, value in saved.items():
-        if key != 'config':
+        if key not in ('config', 'files'):
             state_dict[key] = value
     return saved.get('config')
 

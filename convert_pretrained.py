@@ -31,7 +31,7 @@ import layers
 import utils
 from checkpoints import checkpoint_path, plain_config, torch_load
 from datasets import DATASETS
-from files import atomic_save_all
+from files import atomic_save_set
 
 # pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
 HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel_width': 128,
@@ -161,8 +161,7 @@ def save_checkpoint(state, config, weights_root, experiment_name, info):
     path = functools.partial(checkpoint_path, weights_root, experiment_name)
     meta = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
             'best_FID': 999999, 'config': plain_config(config), 'pretrained': info}
-    atomic_save_all([(state, path('G')), (state, path('G_ema')),
-                           (meta, path('state_dict'))])
+    atomic_save_set([(state, path('G')), (state, path('G_ema')), (meta, path('state_dict'))])
 
 
 # ----------------------------------------------------------------------------

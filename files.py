@@ -9,6 +9,7 @@
 - the memory probe behind --load_in_mem.
 """
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -143,6 +144,31 @@ def atomic_save_all(items):
         tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
         for obj, path in items:
             torch.save(obj, tmps[path])
+
+
+def file_digest(path):
+    """{'size', 'sha256'} of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, 'rb') as f:
+        for piece in iter(lambda: f.read(1 << 20), b''):
+            h.update(piece)
+            size += len(piece)
+    return {'size': size, 'sha256': h.hexdigest()}
+
+
+def atomic_save_set(items, key='files'):
+    """atomic_save_all for a set whose last item is a dict that vouches for the others: it gets
+    obj[key] = {companion file name: file_digest}, hashed from the temporary files, and is
+    renamed last, so a crash between the renames leaves a set a loader can tell is mixed."""
+    *companions, (last, last_path) = items
+    with contextlib.ExitStack() as stack:
+        tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
+        digests = {}
+        for obj, path in companions:
+            torch.save(obj, tmps[path])
+            digests[os.path.basename(path)] = file_digest(tmps[path])
+        torch.save({**last, key: digests}, tmps[last_path])
 
 
 # ----------------------------------------------------------------------------

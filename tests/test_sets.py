@@ -1,0 +1,108 @@
+"""A checkpoint set is loaded whole or refused: state_dict.pth, renamed last, records the
+size and sha256 of its companions, so a save interrupted between renames is caught."""
+import os
+
+import pytest
+import torch
+
+import checkpoints
+from conftest import tiny_config, tiny_models
+from flags import StopRun
+
+NAMES = ['G', 'G_optim', 'D', 'D_optim', 'G_ema', 'state_dict']
+
+
+def state(itr, config):
+    return {'itr': itr, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+            'best_FID': 999999, 'config': config}
+
+
+def load(root, config, suffix=None):
+    """load_weights into fresh models; returns the state dict it filled and G."""
+    G, D, G_ema = tiny_models(config, seed=9)
+    out = state(-1, config)
+    checkpoints.load_weights(G, D, out, root, 'exp', suffix, G_ema)
+    return out, G
+
+
+def fail_after(monkeypatch, k):
+    """os.replace works k times, then raises, as a crash between renames would."""
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if len(calls) == k:
+            raise OSError(28, 'No space left on device')
+        calls.append(dst)
+        real(src, dst)
+    monkeypatch.setattr(os, 'replace', replace)
+    return calls
+
+
+@pytest.mark.parametrize('k', range(len(NAMES)))
+def test_interrupted_save_is_refused_or_old(tmp_path, monkeypatch, k):
+    """A save failing after its k-th rename: k = 0 leaves the old set, which loads; any other
+    k leaves a mixed set, refused in one line naming G.pth and the intact copy0 set."""
+    root, config = str(tmp_path), tiny_config()
+    G1, D1, E1 = tiny_models(config, seed=1)
+    checkpoints.save_weights(G1, D1, state(1, config), root, 'exp', None, E1)
+    checkpoints.save_weights(G1, D1, state(1, config), root, 'exp', 'copy0', E1)
+    before = {n: open(f'{root}/exp/{n}.pth', 'rb').read() for n in NAMES}
+    G2, D2, E2 = tiny_models(config, seed=2)
+    calls = fail_after(monkeypatch, k)
+    with pytest.raises(StopRun):
+        checkpoints.save_weights(G2, D2, state(2, config), root, 'exp', None, E2)
+    monkeypatch.undo()
+    changed = [n for n in NAMES if open(f'{root}/exp/{n}.pth', 'rb').read() != before[n]]
+    assert changed == NAMES[:k] and len(calls) == k  # the set really is mixed
+    assert not [f for f in os.listdir(f'{root}/exp') if not f.endswith('.pth')]
+    if k == 0:
+        out, G = load(root, config)
+        assert out['itr'] == 1 and 'files' not in out
+        assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(),
+                                                      G1.state_dict().values()))
+        return
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        load(root, config)
+    msg = str(e.value)
+    assert '\n' not in msg and 'G.pth' in msg and 'mixed' in msg
+    assert "'copy0'" in msg and "'' (the latest)" not in msg
+    assert load(root, config, 'copy0')[0]['itr'] == 1
+
+
+def test_completed_save_loads_new(tmp_path):
+    """With every rename done, the new set loads."""
+    root, config = str(tmp_path), tiny_config()
+    for itr, seed in [(1, 1), (2, 2)]:
+        G, D, E = tiny_models(config, seed=seed)
+        checkpoints.save_weights(G, D, state(itr, config), root, 'exp', None, E)
+    saved = torch.load(f'{root}/exp/state_dict.pth', weights_only=True)
+    assert sorted(saved['files']) == sorted(f'{n}.pth' for n in NAMES[:-1])
+    assert saved['files']['G.pth']['size'] == os.path.getsize(f'{root}/exp/G.pth')
+    assert load(root, config)[0]['itr'] == 2
+
+
+def test_bit_flip_in_G_is_refused(tmp_path):
+    """One flipped bit (same size) in G.pth: its sha256 differs and the set is refused."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, E = tiny_models(config, seed=1)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, E)
+    path = f'{root}/exp/G.pth'
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 1
+    open(path, 'wb').write(bytes(data))
+    with pytest.raises(checkpoints.CheckpointError, match=r'G\.pth \(sha256 differs\)') as e:
+        load(root, config)
+    assert '\n' not in str(e.value) and 'train first' in str(e.value)
+
+
+def test_release_style_set_without_record_loads(tmp_path):
+    """A state_dict.pth without 'files' (the release's) loads as before."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, E = tiny_models(config, seed=1)
+    checkpoints.save_weights(G, D, state(4, config), root, 'exp', None, E)
+    path = f'{root}/exp/state_dict.pth'
+    saved = torch.load(path, weights_only=True)
+    del saved['files']
+    torch.save(saved, path)
+    assert load(root, config)[0]['itr'] == 4
+    assert checkpoints.complete_sets(f'{root}/exp', NAMES, intact=True) == ['']

@@ -29,9 +29,7 @@ def prepare_parser():
     flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--parallel', '--augment',
                              '--num_workers', '--shuffle', '--seed', '--inception_backend',
                              '--inception_weights', '--device', *flags.CUSTOM_DATASET_FLAGS,
-                             '--download', '--num_samples'])
-    parser.add_argument('--kid_feats', type=int, default=inception_utils.DEFAULT_KID_FEATS,
-                        help='Real pool features stored for KID; 0 stores none')
+                             '--download', '--num_samples', '--kid_feats'])
     return parser
 
 

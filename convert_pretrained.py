@@ -453,27 +453,36 @@ def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
 # ----------------------------------------------------------------------------
 # Command line.
 
+def _add_shared(parser, name, *aliases, **changes):
+    """Add the shared definition of flag name (flags.FLAGS), with the converter's changes."""
+    parser.add_argument(*aliases, name, **{**flags.FLAGS[name], **changes})
+
+
 def prepare_parser():
+    """The converter's command line; flags train.py also has use the shared definitions.
+
+    Intended differences from them: --truncation defaults to None (not given: HF requires it,
+    TF-Hub only for modules with statistics per level; sample.py's 0.0 would mean plain z);
+    -r/--resolution and --G_param accept only what a converter can build.
+    """
     parser = flags.new_parser(__doc__.split('\n\n')[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--hf_dir', type=str, default='',
                         help="HuggingFace BigGAN-deep folder (config.json, pytorch_model.bin)")
     source.add_argument('--tfhub_dir', type=str, default='',
                         help='Extracted TF-Hub BigGAN module (the folder holding variables/)')
-    parser.add_argument('--truncation', type=float, default=None,
-                        help='Truncation the BN statistics are taken for, in (0, 1] (HF: '
-                             'required; TF-Hub: only for modules with statistics per level)')
-    parser.add_argument('-r', '--resolution', type=int, default=0, choices=[128, 256, 512],
-                        help="The TF-Hub module's resolution")
+    _add_shared(parser, '--truncation', default=None,
+                help='Truncation the BN statistics are taken for, in (0, 1] (HF: '
+                     'required; TF-Hub: only for modules with statistics per level)')
+    _add_shared(parser, '--resolution', '-r', choices=[128, 256, 512],
+                help="The TF-Hub module's resolution")
     parser.add_argument('--no_ema', action='store_true', default=False,
                         help='TF-Hub: the raw weights instead of their EMA copies')
-    parser.add_argument('--G_param', type=str, default='SN', choices=['SN', 'plain'],
-                        help='SN (default): a trainable spectrally normalised G; plain: weights '
-                             'divided by their spectral norm once')
-    parser.add_argument('--weights_root', type=str, default='weights',
-                        help='Where the checkpoint folder goes')
-    parser.add_argument('--experiment_name', type=str, default='',
-                        help='Checkpoint folder name (default: from the source and truncation)')
+    _add_shared(parser, '--G_param', choices=['SN', 'plain'],
+                help='SN (default): a trainable spectrally normalised G; plain: weights '
+                     'divided by their spectral norm once')
+    # The checkpoint lands where train.py and sample.py look for it: their very flags.
+    flags.add_flags(parser, ['--weights_root', '--experiment_name'])
     return parser
 
 

@@ -342,7 +342,21 @@ SAMPLE_FLAGS = {
                               'official BigGAN models are sampled, for every output (replaces '
                               '--z_var; 0: normal z with std --z_var)'),
 }
-FLAGS = {**TRAIN_FLAGS, **SAMPLE_FLAGS}
+# Rows of real pool features a moments file stores for KID by default (inception_utils' too).
+DEFAULT_KID_FEATS = 10000
+# The release's HDF5 chunk length along the image axis (make_hdf5.py's too).
+RELEASE_CHUNK = 500
+# Flags of one tool each, in the table so that DOMAINS checks them like the rest.
+TOOL_FLAGS = {
+    '--kid_feats': dict(type=int, default=DEFAULT_KID_FEATS,  # calculate_inception_moments.py
+                        help='Real pool features stored for KID; 0 stores none'),
+    '--chunk_size': dict(type=int, default=None,  # make_hdf5.py
+                         help='HDF5 chunk length along the image axis; default '
+                              f"{RELEASE_CHUNK} (the release's) uncompressed; with "
+                              '--compression, as many images as fit in 32 KB (at least 1), '
+                              'so that a shuffled read decompresses little more than its image'),
+}
+FLAGS = {**TRAIN_FLAGS, **SAMPLE_FLAGS, **TOOL_FLAGS}
 CUSTOM_DATASET_FLAGS = ('--dataset_root', '--resolution', '--n_classes')
 
 

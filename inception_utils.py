@@ -28,7 +28,7 @@ from torchvision.models import inception as tv_inception
 from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
 from files import atomic_open
-from flags import ConfigError
+from flags import DEFAULT_KID_FEATS, ConfigError
 
 BACKENDS = ('torchvision', 'tf_fid')
 WEIGHT_FILES = {
@@ -38,8 +38,6 @@ WEIGHT_FILES = {
 TORCHVISION_URL = ('https://download.pytorch.org/models/'
                    + WEIGHT_FILES['torchvision'])
 TF_FID_NUM_CLASSES = 1008
-# Rows of real pool features stored in a moments file for KID by default.
-DEFAULT_KID_FEATS = 10000
 # Value the release reports for FID when it is not computed.
 NO_FID = 9999.0
 

@@ -39,7 +39,7 @@ class BadImageError(flags.ConfigError):
 
 
 # The release's chunk length; also how many images the writer buffers at least.
-RELEASE_CHUNK = 500
+RELEASE_CHUNK = flags.RELEASE_CHUNK
 # Bytes of a compressed chunk: LZF and gzip look back 8 and 32 KB, so bigger chunks compress
 # hardly better (S32: 1% smaller than 32 KB chunks with 500 images, 6% bigger with one).
 COMPRESSED_CHUNK_BYTES = 32 << 10
@@ -62,11 +62,7 @@ def prepare_parser():
     parser = flags.new_parser('Preprocess an image dataset into an HDF5 file.')
     flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--num_workers'],
                     dataset='I128', batch_size=256, num_workers=16)
-    parser.add_argument('--chunk_size', type=int, default=None,
-                        help='HDF5 chunk length along the image axis; default '
-                             f'{RELEASE_CHUNK} (the release\'s) uncompressed; with '
-                             '--compression, as many images as fit in 32 KB (at least 1), '
-                             'so that a shuffled read decompresses little more than its image')
+    flags.add_flags(parser, ['--chunk_size'])
     parser.add_argument('--compression', action='store_true', default=False,
                         help='Compress the HDF5 datasets')
     parser.add_argument('--compression_filter', type=str, default='lzf', choices=['lzf', 'gzip'],

@@ -255,3 +255,37 @@ def test_mismatched_checkpoint(tmp_path):
     assert code != 0
     assert len(err) == 1 and first in err[0], err
     assert digest(tmp_path / 'weights') == before
+
+
+def _option(parser, name):
+    """The parser's action for the option string name."""
+    return next(a for a in parser._actions if name in a.option_strings)
+
+
+def test_every_domain_names_a_flag_of_the_table():
+    # DOMAINS bounds flags defined once in flags.FLAGS, the tools' own included.
+    assert {k for k in flags.DOMAINS if f'--{k}' not in flags.FLAGS} == set()
+    import calculate_inception_moments
+    import make_hdf5
+    moments = _option(calculate_inception_moments.prepare_parser(), '--kid_feats')
+    assert (moments.default, moments.type) == (10000, int)
+    chunk = _option(make_hdf5.prepare_parser(), '--chunk_size')
+    assert (chunk.default, chunk.type) == (None, int) and '500' in chunk.help
+    assert make_hdf5.default_chunk(False, 128) == 500
+
+
+def test_convert_pretrained_shares_train_flags():
+    import convert_pretrained
+    parser = convert_pretrained.prepare_parser()
+    for name in ('--weights_root', '--experiment_name'):
+        action, shared = _option(parser, name), flags.FLAGS[name]
+        assert (action.default, action.type, action.help) == (
+            shared['default'], shared['type'], shared['help'])
+    # The documented differences: truncation unset by default, fixed choices.
+    assert _option(parser, '--truncation').default is None
+    assert _option(parser, '--truncation').type is float
+    assert _option(parser, '-r').choices == [128, 256, 512]
+    assert _option(parser, '--G_param').choices == ['SN', 'plain']
+    config = vars(parser.parse_args(['--tfhub_dir', 'x', '-r', '256']))
+    assert (config['resolution'], config['truncation'], config['G_param'],
+            config['weights_root']) == (256, None, 'SN', 'weights')

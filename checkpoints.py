@@ -151,7 +151,9 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         last = last_checkpoint(weights_root, experiment_name)
         raise StopRun(f"not saving iteration {state_dict['itr']}: {bad} is NaN or Inf; the last "
                       f'checkpoint, {last}, is left as it was')
-    items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng},
+    items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng,
+                   'optim_settings': {'G': optimizer_settings(G.optim),
+                                      'D': optimizer_settings(D.optim)}},
                   path('state_dict')))
     try:
         os.makedirs(root, exist_ok=True)
@@ -390,10 +392,60 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
             if name + '_optim' in loaded:
                 net.optim.load_state_dict(loaded[name + '_optim'])
     saved = loaded['state_dict']
+    if load_optim and isinstance(saved.get('config'), dict):
+        override_optimizer_settings(G, D, state_dict.get('config'), saved['config'])
     for key, value in saved.items():
         if key not in ('config', 'files'):
             state_dict[key] = value
     return saved.get('config')
+
+
+# (flag, optimizer, setting, index within the setting) for each setting a relaunch may change.
+OPTIM_FLAGS = [('G_lr', 'G', 'lr', None), ('G_B1', 'G', 'betas', 0), ('G_B2', 'G', 'betas', 1),
+               ('D_lr', 'D', 'lr', None), ('D_B1', 'D', 'betas', 0), ('D_B2', 'D', 'betas', 1),
+               ('adam_eps', 'G', 'eps', None), ('adam_eps', 'D', 'eps', None)]
+
+
+def optimizer_settings(optim):
+    """An optimizer's effective lr, betas and eps (its first param group's), as plain data."""
+    group = optim.param_groups[0]
+    return {'lr': group['lr'], 'betas': tuple(group['betas']), 'eps': group['eps']}
+
+
+def set_optimizer_settings(optim, lr=None, betas=None, eps=None):
+    """Set lr, betas and eps (those not None) in every param group; the moments are kept."""
+    for group in optim.param_groups:
+        for key, value in [('lr', lr), ('betas', betas), ('eps', eps)]:
+            if value is not None:
+                group[key] = tuple(value) if key == 'betas' else value
+
+
+def override_optimizer_settings(G, D, config, saved_config):
+    """Apply the flags whose value differs from the one the checkpointed run was launched with
+    to the resumed optimizers, printing a notice on rank 0 for each.
+
+    A flag left at its launch value keeps the checkpoint's effective setting, so relaunching
+    the original command does not undo a change made during the run.
+    """
+    if not isinstance(config, dict):
+        return
+    optims = {'G': G.optim if G is not None else None, 'D': D.optim if D is not None else None}
+    for flag, which, key, index in OPTIM_FLAGS:
+        optim = optims[which]
+        if optim is None or flag not in config or flag not in saved_config:
+            continue
+        if config[flag] == saved_config[flag]:
+            continue
+        current = optimizer_settings(optim)
+        old = current[key] if index is None else current[key][index]
+        if key == 'betas':
+            betas = list(current['betas'])
+            betas[index] = config[flag]
+            set_optimizer_settings(optim, betas=betas)
+        else:
+            set_optimizer_settings(optim, **{key: config[flag]})
+        if get_rank() == 0 and (flag != 'adam_eps' or which == 'G'):
+            print(f"--{flag} {config[flag]} overrides the checkpoint's {old}")
 
 
 def check_finite_step(metrics, nets, itr, weights_root, experiment_name):

@@ -4,6 +4,8 @@ Nothing is loaded that could run code: tensors and plain data go through torch's
 weights_only loader, and the release's legacy-format state_dict.pth through an unpickler
 that builds only the few types such a file holds, for every pickle in the file.
 """
+import codecs
+import collections
 import functools
 import math
 import os
@@ -167,28 +169,66 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
 # ----------------------------------------------------------------------------
 # Loading.
 
+_MULTIARRAY = getattr(np, '_core', None) or np.core  # numpy 2 renamed numpy.core
+
+
+def _storage_types():
+    """The storage classes a legacy file names, as torch's own loader builds them (a dtype)."""
+    names = ('Float', 'Double', 'Half', 'BFloat16', 'Long', 'Int', 'Short', 'Char', 'Byte',
+             'Bool')
+    return {('torch', f'{n}Storage'): torch.serialization.StorageType(f'{n}Storage')
+            for n in names}
+
+
+class RefusedName(pickle.UnpicklingError):
+    """A pickle names a (module, name) pair that is not in ReleaseUnpickler.TABLE."""
+
+    def __init__(self, module, name):
+        qualname = f'{module}.{name}'
+        if not (qualname.isascii() and qualname.isprintable()):
+            qualname = ascii(qualname)  # a look-alike or control character shows as an escape
+        super().__init__(f'{qualname} is not allowed in a checkpoint')
+        self.qualname = qualname
+
+
 class ReleaseUnpickler(pickle.Unpickler):
     """Unpickles what the release's state_dict.pth holds and nothing else: plain data,
-    nn.ReLU and OrderedDict, numpy float scalars (its best_IS/best_FID) and tensors.
+    nn.ReLU and OrderedDict, numpy scalars (its best_IS/best_FID) and tensors.
 
-    weights_only=True refuses such files: PyTorch < 1.6 (which the release ran on) saved the
-    ReLU's class by a persistent id it does not accept.
+    No name from the file is resolved: each (module, name) pair is looked up, exactly, in
+    TABLE, whose objects were fixed when this module was imported; any other pair is refused
+    before anything is built. weights_only=True refuses such files: PyTorch < 1.6 (which the
+    release ran on) saved the ReLU's class by a persistent id it does not accept.
     """
-    ALLOWED = {('collections', 'OrderedDict'), ('torch.nn.modules.activation', 'ReLU'),
-               ('_codecs', 'encode'),  # how pickle protocol 2 spells bytes
-               ('__builtin__', 'set'), ('builtins', 'set'), ('builtins', 'frozenset'),
-               ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-               ('numpy', 'dtype'), ('torch._utils', '_rebuild_tensor_v2'),
-               ('torch._utils', '_rebuild_parameter'), ('torch', 'FloatStorage'),
-               ('torch', 'DoubleStorage'), ('torch', 'LongStorage'), ('torch', 'IntStorage'),
-               ('torch', 'ByteStorage'), ('torch', 'HalfStorage')}
+    TABLE = {
+        ('collections', 'OrderedDict'): collections.OrderedDict,
+        ('torch.nn.modules.activation', 'ReLU'): nn.ReLU,
+        ('_codecs', 'encode'): codecs.encode,  # how pickle protocol 2 spells bytes
+        ('__builtin__', 'set'): set, ('builtins', 'set'): set,
+        ('__builtin__', 'frozenset'): frozenset, ('builtins', 'frozenset'): frozenset,
+        ('numpy.core.multiarray', 'scalar'): _MULTIARRAY.multiarray.scalar,
+        ('numpy._core.multiarray', 'scalar'): _MULTIARRAY.multiarray.scalar,
+        ('numpy', 'dtype'): np.dtype,
+        ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+        ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+        # An nn.Module attribute of PyTorch 1.0, gone since: calling it gives None.
+        ('torch.nn.backends.thnn', '_get_thnn_function_backend'): type(None),
+        **_storage_types(),
+    }
+
+    def __init_subclass__(cls, **kwargs):
+        # torch.load subclasses Unpickler and answers every '...Storage' name itself, whatever
+        # the module; keeping this find_class keeps TABLE the only way a name becomes an object.
+        super().__init_subclass__(**kwargs)
+        cls.find_class = ReleaseUnpickler.find_class
 
     def find_class(self, module, name):
-        if (module, name) == ('torch.nn.backends.thnn', '_get_thnn_function_backend'):
-            return type(None)  # an nn.Module attribute of PyTorch 1.0, gone since
-        if (module, name) in self.ALLOWED or module == 'numpy.dtypes':
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a checkpoint')
+        found = None
+        if isinstance(module, str) and isinstance(name, str):
+            found = self.TABLE.get((module, name))
+        if found is None:
+            raise RefusedName(module, name)
+        return found
 
 
 class release_pickle:
@@ -228,7 +268,7 @@ def torch_load(path, map_location='cpu'):
         else:
             raise ValueError('empty file' if not magic else 'not a PyTorch zip or pickle file')
     except Exception as e:  # any failure to parse is the file's fault: name it, in one line
-        refused = _refused_global(e)
+        refused = e.qualname if isinstance(e, RefusedName) else _refused_global(e)
         if refused:
             raise CheckpointError(f'refusing {path}: it holds {refused}, which is not allowed '
                                   f'in a checkpoint (only tensors and plain data are '

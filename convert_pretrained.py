@@ -21,6 +21,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shlex
 
 import torch
@@ -29,7 +30,7 @@ import BigGAN
 import flags
 import layers
 import utils
-from checkpoints import checkpoint_path, plain_config, torch_load
+from checkpoints import CHECKPOINT_FILES, checkpoint_path, first_nonfinite, plain_config, torch_load
 from datasets import DATASETS
 from files import atomic_save_set
 
@@ -155,13 +156,39 @@ def dataset_for(resolution):
     return name if name in DATASETS else 'I128_hdf5'
 
 
-def save_checkpoint(state, config, weights_root, experiment_name, info):
-    """G.pth and G_ema.pth (the same weights) and state_dict.pth, written together atomically."""
-    os.makedirs(os.path.join(weights_root, experiment_name), exist_ok=True)
+def checkpoint_files(folder):
+    """The checkpoint files (any set, any suffix) in folder."""
+    pattern = re.compile(rf"^({'|'.join(CHECKPOINT_FILES)})(_[\w]+)?\.pth$")
+    return sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if pattern.match(f))
+
+
+def save_checkpoint(state, config, weights_root, experiment_name, info, overwrite=False):
+    """G.pth and G_ema.pth (the same weights) and state_dict.pth, written together atomically.
+
+    An experiment folder already holding checkpoint files is refused unless overwrite, which
+    replaces them all (no trained D or optimizer file is left beside the converted G)."""
+    folder = os.path.join(weights_root, experiment_name)
+    old = checkpoint_files(folder)
+    if old and not overwrite:
+        raise flags.ConfigError(f"{folder} already holds checkpoint files ({', '.join(old[:3])}"
+                                f"{', ...' if len(old) > 3 else ''}); pick another "
+                                f'--experiment_name or pass --overwrite to replace them all')
+    bad = first_nonfinite({'G': state})
+    if bad is not None:
+        raise flags.ConfigError(f'not writing {folder}: the converted weight {bad} is NaN or '
+                                f'Inf; the source files are damaged')
+    os.makedirs(folder, exist_ok=True)
     path = functools.partial(checkpoint_path, weights_root, experiment_name)
     meta = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
             'best_FID': 999999, 'config': plain_config(config), 'pretrained': info}
-    atomic_save_set([(state, path('G')), (state, path('G_ema')), (meta, path('state_dict'))])
+    items = [(state, path('G')), (state, path('G_ema')), (meta, path('state_dict'))]
+    atomic_save_set(items)
+    # Removed only once the new set is whole: a crash before leaves it plus stale extras.
+    written = {os.path.basename(p) for _, p in items}
+    for name in old:
+        if name not in written:
+            os.remove(os.path.join(folder, name))
 
 
 # ----------------------------------------------------------------------------
@@ -483,6 +510,10 @@ def prepare_parser():
                      'divided by their spectral norm once')
     # The checkpoint lands where train.py and sample.py look for it: their very flags.
     flags.add_flags(parser, ['--weights_root', '--experiment_name'])
+    parser.add_argument('--overwrite', action='store_true', default=False,
+                        help='Replace the checkpoint files of an existing experiment folder (all '
+                             'of them: its D and optimizer files are removed); without it such '
+                             'a folder is refused')
     return parser
 
 
@@ -500,6 +531,11 @@ def run(config):
             raise flags.ConfigError('--hf_dir needs --truncation: HF\'s BN statistics differ '
                                     'per truncation, and a checkpoint holds one set')
         cfg, state = read_hf(config['hf_dir'])
+        # Checked on the source too: a NaN would otherwise stop the SN solve, not name itself.
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise flags.ConfigError(f"{config['hf_dir']}: its weight {bad} is NaN or Inf; the "
+                                    f'source files are damaged, nothing is written')
         G_state, model_config = convert_hf(cfg, state, truncation, config['G_param'])
         name = f'{os.path.basename(os.path.normpath(source))}_t{truncation:g}'
     else:
@@ -517,7 +553,8 @@ def run(config):
         name = f"biggan-{config['resolution']}{'_noema' if config['no_ema'] else ''}"
     info['truncation'] = truncation if not note else 1.0
     name = config['experiment_name'] or name
-    save_checkpoint(G_state, model_config, config['weights_root'], name, info)
+    save_checkpoint(G_state, model_config, config['weights_root'], name, info,
+                    config['overwrite'])
     print(f"Wrote {os.path.join(config['weights_root'], name)}")
     if note:
         print(note)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import checkpoints
-from conftest import tiny_config, tiny_models
+import convert_pretrained
+from conftest import hf_standin, load_as_sample, save_hf, tiny_config, tiny_models
 from flags import StopRun
 
 NAMES = ['G', 'G_optim', 'D', 'D_optim', 'G_ema', 'state_dict']
@@ -106,3 +107,61 @@ def test_release_style_set_without_record_loads(tmp_path):
     torch.save(saved, path)
     assert load(root, config)[0]['itr'] == 4
     assert checkpoints.complete_sets(f'{root}/exp', NAMES, intact=True) == ['']
+
+
+@pytest.fixture(scope='module')
+def hf_folder(tmp_path_factory):
+    """A small HF BigGAN-deep folder to convert."""
+    return save_hf(*hf_standin(channel_width=4), str(tmp_path_factory.mktemp('hf') / 'hf'))
+
+
+def convert_argv(folder, root, *extra):
+    return ['--hf_dir', folder, '--truncation', '0.5', '--weights_root', root,
+            '--experiment_name', 'exp'] + list(extra)
+
+
+def snapshot(folder):
+    return {f: open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))}
+
+
+def trained_set(root):
+    """A training run's set (G, D, optimizers, G_ema, state_dict) and a copy0 set in root/exp."""
+    config = tiny_config()
+    G, D, E = tiny_models(config, seed=1)
+    for suffix in (None, 'copy0'):
+        checkpoints.save_weights(G, D, state(5, config), root, 'exp', suffix, E)
+    return os.path.join(root, 'exp')
+
+
+def test_convert_into_existing_experiment_is_refused(hf_folder, tmp_path, capsys):
+    """Without --overwrite: exit 2, one line naming the folder, every file unchanged."""
+    folder = trained_set(str(tmp_path))
+    before = snapshot(folder)
+    with pytest.raises(SystemExit) as e:
+        convert_pretrained.main(convert_argv(hf_folder, str(tmp_path)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and '--overwrite' in err[0] and folder in err[0]
+    assert snapshot(folder) == before
+
+
+def test_convert_overwrite_leaves_no_stale_files(hf_folder, tmp_path):
+    """With --overwrite the folder holds exactly the converted set, and it loads intact."""
+    folder = trained_set(str(tmp_path))
+    convert_pretrained.main(convert_argv(hf_folder, str(tmp_path), '--overwrite'))
+    assert sorted(os.listdir(folder)) == ['G.pth', 'G_ema.pth', 'state_dict.pth']
+    saved = torch.load(os.path.join(folder, 'state_dict.pth'), weights_only=True)
+    assert sorted(saved['files']) == ['G.pth', 'G_ema.pth'] and saved['itr'] == 0
+    load_as_sample(str(tmp_path), 'exp')
+
+
+def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
+    """A NaN in the source's weights: exit 2, one line naming the weight, nothing written."""
+    config, model = hf_standin(channel_width=4)
+    with torch.no_grad():
+        model.generator.gen_z.weight_orig[0, 0] = float('nan')
+    folder = save_hf(config, model, str(tmp_path / 'hf'))
+    with pytest.raises(SystemExit) as e:
+        convert_pretrained.main(convert_argv(folder, str(tmp_path / 'w')))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'NaN or Inf' in err[0]
+    assert not os.path.exists(tmp_path / 'w' / 'exp')

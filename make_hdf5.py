@@ -179,7 +179,11 @@ def s32_batches(config, batch_size=4096):
 def hdf5_source(path):
     """(image count, resolution) of an HDF5 file to rewrite, refusing one that is not ours."""
     with dset.open_hdf5(path) as f:
-        shape = f['imgs'].shape
+        shape, dtype = f['imgs'].shape, f['imgs'].dtype
+    if dtype != np.uint8:
+        # The writer stores uint8: other values would wrap (uint16 300 -> 44), not convert.
+        raise flags.ConfigError(f"{path} holds {dtype} images; make_hdf5.py rewrites uint8 "
+                                f'ones only (convert the pixels to 0-255 uint8 first)')
     if shape[2] != shape[3]:
         raise flags.ConfigError(f'{path} holds {shape[2]} x {shape[3]} images; make_hdf5.py '
                                 f'writes square ones')

@@ -1,7 +1,9 @@
 """A checkpoint set is loaded whole or refused: state_dict.pth, renamed last, records the
 size and sha256 of its companions, so a save interrupted between renames is caught."""
 import os
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +167,36 @@ def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and 'NaN or Inf' in err[0]
     assert not os.path.exists(tmp_path / 'w' / 'exp')
+
+
+def test_make_hdf5_refuses_uint16_source(tmp_path, capsys):
+    """An HDF5 source of uint16 images would wrap into uint8: exit 2, one line, no output."""
+    import h5py
+
+    import make_hdf5
+    src = tmp_path / 'src.hdf5'
+    with h5py.File(src, 'w') as f:
+        f['imgs'] = np.full((4, 3, 16, 16), 300, np.uint16)
+        f['labels'] = np.zeros(4, np.int64)
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as e:
+        make_hdf5.main(['--dataset', 'I16', '--data_root', str(out),
+                        '--dataset_root', str(src), '--no_progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'uint16' in err[0]
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_duplicate_refuses_dangling_symlink_target(tmp_path):
+    """A dangling symlink named like TARGET's weights folder counts as existing: exit 2, the
+    link and its missing destination untouched."""
+    (tmp_path / 'weights' / 'a').mkdir(parents=True)
+    (tmp_path / 'weights' / 'a' / 'G.pth').write_bytes(b'x')
+    link = tmp_path / 'weights' / 'b'
+    link.symlink_to(tmp_path / 'elsewhere')
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts', 'utils',
+                          'duplicate.sh')
+    proc = subprocess.run(['bash', script, 'a', 'b'], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and 'already exists' in proc.stderr
+    assert link.is_symlink() and not (tmp_path / 'elsewhere').exists()

@@ -45,7 +45,8 @@ pairs=("$weights_root/$source" "$weights_root/$target"
 check SOURCE and --weights_root"
 found=()
 for ((i = 0; i < ${#pairs[@]}; i += 2)); do
-  [ ! -e "${pairs[i+1]}" ] || fail "${pairs[i+1]} already exists: pick another TARGET or remove it"
+  # -L too: a dangling symlink is a target that exists (cp would write through it).
+  [ ! -e "${pairs[i+1]}" ] && [ ! -L "${pairs[i+1]}" ] || fail "${pairs[i+1]} already exists: pick another TARGET or remove it"
   [ ! -e "${pairs[i]}" ] || found+=("$i")
 done
 

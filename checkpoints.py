@@ -23,6 +23,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     atomic_path,
     atomic_save_all,
     atomic_save_set,
+    check_name,
     check_writable,
     file_digest,
     remove_stale_temps,
@@ -118,6 +119,8 @@ def first_nonfinite(named):
 def checkpoint_path(weights_root, experiment_name, name, name_suffix=None):
     """weights_root/experiment_name/name[_suffix].pth."""
     base = '_'.join(item for item in [name, name_suffix] if item)
+    check_name(experiment_name, 'experiment name')
+    check_name(base, 'checkpoint name')
     return f'{weights_root}/{experiment_name}/{base}.pth'
 
 

@@ -32,7 +32,7 @@ import layers
 import utils
 from checkpoints import CHECKPOINT_FILES, checkpoint_path, first_nonfinite, plain_config, torch_load
 from datasets import DATASETS
-from files import atomic_save_set
+from files import atomic_save_set, check_name
 
 # pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
 HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel_width': 128,
@@ -519,6 +519,8 @@ def prepare_parser():
 
 def run(config):
     """Convert what the flags name, write the checkpoint, print how to sample it."""
+    if config['experiment_name']:
+        check_name(config['experiment_name'], '--experiment_name')
     truncation = config['truncation']
     if truncation is not None and not 0 < truncation <= 1:
         raise flags.ConfigError(f'--truncation must lie in (0, 1], got {truncation:g}')
@@ -552,7 +554,7 @@ def run(config):
         info['ema'] = not config['no_ema']
         name = f"biggan-{config['resolution']}{'_noema' if config['no_ema'] else ''}"
     info['truncation'] = truncation if not note else 1.0
-    name = config['experiment_name'] or name
+    name = check_name(config['experiment_name'] or name, 'experiment name')
     save_checkpoint(G_state, model_config, config['weights_root'], name, info,
                     config['overwrite'])
     print(f"Wrote {os.path.join(config['weights_root'], name)}")

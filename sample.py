@@ -27,6 +27,7 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
 
 def config_from_checkpoint(config):
     """Take the model flags from the checkpoint's stored config (--config_from_name)."""
+    utils.check_names(config)
     saved = utils.load_weights(None, None, {}, config['weights_root'], config['experiment_name'],
                                config['load_weights'] or None, None, strict=False,
                                load_optim=False) or {}
@@ -111,7 +112,7 @@ def run(config):
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = importlib.import_module(config['model'])
-    experiment_name = config['experiment_name'] or utils.name_from_config(config)
+    experiment_name = utils.experiment_name(config)
     print(f'Experiment name is {experiment_name}')
 
     # Metrics need Inception weights and moments: check them before any sampling.

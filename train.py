@@ -5,6 +5,7 @@
 import contextlib
 import functools
 import importlib
+import os
 import signal
 import sys
 
@@ -106,10 +107,10 @@ def training_batches(loader, state_dict, config, rank):
 
 def run(config):
     config = utils.prepare_config(config)
+    experiment_name = utils.experiment_name(config)
     rank, world_size, device = setup_distributed(config)
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
-    experiment_name = config['experiment_name'] or utils.name_from_config(config)
     # --tensorboard: rank 0 mirrors its logs and sheets to logs_root/experiment_name/tb.
     tb = utils.TensorBoardLogger.for_run(config, experiment_name, rank)
 
@@ -155,7 +156,8 @@ def run(config):
     if rank == 0:
         utils.prepare_root(config)
         for root in ('weights_root', 'logs_root', 'samples_root'):
-            remove_stale_temps(f'{config[root]}/{experiment_name}', recursive=True)
+            # Only this run's own folders: the name is one checked component.
+            remove_stale_temps(os.path.join(config[root], experiment_name), recursive=True)
         test_log = utils.MetricsLogger(f"{config['logs_root']}/{experiment_name}_log.jsonl",
                                        reinitialize=not config['resume'])
         train_log = utils.MyLogger(f"{config['logs_root']}/{experiment_name}",

@@ -42,6 +42,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
+from files import check_name
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 
 # ----------------------------------------------------------------------------
@@ -63,6 +64,7 @@ def update_config_roots(config):
 def prepare_config(config):
     """Derive what every entry point needs from the flags, and refuse combinations that cannot
     work. Returns config, completed with resolution, n_classes, activations, roots and device."""
+    check_names(config)
     check_flags(config)
     check_dataset(config)
     entry = DATASETS.get(config['dataset'])
@@ -120,6 +122,19 @@ def seed_rng(seed):
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def check_names(config):
+    """Refuse, before anything is created, a flag that names a path component and is not one
+    plain name (it could reach outside the roots it is joined to)."""
+    for key in ('experiment_name', 'name_suffix', 'load_weights'):
+        if config.get(key):
+            check_name(config[key], f'--{key}')
+
+
+def experiment_name(config):
+    """The run's folder name: --experiment_name, else the one built from the config; checked."""
+    return check_name(config['experiment_name'] or name_from_config(config), 'experiment name')
 
 
 def prepare_root(config, keys=('weights_root', 'logs_root', 'samples_root')):

@@ -18,11 +18,11 @@ import stat
 import sys
 
 import numpy as np
-import torch
-from PIL import Image
 
-from distributed import get_rank
 from flags import ConfigError
+
+# torch, PIL and distributed are imported where they are used, so that the readers of untrusted
+# files (tf_bundle among them) need only numpy.
 
 
 class FileError(ConfigError):
@@ -139,6 +139,7 @@ def atomic_save_all(items):
     """torch.save every (obj, path) to its temporary file, then rename them all in a row, so
     the files of one checkpoint change together; if any write fails (a full disk), no file
     changes and no temporary file is left."""
+    import torch
     with contextlib.ExitStack() as stack:
         # Entered in reverse, so the renames on exit run in the order given.
         tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
@@ -161,6 +162,7 @@ def atomic_save_set(items, key='files'):
     """atomic_save_all for a set whose last item is a dict that vouches for the others: it gets
     obj[key] = {companion file name: file_digest}, hashed from the temporary files, and is
     renamed last, so a crash between the renames leaves a set a loader can tell is mixed."""
+    import torch
     *companions, (last, last_path) = items
     with contextlib.ExitStack() as stack:
         tmps = {path: stack.enter_context(atomic_path(path)) for _, path in reversed(items)}
@@ -259,6 +261,7 @@ def check_memory(nbytes, what):
 
     Every process of this machine under torchrun (LOCAL_WORLD_SIZE) loads its own copy.
     """
+    from distributed import get_rank
     procs = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
     copies = f' x {procs} processes' if procs > 1 else ''
     avail = available_memory()
@@ -275,6 +278,8 @@ def check_memory(nbytes, what):
 
 def item_nbytes(item):
     """Bytes one in-memory item holds: a tensor's or array's data, a PIL image's pixels."""
+    import torch
+    from PIL import Image
     if isinstance(item, torch.Tensor):
         nbytes = item.element_size() * item.nelement()
     elif isinstance(item, np.ndarray):

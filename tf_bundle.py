@@ -6,6 +6,10 @@ serialized `BundleEntryProto` (dtype, shape, shard, offset, size, CRC32C) and th
 `Bundle` reads one (lazily, checking every checksum); `write_bundle` writes one byte for byte as
 TensorFlow's BundleWriter does (unsliced tensors, one shard), for tests.
 Only numpy is needed, so this module also runs where torch is absent.
+
+Every parser here is linear in its input, and every size, offset, shape and count read from a
+file is checked (files.check_declared) against the file's length and the memory available
+before anything is allocated: a damaged or hostile bundle is one BundleError (a FileError).
 """
 import math
 import os
@@ -13,10 +17,13 @@ import struct
 
 import numpy as np
 
+import files
+
 MAGIC = 0xdb4775248b80fb57     # LevelDB table footer magic
 FOOTER_SIZE = 48               # two block handles padded to 40 bytes, then the magic
 BLOCK_SIZE = 262144            # TensorFlow's table block size
 RESTART_INTERVAL = 16          # keys between restart points in data blocks (index blocks: 1)
+MAX_VARINT = 10                # bytes of the longest varint protobuf writes (a 64-bit value)
 
 # TensorFlow DataType enum -> numpy dtype; bfloat16 (14) is widened to float32 on reading.
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
@@ -28,7 +35,7 @@ DTYPE_NAMES = {1: 'float32', 2: 'float64', 3: 'int32', 4: 'uint8', 5: 'int16', 6
 TF_DTYPES = {np.dtype(v): k for k, v in DTYPES.items() if k != 14}
 
 
-class BundleError(ValueError):
+class BundleError(files.FileError):
     """A file that is not a readable tensor bundle (truncated, corrupt, unsupported)."""
 
 
@@ -116,17 +123,19 @@ def mask_crc(crc):
 # Protocol buffers: just the wire format the two messages use.
 
 def read_varint(buf, pos):
-    """(value, next position) of the varint at buf[pos]."""
+    """(value, next position) of the varint at buf[pos]; at most MAX_VARINT bytes are read,
+    so a run of continuation bytes costs constant time, not a growing big integer."""
     result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise BundleError('truncated varint')
-        byte = buf[pos]
-        pos += 1
+    end = min(pos + MAX_VARINT, len(buf))
+    for at in range(pos, end):
+        byte = buf[at]
         result |= (byte & 0x7f) << shift
         if not byte & 0x80:
-            return result, pos
+            return result, at + 1
         shift += 7
+    if end - pos < MAX_VARINT:
+        raise BundleError('truncated varint')
+    raise BundleError(f'varint longer than {MAX_VARINT} bytes: the file is damaged')
 
 
 def varint(value):
@@ -150,18 +159,19 @@ def parse_message(buf):
         number, wire = key >> 3, key & 7
         if wire == 0:
             value, pos = read_varint(buf, pos)
-        elif wire == 1:
-            value, pos = struct.unpack_from('<Q', buf, pos)[0], pos + 8
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(buf):
+                raise BundleError('truncated protobuf message')
+            value, pos = int.from_bytes(buf[pos:pos + width], 'little'), pos + width
         elif wire == 2:
             length, pos = read_varint(buf, pos)
+            if length > len(buf) - pos:
+                raise BundleError('truncated protobuf message')
             value, pos = bytes(buf[pos:pos + length]), pos + length
-        elif wire == 5:
-            value, pos = struct.unpack_from('<I', buf, pos)[0], pos + 4
         else:
             raise BundleError(f'unsupported protobuf wire type {wire}')
         fields.setdefault(number, []).append(value)
-    if pos != len(buf):
-        raise BundleError('truncated protobuf message')
     return fields
 
 
@@ -178,12 +188,15 @@ def field(number, wire, value):
 # ----------------------------------------------------------------------------
 # SSTable blocks.
 
-def read_block(f, offset, size, verify=True):
-    """The contents of the block at offset, its trailer's checksum checked."""
+def read_block(f, offset, size, path, verify=True):
+    """The contents of the block at offset, its trailer's checksum checked; offset and size
+    are checked against the file's length before anything is read."""
+    length = files.file_size(f)
+    if offset + size + 5 > length:
+        raise BundleError(f'{path}: truncated table block at offset {offset} ({size} bytes '
+                          f'declared, the file holds {length})')
     f.seek(offset)
-    raw = f.read(size + 5)
-    if len(raw) != size + 5:
-        raise BundleError(f'truncated table block at offset {offset}')
+    raw = files.read_bounded(f, size + 5, 'a table block', path)
     if verify and struct.unpack('<I', raw[-4:])[0] != mask_crc(crc32c(raw[:-4])):
         raise BundleError(f'checksum mismatch in table block at offset {offset}')
     if raw[size] != 0:
@@ -192,16 +205,32 @@ def read_block(f, offset, size, verify=True):
 
 
 def block_entries(block):
-    """[(key, value)] of a block, keys rebuilt from their shared prefixes."""
+    """[(key, value)] of a block, keys rebuilt from their shared prefixes.
+
+    Prefix compression lets a few bytes repeat a long key, so the rebuilt keys are bounded:
+    with a restart point every RESTART_INTERVAL keys (what TensorFlow writes), no key is longer
+    than the bytes stored since its restart, and all keys together take at most
+    RESTART_INTERVAL times the block. More is a damaged block, refused in linear time.
+    """
     if len(block) < 4:
         raise BundleError('table block too short')
     num_restarts = struct.unpack_from('<I', block, len(block) - 4)[0]
     end = len(block) - 4 - 4 * num_restarts
+    if end < 0:
+        raise BundleError(f'table block of {len(block)} bytes declares {num_restarts} restart '
+                          f'points: the file is damaged')
+    budget = RESTART_INTERVAL * len(block)
     entries, pos, key = [], 0, b''
     while pos < end:
         shared, pos = read_varint(block, pos)
         non_shared, pos = read_varint(block, pos)
         value_length, pos = read_varint(block, pos)
+        if shared > len(key) or non_shared + value_length > end - pos:
+            raise BundleError('table block entry runs past its block: the file is damaged')
+        budget -= shared + non_shared
+        if budget < 0:
+            raise BundleError(f'table block keys repeat more than {RESTART_INTERVAL} times '
+                              f'its bytes: the file is damaged')
         key = key[:shared] + block[pos:pos + non_shared]
         pos += non_shared
         entries.append((key, block[pos:pos + value_length]))
@@ -211,9 +240,8 @@ def block_entries(block):
 
 def read_table(path):
     """Every (key, value) of an SSTable, in order."""
-    with open(path, 'rb') as f:
-        f.seek(0, os.SEEK_END)
-        length = f.tell()
+    with files.open_regular(path, 'TensorFlow checkpoint index') as f:
+        length = files.file_size(f)
         if length < FOOTER_SIZE:
             raise BundleError(f'{path} is too short to be a checkpoint index')
         f.seek(length - FOOTER_SIZE)
@@ -224,11 +252,17 @@ def read_table(path):
         _, pos = read_varint(footer, pos)
         index_offset, pos = read_varint(footer, pos)
         index_size, pos = read_varint(footer, pos)
-        entries = []
-        for _, handle in block_entries(read_block(f, index_offset, index_size)):
+        entries, done = [], 0
+        for _, handle in block_entries(read_block(f, index_offset, index_size, path)):
             offset, pos = read_varint(handle, 0)
             size, _ = read_varint(handle, pos)
-            entries += block_entries(read_block(f, offset, size))
+            # Data blocks follow one another (TensorFlow writes them in key order), so no byte
+            # is read twice: an index naming one block many times cannot multiply the work.
+            if offset < done:
+                raise BundleError(f'{path}: table block at offset {offset} overlaps the one '
+                                  f'before it: the file is damaged')
+            entries += block_entries(read_block(f, offset, size, path))
+            done = offset + size + 5
     return entries
 
 
@@ -347,7 +381,14 @@ class Bundle:
             raise BundleError(f'{name} is a partitioned (sliced) variable: not supported')
         shape = parse_message(msg[2][0]) if 2 in msg else {}
         dims = tuple(parse_message(d).get(1, [0])[0] for d in shape.get(2, []))
-        return (msg.get(1, [0])[0], dims, msg.get(3, [0])[0], msg.get(4, [0])[0],
+        dtype = msg.get(1, [0])[0]
+        # The shape alone must be one a tensor of this machine can have (its non-empty
+        # dimensions too: callers build models from shapes before reading any tensor).
+        itemsize = np.dtype(DTYPES[dtype]).itemsize if dtype in DTYPES else 1
+        files.check_declared(files.declared_nbytes([d for d in dims if d], itemsize,
+                                                   f'tensor {name}', self.prefix + '.index'),
+                             f'the shape {dims} of tensor {name}', self.prefix + '.index')
+        return (dtype, dims, msg.get(3, [0])[0], msg.get(4, [0])[0],
                 msg.get(5, [0])[0], msg.get(6, [None])[0])
 
     def shape(self, name):
@@ -362,17 +403,19 @@ class Bundle:
         path = f'{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}'
         if not os.path.isfile(path):
             raise FileNotFoundError(f'{path} (holding {name}) is missing')
-        with open(path, 'rb') as f:
-            f.seek(offset)
-            raw = f.read(size)
-        if len(raw) != size:
-            raise BundleError(f'{path} is truncated: {name} needs bytes {offset}..{offset + size}')
-        if crc is not None and mask_crc(crc32c(raw)) != crc:
-            raise BundleError(f'checksum mismatch for {name} in {path}')
         np_dtype = np.dtype(DTYPES[dtype]).newbyteorder('>' if self.big_endian else '<')
-        if np_dtype.itemsize * math.prod(shape) != size:
+        if files.declared_nbytes(shape, np_dtype.itemsize, f'tensor {name}', path) != size:
             raise BundleError(f'{name}: {size} bytes do not hold a {DTYPE_NAMES[dtype]} tensor '
                               f'of shape {shape}')
+        with files.open_regular(path, 'TensorFlow checkpoint data') as f:
+            length = files.file_size(f)
+            if offset + size > length:
+                raise BundleError(f'{path} is truncated: {name} needs bytes '
+                                  f'{offset}..{offset + size} of its {length}')
+            f.seek(offset)
+            raw = files.read_bounded(f, size, f'tensor {name}', path)
+        if crc is not None and mask_crc(crc32c(raw)) != crc:
+            raise BundleError(f'checksum mismatch for {name} in {path}')
         array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder('='))
         if dtype == 14:
             array = (array.astype(np.uint32) << 16).view(np.float32)

@@ -1,0 +1,146 @@
+"""Declared sizes are checked before allocation and every parser is linear (issue 19).
+
+Each crafted file declares far more than it holds (or than any machine has); the readers must
+refuse it in one line (FileError, which the CLIs print and exit 2 on) quickly and without
+allocating what it declares.
+"""
+import struct
+import time
+
+import numpy as np
+import pytest
+
+import files
+import tf_bundle
+from tf_bundle import field, varint
+
+# ----------------------------------------------------------------------------
+# TensorFlow bundles.
+
+def test_a_megabyte_of_varints_parses_in_linear_time():
+    """A 1 MB protobuf message of varint fields, against the values it was built from."""
+    rng = np.random.default_rng(0)
+    values = [int(v) for v in rng.integers(0, 1 << 62, 120000, dtype=np.int64)]
+    values[::7] = [int(v) for v in rng.integers(0, 128, len(values[::7]))]
+    buf = b''.join(field(1, 0, v) for v in values)
+    assert len(buf) > 1 << 20
+    start = time.perf_counter()
+    parsed = tf_bundle.parse_message(buf)
+    assert time.perf_counter() - start < 1
+    assert parsed == {1: values}
+
+
+def test_a_megabyte_long_varint_is_refused_at_once():
+    """One varint of 1 MB of continuation bytes: the old reader grew a big integer for 34 s."""
+    buf = b'\xff' * (1 << 20) + b'\x01'
+    start = time.perf_counter()
+    with pytest.raises(files.FileError, match='longer than 10 bytes'):
+        tf_bundle.read_varint(buf, 0)
+    with pytest.raises(files.FileError):
+        tf_bundle.parse_message(b'\x08' + buf)
+    assert time.perf_counter() - start < 1
+
+
+def test_varints_round_trip_at_the_64_bit_edge():
+    for value in (0, 1, 127, 128, 1 << 63, (1 << 64) - 1):
+        encoded = varint(value)
+        assert len(encoded) <= tf_bundle.MAX_VARINT
+        assert tf_bundle.read_varint(encoded, 0) == (value, len(encoded))
+    with pytest.raises(files.FileError, match='truncated'):
+        tf_bundle.read_varint(varint(1 << 40)[:-1], 0)
+
+
+def bundle(tmp_path, entry, data=b'\0' * 64):
+    """A one-tensor bundle 'w' whose BundleEntryProto is entry (bytes), data as its data file."""
+    prefix = str(tmp_path / 'ckpt')
+    header = field(1, 0, 1) + field(3, 2, field(1, 0, 1))
+    with open(prefix + '.index', 'wb') as f:
+        tf_bundle.write_table(f, [(b'', header), (b'w', entry)])
+    with open(prefix + '.data-00000-of-00001', 'wb') as f:
+        f.write(data)
+    return prefix
+
+
+def entry(dims, size, offset=0, dtype=1):
+    shape = b''.join(field(2, 2, field(1, 0, d)) for d in dims)
+    return (field(1, 0, dtype) + field(2, 2, shape) + (field(4, 0, offset) if offset else b'')
+            + field(5, 0, size))
+
+
+@pytest.mark.parametrize('dims, size, offset, message', [
+    ((1 << 38,), 1 << 40, 0, 'declares'),               # a 1 TB tensor in a 64-byte file
+    ((10 ** 9, 10 ** 9), 4 * 10 ** 18, 0, 'declares'),  # a 10^9 x 10^9 shape
+    ((0, 10 ** 12, 10 ** 12), 0, 0, 'declares'),        # empty, but no such shape fits
+    ((4,), 16, 1 << 62, 'truncated'),                   # an offset far past the end
+    (((1 << 64) - 1,), 1 << 40, 0, 'declares'),          # -1 as TensorFlow's int64 varint
+])
+def test_huge_declared_tensors_are_refused_before_reading(tmp_path, dims, size, offset,
+                                                           message):
+    b = tf_bundle.Bundle(bundle(tmp_path, entry(dims, size, offset)))
+    with pytest.raises(files.FileError, match=message):
+        b['w']
+
+
+def test_size_and_shape_disagreeing_is_refused(tmp_path):
+    b = tf_bundle.Bundle(bundle(tmp_path, entry((4,), 12)))
+    with pytest.raises(tf_bundle.BundleError, match='do not hold'):
+        b['w']
+    assert np.array_equal(tf_bundle.Bundle(bundle(tmp_path, entry((4,), 16)))['w'],
+                          np.zeros(4, np.float32))
+
+
+def index_with_footer(tmp_path, index_offset, index_size, body=b''):
+    """An index file: body, then a footer whose index handle is (index_offset, index_size)."""
+    path = tmp_path / 'ckpt.index'
+    handles = varint(0) + varint(0) + varint(index_offset) + varint(index_size)
+    path.write_bytes(body + handles + b'\0' * (40 - len(handles))
+                     + struct.pack('<Q', tf_bundle.MAGIC))
+    return str(path)
+
+
+@pytest.mark.parametrize('offset, size', [(0, 1 << 40), (1 << 62, 10), (0, (1 << 64) - 1)])
+def test_footer_declaring_huge_blocks_is_refused(tmp_path, offset, size):
+    path = index_with_footer(tmp_path, offset, size)
+    with pytest.raises(files.FileError, match='truncated table block'):
+        tf_bundle.read_table(path)
+
+
+def block_of(entries, restarts=(0,)):
+    """A raw (checksummed) table block from (shared, non_shared bytes, value) triples."""
+    body = b''.join(varint(shared) + varint(len(key)) + varint(len(value)) + key + value
+                    for shared, key, value in entries)
+    body += b''.join(struct.pack('<I', r) for r in restarts) + struct.pack('<I', len(restarts))
+    return body + b'\0' + struct.pack('<I', tf_bundle.mask_crc(tf_bundle.crc32c(body + b'\0')))
+
+
+def test_repeated_long_keys_are_refused_in_linear_time():
+    """One 256 KiB key, then 100000 entries of four bytes each repeating it: rebuilding those
+    keys would copy 26 GB; the block is refused instead."""
+    block = block_of([(0, b'k' * (1 << 18), b'')] + [(1 << 18, b'', b'')] * 100000)
+    start = time.perf_counter()
+    with pytest.raises(tf_bundle.BundleError, match='repeat'):
+        tf_bundle.block_entries(block[:-5])
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize('body, restarts, message', [
+    (varint(5) + varint(1) + varint(0) + b'a', 1, 'runs past'),  # shares more than it has
+    (varint(0) + varint(1) + varint(1 << 40) + b'a', 1, 'runs past'),  # a 1 TB value
+    (varint(0) + varint(1) + varint(0) + b'a', 1000, 'restart'),  # more restarts than bytes
+])
+def test_malformed_block_entries_are_refused(body, restarts, message):
+    block = body + struct.pack('<I', 0) + struct.pack('<I', restarts)
+    with pytest.raises(tf_bundle.BundleError, match=message):
+        tf_bundle.block_entries(block)
+
+
+def test_index_naming_one_block_many_times_is_refused(tmp_path):
+    """Every handle of the index points at the same data block: reading it once per handle
+    would multiply the work by the number of handles."""
+    data = block_of([(0, b'a', b'x')])
+    handle = varint(0) + varint(len(data) - 5)
+    index = block_of([(0, bytes([i]), handle) for i in range(1, 100)],
+)
+    path = index_with_footer(tmp_path, len(data), len(index) - 5, data + index)
+    with pytest.raises(tf_bundle.BundleError, match='overlaps'):
+        tf_bundle.read_table(path)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import stat
 import sys
+import zipfile
 
 import numpy as np
 
@@ -405,3 +406,39 @@ def read_lines(path, what='log', max_line=1 << 20):
                 raise FileError(f'{path}: line {number} is longer than {max_line} bytes; '
                                 f'not a log this project writes')
             yield line.decode('utf-8', errors='replace')
+
+
+def check_npz(path, what='.npz file'):
+    """Refuse (FileError) an .npz whose arrays declare more bytes than their members hold or
+    than memory has, reading only the zip directory and each .npy header: np.load allocates
+    an array from its header's shape before reading any of its data."""
+    from numpy.lib import format as npy
+    with open_regular(path, what) as f:
+        length = file_size(f)
+        try:
+            archive = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, ValueError, OSError) as e:
+            raise FileError(f'{what} {path} is not an .npz file ({e})') from None
+        with archive:
+            for info in archive.infolist():
+                if not info.filename.endswith('.npy'):
+                    continue
+                member = f'{what} member {info.filename}'
+                check_declared(info.file_size, member, path)
+                if info.compress_type == zipfile.ZIP_STORED:
+                    check_declared(info.compress_size, member, path, limit=length)
+                try:
+                    with archive.open(info) as g:
+                        version = npy.read_magic(g)
+                        if version == (1, 0):
+                            shape, _, dtype = npy.read_array_header_1_0(g)
+                        elif version == (2, 0):
+                            shape, _, dtype = npy.read_array_header_2_0(g)
+                        else:
+                            raise ValueError(f'.npy format version {version} is not supported')
+                        left = info.file_size - g.tell()
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                    raise FileError(f'{path}: {member} is not a readable .npy array '
+                                    f'({" ".join(str(e).split())[:200]})') from None
+                check_declared(declared_nbytes(shape, dtype.itemsize, member, path),
+                               f'the array {info.filename}', path, limit=max(left, 0))

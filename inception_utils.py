@@ -27,7 +27,7 @@ from torchvision.models import inception as tv_inception
 
 from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
-from files import atomic_open
+from files import atomic_open, check_npz
 from flags import DEFAULT_KID_FEATS, ConfigError
 
 BACKENDS = ('torchvision', 'tf_fid')
@@ -727,7 +727,9 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
 
 
 def _read_moments(path, dataset, data_root, backend, need_feats):
-    """The arrays load_inception_moments returns, read without unpickling anything."""
+    """The arrays load_inception_moments returns, read without unpickling anything and
+    only after every array's declared size is checked against the file (check_npz)."""
+    check_npz(path, 'Inception moments')
     with np.load(path, allow_pickle=False) as data:
         file_backend = (str(data['backend']) if 'backend' in data
                         else 'torchvision')

@@ -4,8 +4,11 @@ Each crafted file declares far more than it holds (or than any machine has); the
 refuse it in one line (FileError, which the CLIs print and exit 2 on) quickly and without
 allocating what it declares.
 """
+import io
 import struct
 import time
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -144,3 +147,47 @@ def test_index_naming_one_block_many_times_is_refused(tmp_path):
     path = index_with_footer(tmp_path, len(data), len(index) - 5, data + index)
     with pytest.raises(tf_bundle.BundleError, match='overlaps'):
         tf_bundle.read_table(path)
+
+
+# ----------------------------------------------------------------------------
+# Inception moments (.npz).
+
+def npz_declaring(path, n, compression):
+    """A moments .npz whose sigma.npy header declares an n x n float64 array but holds 64
+    bytes of data; mu is honest."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {'descr': '<f8', 'fortran_order': False, 'shape': (n, n)})
+    mu = io.BytesIO()
+    np.save(mu, np.zeros(n))
+    with zipfile.ZipFile(path, 'w', compression) as z:
+        z.writestr('mu.npy', mu.getvalue())
+        z.writestr('sigma.npy', header.getvalue() + b'\0' * 64)
+
+
+@pytest.mark.parametrize('n', [20000, 200000])
+@pytest.mark.parametrize('compression', [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_moments_declaring_a_huge_sigma_are_refused_before_allocation(tmp_path, n,
+                                                                      compression):
+    """20000^2 doubles (3.2 GB) or 200000^2 (320 GB) in a file of a few hundred kB: refused
+    from the header, with tracemalloc's peak far below what the header declares."""
+    import inception_utils as iu
+    npz_declaring(tmp_path / 'C10_inception_moments.npz', n, compression)
+    tracemalloc.start()
+    try:
+        with pytest.raises(iu.InceptionMomentsError, match='sigma.npy declares') as err:
+            iu.load_inception_moments('C10', str(tmp_path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert '\n' not in str(err.value)
+    assert peak < 50 << 20
+
+
+def test_honest_moments_still_load(tmp_path):
+    import inception_utils as iu
+    rng = np.random.default_rng(3)
+    mu, sigma = rng.standard_normal(5), rng.standard_normal((5, 5))
+    np.savez_compressed(tmp_path / 'C10_inception_moments.npz', mu=mu, sigma=sigma)
+    got = iu.load_inception_moments('C10', str(tmp_path))
+    assert np.array_equal(got['mu'], mu) and np.array_equal(got['sigma'], sigma)

@@ -9,15 +9,20 @@ with several experiments also logs_root/compare_IS_FID.png. What the release's M
 (process_inception_log.m, process_training.m, compare_IS.m) showed. Logs that are still being
 written plot what is complete.
 
-Figures are written through the project's atomic write (files.atomic_open).
+Figures are written through the project's atomic write (files.atomic_open). Logs are read
+through files.read_lines only: anything but a regular file (a FIFO, a device) is refused in one
+line, as is a line longer than MAX_LINE; lines whose numbers no figure can hold (an iteration
+beyond int64, a finite value beyond VALUE_LIMIT) are skipped with a notice.
 """
 import fnmatch
 import json
+import math
 import os
 import re
 
 import numpy as np
 
+import files
 import flags
 
 FIGURES = {'IS_FID': 'IS_FID.png', 'losses': 'losses.png',
@@ -25,6 +30,11 @@ FIGURES = {'IS_FID': 'IS_FID.png', 'losses': 'losses.png',
 SIZES = {'IS_FID': (12, 4.5), 'losses': (12, 4.5), 'sv': (10, 6), 'compare': (12, 6)}  # inches
 DPI = 100
 SV_LOG = re.compile(r'([GD])_.*sv\d+$')  # utils.get_SVs' names: G_blocks_0_0_conv1_sv0
+MAX_LINE = 1 << 20   # bytes; the loggers write lines of at most a few kB
+ITR_LIMIT = 1 << 63  # iterations are plotted as int64
+# Finite values larger than this are no loss or score: matplotlib's ranges and ticks overflow
+# on them. NaN and inf are kept (drawn as gaps), as the loggers may write them.
+VALUE_LIMIT = 1e100
 
 
 def prepare_parser():
@@ -51,10 +61,21 @@ def prepare_parser():
 # Reading.
 
 def complete_lines(path):
-    """The lines of a text file, without one still being written (no newline yet)."""
-    with open(path, 'r', errors='replace') as f:
-        text = f.read()
-    return text[:text.rfind('\n') + 1].splitlines()
+    """The lines of a regular text file, without one still being written (no newline yet)."""
+    lines = list(files.read_lines(path, 'log', MAX_LINE))
+    if lines and not lines[-1].endswith('\n'):
+        lines.pop()
+    return [line.rstrip('\r\n') for line in lines]
+
+
+def plottable(value):
+    """Whether a logged value can be drawn: NaN, inf, or finite within VALUE_LIMIT."""
+    return not math.isfinite(value) or abs(value) <= VALUE_LIMIT
+
+
+def skipped_notice(path, count, why):
+    if count:
+        print(f'{path}: skipped {count} line{"s" * (count > 1)} {why}')
 
 
 def latest(itr):
@@ -67,15 +88,20 @@ def latest(itr):
 def read_metric_log(path):
     """(itr, values) of a MyLogger file, lines `itr: value`. The value may be in any %-style
     that prints a number (%3.3e, %3.3f, %g, %d, %s; nan and inf too); other lines are skipped."""
-    itr, values = [], []
+    itr, values, beyond = [], [], 0
     for line in complete_lines(path):
         left, _, right = line.partition(':')
         try:
             i, v = int(left), float(right)
         except ValueError:
             continue
+        if not -ITR_LIMIT <= i < ITR_LIMIT or not plottable(v):
+            beyond += 1
+            continue
         itr.append(i)
         values.append(v)
+    skipped_notice(path, beyond, f'whose iteration lies beyond int64 or whose value beyond '
+                                 f'{VALUE_LIMIT:g}')
     itr, values = np.array(itr, dtype=np.int64), np.array(values, dtype=np.float64)
     keep = latest(itr)
     return itr[keep], values[keep]
@@ -84,14 +110,28 @@ def read_metric_log(path):
 def read_jsonl(path):
     """{key: array} of a MetricsLogger file's numeric fields (itr, IS_mean, IS_std, FID, _stamp,
     KID_mean, ...), NaN where a record lacks a key; records without itr are skipped."""
-    records = []
+    records, beyond = [], 0
     for line in complete_lines(path):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             continue
-        if isinstance(record, dict) and isinstance(record.get('itr'), (int, float)):
-            records.append(record)
+        if not isinstance(record, dict) or not isinstance(record.get('itr'), (int, float)):
+            continue
+        try:
+            # Every number as the float64 it is plotted as; an iteration must be a count.
+            record = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      else v for k, v in record.items()}
+        except OverflowError:
+            beyond += 1
+            continue
+        if (not -ITR_LIMIT <= record['itr'] < ITR_LIMIT
+                or not all(plottable(v) for v in record.values() if isinstance(v, float))):
+            beyond += 1
+            continue
+        records.append(record)
+    skipped_notice(path, beyond, f'with a number beyond {VALUE_LIMIT:g} or an iteration that '
+                                 f'is not an int64 count')
     keys = sorted({k for r in records for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     series = {k: np.array([r.get(k, np.nan) for r in records], dtype=np.float64) for k in keys}

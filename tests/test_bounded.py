@@ -5,7 +5,11 @@ refuse it in one line (FileError, which the CLIs print and exit 2 on) quickly an
 allocating what it declares.
 """
 import io
+import os
+import resource
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import zipfile
@@ -191,3 +195,76 @@ def test_honest_moments_still_load(tmp_path):
     np.savez_compressed(tmp_path / 'C10_inception_moments.npz', mu=mu, sigma=sigma)
     got = iu.load_inception_moments('C10', str(tmp_path))
     assert np.array_equal(got['mu'], mu) and np.array_equal(got['sigma'], sigma)
+
+
+# ----------------------------------------------------------------------------
+# plot_logs.py: only regular files, bounded lines, numbers it cannot draw skipped.
+
+def plot_logs_cli(logs_root, timeout=5):
+    """plot_logs.py in a child process with a time limit and 4 GiB of address space, so a
+    reader that hangs or reads without end fails the test instead of the machine."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, 'plot_logs.py', '--experiment_name', 'run',
+                           '--logs_root', str(logs_root)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit)
+    return done, time.perf_counter() - start
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'dev_zero'])
+def test_plot_logs_refuses_what_is_not_a_regular_file(tmp_path, kind):
+    """A FIFO named G_loss.log would block a plain open() forever; a symlink to /dev/zero
+    would be read without end. Either is one line and exit 2, within 5 s."""
+    (tmp_path / 'run').mkdir()
+    log = tmp_path / 'run' / 'G_loss.log'
+    if kind == 'fifo':
+        os.mkfifo(log)
+    else:
+        os.symlink('/dev/zero', log)
+    done, seconds = plot_logs_cli(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert 'G_loss.log' in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert seconds < 5
+
+
+def test_plot_logs_refuses_a_line_without_end(tmp_path):
+    import plot_logs
+    log = tmp_path / 'G_loss.log'
+    log.write_bytes(b'1' * (plot_logs.MAX_LINE + 10))
+    with pytest.raises(files.FileError, match='longer than'):
+        plot_logs.read_metric_log(str(log))
+
+
+def test_plot_logs_skips_numbers_it_cannot_draw(tmp_path, capsys):
+    """Iterations of 2^63 and beyond, finite values near float64's end, a 400-digit int, a NaN
+    iteration: skipped with a notice; unparsable lines (absurdly nested JSON, a 5000-digit
+    iteration) skipped as before; the rest plotted."""
+    import plot_logs
+    run = tmp_path / 'run'
+    run.mkdir()
+    good = [(1, 0.5), (2, float('inf')), (3, 0.25)]
+    lines = ['9223372036854775808: 1', '1: 1.7e308', '2: -1e200', '1' * 5000 + ': 1']
+    (run / 'G_loss.log').write_text(
+        '\n'.join(lines + [f'{i}: {v}' for i, v in good]) + '\n')
+    records = ['{"itr": 1, "IS_mean": 1e400, "FID": 3}', '{"itr": 1, "FID": ' + '9' * 400 + '}',
+               '{"itr": 9223372036854775808, "IS_mean": 1, "FID": 3}',
+               '{"itr": NaN, "IS_mean": 1}', '[' * 100000,
+               '{"itr": 5, "IS_mean": 2.5, "IS_std": 0.5, "FID": 9, "_stamp": 100}',
+               '{"itr": 9, "IS_mean": 3.5, "IS_std": 0.5, "FID": 7, "_stamp": 200}']
+    (tmp_path / 'run_log.jsonl').write_text('\n'.join(records) + '\n')
+    itr, values = plot_logs.read_metric_log(str(run / 'G_loss.log'))
+    assert itr.tolist() == [i for i, _ in good] and values.tolist() == [v for _, v in good]
+    tests = plot_logs.read_jsonl(str(tmp_path / 'run_log.jsonl'))
+    # 1e400 parses as inf, which is kept (a gap in the figure) like a logged inf.
+    assert tests['itr'].tolist() == [1, 5, 9] and tests['FID'].tolist() == [3, 9, 7]
+    assert np.isinf(tests['IS_mean'][0])
+    out = capsys.readouterr().out
+    assert out.count('skipped 3 lines') == 2
+    for x in ('itr', 'time'):
+        paths = plot_logs.run(vars(plot_logs.prepare_parser().parse_args(
+            ['--experiment_name', 'run', '--logs_root', str(tmp_path), '--x', x])))
+        assert sorted(os.path.basename(p) for p in paths) == ['IS_FID.png', 'losses.png']

@@ -25,6 +25,7 @@ from files import (  # noqa: F401  (release-era names, kept importable from here
     MEM_HEADROOM,
     atomic_open,
     available_memory,
+    check_declared,
     check_memory,
     item_nbytes,
 )
@@ -336,6 +337,18 @@ def open_hdf5(path):
     raise DatasetError(f'{problem}; write it with make_hdf5.py')
 
 
+def read_labels(labels, path):
+    """An HDF5 'labels' dataset as int64, once its declared size is checked: against the
+    memory available (the stored labels and their int64 copy) and, when stored unfiltered,
+    against the file's length, so a header declaring billions of labels reads nothing."""
+    n = len(labels)
+    unfiltered = labels.id.get_create_plist().get_nfilters() == 0
+    check_declared(labels.dtype.itemsize * n, f'its {n} labels', path,
+                         limit=os.path.getsize(path) if unfiltered else None)
+    check_declared((labels.dtype.itemsize + 8) * n, f'its {n} labels', path)
+    return labels[:].astype(np.int64)
+
+
 def normalize(img):
     """uint8 pixels to the release's [-1, 1] float32, ((x / 255) - 0.5) * 2, on the CPU."""
     return img.float().div_(255).sub_(0.5).mul_(2)  # in place: it runs for every image
@@ -390,16 +403,16 @@ class ILSVRC_HDF5(data.Dataset):
         self.raw = raw
         with open_hdf5(self.root) as f:
             imgs, labels = f['imgs'], f['labels']
-            self.labels = labels[:].astype(np.int64)
+            if load_in_mem:
+                check_memory(imgs.dtype.itemsize * int(np.prod(imgs.shape)),
+                             f'the {len(imgs)} images of {self.root}')
+            self.labels = read_labels(labels, self.root)
             # Images per chunk (1 for a contiguous dataset), and whether chunks go through
             # filters (compression) that make a read decompress the whole chunk.
             self.chunk_len = imgs.chunks[0] if imgs.chunks else 1
             self.chunk_nbytes = imgs.dtype.itemsize * int(np.prod(imgs.chunks or imgs.shape[1:]))
             self.compressed = imgs.id.get_create_plist().get_nfilters() > 0
             self.compression = imgs.compression  # 'lzf', 'gzip', ... or None
-            if load_in_mem:
-                check_memory(imgs.dtype.itemsize * int(np.prod(imgs.shape)),
-                             f'the {len(imgs)} images of {self.root}')
             self.data = imgs[:] if load_in_mem else None
         self.targets = self.labels
         self.num_imgs = len(self.labels)

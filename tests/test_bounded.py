@@ -268,3 +268,54 @@ def test_plot_logs_skips_numbers_it_cannot_draw(tmp_path, capsys):
         paths = plot_logs.run(vars(plot_logs.prepare_parser().parse_args(
             ['--experiment_name', 'run', '--logs_root', str(tmp_path), '--x', x])))
         assert sorted(os.path.basename(p) for p in paths) == ['IS_FID.png', 'losses.png']
+
+
+# ----------------------------------------------------------------------------
+# HDF5: labels are read only once their declared size is known to fit.
+
+def hdf5_declaring(path, n, labels_compression=None):
+    """An HDF5 file of a few kB declaring n 3 x 8 x 8 images and n int64 labels (chunked,
+    nothing written: HDF5 stores only the shapes)."""
+    import h5py
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', shape=(n, 3, 8, 8), dtype=np.uint8, chunks=(64, 3, 8, 8))
+        f.create_dataset('labels', shape=(n,), dtype=np.int64, chunks=(1 << 16,),
+                         compression=labels_compression)
+    return str(path)
+
+
+@pytest.fixture
+def no_full_reads(monkeypatch):
+    """Make a whole-dataset read of 'labels' or 'imgs' fail the test instead of allocating."""
+    import h5py
+    read = h5py.Dataset.__getitem__
+
+    def guarded(self, key):
+        if key in (slice(None), Ellipsis, ()) and len(self) > 1 << 20:
+            raise AssertionError(f'{self.name} ({len(self)} rows) read in full')
+        return read(self, key)
+    monkeypatch.setattr(h5py.Dataset, '__getitem__', guarded)
+
+
+@pytest.mark.parametrize('load_in_mem', [False, True])
+def test_hdf5_declaring_2e9_images_is_refused_before_reading_labels(tmp_path, no_full_reads,
+                                                                    load_in_mem):
+    """2e9 uncompressed int64 labels (16 GB) in a file of a few kB: refused against the
+    file's length; with --load_in_mem the 384 GB of images are refused first."""
+    import datasets
+    path = hdf5_declaring(tmp_path / 'huge.hdf5', 2 * 10 ** 9)
+    assert os.path.getsize(path) < 1 << 20
+    match = '--load_in_mem needs' if load_in_mem else 'labels declares'
+    with pytest.raises(files.FileError, match=match):
+        datasets.ILSVRC_HDF5(path, load_in_mem=load_in_mem)
+
+
+def test_hdf5_compressed_labels_beyond_memory_are_refused(tmp_path, no_full_reads,
+                                                          monkeypatch):
+    """Compressed labels may legitimately be far larger than the file, so they are checked
+    against memory (here 1 GB available) instead."""
+    import datasets
+    monkeypatch.setattr(files, 'available_memory', lambda: 10 ** 9)
+    path = hdf5_declaring(tmp_path / 'gzip.hdf5', 2 * 10 ** 8, labels_compression='gzip')
+    with pytest.raises(files.FileError, match='more than the 1.0 GB'):
+        datasets.ILSVRC_HDF5(path)

@@ -59,6 +59,7 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
+    '--kid_subset_size', '--kid_subsets',
     '--tensorboard', '--truncation',
     # the DiffAugment and LeCam forks' flags
     '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
@@ -282,6 +283,10 @@ TRAIN_FLAGS = {
                                 help="Local file with the Inception weights ('': torch hub's "
                                      'cache)'),
     '--kid': dict(action='store_true', default=False, help='Also report KID beside FID'),
+    '--kid_subset_size': dict(type=int, default=1000,
+                              help='Rows per KID subset, from the fakes and the real features '
+                                   'alike; refused when either has fewer'),
+    '--kid_subsets': dict(type=int, default=100, help='Number of KID subsets averaged'),
     '--tensorboard': dict(action='store_true', default=False,
                           help='Also write losses, metrics, singular values, learning rates, '
                                'images/s and sample sheets for TensorBoard to '
@@ -402,7 +407,8 @@ DOMAINS = {
     'D_ortho': '>= 0', 'sv_log_interval': '>= 0', 'total_itrs': '>= 0', 'resolution': '>= 0',
     'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
     'chunk_size': '>= 1', 'chunk_window': '>= 0', 'CR': '>= 0', 'LC': '>= 0',
-    'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1',
+    'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1', 'kid_subset_size': '>= 2',
+    'kid_subsets': '>= 1',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

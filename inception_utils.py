@@ -1,4 +1,8 @@
-"""Inception-based metrics: IS, FID and KID, with two Inception backends.
+"""Inception networks and moments files for the metrics, with two Inception backends.
+
+The metrics' math (IS, FID, KID, PRDC) lives in metrics.py; the release's names for it
+(calculate_inception_score, numpy/torch_calculate_frechet_distance, torch_cov, ...) are
+re-exported here so that code written for the release keeps working.
 
 Backends:
   'torchvision'  torchvision's ImageNet Inception-v3 with the release's
@@ -10,10 +14,6 @@ Backends:
 Both wrappers take images in [-1, 1] of any size and return
 (pool features (N, 2048), logits (N, num_classes)).
 
-FID is computed in float64 through a Cholesky factor and a symmetric
-eigenvalue solver, so it is never NaN on positive semi-definite covariances,
-and the Gaussian statistics accumulate in a streaming way so memory does not
-grow with the image count.
 """
 import hashlib
 import os
@@ -29,6 +29,19 @@ from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
 from files import atomic_open, check_npz
 from flags import DEFAULT_KID_FEATS, ConfigError
+
+# The math lives in metrics; the release's names for it stay importable from here.
+from metrics import (  # noqa: F401
+    FeatureStats,
+    InceptionScoreStats,
+    as_float64,
+    calculate_inception_score,
+    calculate_kid,
+    check_kid_sizes,
+    numpy_calculate_frechet_distance,
+    torch_calculate_frechet_distance,
+    torch_cov,
+)
 
 BACKENDS = ('torchvision', 'tf_fid')
 WEIGHT_FILES = {
@@ -322,288 +335,6 @@ def load_inception_net(parallel=False, backend='torchvision',
 
 
 # ----------------------------------------------------------------------------
-# Statistics.
-
-def torch_cov(m, rowvar=False):
-    """Covariance of m as numpy.cov(m, rowvar=rowvar) computes it (1 / (N - 1)); m is kept."""
-    if m.dim() > 2:
-        raise ValueError('m has more than 2 dimensions')
-    if m.dim() < 2:
-        m = m.view(1, -1)
-    if not rowvar and m.size(0) != 1:
-        m = m.t()
-    # The release centred m in place, changing the caller's tensor; this centres a copy.
-    m = m - torch.mean(m, dim=1, keepdim=True)
-    return (m @ m.t()).squeeze() / (m.size(1) - 1)
-
-
-def _to_numpy64(x):
-    """Any array-like or tensor to a float64 numpy array."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-class FeatureStats:
-    """Streaming float64 mean/covariance, plus an optional sample of rows.
-
-    Batches are merged with Chan et al.'s pairwise update, which keeps the
-    covariance accurate even when the mean is large against the spread.
-    The sums live on the device of the first batch (a GPU does the D x D
-    products far faster). `keep` rows are reservoir-sampled (for KID) so
-    memory stays bounded.
-    """
-
-    def __init__(self, keep=0, seed=0):
-        self.n = 0
-        self._mean = None
-        self._m2 = None
-        self.keep = int(keep)
-        self._rng = np.random.default_rng(seed)
-        self._kept = None
-
-    def update(self, feats):
-        """Add a batch of rows (N, D)."""
-        x = torch.as_tensor(feats).detach()
-        if x.ndim != 2:
-            raise ValueError('FeatureStats.update expects (N, D) features')
-        nb = x.shape[0]
-        if nb == 0:
-            return
-        if self._mean is not None:
-            x = x.to(self._mean.device)
-        x = x.to(torch.float64)
-        self._keep_rows(x)
-        mb = x.mean(0)
-        xc = x - mb
-        m2b = xc.T @ xc
-        if self.n == 0:
-            self._mean, self._m2 = mb, m2b
-        else:
-            total = self.n + nb
-            delta = mb - self._mean
-            self._m2 += m2b + torch.outer(delta, delta) * (
-                self.n * nb / total)
-            self._mean += delta * (nb / total)
-        self.n += nb
-
-    def _keep_rows(self, x):
-        """Reservoir sampling (Algorithm R) of up to `keep` rows."""
-        if self.keep <= 0:
-            return
-        x = x.cpu().numpy()
-        if self._kept is None:
-            self._kept = np.empty((self.keep, x.shape[1]), dtype=np.float32)
-        t = self.n + np.arange(x.shape[0])
-        fill = t < self.keep
-        self._kept[t[fill]] = x[fill]
-        rest = ~fill
-        if rest.any():
-            # Row t takes a random slot j < keep with probability keep/(t+1).
-            j = self._rng.integers(0, t[rest] + 1)
-            for row, slot in zip(x[rest][j < self.keep], j[j < self.keep]):
-                self._kept[slot] = row
-
-    @property
-    def mean(self):
-        """Mean of all rows seen, (D,) float64."""
-        if self.n == 0:
-            raise ValueError('FeatureStats has seen no rows')
-        return self._mean.cpu().numpy().copy()
-
-    @property
-    def cov(self):
-        """Unbiased covariance of all rows seen (as np.cov), (D, D) float64."""
-        if self.n < 2:
-            raise ValueError('FeatureStats needs at least two rows')
-        cov = (self._m2 / (self.n - 1)).cpu().numpy()
-        return (cov + cov.T) / 2
-
-    @property
-    def feats(self):
-        """The reservoir-sampled rows, (min(n, keep), D) float32."""
-        if self._kept is None:
-            return np.zeros((0, 0), dtype=np.float32)
-        return self._kept[:min(self.n, self.keep)].copy()
-
-
-class InceptionScoreStats:
-    """Streaming Inception Score over exactly `num_images` probability rows.
-
-    As the release, the first `num_splits * (num_images // num_splits)`
-    rows are cut into contiguous splits; each split scores
-    exp(mean_i KL(p(y|x_i) || p(y))), using
-    mean KL = mean_i sum p log p - sum pbar log pbar.
-    """
-
-    def __init__(self, num_images, num_splits=10):
-        if num_images < num_splits or num_splits < 1:
-            raise ValueError(f'Need at least num_splits={num_splits} '
-                             f'images, got {num_images}')
-        self.num_splits = num_splits
-        self.split_size = num_images // num_splits
-        self.seen = 0
-        self._plogp = np.zeros(num_splits)
-        self._count = np.zeros(num_splits)
-        self._psum = None
-
-    def update(self, probs):
-        """Add a batch of softmax probabilities (N, C)."""
-        p = _to_numpy64(probs)
-        if self._psum is None:
-            self._psum = np.zeros((self.num_splits, p.shape[1]))
-        split = (self.seen + np.arange(p.shape[0])) // self.split_size
-        self.seen += p.shape[0]
-        # 0 * log 0 is taken as 0, where the release would give NaN.
-        plogp = (p * np.log(np.where(p > 0, p, 1.0))).sum(1)
-        for s in np.unique(split[split < self.num_splits]):
-            rows = split == s
-            self._plogp[s] += plogp[rows].sum()
-            self._psum[s] += p[rows].sum(0)
-            self._count[s] += rows.sum()
-
-    def result(self):
-        """(mean, std) of the per-split scores."""
-        scores = []
-        for s in range(self.num_splits):
-            if self._count[s] == 0:
-                continue
-            pbar = self._psum[s] / self._count[s]
-            entropy_term = (pbar * np.log(np.where(pbar > 0, pbar, 1.0))).sum()
-            kl = self._plogp[s] / self._count[s] - entropy_term
-            scores.append(np.exp(kl))
-        if not scores:
-            raise ValueError('InceptionScoreStats has seen no images')
-        return float(np.mean(scores)), float(np.std(scores))
-
-
-def calculate_inception_score(pred, num_splits=10):
-    """IS (mean, std over splits) of softmax predictions (N, C)."""
-    stats = InceptionScoreStats(len(pred), num_splits)
-    stats.update(pred)
-    return stats.result()
-
-
-# ----------------------------------------------------------------------------
-# Frechet distance and KID.
-
-def _sqrt_psd_numpy(a):
-    """Symmetric square root of a PSD matrix via eigh (negatives clamped)."""
-    w, v = np.linalg.eigh(a)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def _trace_sqrt_product_numpy(sigma1, sigma2):
-    """Tr sqrt(sigma1 sigma2) for symmetric PSD sigma1, sigma2 (float64).
-
-    With any factor F of sigma1 = F F^T, the eigenvalues of sigma1 sigma2
-    are those of the symmetric PSD matrix F^T sigma2 F, so a symmetric
-    eigenvalue solver suffices: no NaN, no complex parts. Cholesky gives F
-    cheaply; a singular sigma1 falls back to its symmetric square root.
-    """
-    try:
-        f = np.linalg.cholesky(sigma1)
-    except np.linalg.LinAlgError:
-        f = _sqrt_psd_numpy(sigma1)
-    m = f.T @ sigma2 @ f
-    ev = np.linalg.eigvalsh((m + m.T) / 2)
-    return np.sqrt(np.clip(ev, 0, None)).sum()
-
-
-def numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64.
-
-    Never NaN on PSD inputs (see _trace_sqrt_product_numpy). `eps` is kept
-    for the release's signature; no regularising offset is needed.
-    """
-    del eps
-    mu1, mu2 = _to_numpy64(mu1).ravel(), _to_numpy64(mu2).ravel()
-    sigma1, sigma2 = _to_numpy64(sigma1), _to_numpy64(sigma2)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError('Means and covariances must have matching shapes')
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-                 - 2 * _trace_sqrt_product_numpy(sigma1, sigma2))
-
-
-def _sqrt_psd_torch(a):
-    """Torch twin of _sqrt_psd_numpy."""
-    w, v = torch.linalg.eigh(a)
-    return (v * w.clamp(min=0).sqrt()) @ v.T
-
-
-def _trace_sqrt_product_torch(sigma1, sigma2):
-    """Torch twin of _trace_sqrt_product_numpy."""
-    f, info = torch.linalg.cholesky_ex(sigma1)
-    if info.item() != 0:
-        f = _sqrt_psd_torch(sigma1)
-    m = f.T @ sigma2 @ f
-    ev = torch.linalg.eigvalsh((m + m.T) / 2)
-    return ev.clamp(min=0).sqrt().sum()
-
-
-def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """Torch twin of numpy_calculate_frechet_distance; a 0-d float64 tensor.
-
-    Runs on the device of `sigma1` when it is a tensor (CPU otherwise).
-    """
-    del eps
-    device = sigma1.device if isinstance(sigma1, torch.Tensor) else 'cpu'
-
-    def as64(x):
-        return torch.as_tensor(x).to(device=device, dtype=torch.float64)
-
-    mu1, mu2 = as64(mu1).flatten(), as64(mu2).flatten()
-    sigma1, sigma2 = as64(sigma1), as64(sigma2)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError('Means and covariances must have matching shapes')
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    diff = mu1 - mu2
-    return (diff @ diff + torch.trace(sigma1) + torch.trace(sigma2)
-            - 2 * _trace_sqrt_product_torch(sigma1, sigma2))
-
-
-def _poly_kernel(x, y):
-    """KID's cubic polynomial kernel k(x, y) = (x.y / d + 1)^3."""
-    return (x @ y.T / x.shape[1] + 1) ** 3
-
-
-def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
-                  device=None):
-    """Kernel Inception Distance: (mean, std) of unbiased MMD^2 over subsets.
-
-    Each subset draws m = min(subset_size, n1, n2) rows without replacement
-    from each set; MMD^2 = mean off-diagonal k(x, x') + mean off-diagonal
-    k(y, y') - 2 mean k(x, y). Computed in float64 on `device` (CPU by
-    default): 100 subsets of 1000 2048-d rows are ~1 TFLOP, which a GPU
-    does in a blink.
-    """
-    device = torch.device('cpu') if device is None else torch.device(device)
-    x_all = torch.as_tensor(_to_numpy64(feats1), device=device)
-    y_all = torch.as_tensor(_to_numpy64(feats2), device=device)
-    m = min(subset_size, len(x_all), len(y_all))
-    if m < 2:
-        raise ValueError('KID needs at least two rows in each set')
-    # Subsets come from a seeded numpy generator so that they do not depend
-    # on the device.
-    rng = np.random.default_rng(seed)
-    scores = np.empty(num_subsets)
-    off = m * (m - 1)
-    for i in range(num_subsets):
-        x = x_all[torch.as_tensor(rng.choice(len(x_all), m, replace=False),
-                                  device=device)]
-        y = y_all[torch.as_tensor(rng.choice(len(y_all), m, replace=False),
-                                  device=device)]
-        kxx, kyy = _poly_kernel(x, x), _poly_kernel(y, y)
-        kxy = _poly_kernel(x, y)
-        score = ((kxx.sum() - kxx.trace()) / off
-                 + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean())
-        scores[i] = score.item()
-    return float(scores.mean()), float(scores.std())
-
-
-# ----------------------------------------------------------------------------
 # Activations and moments.
 
 def _net_device(net):
@@ -695,7 +426,7 @@ def find_moments_file(dataset, data_root='data'):
 def save_inception_moments(path, mu, sigma, backend, feats=None):
     """Write mu, sigma, backend (and optional real pool feats) atomically."""
     _check_backend(backend)
-    arrays = {'mu': _to_numpy64(mu), 'sigma': _to_numpy64(sigma),
+    arrays = {'mu': as_float64(mu), 'sigma': as_float64(sigma),
               'backend': np.array(backend)}
     if feats is not None and len(feats):
         arrays['feats'] = np.asarray(feats, dtype=np.float32)
@@ -751,24 +482,30 @@ def _read_moments(path, dataset, data_root, backend, need_feats):
 
 
 def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',
-                    weights_path=None, device=None, data_root='data', kid=False):
+                    weights_path=None, device=None, data_root='data', kid=False,
+                    kid_subset_size=1000, kid_subsets=100, num_images=None):
     """Load the network (and moments) once; return measure(sample, num_images, num_splits=10,
     prints=True, use_torch=True) -> {'IS_mean', 'IS_std', 'FID'[, 'KID_mean', 'KID_std']}.
 
     With no_fid, FID (and KID) are NO_FID (9999.0) and no moments file is needed. Real
-    features for KID come from the moments file's optional 'feats' entry.
+    features for KID come from the moments file's optional 'feats' entry; a KID subset larger
+    than them, or than num_images when given, is refused here (metrics.MetricsError), so a
+    training run stops before its first step rather than at its first test.
     """
     moments = None
     if not no_fid:
         moments = load_inception_moments(dataset, data_root, backend,
                                          need_feats=kid)
+        if kid:
+            real = len(moments['feats'])
+            check_kid_sizes(kid_subset_size, real, real if num_images is None else num_images)
     net = load_inception_net(parallel, backend, weights_path, device)
 
     def measure(sample, num_images, num_splits=10, prints=True, use_torch=True):
         """IS, FID (and KID) of exactly num_images samples."""
         if prints:
             print('Gathering activations...')
-        keep = min(num_images, DEFAULT_KID_FEATS) if (
+        keep = min(num_images, max(DEFAULT_KID_FEATS, kid_subset_size)) if (
             kid and moments is not None) else 0
         feats, scores = accumulate_inception_stats(
             sample, net, num_images, num_splits, keep_feats=keep)
@@ -797,7 +534,8 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
         out['FID'] = float(fid)
         if kid:
             out['KID_mean'], out['KID_std'] = calculate_kid(
-                feats.feats, moments['feats'], device=_net_device(net))
+                feats.feats, moments['feats'], num_subsets=kid_subsets,
+                subset_size=kid_subset_size, device=_net_device(net))
         return out
 
     return measure

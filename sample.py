@@ -122,7 +122,9 @@ def run(config):
         measure = inception_utils.prepare_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
-            device=device, data_root=config['data_root'], kid=config['kid'])
+            device=device, data_root=config['data_root'], kid=config['kid'],
+            kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
+            num_images=config['num_inception_images'])
 
     G = model.Generator(**config).to(device)
     state_dict = {'itr': 0}

@@ -207,7 +207,8 @@ def cuda_flags(setup, name, *extra):
         '--data_root', str(data_root), '--weights_root', str(tmp / 'weights'),
         '--logs_root', str(tmp / 'logs'), '--samples_root', str(tmp / 'samples'),
         '--experiment_name', name, '--inception_backend', 'tf_fid',
-        '--inception_weights', str(weights), '--kid', '--num_inception_images', '10',
+        '--inception_weights', str(weights), '--kid', '--kid_subset_size', '10',
+        '--num_inception_images', '10',
         '--ema', '--use_ema', '--num_D_steps', '1', '--batch_size', '2'] + list(extra)
 
 

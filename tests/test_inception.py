@@ -176,7 +176,7 @@ def test_kid_matches_direct_computation():
     x = rng.standard_normal((12, 4))
     y = rng.standard_normal((12, 4)) + 0.5
     # A subset as large as the sets is a permutation: MMD is unchanged.
-    mean, std = iu.calculate_kid(x, y, num_subsets=3, subset_size=50)
+    mean, std = iu.calculate_kid(x, y, num_subsets=3, subset_size=12)
     assert mean == pytest.approx(direct_mmd2(x, y), rel=1e-10)
     assert std == pytest.approx(0.0, abs=1e-12)
     # Proper subsets: each score is the direct MMD of the chosen rows.
@@ -497,7 +497,8 @@ def test_get_inception_metrics_matches_parts(fake_metrics_setup):
 
 def test_get_inception_metrics_with_kid(fake_metrics_setup):
     net, root, real = fake_metrics_setup
-    measure = iu.prepare_metrics('C10_hdf5', False, data_root=root, kid=True)
+    measure = iu.prepare_metrics('C10_hdf5', False, data_root=root, kid=True,
+                                 kid_subset_size=12)
     out = measure(CountingSampler(batch=4), 12, num_splits=3, prints=False)
     assert set(out) == {'IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std'}
     assert all(np.isfinite(v) for v in out.values())
@@ -512,7 +513,7 @@ def test_get_inception_metrics_with_kid(fake_metrics_setup):
     assert out['KID_mean'] == pytest.approx(np.mean(scores), rel=1e-6)
     assert out['KID_std'] == pytest.approx(np.std(scores), rel=1e-5)
     # The release's entry point gives the same IS and FID as its tuple.
-    release = iu.prepare_inception_metrics('C10_hdf5', False, data_root=root, kid=True)
+    release = iu.prepare_inception_metrics('C10_hdf5', False, data_root=root)
     assert release(CountingSampler(batch=4), 12, num_splits=3, prints=False) == pytest.approx(
         (out['IS_mean'], out['IS_std'], out['FID']))
 

@@ -1,0 +1,179 @@
+"""metrics.py against implementations others wrote: the prdc package (precision, recall,
+density, coverage), torch-fidelity (KID), pytorch-fid (the Frechet distance and its Inception,
+which the tf_fid backend must equal); plus small cases worked out by hand."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import inception_utils
+import metrics
+
+prdc = pytest.importorskip('prdc')
+PRDC_KEYS = ('precision', 'recall', 'density', 'coverage')
+
+
+# ----------------------------------------------------------------------------
+# PRDC.
+
+def reference_prdc(real, fake, k, capsys):
+    """The prdc package's numbers (it prints a line, which the test swallows)."""
+    out = prdc.compute_prdc(real, fake, k)
+    capsys.readouterr()
+    return {key: float(out[key]) for key in PRDC_KEYS}
+
+
+def feature_sets(seed):
+    """(name, real, fake) pairs covering the cases that decide a strict '<': float32 and
+    float64, mixed dtypes, integer grids (many exactly equal distances), an identical copy."""
+    rng = np.random.default_rng(seed)
+    real = rng.standard_normal((230, 48))
+    fake = rng.standard_normal((190, 48)) * 1.2 + 0.15
+    grid_r = rng.integers(0, 3, (150, 5)).astype(np.float32)
+    grid_f = rng.integers(0, 3, (140, 5)).astype(np.float32)
+    return [('float64', real, fake), ('float32', real.astype(np.float32), fake.astype(np.float32)),
+            ('mixed', real, fake.astype(np.float32)), ('grid', grid_r, grid_f),
+            ('identical', real[:120].astype(np.float32), real[:120].astype(np.float32).copy())]
+
+
+@pytest.mark.parametrize('case', range(5))
+@pytest.mark.parametrize('k', [1, 3, 7])
+def test_prdc_equals_prdc_package(case, k, capsys):
+    name, real, fake = feature_sets(0)[case]
+    expected = reference_prdc(real, fake, k, capsys)
+    # Blocks of 64 rows: several blocks per side, a ragged last one.
+    got = metrics.compute_prdc(real, fake, k, block_size=64)
+    assert set(got) == set(PRDC_KEYS)
+    for key in PRDC_KEYS:
+        assert abs(got[key] - expected[key]) <= 1e-9, (name, key)
+    # Block size changes nothing.
+    assert metrics.compute_prdc(real, fake, k, block_size=1000) == got
+
+
+def test_prdc_by_hand():
+    """1-d points worked out on paper. Reals 0, 1, 2, 10: with k = 1 their radii are 1, 1, 1,
+    8. Fakes 0.5, 9, 30: radii 8.5, 8.5, 21."""
+    real = np.array([[0.], [1.], [2.], [10.]])
+    fake = np.array([[0.5], [9.], [30.]])
+    got = metrics.compute_prdc(real, fake, 1, block_size=2)
+    # 0.5 lies in the balls of 0 and 1, 9 in the ball of 10, 30 in none.
+    assert got['precision'] == pytest.approx(2 / 3)
+    assert got['density'] == pytest.approx((2 + 1 + 0) / 3)
+    # Every real lies within 8.5 of 0.5 or 9 (0, 1, 2 of 0.5; 10 of 9).
+    assert got['recall'] == pytest.approx(1.0)
+    # Balls holding a fake: 0 (0.5 at 0.5 < 1), 1 (0.5 < 1), 10 (1 < 8); not 2 (1.5 > 1).
+    assert got['coverage'] == pytest.approx(3 / 4)
+
+
+def test_prdc_works_in_blocks(monkeypatch):
+    """No distance block is ever larger than block_size x block_size."""
+    shapes = []
+    blocks = metrics._distance_blocks
+
+    def spy(*args, **kwargs):
+        for i, j, d in blocks(*args, **kwargs):
+            shapes.append(tuple(d.shape))
+            yield i, j, d
+    monkeypatch.setattr(metrics, '_distance_blocks', spy)
+    rng = np.random.default_rng(1)
+    metrics.compute_prdc(rng.standard_normal((100, 4)), rng.standard_normal((90, 4)), 3,
+                         block_size=16)
+    assert max(max(s) for s in shapes) == 16
+    # real-real, fake-fake and real-fake passes, block by block.
+    assert len(shapes) == 7 * 7 + 6 * 6 + 7 * 6
+
+
+def test_prdc_accepts_tensors():
+    rng = np.random.default_rng(2)
+    real, fake = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
+    assert metrics.compute_prdc(torch.from_numpy(real), torch.from_numpy(fake), 2) == \
+        metrics.compute_prdc(real, fake, 2)
+
+
+@pytest.mark.parametrize('k, shapes, match', [
+    (0, ((10, 3), (10, 3)), 'nearest_k'), (10, ((10, 3), (20, 3)), 'nearest_k'),
+    (2, ((10, 3), (10, 4)), 'dimensions'), (2, ((10,), (10, 3)), 'shape')])
+def test_prdc_refuses_bad_inputs(k, shapes, match):
+    with pytest.raises(metrics.MetricsError, match=match) as err:
+        metrics.compute_prdc(np.zeros(shapes[0]), np.zeros(shapes[1]), k)
+    assert '\n' not in str(err.value)
+
+
+# ----------------------------------------------------------------------------
+# KID.
+
+def test_kid_equals_torch_fidelity_with_one_subset_of_all():
+    metric_kid = pytest.importorskip('torch_fidelity.metric_kid')
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((150, 32))
+    y = rng.standard_normal((150, 32)) * 0.9 + 0.2
+    expected = metric_kid.kid_features_to_metric(
+        torch.from_numpy(x), torch.from_numpy(y), kid_subsets=1, kid_subset_size=150,
+        verbose=False)['kernel_inception_distance_mean']
+    mean, std = metrics.calculate_kid(x, y, num_subsets=1, subset_size=150)
+    assert mean == pytest.approx(expected, rel=1e-10)
+    assert std == 0.0
+
+
+@pytest.mark.parametrize('size, n1, n2', [(11, 10, 50), (11, 50, 10), (1, 10, 10)])
+def test_kid_refuses_subsets_larger_than_the_samples(size, n1, n2):
+    with pytest.raises(metrics.MetricsError, match='--kid_subset_size') as err:
+        metrics.calculate_kid(np.zeros((n1, 3)), np.zeros((n2, 3)), subset_size=size)
+    assert '\n' not in str(err.value)
+
+
+# ----------------------------------------------------------------------------
+# FID and the tf_fid backend against pytorch-fid.
+
+@pytest.mark.parametrize('fid_fn', [metrics.numpy_calculate_frechet_distance,
+                                    metrics.torch_calculate_frechet_distance])
+def test_fid_equals_pytorch_fid(fid_fn, capsys):
+    fid_score = pytest.importorskip('pytorch_fid.fid_score')
+    rng = np.random.default_rng(4)
+    for dim in (3, 32, 128):
+        a = rng.standard_normal((4 * dim, dim)) @ rng.standard_normal((dim, dim))
+        b = rng.standard_normal((4 * dim, dim)) + 0.3
+        mu1, mu2 = a.mean(0), b.mean(0)
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        expected = fid_score.calculate_frechet_distance(mu1, s1, mu2, s2)
+        assert float(fid_fn(mu1, s1, mu2, s2)) == pytest.approx(expected, rel=1e-7)
+    capsys.readouterr()
+
+
+def test_tf_fid_backend_equals_pytorch_fid_inception(tmp_path, monkeypatch):
+    """pytorch-fid's InceptionV3 (pool block) and the tf_fid backend, both given the same
+    seeded random weights saved in the public .pth's layout, give the same pool features."""
+    pf_inception = pytest.importorskip('pytorch_fid.inception')
+    torch.manual_seed(0)
+    net = inception_utils.build_inception_net('tf_fid')
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.running_mean.numel()
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    path = tmp_path / inception_utils.WEIGHT_FILES['tf_fid']
+    torch.save(net.state_dict(), path)
+    # pytorch-fid fetches its weights by URL; here it gets the file above.
+    monkeypatch.setattr(pf_inception, 'load_state_dict_from_url',
+                        lambda *a, **k: torch.load(path, weights_only=True))
+    theirs = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    ours = inception_utils.load_inception_net(backend='tf_fid', weights_path=str(path),
+                                              device='cpu')
+    images = torch.rand(1, 3, 37, 41, generator=gen)  # pytorch-fid takes [0, 1], ours [-1, 1]
+    with torch.no_grad():
+        expected = theirs(images)[0].flatten(1)
+        pool, _ = ours(images * 2 - 1)
+    assert expected.abs().mean() > 1e-3  # the random network passes a signal through
+    torch.testing.assert_close(pool, expected, rtol=1e-4, atol=1e-5 * expected.abs().max())
+
+
+def test_inception_utils_re_exports_the_math():
+    for name in ('FeatureStats', 'InceptionScoreStats', 'calculate_inception_score',
+                 'numpy_calculate_frechet_distance', 'torch_calculate_frechet_distance',
+                 'calculate_kid', 'torch_cov'):
+        assert getattr(inception_utils, name) is getattr(metrics, name)

@@ -7,20 +7,26 @@ and writes {data_root}/{dataset without a trailing _hdf5}_inception_moments.npz
 holding mu, sigma, the backend name and, unless --kid_feats 0, a uniform
 random sample of real pool features for KID. The file is written atomically.
 
+With --per_class, the same pass also writes each class's moments, for intra-FID, to
+{data_root}/{dataset}_inception_moments_per_class.hdf5 (inception_utils.PerClassMomentsWriter:
+one class per HDF5 chunk, read one class at a time).
+
 Example:
-  python calculate_inception_moments.py --dataset I128_hdf5 --data_root data
+  python calculate_inception_moments.py --dataset I128_hdf5 --data_root data [--per_class]
 """
+import contextlib
 import os
 
+import h5py
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import flags
 import inception_utils
-from datasets import check_dataset, get_data_loaders, to_float
+from datasets import check_dataset, get_data_loaders, nclass_dict, to_float
 from distributed import pick_device
-from files import check_writable
+from files import atomic_path, check_writable
 
 
 def prepare_parser():
@@ -29,7 +35,7 @@ def prepare_parser():
     flags.add_flags(parser, ['--dataset', '--data_root', '--batch_size', '--parallel', '--augment',
                              '--num_workers', '--shuffle', '--seed', '--inception_backend',
                              '--inception_weights', '--device', *flags.CUSTOM_DATASET_FLAGS,
-                             '--download', '--num_samples', '--kid_feats'])
+                             '--download', '--num_samples', '--kid_feats', '--per_class'])
     return parser
 
 
@@ -55,11 +61,26 @@ def run(config):
     num_images = len(loader.dataset)
     scores = inception_utils.InceptionScoreStats(num_images,
                                                  min(10, num_images))
-    with torch.no_grad():
-        for x, _ in tqdm(loader):
-            pool, logits = net(to_float(x.to(device)).float())
-            feats.update(pool)
-            scores.update(F.softmax(logits.double(), 1))
+    per_class_path = os.path.join(config['data_root'], inception_utils.per_class_moments_filename(
+        config['dataset']))
+    with contextlib.ExitStack() as stack:
+        per_class = None
+        if config.get('per_class'):
+            tmp = stack.enter_context(atomic_path(per_class_path))
+            per_class = inception_utils.PerClassMomentsWriter(
+                stack.enter_context(h5py.File(tmp, 'w')),
+                config.get('n_classes') or nclass_dict[config['dataset']], backend)
+        with torch.no_grad():
+            for x, y in tqdm(loader):
+                pool, logits = net(to_float(x.to(device)).float())
+                feats.update(pool)
+                scores.update(F.softmax(logits.double(), 1))
+                if per_class is not None:
+                    per_class.update(pool, y)
+        if per_class is not None:
+            counts = per_class.finish()
+            print(f'Saved the moments of {int((counts >= 2).sum())} classes (of {len(counts)}) '
+                  f'to {per_class_path}')
     is_mean, is_std = scores.result()
     print(f'Training data from dataset {config["dataset"]} has IS of '
           f'{is_mean:5.5f} +/- {is_std:5.5f} ({backend} backend)')

@@ -59,7 +59,7 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
-    '--kid_subset_size', '--kid_subsets',
+    '--kid_subset_size', '--kid_subsets', '--per_class',
     '--tensorboard', '--truncation',
     # the DiffAugment and LeCam forks' flags
     '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
@@ -355,6 +355,9 @@ RELEASE_CHUNK = 500
 TOOL_FLAGS = {
     '--kid_feats': dict(type=int, default=DEFAULT_KID_FEATS,  # calculate_inception_moments.py
                         help='Real pool features stored for KID; 0 stores none'),
+    '--per_class': dict(action='store_true', default=False,  # calculate_inception_moments.py
+                        help="Also write each class's moments, for intra-FID, to "
+                             '{dataset}_inception_moments_per_class.hdf5'),
     '--chunk_size': dict(type=int, default=None,  # make_hdf5.py
                          help='HDF5 chunk length along the image axis; default '
                               f"{RELEASE_CHUNK} (the release's) uncompressed; with "

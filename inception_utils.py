@@ -27,7 +27,7 @@ from torchvision.models import inception as tv_inception
 
 from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
-from files import atomic_open, check_npz
+from files import atomic_open, check_npz, file_digest, open_regular
 from flags import DEFAULT_KID_FEATS, ConfigError
 
 # The math lives in metrics; the release's names for it stay importable from here.
@@ -479,6 +479,131 @@ def _read_moments(path, dataset, data_root, backend, need_feats):
                     f'{moments_command(dataset, data_root, backend)}')
             out['feats'] = data['feats']
     return out
+
+
+def per_class_moments_filename(dataset):
+    """'{dataset}_inception_moments_per_class.hdf5' without a trailing '_hdf5' suffix."""
+    return dataset.removesuffix('_hdf5') + '_inception_moments_per_class.hdf5'
+
+
+class PerClassMomentsWriter:
+    """Per-class Inception moments accumulated into an HDF5 file, with bounded memory.
+
+    The file holds 'count' (C,) int64, 'mu' (C, D) and 'sigma' (C, D, D) float64, chunked one
+    class per chunk so that a reader loads one class at a time (1,000 ImageNet classes of
+    2048^2 float64 covariances are 33.5 GB), and the backend as an attribute. While writing,
+    'sigma' holds the classes' sums of centred outer products; at most `open_classes` classes
+    are accumulated in memory, and the least recently updated one is merged into the file when
+    another is needed, so class-sorted data (ImageNet HDF5 files are) write each class once.
+    """
+
+    def __init__(self, h5, n_classes, backend, open_classes=8):
+        self.h5, self.n_classes, self.backend = h5, int(n_classes), backend
+        self.open_classes = open_classes
+        self._open = {}  # class -> FeatureStats, in least recently updated first order
+
+    def _create(self, dim):
+        c = self.n_classes
+        self.h5.attrs['backend'] = self.backend
+        self.h5.create_dataset('count', data=np.zeros(c, dtype=np.int64))
+        self.h5.create_dataset('mu', shape=(c, dim), dtype=np.float64, chunks=(1, dim),
+                               fillvalue=0)
+        self.h5.create_dataset('sigma', shape=(c, dim, dim), dtype=np.float64,
+                               chunks=(1, dim, dim), fillvalue=0)
+
+    def update(self, feats, labels):
+        """Add pool features (N, D) with their class labels (N,)."""
+        feats = torch.as_tensor(feats).detach()
+        labels = torch.as_tensor(labels).cpu().numpy()
+        if 'mu' not in self.h5:
+            self._create(feats.shape[1])
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise InceptionMomentsError(f'class labels outside 0..{self.n_classes - 1}')
+        for c in np.unique(labels):
+            c = int(c)
+            stats = self._open.pop(c, None) or FeatureStats()
+            stats.update(feats[torch.as_tensor(labels == c, device=feats.device)])
+            self._open[c] = stats
+            if len(self._open) > self.open_classes:
+                self._flush(next(iter(self._open)))
+
+    def _flush(self, c):
+        """Merge class c's in-memory sums into the file's."""
+        stats = self._open.pop(c)
+        n = int(self.h5['count'][c])
+        if n:
+            stats.merge(n, self.h5['mu'][c], self.h5['sigma'][c])
+        total, mean, m2 = stats.state()
+        self.h5['count'][c] = total
+        self.h5['mu'][c] = mean
+        self.h5['sigma'][c] = m2
+
+    def finish(self):
+        """Flush every class and turn the sums into unbiased covariances (classes with fewer
+        than two images keep zeros; 'count' tells them apart)."""
+        while self._open:
+            self._flush(next(iter(self._open)))
+        if 'mu' not in self.h5:
+            raise InceptionMomentsError('no images to compute per-class moments of')
+        counts = self.h5['count'][:]
+        for c in np.flatnonzero(counts >= 2):
+            m2 = self.h5['sigma'][c] / (counts[c] - 1)
+            self.h5['sigma'][c] = (m2 + m2.T) / 2
+        for c in np.flatnonzero(counts == 1):
+            self.h5['sigma'][c] = 0
+        return counts
+
+
+class PerClassMoments:
+    """Reader of a per-class moments file: moments(c) loads class c alone."""
+
+    def __init__(self, path, backend):
+        import h5py
+        self.path = path
+        try:
+            self.h5 = h5py.File(open_regular(path, 'per-class Inception moments'), 'r')
+            counts = self.h5['count'][:]
+            mu, sigma = self.h5['mu'], self.h5['sigma']
+            file_backend = str(self.h5.attrs['backend'])
+        except (OSError, KeyError, ValueError) as err:
+            raise InceptionMomentsError(
+                f'per-class Inception moments {path} cannot be read ({type(err).__name__}); '
+                f'recompute them with calculate_inception_moments.py --per_class') from None
+        c, d = len(counts), mu.shape[-1]
+        if mu.shape != (c, d) or sigma.shape != (c, d, d):
+            raise InceptionMomentsError(
+                f'per-class Inception moments {path} have inconsistent shapes (count {c}, mu '
+                f'{mu.shape}, sigma {sigma.shape}); recompute them')
+        if file_backend != backend:
+            raise InceptionMomentsError(
+                f'per-class Inception moments {path} were computed with the {file_backend} '
+                f'backend, not {backend}; recompute them with --inception_backend {backend}')
+        self.counts = counts
+
+    @property
+    def classes(self):
+        """The classes with at least two images (a covariance)."""
+        return [int(c) for c in np.flatnonzero(self.counts >= 2)]
+
+    def moments(self, c):
+        """(mu (D,), sigma (D, D)) of class c, read from the file now."""
+        return self.h5['mu'][c], self.h5['sigma'][c]
+
+    def sha256(self):
+        """The file's sha256 (for the protocol stamp)."""
+        return file_digest(self.path)['sha256']
+
+
+def find_per_class_moments(dataset, data_root='data', backend='torchvision'):
+    """The dataset's per-class moments (PerClassMoments), looked for as the moments file is,
+    or an InceptionMomentsError naming the command that makes them."""
+    name = per_class_moments_filename(dataset)
+    for folder in (data_root, os.getcwd()):
+        if folder is not None and os.path.isfile(os.path.join(folder, name)):
+            return PerClassMoments(os.path.join(folder, name), backend)
+    raise InceptionMomentsError(
+        f'per-class Inception moments {name} not found in {data_root} or {os.getcwd()}; make '
+        f'them with: {moments_command(dataset, data_root, backend)} --per_class')
 
 
 def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',

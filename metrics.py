@@ -78,16 +78,7 @@ class FeatureStats:
         self._keep_rows(x)
         mb = x.mean(0)
         xc = x - mb
-        m2b = xc.T @ xc
-        if self.n == 0:
-            self._mean, self._m2 = mb, m2b
-        else:
-            total = self.n + nb
-            delta = mb - self._mean
-            self._m2 += m2b + torch.outer(delta, delta) * (
-                self.n * nb / total)
-            self._mean += delta * (nb / total)
-        self.n += nb
+        self.merge(nb, mb, xc.T @ xc)
 
     def _keep_rows(self, x):
         """Reservoir sampling (Algorithm R) of up to `keep` rows."""
@@ -105,6 +96,26 @@ class FeatureStats:
             j = self._rng.integers(0, t[rest] + 1)
             for row, slot in zip(x[rest][j < self.keep], j[j < self.keep]):
                 self._kept[slot] = row
+
+    def merge(self, n, mean, m2):
+        """Add the rows another accumulator saw, given as its (n, mean, m2) (Chan's update)."""
+        if n == 0:
+            return
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        m2 = torch.as_tensor(m2, dtype=torch.float64)
+        if self.n == 0:
+            self._mean, self._m2 = mean.clone(), m2.clone()
+        else:
+            mean, m2 = mean.to(self._mean), m2.to(self._m2)
+            total = self.n + n
+            delta = mean - self._mean
+            self._m2 += m2 + torch.outer(delta, delta) * (self.n * n / total)
+            self._mean += delta * (n / total)
+        self.n += n
+
+    def state(self):
+        """(n, mean (D,), m2 (D, D)): the sums merge() takes, as float64 numpy arrays."""
+        return self.n, self._mean.cpu().numpy(), self._m2.cpu().numpy()
 
     @property
     def mean(self):
@@ -264,6 +275,22 @@ def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     diff = mu1 - mu2
     return (diff @ diff + torch.trace(sigma1) + torch.trace(sigma2)
             - 2 * _trace_sqrt_product_torch(sigma1, sigma2))
+
+
+def calculate_intra_fid(classes, fake_moments, real_moments):
+    """intra-FID: the mean over classes of the FID between each class's fakes and that class's
+    reference statistics. fake_moments(c) and real_moments(c) return (mu, sigma) of class c;
+    they are called one class at a time, so only one class's covariances are held at once.
+    Returns (intra-FID, {class: FID}).
+    """
+    per_class = {}
+    for c in classes:
+        mu1, sigma1 = fake_moments(c)
+        mu2, sigma2 = real_moments(c)
+        per_class[c] = numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
+    if not per_class:
+        raise MetricsError('intra-FID needs at least one class')
+    return float(np.mean(list(per_class.values()))), per_class
 
 
 def _poly_kernel(x, y):

@@ -177,3 +177,78 @@ def test_inception_utils_re_exports_the_math():
                  'numpy_calculate_frechet_distance', 'torch_calculate_frechet_distance',
                  'calculate_kid', 'torch_cov'):
         assert getattr(inception_utils, name) is getattr(metrics, name)
+
+
+# ----------------------------------------------------------------------------
+# intra-FID and per-class moments.
+
+def test_intra_fid_by_hand():
+    """FID of 1-d Gaussians is (mu1 - mu2)^2 + (s1 - s2)^2 with s the standard deviations:
+    class 0: 3^2 + (1 - 2)^2 = 10; class 1: 0 + (3 - 1)^2 = 4; class 2 (2-d, diagonal):
+    2 + (1 - 2)^2 + (2 - 1)^2 = 4. intra-FID is their mean, 6."""
+    fake = {0: ([0.], [[1.]]), 1: ([1.], [[9.]]), 2: ([0., 0.], np.diag([1., 4.]))}
+    real = {0: ([3.], [[4.]]), 1: ([1.], [[1.]]), 2: ([1., 1.], np.diag([4., 1.]))}
+    calls = []
+
+    def real_moments(c):
+        calls.append(c)
+        return real[c]
+    value, per_class = metrics.calculate_intra_fid([0, 1, 2], fake.get, real_moments)
+    assert per_class == pytest.approx({0: 10., 1: 4., 2: 4.})
+    assert value == pytest.approx(6.)
+    assert calls == [0, 1, 2]  # one class at a time
+
+
+def test_per_class_moments_file(tmp_path):
+    """Shuffled classes with room for two in memory: every class is flushed and merged
+    several times, and still equals numpy's mean and covariance of its rows."""
+    import h5py
+    rng = np.random.default_rng(5)
+    feats = rng.standard_normal((120, 6)) * 3 + 10
+    labels = rng.integers(0, 5, 120)
+    labels[labels == 4] = 3  # class 4 has no image
+    labels[0] = 4  # ... now one
+    path = tmp_path / 'm.hdf5'
+    with h5py.File(path, 'w') as h5:
+        writer = inception_utils.PerClassMomentsWriter(h5, 6, 'tf_fid', open_classes=2)
+        for i in range(0, 120, 7):
+            writer.update(torch.from_numpy(feats[i:i + 7]), labels[i:i + 7])
+        writer.finish()
+    reader = inception_utils.PerClassMoments(str(path), 'tf_fid')
+    assert reader.h5['sigma'].chunks == (1, 6, 6)
+    assert reader.classes == [0, 1, 2, 3]
+    assert list(reader.counts) == [int((labels == c).sum()) for c in range(6)]
+    for c in reader.classes:
+        mu, sigma = reader.moments(c)
+        rows = feats[labels == c]
+        np.testing.assert_allclose(mu, rows.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(sigma, np.cov(rows, rowvar=False), rtol=1e-10, atol=1e-12)
+    with pytest.raises(inception_utils.InceptionMomentsError, match='torchvision'):
+        inception_utils.PerClassMoments(str(path), 'torchvision')
+
+
+def test_calculate_inception_moments_per_class(tmp_path, monkeypatch):
+    import calculate_inception_moments as cim
+    from conftest import FakeInception
+    images = torch.rand(11, 3, 8, 8) * 2 - 1
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 0, 1, 2])
+
+    def get_data_loaders(**config):
+        data = torch.utils.data.TensorDataset(images, labels)
+        return [torch.utils.data.DataLoader(data, batch_size=4)]
+    monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
+    monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
+    monkeypatch.setattr(inception_utils, 'check_inception_weights', lambda *a: 'x')
+    torch.manual_seed(0)
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+    config = vars(cim.prepare_parser().parse_args(
+        ['--dataset', 'S8', '--data_root', str(tmp_path), '--device', 'cpu', '--kid_feats', '0',
+         '--n_classes', '3', '--per_class']))
+    cim.run(config)
+    reader = inception_utils.find_per_class_moments('S8', str(tmp_path), 'torchvision')
+    pool = images.flatten(1)[:, :8].double().numpy()
+    for c in range(3):
+        mu, sigma = reader.moments(c)
+        rows = pool[labels.numpy() == c]
+        np.testing.assert_allclose(mu, rows.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(sigma, np.cov(rows, rowvar=False), rtol=1e-6, atol=1e-9)

@@ -64,6 +64,7 @@ ADDED_FLAGS = frozenset([
     # the DiffAugment and LeCam forks' flags
     '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
     '--LC_ema_decay', '--LC_start',
+    '--R1', '--R1_every',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
@@ -315,6 +316,12 @@ TRAIN_FLAGS = {
     '--LC_start': dict(type=int, default=1000,
                        help='LeCam applies after this iteration; before it the anchors are the '
                             'latest batch means'),
+    '--R1': dict(type=float, default=0,
+                 help='R1 gradient penalty weight gamma: gamma/2 * E||grad_x D(x)||^2 over the '
+                      'real images, added to D loss; 0: off'),
+    '--R1_every': dict(type=int, default=1,
+                       help='Lazy R1 (as StyleGAN2): only every this many iterations, weighted '
+                            'this many times'),
 }
 
 SAMPLE_FLAGS = {
@@ -411,7 +418,7 @@ DOMAINS = {
     'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
     'chunk_size': '>= 1', 'chunk_window': '>= 0', 'CR': '>= 0', 'LC': '>= 0',
     'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1', 'kid_subset_size': '>= 2',
-    'kid_subsets': '>= 1',
+    'kid_subsets': '>= 1', 'R1': '>= 0', 'R1_every': '>= 1',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

@@ -1,4 +1,6 @@
 """The training step, checkpoint-and-sample, and test, as train.py calls them."""
+import functools
+import operator
 import os
 
 import torch
@@ -7,6 +9,7 @@ import inception_utils
 import losses
 import utils
 from distributed import broadcast_object, get_rank, get_world_size
+from utils import ortho, toggle_grad
 
 
 def dummy_training_function():
@@ -85,23 +88,49 @@ def track_outputs(ema_losses, D_fake, D_real, itr):
     ema_losses.update(real, 'D_real', itr)
 
 
+def accumulate(terms, scores, count):
+    """The terms' values on scores, by name, and their sum (in list order) divided by count."""
+    values = {term.name: term(scores) for term in terms}
+    return values, functools.reduce(operator.add, values.values()) / float(count)
+
+
 def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=None,
                           ema_losses=None):
     """Returns train(x, y): num_D_steps D steps, then one G step, then the EMA update.
 
-    x holds batch_size * num_D_steps * num_D_accumulations real images. --DiffAugment, --CR and
-    --LC act as in the DiffAugment and LeCam forks; ema_losses (the LeCam anchors) defaults to
-    lecam_anchors(config, state_dict), and its state is kept in state_dict['ema_losses'].
+    x holds batch_size * num_D_steps * num_D_accumulations real images. The losses are
+    losses.D_terms and losses.G_terms, summed; train returns each term's last value by name
+    (D's per accumulation, G's divided by num_G_accumulations, as the release reported them).
+    --DiffAugment, --CR and --LC act as in the DiffAugment and LeCam forks; ema_losses (the
+    LeCam anchors) defaults to lecam_anchors(config, state_dict), and its state is kept in
+    state_dict['ema_losses'].
     """
     # A config built the release's way has no device: the models' is the one to use.
     precision = precision or Precision(config, next(G.parameters()).device)
     bs = config['batch_size']
-    policy, CR, LC = config.get('DiffAugment', ''), config.get('CR', 0), config.get('LC', 0)
-    augment = {'policy': policy, 'CR': CR > 0, 'CR_augment': config.get('CR_augment')}
     if ema_losses is None:
         ema_losses = lecam_anchors(config, state_dict)
+    D_terms = losses.D_terms(config, ema_losses, track_outputs)
+    G_terms = losses.G_terms(config)
+    D_pass = {'train_G': False, 'split_D': config['split_D'],
+              'policy': config.get('DiffAugment', ''), 'CR': config.get('CR', 0) > 0,
+              'CR_augment': config.get('CR_augment')}
+    G_pass = {'train_G': True, 'split_D': config['split_D'], 'policy': D_pass['policy']}
+    D_ortho = (lambda: ortho(D, config['D_ortho'])) if config['D_ortho'] > 0.0 else None
+    # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
+    G_ortho = ((lambda: ortho(G, config['G_ortho'], blacklist=list(G.shared.parameters())))
+               if config['G_ortho'] > 0.0 else None)
+
+    def D_scores(x, y, itr):
+        z_.sample_()
+        y_.sample_()
+        if any(term.needs_real_grad(itr) for term in D_terms):
+            x = x.detach().requires_grad_(True)
+        D_out = [d.float() for d in GD(z_[:bs], y_[:bs], x, y, **D_pass)]
+        return losses.Scores(*D_out, x=x, y=y, itr=itr)
 
     def train(x, y):
+        itr = state_dict['itr']
         G.optim.zero_grad()
         D.optim.zero_grad()
         x = torch.split(x, bs)
@@ -110,73 +139,43 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
 
         # Update D.
         if config['toggle_grads']:
-            utils.toggle_grad(D, True)
-            utils.toggle_grad(G, False)
+            toggle_grad(D, True)
+            toggle_grad(G, False)
         for _ in range(config['num_D_steps']):
             D.optim.zero_grad()
             for _ in range(config['num_D_accumulations']):
-                z_.sample_()
-                y_.sample_()
                 with precision.autocast():
-                    D_out = [d.float() for d in GD(z_[:bs], y_[:bs], x[counter], y[counter],
-                                                   train_G=False, split_D=config['split_D'],
-                                                   **augment)]
-                    D_fake, D_real = D_out[:2]
-                    D_loss_real, D_loss_fake = losses.discriminator_loss(D_fake, D_real)
-                    D_loss = D_loss_real + D_loss_fake
-                    if CR > 0:
-                        D_loss_CR = torch.mean((D_out[2] - D_real) ** 2) * CR
-                        D_loss = D_loss + D_loss_CR
-                    if LC > 0:
-                        # The anchors first take in this batch's mean outputs.
-                        track_outputs(ema_losses, D_fake, D_real, state_dict['itr'])
-                        D_loss_LC = torch.zeros(())
-                        if state_dict['itr'] > ema_losses.start_itr:
-                            D_loss_LC = losses.lecam_reg(D_real, D_fake, ema_losses) * LC
-                            D_loss = D_loss + D_loss_LC
-                    D_loss = D_loss / float(config['num_D_accumulations'])
+                    D_values, D_loss = accumulate(D_terms, D_scores(x[counter], y[counter], itr),
+                                                  config['num_D_accumulations'])
                 precision.D_scaler.scale(D_loss).backward()
                 counter += 1
-            precision.step(precision.D_scaler, D.optim, 'D',
-                           (lambda: utils.ortho(D, config['D_ortho']))
-                           if config['D_ortho'] > 0.0 else None)
+            precision.step(precision.D_scaler, D.optim, 'D', D_ortho)
 
         # Update G.
         if config['toggle_grads']:
-            utils.toggle_grad(D, False)
-            utils.toggle_grad(G, True)
+            toggle_grad(D, False)
+            toggle_grad(G, True)
         G.optim.zero_grad()
         G_losses = []
         for _ in range(config['num_G_accumulations']):
             z_.sample_()
             y_.sample_()
             with precision.autocast():
-                D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'], policy=policy)
-                G_loss = (losses.generator_loss(D_fake.float())
-                          / float(config['num_G_accumulations']))
+                scores = losses.Scores(GD(z_, y_, **G_pass).float(), itr=itr)
+                G_values, G_loss = accumulate(G_terms, scores, config['num_G_accumulations'])
             precision.G_scaler.scale(G_loss).backward()
             G_losses.append(G_loss.detach())
-        if ema_losses is not None:
-            # Read once all accumulations are queued: one host sync, not one per accumulation.
-            ema_losses.update(sum(t.item() for t in G_losses), 'G_loss', state_dict['itr'])
-            state_dict['ema_losses'] = ema_losses.state_dict()
-        # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
-        precision.step(precision.G_scaler, G.optim, 'G',
-                       (lambda: utils.ortho(G, config['G_ortho'],
-                                            blacklist=list(G.shared.parameters())))
-                       if config['G_ortho'] > 0.0 else None)
+        for term in D_terms + G_terms:
+            term.after_G(G_losses, state_dict)
+        precision.step(precision.G_scaler, G.optim, 'G', G_ortho)
 
         # Update G_ema.
         if config['ema']:
-            ema.update(state_dict['itr'])
+            ema.update(itr)
 
-        out = {'G_loss': float(G_loss.item()),
-               'D_loss_real': float(D_loss_real.item()),
-               'D_loss_fake': float(D_loss_fake.item())}
-        if CR > 0:
-            out['D_loss_CR'] = float(D_loss_CR.item())
-        if LC > 0:
-            out['D_loss_LC'] = float(D_loss_LC.item())
+        count = float(config['num_G_accumulations'])
+        out = {name: float((value / count).item()) for name, value in G_values.items()}
+        out.update((name, float(value.item())) for name, value in D_values.items())
         if precision.G_scaler.is_enabled():
             out.update(G_skipped_steps=precision.skipped['G'],
                        D_skipped_steps=precision.skipped['D'])

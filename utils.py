@@ -96,6 +96,9 @@ def prepare_config(config):
         print("note: the release's fp16 flags now mean --amp fp16 (torch.autocast + GradScaler)")
         config['amp'] = 'fp16'
     check_policies(config)
+    if config.get('R1', 0) > 0 and config.get('compile'):
+        raise ConfigError('--R1 needs a double backward through D, which --compile does not '
+                          'support: drop one of them')
     config = update_config_roots(config)
     config['device'] = str(pick_device(config.get('device')))
     return config

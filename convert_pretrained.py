@@ -17,6 +17,7 @@ Neither needs HuggingFace's package or TensorFlow: plain JSON, checkpoints.torch
 and tf_bundle's reader.
 """
 import functools
+import glob
 import importlib
 import json
 import math
@@ -32,7 +33,8 @@ import layers
 import utils
 from checkpoints import CHECKPOINT_FILES, checkpoint_path, first_nonfinite, plain_config, torch_load
 from datasets import DATASETS
-from files import atomic_save_set, check_name
+from files import atomic_save_set, check_declared, check_name, file_size, open_regular, read_bounded
+from flags import one_line
 
 # pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
 HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel_width': 128,
@@ -43,6 +45,8 @@ HF_DEFAULTS = {'output_dim': 128, 'z_dim': 128, 'class_embed_dim': 128, 'channel
 # The release's TFHub/converter.py: attention resolution per module resolution, EMA suffix.
 TFHUB_ATTENTION = {128: 64, 256: 128, 512: 64}
 TFHUB_EMA = '/ema_b999900'
+# config.json is a few hundred bytes; a larger file is not one.
+MAX_CONFIG_BYTES = 1 << 20
 # How closely this codebase's spectral norm must reproduce the source's sigma (relative).
 SIGMA_RTOL = 1e-5
 
@@ -73,9 +77,13 @@ def level_stats(stats, truncation):
     return stats[s] * f + stats[s1] * g
 
 
-def project_sigma(weight, u0):
+def project_sigma(weight, u0, source):
     """The sigma this codebase's SN computes in eval mode from u0 (one power step, no update),
-    in float64."""
+    in float64; source names the layer when weight and u0 cannot be an SN layer's."""
+    if weight.dim() < 2 or not weight.numel() or u0.numel() != weight.shape[0]:
+        raise flags.ConfigError(f'{source}: a weight of shape {tuple(weight.shape)} with a '
+                                f'spectral-norm vector u of {u0.numel()} values is no '
+                                f'spectral-norm layer (u must have one value per output)')
     svs, _, _ = layers.power_iteration(weight.double().flatten(1), [u0.double().clone()],
                                        update=False)
     return float(svs[0])
@@ -126,7 +134,7 @@ class Target:
         if not self.sn:
             self.put(key + '.weight', weight.double() / sigma, source)
             return
-        ours = project_sigma(weight, u0)
+        ours = project_sigma(weight, u0, source)
         if abs(ours - sigma) > SIGMA_RTOL * sigma:
             raise flags.ConfigError(f'{source}: its stored spectral-norm vectors do not satisfy '
                                     f"u = normalize(W v) as HF's files do (sigma {sigma:g}, "
@@ -142,11 +150,22 @@ class Target:
         return self.out
 
 
-def build_config(flags):
-    """The training config these flags give (what state_dict.pth stores) and its G."""
+def build_config(flags, source=None):
+    """The training config these flags give (what state_dict.pth stores) and its G.
+
+    With source, (path, bytes), the G is first built on the meta device (nothing allocated)
+    and refused unless its weights fit in what the source files hold and in memory: widths
+    read off a file build a model only as large as the file."""
     config = utils.prepare_config(vars(utils.prepare_parser().parse_args(flags)))
     model = importlib.import_module(config['model'])
-    G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True})
+    kwargs = {**config, 'skip_init': True, 'no_optim': True}
+    if source is not None:
+        with torch.device('meta'):
+            nbytes = sum(t.numel() * t.element_size()
+                         for t in model.Generator(**kwargs).state_dict().values())
+        check_declared(nbytes, 'the generator its shapes describe', source[0],
+                       limit=source[1])
+    G = model.Generator(**kwargs)
     return config, G
 
 
@@ -195,33 +214,87 @@ def save_checkpoint(state, config, weights_root, experiment_name, info, overwrit
 # HuggingFace's BigGAN-deep.
 
 def read_hf(folder):
-    """(config with HF's defaults filled in, state dict) of an HF model folder."""
+    """(config with HF's defaults filled in and checked, state dict) of an HF model folder."""
     paths = [os.path.join(folder, name) for name in ('config.json', 'pytorch_model.bin')]
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: --hf_dir takes a folder with HF's "
                                     f'config.json and pytorch_model.bin')
+    with open_regular(paths[0], 'config.json') as f:
+        if file_size(f) > MAX_CONFIG_BYTES:
+            raise flags.ConfigError(f'{paths[0]} holds {file_size(f)} bytes; an HF config is '
+                                    f'a few hundred (at most {MAX_CONFIG_BYTES} are read)')
+        text = read_bounded(f, file_size(f), 'config.json', paths[0])
     try:
-        with open(paths[0], encoding='utf-8') as f:
-            cfg = {**HF_DEFAULTS, **json.load(f)}
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-        raise flags.ConfigError(f'{paths[0]} is not a JSON object: {e}') from None
+        loaded = json.loads(text.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        # ValueError: bad JSON, or an integer of more digits than Python converts
+        raise flags.ConfigError(f'{paths[0]} is not a JSON object: {one_line(e)[:200]}'
+                                ) from None
+    if not isinstance(loaded, dict):
+        raise flags.ConfigError(f'{paths[0]} holds a JSON {type(loaded).__name__}, not an '
+                                f"object of HF's BigGANConfig fields")
+    cfg = check_hf_config({**HF_DEFAULTS, **loaded}, paths[0])
     state = torch_load(paths[1])  # tensors and plain data only, or one line naming the file
     if not isinstance(state, dict):
         raise flags.ConfigError(f'{paths[1]} holds a {type(state)}, not a state dict')
     return cfg, state
 
 
+def check_hf_config(cfg, path):
+    """cfg if every field the conversion reads has HF's type and a usable value; else one
+    ConfigError naming the field. Sizes are bounded later, against the weights' shapes and
+    the memory a model of them takes (check_hf_state, build_config)."""
+    def bad(key, want):
+        raise flags.ConfigError(f'{path}: {key} is {ascii(cfg[key])[:80]}; it must be {want}')
+
+    def is_int(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    for key, low in (('z_dim', 1), ('class_embed_dim', 1), ('channel_width', 1),
+                     ('num_classes', 1), ('attention_layer_position', 0), ('n_stats', 2),
+                     ('output_dim', 1)):
+        if not is_int(cfg[key], low):
+            bad(key, f'an integer of at least {low}')
+    eps = cfg['eps']
+    if (not isinstance(eps, (int, float)) or isinstance(eps, bool)
+            or not (math.isfinite(eps) and eps > 0)):
+        bad('eps', 'a positive finite number')
+    layers = cfg['layers']
+    if (not isinstance(layers, list) or not layers
+            or not all(isinstance(layer, list) and len(layer) == 3
+                       and isinstance(layer[0], bool) and is_int(layer[1], 1)
+                       and is_int(layer[2], 1) for layer in layers)):
+        bad('layers', 'a non-empty list of [upsample (true/false), in, out] with positive '
+                      'integer channel factors')
+    return cfg
+
+
+def check_hf_state(state, shapes, path):
+    """Refuse (one ConfigError) a state dict lacking an entry HF's model with this config
+    has, or holding one that is not a floating tensor of the shape the config implies; the
+    shapes then bound every width the model is built with by the file's own size."""
+    missing = [k for k in shapes if k not in state]
+    if missing:
+        raise flags.ConfigError(f'{path} lacks {len(missing)} of the entries config.json '
+                                f"implies ({', '.join(missing[:3])} ...)")
+    for key, shape in shapes.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise flags.ConfigError(f'{path}: {key} is a {kind}, not a floating-point tensor')
+        if tuple(value.shape) != shape:
+            raise flags.ConfigError(f'{path}: {key} has shape {tuple(value.shape)} where '
+                                    f'config.json implies {shape}: the weights do not match '
+                                    f'their config')
+
+
 def hf_arch(cfg):
     """(resolution, blocks per stage, attention resolution or 0) of HF's layer list, refused
     unless BigGANdeep builds the same blocks (a stage: blocks keeping the channels, then one
-    changing them and upsampling)."""
-    try:
-        layer_list = [(bool(up), int(i), int(o)) for up, i, o in cfg['layers']]
-        position = int(cfg['attention_layer_position'])
-    except (TypeError, ValueError):
-        raise flags.ConfigError('config.json: layers must be [upsample, in, out] triples '
-                                'and attention_layer_position an integer') from None
+    changing them and upsampling). cfg has passed check_hf_config."""
+    layer_list = [tuple(layer) for layer in cfg['layers']]
+    position = cfg['attention_layer_position']
     stages = sum(up for up, _, _ in layer_list)
     depth = len(layer_list) // max(stages, 1)
     resolution = 4 * 2 ** stages
@@ -230,11 +303,10 @@ def hf_arch(cfg):
         expected += [(False, ins, ins)] * (depth - 1) + [(True, ins, outs)]
     if not expected or layer_list != expected:
         would_be = [list(layer) for layer in expected]
-        raise flags.ConfigError(f"config.json: layers {cfg['layers']} are not a BigGAN-deep "
+        raise flags.ConfigError(f"config.json: layers {ascii(cfg['layers'])[:200]} are not a "
+                                f'BigGAN-deep '
                                 f'layout this codebase builds (at {resolution}px with {depth} '
                                 f'blocks a stage it would be {would_be})')
-    if int(cfg['n_stats']) < 2:
-        raise flags.ConfigError(f"config.json: n_stats must be at least 2, got {cfg['n_stats']}")
     if position >= len(layer_list):
         return resolution, depth, 0
     if position < 1 or not layer_list[position - 1][0]:
@@ -244,21 +316,42 @@ def hf_arch(cfg):
     return resolution, depth, 4 * 2 ** sum(up for up, _, _ in layer_list[:position])
 
 
-def hf_keys(cfg, attention):
-    """Every entry HF's model with this config has."""
-    sn = ('weight_orig', 'weight_u', 'weight_v')
-    keys = ['embeddings.weight'] + ['generator.gen_z.' + k for k in sn + ('bias',)]
-    for n in hf_modules(cfg, attention):
-        for k in range(4):
-            keys += [f'{n}bn_{k}.{s}' for s in ('running_means', 'running_vars')]
-            keys += [f'{n}bn_{k}.{p}.{s}' for p in ('scale', 'offset') for s in sn]
-            keys += [f'{n}conv_{k}.{s}' for s in sn + ('bias',)]
+def hf_shapes(cfg, attention):
+    """{entry: shape} of every entry HF's model with this (checked) config has, by HF's
+    module definitions: widths channel_width x the layer's factor, conditioning 2 z_dim,
+    a GenBlock's middle a quarter of its input, SN modules' u (out,) and v (in x k x k,)."""
+    C, d, n_stats = cfg['channel_width'], cfg['z_dim'], cfg['n_stats']
+    shapes = {'embeddings.weight': (d, cfg['num_classes'])}
+
+    def sn(name, out, inp, k=None, bias=True):
+        shapes[name + '.weight_orig'] = (out, inp) if k is None else (out, inp, k, k)
+        shapes[name + '.weight_u'] = (out,)
+        shapes[name + '.weight_v'] = (inp * (k or 1) ** 2,)
+        if bias:
+            shapes[name + '.bias'] = (out,)
+
+    sn('generator.gen_z', 16 * 16 * C, 2 * d)
+    for n, (_, ins, outs) in zip(hf_modules(cfg, attention), cfg['layers']):
+        widths = [C * ins, C * ins // 4, C * ins // 4, C * ins // 4]
+        for k, (width, out) in enumerate(zip(widths, widths[1:] + [C * outs])):
+            shapes[f'{n}bn_{k}.running_means'] = shapes[f'{n}bn_{k}.running_vars'] = (
+                n_stats, width)
+            for part in ('scale', 'offset'):
+                sn(f'{n}bn_{k}.{part}', width, 2 * d, bias=False)
+            sn(f'{n}conv_{k}', out, width, 1 if k in (0, 3) else 3)
     if attention:
         a = f"generator.layers.{cfg['attention_layer_position']}."
-        keys += [a + 'gamma'] + [f'{a}snconv1x1_{p}.{s}'
-                                 for p in ('theta', 'phi', 'g', 'o_conv') for s in sn]
-    keys += ['generator.bn.' + k for k in ('weight', 'bias', 'running_means', 'running_vars')]
-    return keys + ['generator.conv_to_rgb.' + k for k in sn + ('bias',)]
+        width = C * cfg['layers'][cfg['attention_layer_position']][1]
+        shapes[a + 'gamma'] = (1,)
+        for part, out, inp in (('theta', width // 8, width), ('phi', width // 8, width),
+                               ('g', width // 2, width), ('o_conv', width, width // 2)):
+            sn(f'{a}snconv1x1_{part}', out, inp, 1, bias=False)
+    for k in ('weight', 'bias'):
+        shapes['generator.bn.' + k] = (C,)
+    for k in ('running_means', 'running_vars'):
+        shapes['generator.bn.' + k] = (n_stats, C)
+    sn('generator.conv_to_rgb', C, C, 3)
+    return shapes
 
 
 def hf_modules(cfg, attention):
@@ -291,11 +384,10 @@ def hf_sn(state, name):
 def convert_hf(cfg, state, truncation, G_param='SN'):
     """(this codebase's G state dict, config) of an HF BigGAN-deep at one truncation."""
     arch = hf_arch(cfg)
-    missing = [k for k in hf_keys(cfg, arch[2]) if k not in state]
-    if missing:
-        raise flags.ConfigError(f'pytorch_model.bin lacks {len(missing)} of the entries '
-                                f"config.json implies ({', '.join(missing[:3])} ...)")
-    config, G = build_config(hf_flags(cfg, arch, G_param))
+    shapes = hf_shapes(cfg, arch[2])
+    check_hf_state(state, shapes, 'pytorch_model.bin')
+    held = sum(state[k].numel() * state[k].element_size() for k in shapes)
+    config, G = build_config(hf_flags(cfg, arch, G_param), ('pytorch_model.bin', held))
     t = Target(G, sn=G_param == 'SN')
     d, C, eps = int(cfg['z_dim']), int(cfg['channel_width']), float(cfg['eps'])
 
@@ -364,7 +456,7 @@ def convert_hf_rgb(t, state):
         t.put_sn('output_layer.2', w3, None, sigma, name)
         return 1.0
     u0 = torch.linalg.svd(w3.double().flatten(1), full_matrices=False).U[:, :1].t()
-    ours = project_sigma(w3, u0)
+    ours = project_sigma(w3, u0, name)
     t.put_sn('output_layer.2', w3, u0, ours, name)
     return ours / sigma
 
@@ -395,23 +487,49 @@ class TFHubModule:
                                     f'TF-Hub BigGAN module of this resolution?')
         return key
 
-    def shape(self, name, averaged=True):
-        return self.bundle.shape(self.key(name, averaged))
+    def shape(self, name, ndim, averaged=True):
+        """The shape of `name`, refused unless it has ndim non-empty dimensions."""
+        key = self.key(name, averaged)
+        shape = self.bundle.shape(key)
+        if len(shape) != ndim or not all(shape):
+            raise flags.ConfigError(f'{self.bundle.prefix}: {key} has shape {shape}; a TF-Hub '
+                                    f'BigGAN module holds a {ndim}-D one there')
+        return shape
 
-    def __call__(self, name, averaged=True):
-        """The tensor `name` as a torch tensor."""
+    def held_bytes(self):
+        """Bytes of the bundle's data files: the most weights a model built from it can have."""
+        pattern = glob.escape(self.bundle.prefix) + '.data-*'
+        return sum(os.path.getsize(p) for p in glob.glob(pattern) if os.path.isfile(p))
+
+    def __call__(self, name, averaged=True, want=None):
+        """The tensor `name` as a torch tensor, refused unless it holds floats and, when want
+        is given, has that shape (a tuple) or that many values (an int): every later
+        reshape of it then holds."""
         import tf_bundle
         try:
-            return torch.from_numpy(self.bundle[self.key(name, averaged)].copy())
+            array = self.bundle[self.key(name, averaged)]
         except tf_bundle.BundleError as e:
             raise flags.ConfigError(str(e)) from None
+        if array.dtype.kind != 'f':
+            raise flags.ConfigError(f'{self.bundle.prefix}: {name} holds {array.dtype} values; '
+                                    f'a TF-Hub BigGAN module holds floats')
+        if want is not None and (array.shape != want if isinstance(want, tuple)
+                                 else array.size != want):
+            raise flags.ConfigError(f'{self.bundle.prefix}: {name} has shape {array.shape} '
+                                    f'where this model needs '
+                                    f"{want if isinstance(want, tuple) else f'{want} values'}")
+        return torch.from_numpy(array.copy())
 
 
 def tfhub_flags(module, resolution, G_param):
     """The release's config for a TF-Hub resolution, with widths read off the checkpoint."""
-    n_classes, shared_dim = module.shape('linear/w')
-    chunk, out = module.shape('Generator/G_Z/G_linear/w')
+    n_classes, shared_dim = module.shape('linear/w', 2)
+    chunk, out = module.shape('Generator/G_Z/G_linear/w', 2)
     n_blocks = len(BigGAN.G_CHANNELS[resolution][0])
+    if out % 256:
+        raise flags.ConfigError(f'{module.bundle.prefix}: Generator/G_Z/G_linear/w has {out} '
+                                f'outputs; a TF-Hub BigGAN has 16 x 16 x its width (a '
+                                f'multiple of 256)')
     return ['--model', 'BigGAN', '--G_param', G_param, '--G_ch', str(out // 256), '--G_shared',
             '--hier', '--shared_dim', str(shared_dim), '--dim_z', str(chunk * (n_blocks + 1)),
             '--G_attn', str(TFHUB_ATTENTION[resolution]), '--resolution', str(resolution),
@@ -422,24 +540,37 @@ def tfhub_flags(module, resolution, G_param):
 
 def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
     """(this codebase's G state dict, config, whether the statistics follow the truncation)."""
-    config, G = build_config(tfhub_flags(module, resolution, G_param))
+    config, G = build_config(tfhub_flags(module, resolution, G_param),
+                             (module.bundle.prefix + '.data-*', module.held_bytes()))
     t = Target(G, sn=G_param == 'SN')
     per_truncation = []
 
+    def tf_shape(key):
+        """The shape TF stores our weight `key` in: HWIO for convolutions, (in, out) else."""
+        shape = tuple(t.template[key].shape)
+        return shape[2:] + (shape[1], shape[0]) if len(shape) == 4 else shape[::-1]
+
     def sn(key, name, layout, bias=True):
-        weight = layout(module(name + '/w'))
-        u0 = module(name + '/u0', averaged=False).reshape(1, -1)
+        out = t.template[key + '.weight'].shape[0]
+        weight = layout(module(name + '/w', want=tf_shape(key + '.weight')))
+        u0 = module(name + '/u0', averaged=False, want=out).reshape(1, -1)
         if name.endswith('G_linear'):
             u0 = channels_first_rows(u0.t(), weight.shape[0] // 16).t()
-        t.put_sn(key, weight, u0, project_sigma(weight, u0), name)
+        t.put_sn(key, weight, u0, project_sigma(weight, u0, name), name)
         if bias:
-            b = module(name + '/b').reshape(-1)
+            b = module(name + '/b', want=out).reshape(-1)
             t.put(key + '.bias', channels_first_rows(b, b.shape[0] // 16)
                   if name.endswith('G_linear') else b, name + '/b')
 
     def stats(key, name):
         for ours in ('mean', 'var'):
             value = module(f'{name}/accumulated_{ours}', averaged=False)
+            width = t.template[f'{key}.stored_{ours}'].shape[0]
+            if value.dim() not in (1, 2) or value.shape[-1] != width or (
+                    value.dim() == 2 and value.shape[0] < 2):
+                raise flags.ConfigError(f'{module.bundle.prefix}: {name}/accumulated_{ours} '
+                                        f'has shape {tuple(value.shape)}; this model needs '
+                                        f'({width},) or (levels >= 2, {width})')
             if value.dim() == 2:  # statistics per truncation level, as HF's files hold them
                 if truncation is None:
                     raise flags.ConfigError((f'{name} holds BN statistics per truncation: pass '
@@ -450,7 +581,8 @@ def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
 
     conv = functools.partial(torch.permute, dims=(3, 2, 0, 1))  # TF's HWIO -> OIHW
     shared_dim = config['shared_dim']
-    t.put('shared.weight', module('linear/w'), 'linear/w')
+    t.put('shared.weight', module('linear/w', want=tuple(t.template['shared.weight'].shape)),
+          'linear/w')
     sn('linear', 'Generator/G_Z/G_linear',
        lambda w: channels_first_rows(w.t(), w.shape[1] // 16))
     for i in range(len(BigGAN.G_CHANNELS[resolution][0])):
@@ -466,11 +598,14 @@ def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
     attention = f'blocks.{int(math.log2(TFHUB_ATTENTION[resolution])) - 3}.1.'
     for part, ours in (('theta', 'theta'), ('phi', 'phi'), ('g', 'g'), ('o_conv', 'o')):
         sn(attention + ours, 'Generator/attention/' + part, conv, bias=False)
-    t.put(attention + 'gamma', module('Generator/attention/gamma').reshape(()),
+    t.put(attention + 'gamma', module('Generator/attention/gamma', want=1).reshape(()),
           'Generator/attention/gamma')
-    t.put('output_layer.0.gain', module('Generator/ScaledCrossReplicaBN/gamma').reshape(-1),
+    width = t.template['output_layer.0.gain'].numel()
+    t.put('output_layer.0.gain', module('Generator/ScaledCrossReplicaBN/gamma', want=width)
+          .reshape(-1),
           'Generator/ScaledCrossReplicaBN/gamma')
-    t.put('output_layer.0.bias', module('Generator/ScaledCrossReplicaBN/beta').reshape(-1),
+    t.put('output_layer.0.bias', module('Generator/ScaledCrossReplicaBN/beta', want=width)
+          .reshape(-1),
           'Generator/ScaledCrossReplicaBN/beta')
     stats('output_layer.0', 'Generator/ScaledCrossReplicaBNbn')
     sn('output_layer.2', 'Generator/conv_2d', conv)

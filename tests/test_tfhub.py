@@ -267,7 +267,7 @@ class Shapes:
     def __init__(self, resolution):
         self.chunk = {128: 20, 256: 20, 512: 16}[resolution]
 
-    def shape(self, name):
+    def shape(self, name, ndim):
         return {'linear/w': (1000, 128),
                 'Generator/G_Z/G_linear/w': (self.chunk, 4 * 4 * 16 * 96)}[name]
 

@@ -472,7 +472,7 @@ def warn_slow_shuffle(dataset):
           f'each shuffled image decompresses {dataset.chunk_nbytes / 1e6:.1f} MB and training '
           f'will wait for data; rewrite it in small chunks with `python make_hdf5.py '
           f'--dataset_root {dataset.root} --output {dataset.root} --compression{gzip}`, or '
-          f'pass --chunk_window 64 (chunk-aware shuffling, see README) or --load_in_mem',
+          f'pass --chunk_window 64 (chunk-aware shuffling, see docs/data.md) or --load_in_mem',
           file=sys.stderr)
 
 

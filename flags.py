@@ -54,7 +54,7 @@ def one_line(error):
 # ----------------------------------------------------------------------------
 # Arguments.
 
-# Flags the release's entry points did not have; the README lists them.
+# Flags the release's entry points did not have; docs/training.md lists them.
 ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
@@ -293,7 +293,7 @@ TRAIN_FLAGS = {
                                'images/s and sample sheets for TensorBoard to '
                                'logs_root/experiment_name/tb (needs the tensorboard package)'),
     # The DiffAugment (mit-han-lab/data-efficient-gans) and LeCam (google/lecam-gan) forks'
-    # flags, with their types and defaults; README "Training on little data".
+    # flags, with their types and defaults; docs/little_data.md.
     '--DiffAugment': dict(type=str, default='',
                           help='DiffAugment policy: comma-separated names from color, '
                                "translation, cutout, applied to D's inputs in both steps "

@@ -16,7 +16,7 @@ TOL = 1e-5
 
 @pytest.fixture
 def syncbn_error(monkeypatch):
-    """tools/syncbn_error.py, the script that makes README's error table."""
+    """tools/syncbn_error.py, the script that makes docs/scaling.md's error table."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
     import syncbn_error
     return syncbn_error

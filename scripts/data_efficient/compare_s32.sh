@@ -7,8 +7,8 @@
 #      (comparable only among these runs), and
 #  (b) the accuracy with which a small classifier trained on real S32 recognises the class
 #      G_ema was asked for (its accuracy on held-out real images is reported beside it).
-# Everything lands in $OUT (data, weights, logs, samples, table.md); README "Training on little
-# data" holds a table this wrote.
+# Everything lands in $OUT (data, weights, logs, samples, table.md); docs/little_data.md holds
+# a table this wrote.
 #
 #   PYTHON=.venv/bin/python bash scripts/data_efficient/compare_s32.sh
 #   TOTAL_ITRS=100 FID_IMAGES=200 REAL_IMAGES=200 ACC_IMAGES=500 bash ...  # a smoke test

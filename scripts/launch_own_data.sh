@@ -1,0 +1,153 @@
+#!/bin/bash
+# Your own images to samples in one command: class histogram -> HDF5 file -> Inception moments
+# (when the Inception weights are on this machine) -> training with the demo's model and
+# budget -> sample sheets.
+#
+#   PYTHON=.venv/bin/python bash scripts/launch_own_data.sh my_images            # repo root
+#   RESOLUTION=64 TRAIN_SECONDS=3600 bash scripts/launch_own_data.sh my_images --G_lr 2e-4
+#
+# FOLDER is FOLDER/<class>/<image> (any size: centre-cropped and resized; grayscale and palette
+# images become RGB). A folder of images without class subfolders is trained as one class;
+# train.py itself refuses such a folder, so this script gives the data path a view of it, one
+# symlinked class folder under $DATA_ROOT/${NAME}_1class. A folder that cannot train is refused
+# with one line by the data path's own checks (the layout, unreadable images), before training.
+#
+# Extra flags reach train.py and sample.py, after this script's, as in launch_demo.sh: an
+# override (e.g. --G_ch 16) reaches both, so the checkpoint still matches.
+#
+# Environment (defaults): PYTHON (python), RESOLUTION (32), TOTAL_ITRS (1600) and TRAIN_SECONDS
+# (750), the demo's budget: training stops at whichever comes first; SAVE_EVERY (200), NAME (the
+# folder's name: the dataset and experiment name), DATA_ROOT (data: the HDF5 file and moments),
+# WEIGHTS_ROOT (weights), LOGS_ROOT (logs), SAMPLES_ROOT (samples), INCEPTION_BACKEND
+# (torchvision), INCEPTION_WEIGHTS (the backend's file in the torch hub cache),
+# METRIC_IMAGES (1000: samples for sample.py's IS/FID).
+set -euo pipefail
+
+if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then
+  echo "usage: bash scripts/launch_own_data.sh FOLDER [flags for train.py and sample.py...]" >&2
+  exit 2
+fi
+FOLDER=${1%/}
+shift
+
+PYTHON=${PYTHON:-python}
+RESOLUTION=${RESOLUTION:-32}
+TOTAL_ITRS=${TOTAL_ITRS:-1600}
+TRAIN_SECONDS=${TRAIN_SECONDS:-750}
+SAVE_EVERY=${SAVE_EVERY:-200}
+NAME=${NAME:-$(basename -- "$FOLDER")}
+DATA_ROOT=${DATA_ROOT:-data}
+WEIGHTS_ROOT=${WEIGHTS_ROOT:-weights}
+LOGS_ROOT=${LOGS_ROOT:-logs}
+SAMPLES_ROOT=${SAMPLES_ROOT:-samples}
+INCEPTION_BACKEND=${INCEPTION_BACKEND:-torchvision}
+METRIC_IMAGES=${METRIC_IMAGES:-1000}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+# 1. The class histogram, from the data path's own index (datasets.ImageFolder, whose
+# check_layout refuses a folder that cannot train). Its last line is the root to train from,
+# the class count and where the Inception weights are looked for, tab-separated.
+listing=$("$PYTHON" - "$FOLDER" "$NAME" "$DATA_ROOT" "$INCEPTION_BACKEND" <<'EOF'
+import argparse
+import os
+
+import flags
+import inception_utils
+from datasets import DatasetError, ImageFolder, is_image_file
+
+
+def run(config):
+    folder, name = config['folder'], config['name']
+    index = f'{name}_imgs.npz'
+    try:
+        images = ImageFolder(folder, index_filename=index)
+    except DatasetError:
+        entries = list(os.scandir(folder))
+        if any(e.is_dir() for e in entries) or not any(is_image_file(e.name) for e in entries):
+            raise
+        # No class subfolders: one class, a symlinked folder the data path reads as its class.
+        view = os.path.join(config['data_root'], f'{name}_1class')
+        link = os.path.join(view, name)
+        os.makedirs(view, exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(folder), link)
+        images = ImageFolder(view, index_filename=index)
+        print(f'1 class: {len(images)} images')
+        folder = view
+    else:
+        counts = [0] * len(images.classes)
+        for label in images.labels:
+            counts[label] += 1
+        width = max(len(c) for c in images.classes)
+        print(f'{len(images.classes)} classes, {len(images)} images:')
+        for cls, count in zip(images.classes, counts):
+            print(f'  {cls:<{width}}  {count}')
+    weights = inception_utils.default_weights_path(config['backend'])
+    print(f'{folder}\t{len(images.classes)}\t{weights}')
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument('folder')
+parser.add_argument('name')
+parser.add_argument('data_root')
+parser.add_argument('backend')
+flags.run_cli(run, parser)
+EOF
+)
+printf '%s\n' "$listing" | sed '$d'
+IFS=$'\t' read -r ROOT N_CLASSES DEFAULT_WEIGHTS < <(printf '%s\n' "$listing" | tail -n 1)
+
+# 2. The HDF5 file: make_hdf5.py stops at an unreadable image, naming it.
+HDF5="$DATA_ROOT/${NAME}${RESOLUTION}.hdf5"
+DATA_FLAGS=(--dataset "$NAME" --dataset_root "$HDF5" --resolution "$RESOLUTION"
+            --n_classes "$N_CLASSES" --data_root "$DATA_ROOT")
+"$PYTHON" make_hdf5.py --dataset "$NAME" --dataset_root "$ROOT" --resolution "$RESOLUTION" \
+  --n_classes "$N_CLASSES" --data_root "$DATA_ROOT" --output "$HDF5" --num_workers 2 \
+  --no_progress
+
+# 3. Inception moments, for sample.py's IS and FID, when the weights are here.
+INCEPTION_WEIGHTS=${INCEPTION_WEIGHTS:-$DEFAULT_WEIGHTS}
+METRIC_FLAGS=()
+if [ -f "$INCEPTION_WEIGHTS" ]; then
+  INCEPTION_FLAGS=(--inception_backend "$INCEPTION_BACKEND" --inception_weights "$INCEPTION_WEIGHTS")
+  "$PYTHON" calculate_inception_moments.py "${DATA_FLAGS[@]}" "${INCEPTION_FLAGS[@]}" \
+    --num_workers 0
+  METRIC_FLAGS=(--sample_inception_metrics --num_inception_images "$METRIC_IMAGES"
+                "${INCEPTION_FLAGS[@]}")
+else
+  echo "metrics are off: no $INCEPTION_BACKEND Inception weights at $INCEPTION_WEIGHTS; put the file there or set INCEPTION_WEIGHTS=PATH (INCEPTION_BACKEND=tf_fid for the FID Inception) to turn them on"
+fi
+
+# 4. Training: the demo's model and training flags (scripts/launch_demo.sh), on this data.
+MODEL_FLAGS=(
+  "${DATA_FLAGS[@]}" --experiment_name "$NAME"
+  --weights_root "$WEIGHTS_ROOT" --logs_root "$LOGS_ROOT" --samples_root "$SAMPLES_ROOT"
+  --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0
+  --G_shared --shared_dim 32 --hier --dim_z 64
+  --batch_size 16 --channels_last
+  --ema --use_ema --ema_decay 0.99 --ema_start 100
+  --seed 0
+)
+TRAIN_FLAGS=(
+  --num_epochs 100000 --shuffle --num_workers 0 --no_pin_memory
+  --num_D_steps 1 --G_lr 5e-4 --D_lr 5e-4 --G_B1 0.5 --D_B1 0.5
+  --G_init ortho --D_init ortho --total_itrs "$TOTAL_ITRS"
+  --save_every "$SAVE_EVERY" --num_save_copies 0 --test_every 0 --sv_log_interval 0
+)
+# Flags for train.py alone (not sample.py) go here, before the user's.
+TRAIN_ONLY_FLAGS=()
+
+start=$(date +%s)
+rc=0
+timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" \
+  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" ${TRAIN_ONLY_FLAGS[@]+"${TRAIN_ONLY_FLAGS[@]}"} "$@" || rc=$?
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
+  echo "train.py failed with exit status $rc" >&2
+  exit "$rc"
+fi
+echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (stopped by the TRAIN_SECONDS cap)')"
+
+# 5. Sample sheets (and IS/FID when the moments were made) from the checkpoint's G_ema.
+"$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random \
+  ${METRIC_FLAGS[@]+"${METRIC_FLAGS[@]}"} "$@"
+echo "class sheets: $SAMPLES_ROOT/$NAME/-1/samples*.jpg (one row per class); checkpoints: $WEIGHTS_ROOT/$NAME/; logs: $LOGS_ROOT/$NAME/"

@@ -1,0 +1,131 @@
+"""scripts/launch_own_data.sh end to end on generated folders: the histogram, the HDF5 file,
+training for a tiny iteration budget and sample sheets; a folder without class subfolders as one
+class; refusals through the data path's own checks, in one line, before anything is written."""
+import os
+import shlex
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import datasets
+from conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, 'scripts', 'launch_own_data.sh')
+# Three classes of different sizes; one stored grayscale, one as a palette image.
+CLASSES = {'circles': ('RGB', 5), 'gray': ('L', 6), 'palette': ('P', 7)}
+
+
+def make_folder(root, classes):
+    """root/<class>/<i>.png in each class's PIL mode; returns the RGB pixels by class."""
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for name, (mode, count) in classes.items():
+        folder = root / name if name else root
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels[name] = []
+        for i in range(count):
+            img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).convert(mode)
+            img.save(folder / f'{i}.png')
+            pixels[name].append(np.asarray(img.convert('RGB')))
+    return pixels
+
+
+def launch(tmp_path, folder, *flags, **env):
+    """Run the script with every root under tmp_path and the Inception weights absent."""
+    env = {**os.environ, 'PYTHON': sys.executable, 'TOTAL_ITRS': '2', 'SAVE_EVERY': '2',
+           'DATA_ROOT': str(tmp_path / 'data'), 'WEIGHTS_ROOT': str(tmp_path / 'weights'),
+           'LOGS_ROOT': str(tmp_path / 'logs'), 'SAMPLES_ROOT': str(tmp_path / 'samples'),
+           'INCEPTION_WEIGHTS': str(tmp_path / 'no_inception.pth'), **env}
+    return subprocess.run(['bash', SCRIPT, str(folder), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_folder_to_sample_sheets(tmp_path):
+    """Histogram first, metrics off in one line, an RGB HDF5 file of the centre-cropped images,
+    a checkpoint at the tiny budget and a class sheet with one row per class."""
+    pixels = make_folder(tmp_path / 'my_images', CLASSES)
+    run = launch(tmp_path, tmp_path / 'my_images', '--seed', '3')
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[:4] == ['3 classes, 18 images:', '  circles  5', '  gray     6',
+                         '  palette  7']
+    off = [line for line in lines if line.startswith('metrics are off')]
+    assert len(off) == 1 and str(tmp_path / 'no_inception.pth') in off[0]
+    assert 'INCEPTION_WEIGHTS=PATH' in off[0]
+
+    with h5py.File(tmp_path / 'data' / 'my_images32.hdf5', 'r') as f:
+        imgs, labels = f['imgs'][:], f['labels'][:]
+    assert imgs.shape == (18, 3, 32, 32) and imgs.dtype == np.uint8
+    assert labels.tolist() == [0] * 5 + [1] * 6 + [2] * 7
+    # The gray class is stored as three equal channels; the palette one as its RGB colours.
+    assert (imgs[5:11, 0] == imgs[5:11, 1]).all() and (imgs[5:11, 1] == imgs[5:11, 2]).all()
+    crop = Image.fromarray(pixels['palette'][0][:, 8:32]).resize((32, 32), Image.BILINEAR)
+    assert np.array_equal(imgs[11].transpose(1, 2, 0), np.asarray(crop))
+
+    state = tmp_path / 'weights' / 'my_images'
+    assert {'G.pth', 'G_ema.pth', 'D.pth', 'state_dict.pth'} <= set(os.listdir(state))
+    import torch
+    saved = torch.load(state / 'state_dict.pth', weights_only=True)
+    assert saved['itr'] == 2 and saved['config']['seed'] == 3
+    assert saved['config']['n_classes'] == 3 and saved['config']['resolution'] == 32
+    sheet = Image.open(tmp_path / 'samples' / 'my_images' / '-1' / 'samples0.jpg')
+    assert sheet.mode == 'RGB' and sheet.size[1] == 3 * 32 + 4 * 2  # 3 rows, padding 2
+
+
+def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
+    """A folder without class subfolders is one class here (train.py refuses it); an unreadable
+    image then stops make_hdf5.py with one line naming it, before any training."""
+    make_folder(tmp_path / 'flat', {'': ('L', 4)})
+    (tmp_path / 'flat' / 'broken.jpg').write_bytes(b'not an image')
+    with pytest.raises(datasets.DatasetError, match='no class subfolders'):
+        datasets.ImageFolder(str(tmp_path / 'flat'))
+    run = launch(tmp_path, tmp_path / 'flat')
+    assert run.returncode == 2
+    assert run.stdout.splitlines()[0] == '1 class: 5 images'
+    errors = run.stderr.strip().splitlines()
+    assert len(errors) == 1 and 'broken.jpg' in errors[0] and errors[0].startswith('error:')
+    assert not (tmp_path / 'weights').exists()
+    assert not (tmp_path / 'data' / 'flat32.hdf5').exists()
+
+
+def test_refused_in_one_line_by_check_layout(tmp_path):
+    """A folder that cannot train (here a class folder without images) is refused by
+    datasets.check_layout's own line, exit 2, and nothing is written."""
+    make_folder(tmp_path / 'bad', {'a': ('RGB', 2), 'b': ('RGB', 0)})
+    with pytest.raises(datasets.DatasetError) as refused:
+        datasets.ImageFolder(str(tmp_path / 'bad'), index_filename='bad_imgs.npz')
+    run = launch(tmp_path, tmp_path / 'bad')
+    assert run.returncode == 2 and run.stdout == ''
+    assert run.stderr.strip().splitlines() == [f'error: {refused.value}']
+    assert not (tmp_path / 'data').exists() and not (tmp_path / 'weights').exists()
+
+
+def script_flags(path, array):
+    """{flag: value or None} of a bash array `NAME=( ... )` in the script at path."""
+    with open(path) as f:
+        text = f.read()
+    body = text[text.index(f'{array}=(\n') + len(array) + 2:]
+    tokens = shlex.split(body[:body.index('\n)')], comments=True)
+    found = {}
+    for i, token in enumerate(tokens):
+        if token.startswith('--'):
+            following = tokens[i + 1] if i + 1 < len(tokens) else '--'
+            found[token] = None if following.startswith(('--', '"${')) else following
+    return found
+
+
+def test_starts_from_the_demos_settings():
+    """The model and training flags are launch_demo.sh's, but for the data, the names and the
+    epoch count (a small folder needs many epochs for the demo's iterations)."""
+    demo = os.path.join(ROOT, 'scripts', 'launch_demo.sh')
+    own = {**script_flags(SCRIPT, 'MODEL_FLAGS'), **script_flags(SCRIPT, 'TRAIN_FLAGS')}
+    theirs = {**script_flags(demo, 'MODEL_FLAGS'), **script_flags(demo, 'TRAIN_FLAGS')}
+    for differ in ('--dataset', '--experiment_name', '--data_root', '--weights_root',
+                   '--logs_root', '--samples_root', '--num_epochs'):
+        own.pop(differ, None)
+        theirs.pop(differ, None)
+    assert own == theirs

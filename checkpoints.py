@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from distributed import all_gather_objects, get_rank, get_world_size
 from files import (  # noqa: F401  (release-facing names; new code imports from files)
+    atomic_link,
     atomic_open,
     atomic_path,
     atomic_save_all,
@@ -33,6 +34,9 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
 from flags import ConfigError, StopRun, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
+# The collapse watch's sets (collapse.py): a checkpoint on probation, and the last one that
+# passed it. Never rotated by --num_save_copies or --num_best_copies.
+CANDIDATE_SET, HEALTHY_SET = 'candidate', 'healthy'
 
 
 class CheckpointError(ConfigError):
@@ -167,6 +171,27 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         raise StopRun(f"could not write the checkpoint for iteration {state_dict['itr']} to "
                       f'{root} ({one_line(e)}); the previous checkpoint there is whole and no '
                       f'partial file is left') from e
+
+
+def copy_set(weights_root, experiment_name, source, target):
+    """Make the set with suffix target ('' for the latest) a copy of the set with suffix
+    source, file for file: hard links where the file system allows (nothing is rewritten, so
+    the copy is bit-exact and costs no disk), else copies. target's state_dict is written
+    last, its record naming target's files with source's digests, so an interrupted copy reads
+    as a mixed set. Returns the copied state_dict's itr."""
+    path = functools.partial(checkpoint_path, weights_root, experiment_name)
+    saved = torch_load(path('state_dict', source))
+    check_kind(saved, path('state_dict', source), 'state_dict')
+    record, copied = saved.get('files') or {}, {}
+    for name in CHECKPOINT_FILES:
+        src, dst = path(name, source), path(name, target)
+        if name == 'state_dict' or not os.path.isfile(src):
+            continue
+        atomic_link(src, dst)
+        known = record.get(os.path.basename(src))
+        copied[os.path.basename(dst)] = known if known else file_digest(dst)
+    atomic_save_all([({**saved, 'files': copied}, path('state_dict', target))])
+    return saved['itr']
 
 
 # ----------------------------------------------------------------------------
@@ -369,7 +394,8 @@ def complete_sets(folder, names, intact=False):
     record)."""
     found = {}
     names_re = '|'.join(CHECKPOINT_FILES)
-    pattern = re.compile(rf'^({names_re})(?:_(copy\d+|best\d+))?\.pth$')
+    pattern = re.compile(
+        rf'^({names_re})(?:_(copy\d+|best\d+|{CANDIDATE_SET}|{HEALTHY_SET}))?\.pth$')
     for entry in os.listdir(folder) if os.path.isdir(folder) else []:
         m = pattern.match(entry)
         if m:

@@ -148,6 +148,19 @@ def atomic_save_all(items):
             torch.save(obj, tmps[path])
 
 
+def atomic_link(source, path):
+    """Make path a hard link to the file source (a copy where the file system has none),
+    through atomic_path: a kill leaves path as it was or as source. Every writer replaces files
+    by renaming, so a link keeps the content it was made with."""
+    with atomic_path(path) as tmp:
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+            shutil.copyfile(source, tmp)
+
+
 def file_digest(path):
     """{'size', 'sha256'} of a file, read in 1 MiB pieces."""
     h = hashlib.sha256()

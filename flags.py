@@ -17,19 +17,27 @@ class StopRun(RuntimeError):
     """The run cannot go on (it diverged, or a save failed); the message says what is left."""
 
 
+class CollapseStop(StopRun):
+    """The collapse watch ended the run (--on_collapse stop): its line, exit status 3."""
+    exit_status = 3
+
+
 def run_cli(run, parser, argv=None):
     """Parse argv (default: the command line) and call run(config).
 
     Bad input (a ConfigError), a run that cannot go on (StopRun) or a failing file system (an
     OSError: missing file, full disk, no permission) gets one line on stderr and exit status 2
-    instead of a traceback. SIGTERM
-    unwinds the stack like Ctrl-C, so temporary files are removed on the way out; either
-    ends the process with 128 + the signal number, as the shell reports a signal.
+    instead of a traceback; the collapse watch's stop (CollapseStop) gets its line and exit
+    status 3. SIGTERM unwinds the stack like Ctrl-C, so temporary files are removed on the way
+    out; either ends the process with 128 + the signal number, as the shell reports a signal.
     """
     config = vars(parser.parse_args(argv))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run(config)
+    except CollapseStop as e:
+        print(one_line(e), file=sys.stderr)
+        sys.exit(CollapseStop.exit_status)
     except (ConfigError, StopRun, OSError) as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
@@ -65,6 +73,7 @@ ADDED_FLAGS = frozenset([
     '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
     '--LC_ema_decay', '--LC_start',
     '--R1', '--R1_every',
+    '--collapse_watch', '--on_collapse', '--collapse_lr_scale', '--max_rollbacks',
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
@@ -322,6 +331,21 @@ TRAIN_FLAGS = {
     '--R1_every': dict(type=int, default=1,
                        help='Lazy R1 (as StyleGAN2): only every this many iterations, weighted '
                             'this many times'),
+    # The collapse watch (collapse.py, docs/collapse.md).
+    '--collapse_watch': dict(action='store_true', default=False,
+                             help='Judge the losses, singular values (logged every 10 '
+                                  'iterations) and FIDs for a collapse as the run goes, and keep '
+                                  'the last healthy checkpoint as the _healthy set'),
+    '--on_collapse': dict(type=str, default='warn', choices=['warn', 'stop', 'rollback'],
+                          help='What --collapse_watch does at a collapse: warn (one line and a '
+                               'jsonl record), stop (the line, exit status 3) or rollback '
+                               '(reload the _healthy set with lower learning rates)'),
+    '--collapse_lr_scale': dict(type=float, default=0.5,
+                                help='Factor both learning rates are multiplied by at each '
+                                     'rollback'),
+    '--max_rollbacks': dict(type=int, default=3,
+                            help='Rollbacks allowed in a run; the next collapse stops it (exit '
+                                 'status 3)'),
 }
 
 SAMPLE_FLAGS = {
@@ -418,7 +442,8 @@ DOMAINS = {
     'n_classes': '>= 0', 'sample_num_npz': '>= 1', 'truncation': '>= 0', 'kid_feats': '>= 0',
     'chunk_size': '>= 1', 'chunk_window': '>= 0', 'CR': '>= 0', 'LC': '>= 0',
     'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1', 'kid_subset_size': '>= 2',
-    'kid_subsets': '>= 1', 'R1': '>= 0', 'R1_every': '>= 1',
+    'kid_subsets': '>= 1', 'R1': '>= 0', 'R1_every': '>= 1', 'collapse_lr_scale': '(0, 1]',
+    'max_rollbacks': '>= 0',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the

@@ -3,6 +3,10 @@
     python plot_logs.py --experiment_name NAME --logs_root logs
     python plot_logs.py --experiment_name 'BigGAN_I128*' OTHER --x time
 
+With --collapse, each run's logs are also judged by the collapse watch's rule (collapse.py):
+`collapse at itr N: <signals>` and the checkpoints before it, or `no collapse found`, and the
+onsets are marked on the figures.
+
 For each experiment, into logs_root/NAME/: IS_FID.png (from logs_root/NAME_log.jsonl),
 losses.png, G_singular_values.png and D_singular_values.png (from logs_root/NAME/*.log);
 with several experiments also logs_root/compare_IS_FID.png. What the release's MATLAB scripts
@@ -22,6 +26,7 @@ import re
 
 import numpy as np
 
+import collapse
 import files
 import flags
 
@@ -54,6 +59,10 @@ def prepare_parser():
     parser.add_argument('--compare_out', type=str, default='',
                         help='Path of the comparison figure when several experiments are '
                              'named (default: logs_root/compare_IS_FID.png)')
+    parser.add_argument('--collapse', action='store_true', default=False,
+                        help="Judge each run's logs for a collapse with the collapse watch's "
+                             'rule, print where it starts (or that none was found) and mark '
+                             'it on the figures')
     return parser
 
 
@@ -116,7 +125,8 @@ def read_jsonl(path):
             record = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             continue
-        if not isinstance(record, dict) or not isinstance(record.get('itr'), (int, float)):
+        if (not isinstance(record, dict) or not isinstance(record.get('itr'), (int, float))
+                or 'event' in record):  # the collapse watch's records are no test
             continue
         try:
             # Every number as the float64 it is plotted as; an iteration must be a count.
@@ -139,6 +149,33 @@ def read_jsonl(path):
         keep = latest(series['itr'])
         series = {k: v[keep] for k, v in series.items()}
     return series
+
+
+def read_events(path):
+    """The records of a MetricsLogger file that carry an 'event' (the collapse watch's), in
+    file order."""
+    events = []
+    for line in complete_lines(path):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and 'event' in record and isinstance(
+                record.get('itr'), int):
+            events.append(record)
+    return events
+
+
+def save_every(logs_root, name):
+    """The run's --save_every from its metalog.txt, or 0 when it has none."""
+    path = os.path.join(logs_root, name, 'metalog.txt')
+    if not os.path.isfile(path):
+        return 0
+    for line in complete_lines(path):
+        found = re.search(r"'save_every': (\d+)", line)
+        if line.startswith('config:') and found:
+            return int(found[1])
+    return 0
 
 
 def hours(tests):
@@ -182,7 +219,7 @@ def resolve(patterns, logs_root):
 
 def read_experiment(logs_root, name):
     """A run's logs: {'name', 'tests': read_jsonl's series ({} without tests), 'metrics':
-    {metric: (itr, values)} of every logs_root/name/*.log}."""
+    {metric: (itr, values)} of every logs_root/name/*.log, 'events': read_events' records}."""
     jsonl = os.path.join(logs_root, name + '_log.jsonl')
     folder = os.path.join(logs_root, name)
     metrics = {}
@@ -191,8 +228,9 @@ def read_experiment(logs_root, name):
             if f.endswith('.log'):
                 metrics[f[:-4]] = read_metric_log(os.path.join(folder, f))
     tests = read_jsonl(jsonl) if os.path.exists(jsonl) else {}
+    events = read_events(jsonl) if os.path.exists(jsonl) else []
     return {'name': name, 'tests': tests if len(tests.get('itr', ())) else {},
-            'metrics': metrics}
+            'metrics': metrics, 'events': events}
 
 
 def smooth(values, window):
@@ -346,8 +384,33 @@ def save(fig, path):
     print(f'wrote {path}')
 
 
-def plot_run(run, logs_root, x='itr', window=100):
-    """The figures one run's logs allow, beside its logs; returns their paths."""
+def mark_onsets(fig, onsets):
+    """A dashed red line at each collapse onset on every panel of fig."""
+    for ax in fig.axes:
+        for i, onset in enumerate(onsets):
+            ax.axvline(onset, color='red', linestyle='--', linewidth=1,
+                       label='collapse onset' if i == 0 else None)
+
+
+def report_collapse(run, logs_root):
+    """Judge a run's logs with the collapse rule and print what it finds; returns the onsets."""
+    every = save_every(logs_root, run['name'])
+    detector = collapse.scan(run, every, collapse.rollback_itrs(run))
+    if not detector.collapses:
+        print(f"{run['name']}: no collapse found")
+    for found in detector.collapses:
+        print(f'collapse at itr {found.onset}: {collapse.signal_names(found.signals)}')
+        last = f'itr {(found.onset - 1) // every * every}' if every else (
+            'unknown (no save_every in metalog.txt)')
+        healthy = f'itr {found.healthy}' if found.healthy is not None else 'none'
+        print(f'  last checkpoint before it: {last}; last healthy one by the rule: {healthy} '
+              f'(the _healthy set of a run with --collapse_watch)')
+    return [found.onset for found in detector.collapses]
+
+
+def plot_run(run, logs_root, x='itr', window=100, onsets=()):
+    """The figures one run's logs allow, beside its logs, collapse onsets marked; returns
+    their paths."""
     folder = os.path.join(logs_root, run['name'])
     os.makedirs(folder, exist_ok=True)
     figures = []
@@ -361,7 +424,10 @@ def plot_run(run, logs_root, x='itr', window=100):
     paths = []
     for key, make in figures:
         paths.append(os.path.join(folder, FIGURES[key]))
-        save(make(), paths[-1])
+        fig = make()
+        if not (key == 'IS_FID' and x == 'time'):
+            mark_onsets(fig, onsets)
+        save(fig, paths[-1])
     return paths
 
 
@@ -372,7 +438,8 @@ def run(config):
             for name in resolve(config['experiment_name'], logs_root)]
     paths = []
     for r in runs:
-        paths += plot_run(r, logs_root, config['x'], max(config['smooth'], 1))
+        onsets = report_collapse(r, logs_root) if config['collapse'] else ()
+        paths += plot_run(r, logs_root, config['x'], max(config['smooth'], 1), onsets)
         if not r['tests']:
             print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
     tested = [r for r in runs if r['tests']]

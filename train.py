@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import collapse
 import train_fns
 import utils
 from checkpoints import check_finite_step, set_rng_state
@@ -196,6 +197,12 @@ def run(config):
     sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
                                config=config)
 
+    # --collapse_watch: judges what rank 0 logs; may roll the run back or stop it (collapse.py).
+    watch = None
+    if config['collapse_watch']:
+        watch = collapse.Watch(config, experiment_name, state_dict,
+                               (G, D, G_ema if config['ema'] else None), test_log)
+
     def evaluate_and_save(testing, saving):
         """Test (IS/FID, best copies) and/or checkpoint with sheets, in sampling mode."""
         if config['G_eval_mode']:
@@ -208,10 +215,14 @@ def run(config):
             metrics = train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample, measure,
                                      experiment_name, test_log)
             tb.scalars(state_dict['itr'], 'test', metrics)
+            if watch is not None:
+                watch.tested(state_dict['itr'], metrics)
         if saving:
             train_fns.save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                                       experiment_name)
             tb.after_save(state_dict['itr'], config['samples_root'], experiment_name)
+            if watch is not None:
+                watch.saved(state_dict['itr'])
 
     # Train. Under torchrun the launcher owns signals; a lone process stops cleanly on them.
     start_itr = state_dict['itr']
@@ -227,14 +238,18 @@ def run(config):
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)
+            svs = {}
             if rank == 0:
                 train_log.log(itr=itr, **metrics)
-                svs = {}
-                if config['sv_log_interval'] > 0 and not itr % config['sv_log_interval']:
-                    svs = {**utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D')}
+                # The watch reads them at its own cadence too, and logs what it reads.
+                if ((config['sv_log_interval'] > 0 and not itr % config['sv_log_interval'])
+                        or (watch is not None and watch.due(itr))):
+                    svs = utils.read_SVs({'G': G, 'D': D})
                     train_log.log(itr=itr, **svs)
                 bar.set_postfix(metrics)
                 tb.log_train(itr, metrics, svs, D_batch_size * world_size, G=G.optim, D=D.optim)
+            if watch is not None:
+                watch.observe(itr, metrics, svs)
             # The losses are on the host already: a NaN stops the run before it is saved.
             check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
                               experiment_name)
@@ -243,6 +258,8 @@ def run(config):
             saving = config['save_every'] > 0 and not itr % config['save_every']
             if testing or saving:
                 evaluate_and_save(testing, saving)
+            if watch is not None:
+                watch.judge(itr)
             if 0 < config['total_itrs'] <= itr or stop:
                 break
 

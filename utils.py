@@ -99,6 +99,10 @@ def prepare_config(config):
     if config.get('R1', 0) > 0 and config.get('compile'):
         raise ConfigError('--R1 needs a double backward through D, which --compile does not '
                           'support: drop one of them')
+    if (config.get('collapse_watch') and config.get('on_collapse') == 'rollback'
+            and config['save_every'] <= 0):
+        raise ConfigError('--on_collapse rollback rolls back to a checkpoint: set --save_every '
+                          '> 0 (or use --on_collapse warn or stop)')
     config = update_config_roots(config)
     config['device'] = str(pick_device(config.get('device')))
     return config
@@ -569,9 +573,23 @@ def clock(seconds):
 
 def get_SVs(net, prefix):
     """The logged singular values of every SN layer, keyed like the release's logs."""
-    d = net.state_dict()
-    return {(f'{prefix}_{key}').replace('.', '_'): float(d[key].item())
-            for key in d if 'sv' in key}
+    return read_SVs({prefix: net})
+
+
+def read_SVs(nets):
+    """get_SVs of every {prefix: net} in one dict, read from the device in one transfer per
+    device (not one .item() per layer)."""
+    names, values = [], {}
+    for prefix, net in nets.items():
+        for key, buf in net.state_dict().items():
+            if 'sv' in key:
+                names.append((f'{prefix}_{key}').replace('.', '_'))
+                values.setdefault(buf.device, []).append((len(names) - 1, buf.reshape(-1)))
+    out = [0.0] * len(names)
+    for parts in values.values():
+        for (i, _), v in zip(parts, torch.cat([b for _, b in parts]).cpu().tolist()):
+            out[i] = float(v)
+    return dict(zip(names, out))
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,319 @@
+"""The collapse watch (collapse.py): the rule on hand-made windows, recorded runs replayed
+(tests/fixtures/collapse), and --collapse_watch in train.py with a stand-in step: warn (the
+line and the jsonl record, found again by the offline scan), stop (exit status 3), rollback
+(the healthy set reloaded bit for bit, both learning rates scaled and kept by a relaunch)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoints
+import collapse
+import plot_logs
+import train
+import train_fns
+import utils
+from conftest import FIXTURES, ROOT, TINY_FLAGS, assert_same, run_flags, tiny_config
+
+NAME = 'watched'
+RULE = {'every': 10, 'window': 200, 'persist': 10, 'healthy_after': 500}
+
+
+def healthy_losses(rng):
+    """One iteration's hinge losses of a balanced game."""
+    return {'G_loss': 0.8 + 0.5 * rng.standard_normal(),
+            'D_loss_real': 0.7 + 0.2 * abs(rng.standard_normal()),
+            'D_loss_fake': 0.7 + 0.2 * abs(rng.standard_normal())}
+
+
+def d_wins_losses(rng):
+    """One iteration's losses once D wins: its losses near 0, G's far above 3."""
+    return {'G_loss': 6.0 + rng.standard_normal(),
+            'D_loss_real': 0.02 * abs(rng.standard_normal()),
+            'D_loss_fake': 0.02 * abs(rng.standard_normal())}
+
+
+def feed(detector, series, start=1):
+    """Feed {itr: losses} from start on to detector, judging as train.py does; returns the
+    Collapses it confirmed."""
+    found = []
+    for itr in range(start, max(series) + 1):
+        detector.losses(itr, series[itr])
+        if itr % collapse.EVERY == 0:
+            c = detector.judge(itr)
+            if c is not None:
+                found.append(c)
+    return found
+
+
+def synthetic(n, bad=(), seed=0):
+    """{itr: losses} for itr 1..n, D winning at the iterations in bad."""
+    rng = np.random.default_rng(seed)
+    bad = set(bad)
+    return {i: (d_wins_losses if i in bad else healthy_losses)(rng) for i in range(1, n + 1)}
+
+
+# ----------------------------------------------------------------------------
+# The rule itself.
+
+def test_rule_constants_are_the_documented_ones():
+    """The frozen rule is what docs/collapse.md states."""
+    assert (collapse.EVERY, collapse.WINDOW, collapse.PERSIST, collapse.HEALTHY_AFTER) == (
+        RULE['every'], RULE['window'], RULE['persist'], RULE['healthy_after'])
+    with open(os.path.join(ROOT, 'docs', 'collapse.md')) as f:
+        doc = f.read()
+    for name in ('EVERY', 'WINDOW', 'MIN_POINTS', 'D_WINS_LOSS', 'D_WINS_G_LOSS',
+                 'FROZEN_SPREAD', 'SV_RATIO', 'SV_BASE_AFTER', 'FID_RATIO', 'PERSIST',
+                 'HEALTHY_AFTER'):
+        assert f'`{name}` = {getattr(collapse, name):g}' in doc, name
+
+
+def test_judge_signals_on_hand_made_windows():
+    """Each signal fires exactly on its condition (medians, spreads, ratios computed here)."""
+    n = collapse.MIN_POINTS
+    G, low = np.linspace(3.5, 4.5, n), np.linspace(0.01, 0.03, n)  # medians 4 and 0.02
+    wins = collapse.judge({'G_loss': G, 'D_loss_real': low, 'D_loss_fake': low}, {}, {}, [])
+    assert list(wins) == ['D wins'] and wins['D wins'].startswith('median D loss 0.04 <')
+    # A median D loss of 0.12 is not below 0.1; a median G loss of 2.95 is not above 3.
+    assert not collapse.judge({'G_loss': G, 'D_loss_real': low + 0.04,
+                               'D_loss_fake': low + 0.04}, {}, {}, [])
+    assert not collapse.judge({'G_loss': G - 1.05, 'D_loss_real': low,
+                               'D_loss_fake': low}, {}, {}, [])
+    # Too few points: not judged.
+    assert not collapse.judge({'G_loss': G[:n - 1], 'D_loss_real': low[:n - 1],
+                               'D_loss_fake': low[:n - 1]}, {}, {}, [])
+    flat = {'G_loss': np.full(n, 1.0), 'D_loss_real': np.full(n, 1.0),
+            'D_loss_fake': np.linspace(0.5, 0.5009, n)}
+    assert list(collapse.judge(flat, {}, {}, [])) == ['losses frozen']
+    flat['D_loss_fake'] = np.linspace(0.5, 0.5011, n)
+    assert not collapse.judge(flat, {}, {}, [])
+    svs = {'G_a_sv0': np.array([3.0, 3.2, 3.1]), 'G_b_sv0': np.array([9.0, 9.5, 9.2])}
+    fired = collapse.judge({}, svs, {'G_a_sv0': 1.0, 'G_b_sv0': 3.0}, [])
+    assert list(fired) == ['G sv0 explode'] and 'G_a_sv0 3.1x' in fired['G sv0 explode']
+    assert not collapse.judge({}, svs, {'G_a_sv0': 1.1, 'G_b_sv0': 3.1}, [])
+    tests = [(1, 50.0), (2, 40.0), (3, 81.0), (4, 90.0)]
+    assert list(collapse.judge({}, {}, {}, tests)) == ['FID worse']
+    assert not collapse.judge({}, {}, {}, tests[:3] + [(4, 79.0)])
+
+
+def test_spikes_that_recover_raise_nothing():
+    """D winning for 90 iterations (under half the window: no median flips) raises nothing, nor
+    do 30-iteration bursts every 100; 400 iterations of it do, confirmed 9 judgements after
+    its onset."""
+    assert feed(collapse.Detector(), synthetic(1500, range(600, 690))) == []
+    bursts = [i for i in range(300, 1500) if i % 100 < 30]
+    assert feed(collapse.Detector(), synthetic(1500, bursts)) == []
+    found = feed(collapse.Detector(), synthetic(1500, range(600, 1000)))
+    assert len(found) == 1
+    onset, itr = found[0].onset, found[0].itr
+    assert list(found[0].signals) == ['D wins']
+    # The median flips once most of the window is bad: past 600 + WINDOW / 2.
+    assert 600 + collapse.WINDOW // 2 <= onset <= 600 + collapse.WINDOW // 2 + 20
+    assert itr == onset + (collapse.PERSIST - 1) * collapse.EVERY
+
+
+def test_checkpoints_become_healthy_only_after_clean_iterations():
+    """A candidate saved at 100 is healthy at the first clean judgement 500 iterations on; one
+    saved while signals show (or discarded by one) never is."""
+    detector = collapse.Detector()
+    series = synthetic(1400, range(800, 1400))
+    for itr in range(1, 1401):
+        detector.losses(itr, series[itr])
+        if itr % 100 == 0:
+            detector.saved(itr)
+        if itr % collapse.EVERY == 0:
+            detector.judge(itr)
+    events = detector.events
+    assert events[:3] == [('candidate', 100), ('healthy', 100), ('candidate', 700)]
+    assert events[3][0] == 'discarded' and events[3][1] == 700
+    assert detector.healthy == 100 and detector.collapses[0].healthy == 100
+    assert detector.collapses[0].onset > 800
+
+
+# ----------------------------------------------------------------------------
+# Recorded runs (tests/fixtures/collapse: the .log files of real runs, docs/collapse.md).
+
+def recorded():
+    with open(os.path.join(FIXTURES, 'collapse', 'runs.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('name', sorted(recorded()))
+def test_recorded_runs(name, capsys):
+    """Each recorded run's verdict: collapsing runs are found at their recorded onset, which
+    lies between the last sheet that looked healthy and the first that showed the collapse;
+    healthy runs (held-out ones included) raise nothing. Through plot_logs.py --collapse."""
+    expected = recorded()[name]
+    plot_logs.report_collapse(plot_logs.read_experiment(
+        os.path.join(FIXTURES, 'collapse'), name), os.path.join(FIXTURES, 'collapse'))
+    out = capsys.readouterr().out
+    if expected['onset'] is None:
+        assert out == f'{name}: no collapse found\n'
+        return
+    first = out.splitlines()[0]
+    assert first.startswith(f"collapse at itr {expected['onset']}: "), first
+    assert expected['healthy_sheet'] < expected['onset'] <= expected['collapsed_sheet']
+    for signal in expected['signals']:
+        assert signal in first
+
+
+# ----------------------------------------------------------------------------
+# train.py --collapse_watch, with a stand-in step.
+
+def stand_in(losses_at, seen):
+    """GAN_training_function's stand-in: every 50th step moves G's and D's weights and Adam
+    states (one optimizer step on random gradients); each returns losses_at(itr, state_dict).
+
+    seen['after_rollback'] gets G, D and their optimizers' states as the first step after a
+    rollback finds them; seen[itr] the states at each itr a checkpoint is saved at (every 100).
+    """
+    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
+        gen = torch.Generator().manual_seed(0)
+        done = [0]
+
+        def states():
+            return torch_copy({'G': G.state_dict(), 'D': D.state_dict(),
+                               'G_optim': G.optim.state_dict(),
+                               'D_optim': D.optim.state_dict()})
+
+        def step(x, y):
+            itr = state_dict['itr']
+            if state_dict.get('collapse', {}).get('rollbacks', 0) > done[0]:
+                done[0] += 1
+                seen['after_rollback'] = states()
+            for net in (G, D) if itr % 50 == 0 else ():
+                for p in net.parameters():
+                    p.grad = torch.randn(p.shape, generator=gen)
+                net.optim.step()
+            if itr % 100 == 0:
+                seen[itr] = states()
+            return losses_at(itr, state_dict)
+        return step
+    return make
+
+
+def torch_copy(obj):
+    """A deep copy of nested dicts/lists of tensors and values."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: torch_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(torch_copy(v) for v in obj)
+    return obj
+
+
+def watched_run(data_root, out, monkeypatch, losses_at, *extra, seen=None):
+    """train.main with the tiny flags, the stand-in step and the sheets left out (they cost
+    seconds a save here and the watch never reads them)."""
+    step = stand_in(losses_at, {} if seen is None else seen)
+    monkeypatch.setattr(train_fns, 'GAN_training_function', step)
+    monkeypatch.setattr(utils, 'save_sheets', lambda *a, **k: None)
+    monkeypatch.setattr(utils, 'save_image', lambda *a, **k: None)
+    flags = run_flags(data_root, str(out), NAME, '--collapse_watch', *extra)
+    train.main(flags)
+
+
+def events(out):
+    with open(os.path.join(out, 'logs', NAME + '_log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def synthetic_at(n, bad):
+    series = synthetic(n, bad)
+    return lambda itr, state_dict: series[itr]
+
+
+def test_warn_line_record_and_offline_scan_agree(data_root, tmp_path, monkeypatch, capsys):
+    """--on_collapse warn: one line naming the onset, signals and last healthy checkpoint, one
+    jsonl record; the run goes on; plot_logs.py --collapse on its logs finds the same onset."""
+    watched_run(data_root, tmp_path, monkeypatch, synthetic_at(300, range(1, 300)),
+                '--total_itrs', '300', '--save_every', '0', '--on_collapse', 'warn')
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'collapse at' in line]
+    assert len(lines) == 1
+    record, = events(tmp_path)
+    assert record['event'] == 'collapse' and record['action'] == 'warn'
+    onset = record['onset']
+    assert lines[0].startswith(f'warning: collapse at itr {onset}: D wins (median D loss ')
+    assert lines[0].endswith('last healthy checkpoint: none yet')
+    assert record['itr'] == onset + 90 and list(record['signals']) == ['D wins']
+    run = plot_logs.read_experiment(str(tmp_path / 'logs'), NAME)
+    plot_logs.report_collapse(run, str(tmp_path / 'logs'))
+    offline = capsys.readouterr().out.splitlines()
+    assert offline[0] == f'collapse at itr {onset}: ' + collapse.signal_names(record['signals'])
+    # The singular values the watch read every 10 iterations are in the logs it judged.
+    assert run['metrics']['G_linear_sv0'][0].tolist() == list(range(10, 301, 10))
+
+
+def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
+    """--on_collapse stop: the line on stderr and exit status 3, no checkpoint after it."""
+    with pytest.raises(SystemExit) as stopped:
+        watched_run(data_root, tmp_path, monkeypatch, synthetic_at(300, range(1, 300)),
+                    '--total_itrs', '300', '--save_every', '0', '--on_collapse', 'stop')
+    assert stopped.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    record, = events(tmp_path)
+    assert record['action'] == 'stop'
+    assert err[-1].startswith(f"collapse at itr {record['onset']}: D wins")
+    assert err[-1].endswith(f"(confirmed at itr {record['itr']}); last healthy checkpoint: "
+                            'none yet')
+    assert not os.path.exists(tmp_path / 'weights' / NAME / 'state_dict.pth')
+
+
+def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, capsys):
+    """--on_collapse rollback: the run goes back to the healthy set (saved at 100, healthy 500
+    clean iterations on) bit for bit, both learning rates halved; the _healthy set outlives
+    --num_save_copies; a relaunch with the same flags resumes with the halved rates."""
+    rng = np.random.default_rng(1)
+
+    def losses_at(itr, state_dict):
+        # D wins from 601 on (the set saved at 100 is healthy at 600) until the rollback.
+        cured = state_dict['collapse']['rollbacks'] > 0
+        return (healthy_losses if itr <= 600 or cured else d_wins_losses)(rng)
+    seen = {}
+    watched_run(data_root, tmp_path, monkeypatch, losses_at, '--total_itrs', '810',
+                '--save_every', '100', '--num_save_copies', '1', '--on_collapse', 'rollback',
+                '--G_lr', '1e-4', '--D_lr', '4e-4', seen=seen)
+    line, = [line for line in capsys.readouterr().out.splitlines() if 'collapse at' in line]
+    record, = events(tmp_path)
+    assert record['action'] == 'rollback' and record['healthy_itr'] == 100
+    assert record['G_lr'] == pytest.approx(5e-5) and record['D_lr'] == pytest.approx(2e-4)
+    assert 'last healthy checkpoint: ' in line and '_healthy.pth (itr 100)' in line
+    # In memory after the rollback: the states of itr 100, but for the learning rates.
+    after, saved = seen['after_rollback'], seen[100]
+    for name in ('G', 'D'):
+        assert_same(after[name], saved[name], name)
+        lr = after[name + '_optim']['param_groups'][0]['lr']
+        assert lr == pytest.approx(record[name + '_lr'])
+        after[name + '_optim']['param_groups'][0]['lr'] = saved[name + '_optim'][
+            'param_groups'][0]['lr']
+        assert_same(after[name + '_optim'], saved[name + '_optim'], name + '_optim')
+    folder = tmp_path / 'weights' / NAME
+    healthy = checkpoints.torch_load(str(folder / 'state_dict_healthy.pth'))
+    assert healthy['itr'] == 100 and sorted(healthy['files']) == sorted(
+        f'{n}_healthy.pth' for n in ('G', 'G_optim', 'D', 'D_optim', 'G_ema'))
+    assert_same(checkpoints.torch_load(str(folder / 'G_healthy.pth')), saved['G'])
+    assert not os.path.exists(folder / 'G_copy1.pth')  # one rolling copy only
+    # A relaunch of the same command resumes with the halved rates (the resume rule).
+    config = tiny_config('--G_lr', '1e-4', '--D_lr', '4e-4', '--resume', '--ema')
+    import BigGAN
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
+    G_ema = BigGAN.Generator(**{**config, 'no_optim': True})
+    state = {'config': config}
+    checkpoints.load_weights(G, D, state, str(tmp_path / 'weights'), NAME, None, G_ema)
+    assert G.optim.param_groups[0]['lr'] == pytest.approx(5e-5)
+    assert D.optim.param_groups[0]['lr'] == pytest.approx(2e-4)
+    assert state['collapse'] == {'rollbacks': 1}
+
+
+def test_rollback_needs_checkpoints(tmp_path, capsys):
+    """--on_collapse rollback with --save_every 0 is refused at start-up (exit 2)."""
+    with pytest.raises(SystemExit) as refused:
+        train.main(TINY_FLAGS + ['--collapse_watch', '--on_collapse', 'rollback',
+                                 '--save_every', '0', '--base_root', str(tmp_path)])
+    assert refused.value.code == 2
+    assert '--save_every' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -23,25 +23,45 @@ from torch.utils.data import DataLoader, Sampler
 from files import (  # noqa: F401  (release-era names, kept importable from here)
     ITEM_OVERHEAD,
     MEM_HEADROOM,
+    FileError,
     atomic_open,
     available_memory,
     check_declared,
     check_memory,
     item_nbytes,
+    open_regular,
 )
-from flags import ConfigError
+from flags import ConfigError, one_line
 from s32 import S32_CLASSES, S32_DEFAULT_PER_CLASS, S32_RES, make_s32  # noqa: F401
 
 IMG_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                   '.tiff', '.webp']
 
 
-
-
 class DatasetError(ConfigError):
     """A dataset on disk that cannot be used as it is; the message says what to do."""
 
 
+class ImageReadError(DatasetError):
+    """One image of a dataset cannot be read; the message names the file.
+
+    Raised while batches are loaded, inside DataLoader workers too. DataLoader raises a
+    worker's exception again in the main process as type(error)(message), where message is
+    'Caught ImageReadError in DataLoader worker ...' followed by the worker's traceback, whose
+    last line is '<module>.ImageReadError: <the original message>'. That line is kept, so the
+    run still ends with the one line naming the file.
+    """
+
+    def __init__(self, message):
+        marker = f'{type(self).__name__}: '
+        if message.startswith('Caught ') and marker in message:
+            message = message.rstrip().rsplit('\n', 1)[-1].split(marker, 1)[1]
+        super().__init__(message)
+
+
+def _reason(error):
+    """An exception as 'Type: message' on one line, cut to 200 characters."""
+    return f'{type(error).__name__}: {one_line(error)[:200]}'
 
 
 def _atomic_savez(path, **arrays):
@@ -134,8 +154,9 @@ def make_dataset(dir, class_to_idx, folders=None):
 
 
 def default_loader(path):
-    """Decode an image file to RGB exactly as the release does."""
-    with open(path, 'rb') as f:
+    """Decode an image file to RGB exactly as the release does; a FIFO or device named like
+    an image is refused (FileError) rather than waited on."""
+    with open_regular(path, 'image') as f:
         img = Image.open(f)
         return img.convert('RGB')
 
@@ -278,8 +299,16 @@ class ImageFolder(data.Dataset):
                           f'{self.index_path}: {e}', stacklevel=2)
 
     def _load(self, index):
-        """Decoded and transformed image at index."""
-        img = self.loader(self.paths[index])
+        """Decoded and transformed image at index; a file that cannot be decoded (truncated,
+        a decompression bomb, not an image) raises ImageReadError naming it."""
+        path = self.paths[index]
+        try:
+            img = self.loader(path)
+        except FileError as e:
+            raise ImageReadError(str(e)) from None
+        except Exception as e:  # whatever the decoder raises, the file is at fault
+            raise ImageReadError(f'image {path} cannot be read ({_reason(e)}); remove or '
+                                 f'replace the file') from None
         if self.transform is not None:
             img = self.transform(img)
         return img
@@ -318,8 +347,10 @@ def _next_prime(n):
 
 
 def open_hdf5(path):
-    """path opened for reading, once it is known to hold 'imgs' (N x 3 x H x W) and N
-    'labels'; otherwise a DatasetError saying what is wrong with the file."""
+    """path opened for reading, once it is known to be a regular file holding 'imgs'
+    (N x 3 x H x W) and N 'labels'; otherwise a DatasetError saying what is wrong with it."""
+    # h5py would wait forever on a FIFO: the kind of file is checked first.
+    open_regular(path, 'HDF5 file').close()
     try:
         f = h5py.File(path, 'r')
     except OSError as e:
@@ -341,6 +372,9 @@ def read_labels(labels, path):
     """An HDF5 'labels' dataset as int64, once its declared size is checked: against the
     memory available (the stored labels and their int64 copy) and, when stored unfiltered,
     against the file's length, so a header declaring billions of labels reads nothing."""
+    if labels.dtype.kind not in 'iu':
+        raise DatasetError(f"{path} holds {labels.dtype} labels; labels are integer class "
+                           f'indices: write the file with make_hdf5.py')
     n = len(labels)
     unfiltered = labels.id.get_create_plist().get_nfilters() == 0
     check_declared(labels.dtype.itemsize * n, f'its {n} labels', path,
@@ -403,6 +437,12 @@ class ILSVRC_HDF5(data.Dataset):
         self.raw = raw
         with open_hdf5(self.root) as f:
             imgs, labels = f['imgs'], f['labels']
+            if imgs.dtype != np.uint8:
+                # normalize and to_float map 0-255 pixels; other values would train as they are.
+                raise DatasetError(f'{self.root} holds {imgs.dtype} images; training reads '
+                                   f'uint8 pixels (0-255) and normalises them itself: write '
+                                   f'the file with make_hdf5.py')
+            self.image_shape = tuple(imgs.shape[1:])
             if load_in_mem:
                 check_memory(imgs.dtype.itemsize * int(np.prod(imgs.shape)),
                              f'the {len(imgs)} images of {self.root}')
@@ -447,7 +487,15 @@ class ILSVRC_HDF5(data.Dataset):
 
     def __getitem__(self, index):
         # A copy of an in-memory image, so that no transform can change the array.
-        img = self.data[index].copy() if self.load_in_mem else self._imgs()[index]
+        if self.load_in_mem:
+            img = self.data[index].copy()
+        else:
+            try:
+                img = self._imgs()[index]
+            except Exception as e:  # a damaged chunk, or the file changed under the run
+                raise ImageReadError(f'{self.root}: image {index} cannot be read '
+                                     f'({_reason(e)}); the file is damaged: write it again '
+                                     f'with make_hdf5.py') from None
         target = int(self.labels[index])
         img = torch.from_numpy(img)
         if not self.raw:
@@ -567,6 +615,44 @@ def limit_data(dataset, num_samples=None, mirror=False, seed=0):
 
 
 # ----------------------------------------------------------------------------
+# Start-up validation: what the first step will read, checked before anything is written.
+
+def check_training_set(dataset, resolution, n_classes):
+    """Refuse (DatasetError, one line) a training set the models cannot take: labels outside
+    [0, n_classes) (an embedding lookup fails at the first step, on CUDA with a device-side
+    assert that kills the process), or images that are not 3 x resolution x resolution.
+
+    Every dataset class keeps its labels in memory, so they are all checked here. An HDF5
+    file's image shape comes from its header (its dtype was checked when it was opened); any
+    other dataset's first item is loaded, with the random number generators restored
+    afterwards, so that augmentations draw nothing the training run would have drawn.
+    """
+    base = dataset.dataset if isinstance(dataset, LimitedData) else dataset
+    where = getattr(base, 'root', type(base).__name__)
+    labels = np.asarray(base.labels)
+    if labels.dtype.kind not in 'iu':
+        raise DatasetError(f'{where}: labels are {labels.dtype}, not integer class indices')
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(
+            f'{where}: labels run from {labels.min()} to {labels.max()}, but the dataset has '
+            f'{n_classes} classes (0 to {n_classes - 1}); pass the right --n_classes or fix '
+            f'the labels')
+    shape = getattr(base, 'image_shape', None)
+    if shape is None and len(base):
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            img = base[0][0]
+        np.random.set_state(np_state)
+        shape = tuple(getattr(img, 'shape', ()))
+    if shape is not None and shape != (3, resolution, resolution):
+        got = ' x '.join(str(d) for d in shape) or 'not an image tensor'
+        raise DatasetError(
+            f'{where} yields images of {got}, but the model takes 3 x {resolution} x '
+            f'{resolution} (--resolution, or the dataset table); make the data at that '
+            f'resolution (make_hdf5.py) or pass the matching --resolution')
+
+
+# ----------------------------------------------------------------------------
 # The dataset table.
 
 class DatasetEntry:
@@ -639,6 +725,13 @@ def check_dataset(config):
         raise ConfigError(f"unknown dataset {config['dataset']!r}: use one of "
                           f"{', '.join(DATASETS)}, or pass --dataset_root, --resolution and "
                           f'--n_classes for your own')
+
+
+def resolution_and_classes(config):
+    """(resolution, n_classes): the flags', else the dataset table's."""
+    entry = DATASETS.get(config['dataset'])
+    return (config.get('resolution') or entry.resolution,
+            config.get('n_classes') or entry.n_classes)
 
 
 def dataset_source(config):

@@ -18,7 +18,7 @@ import collapse
 import train_fns
 import utils
 from checkpoints import check_finite_step, set_rng_state
-from datasets import get_data_loaders, to_float
+from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
 from files import remove_stale_temps
 
@@ -146,6 +146,9 @@ def run(config):
     loader = get_data_loaders(**{**config, 'batch_size': D_batch_size,
                                  'start_itr': state_dict['itr'], 'rank': rank,
                                  'world_size': world_size, 'raw': True})[0]
+    # Labels and image shapes are checked now: at the first step, after the logs were reset,
+    # they would crash the run (or, as float pixels, train on unnormalised images).
+    check_training_set(loader.dataset, config['resolution'], config['n_classes'])
     if len(loader.dataset) // world_size < D_batch_size:
         n = len(loader.dataset)
         raise utils.ConfigError(

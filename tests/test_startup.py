@@ -1,0 +1,261 @@
+"""Start-up validation: what training and the metrics will read is checked before anything is
+written (one line, exit 2, logs and folders untouched), and an image that fails later, inside a
+loader worker, ends the run with one line naming it and the last checkpoint unchanged."""
+import os
+import signal
+import struct
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import calculate_inception_moments
+import datasets
+import flags
+import train
+from conftest import run_flags
+
+NAME = 'exp'
+
+
+def tree(folder):
+    """{relative path: bytes, or None for a folder} of everything under folder."""
+    out = {}
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), folder)] = None
+        for n in names:
+            with open(os.path.join(root, n), 'rb') as f:
+                out[os.path.relpath(os.path.join(root, n), folder)] = f.read()
+    return out
+
+
+def with_old_logs(out):
+    """A previous run's log in out/logs, which a refused start must leave as it is."""
+    old = os.path.join(out, 'logs', NAME)
+    os.makedirs(old)
+    with open(os.path.join(old, 'G_loss.log'), 'w') as f:
+        f.write('1: 1.000e+00\n')
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """An empty --data_root: every run here reads its data from --dataset_root."""
+    (tmp_path / 'data').mkdir()
+    return str(tmp_path / 'data')
+
+
+@pytest.fixture
+def alarm():
+    """A refusal must come at once: a read that waits (a FIFO) fails the test after 20 s."""
+    def ring(signum, frame):
+        raise TimeoutError('waited on the file')
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def refused(entry, argv, capsys):
+    """Run entry's CLI on argv; return its one stderr line, asserting exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        flags.run_cli(entry.run, entry.prepare_parser() if hasattr(entry, 'prepare_parser')
+                      else train.utils.prepare_parser(), argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]
+
+
+def train_refuses(argv, out, capsys):
+    """train.py refuses argv in one line and writes nothing under out; returns the line."""
+    before = tree(out)
+    line = refused(train, argv, capsys)
+    assert tree(out) == before
+    return line
+
+
+# ----------------------------------------------------------------------------
+# HDF5 files: labels, dtype and shape.
+
+def write_h5(path, n=8, shape=(3, 32, 32), dtype=np.uint8, labels=None):
+    """A small HDF5 in make_hdf5.py's layout; labels default to 0..n-1 mod 10."""
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (n,) + shape).astype(dtype)
+    labels = np.arange(n) % 10 if labels is None else labels
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', data=imgs)
+        f.create_dataset('labels', data=labels)
+    return str(path)
+
+
+BAD_HDF5 = {
+    'label -1': dict(labels=np.array([0, 1, 2, 3, -1, 5, 6, 7])),
+    'label 10 of 10 classes': dict(labels=np.array([0, 1, 2, 3, 10, 5, 6, 7])),
+    'label beyond int64': dict(labels=np.array([0, 1, 2, 2 ** 63, 4, 5, 6, 7], np.uint64)),
+    'float labels': dict(labels=np.arange(8) + 0.5),
+    'float32 pixels': dict(dtype=np.float32),
+    'uint16 pixels': dict(dtype=np.uint16),
+    'not square': dict(shape=(3, 32, 16)),
+    'another resolution': dict(shape=(3, 16, 16)),
+}
+WHAT = {'label -1': 'labels run from -1', 'label 10 of 10 classes': 'labels run from 0 to 10',
+        'label beyond int64': 'labels', 'float labels': 'float64 labels',
+        'float32 pixels': 'float32 images', 'uint16 pixels': 'uint16 images',
+        'not square': 'images of 3 x 32 x 16', 'another resolution': 'images of 3 x 16 x 16'}
+
+
+@pytest.mark.parametrize('case', BAD_HDF5)
+def test_train_refuses_bad_hdf5_before_writing(case, data_root, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    with_old_logs(out)
+    path = write_h5(tmp_path / 'data.hdf5', **BAD_HDF5[case])
+    argv = run_flags(data_root, out, NAME, '--dataset_root', path, '--total_itrs', '2')
+    line = train_refuses(argv, out, capsys)
+    assert path in line and WHAT[case] in line
+
+
+def test_a_good_hdf5_trains(data_root, tmp_path):
+    """The same file with good labels and pixels passes the checks and trains."""
+    out = str(tmp_path / 'out')
+    path = write_h5(tmp_path / 'data.hdf5')
+    flags.run_cli(train.run, train.utils.prepare_parser(),
+                  run_flags(data_root, out, NAME, '--dataset_root', path, '--total_itrs', '1'))
+    assert os.path.exists(os.path.join(out, 'weights', NAME, 'G.pth'))
+
+
+def test_moments_refuse_bad_hdf5_before_writing(tmp_path, capsys):
+    """calculate_inception_moments.py checks the same before loading Inception."""
+    path = write_h5(tmp_path / 'data.hdf5', labels=np.arange(8) + 3)
+    weights = tmp_path / 'weights.pth'
+    weights.write_bytes(b'never read')
+    root = tmp_path / 'data'
+    root.mkdir()
+    line = refused(calculate_inception_moments, [
+        '--dataset', 'mine', '--dataset_root', path, '--resolution', '32', '--n_classes', '8',
+        '--data_root', str(root), '--inception_backend', 'tf_fid', '--inception_weights',
+        str(weights), '--num_workers', '0', '--device', 'cpu'], capsys)
+    assert 'labels run from 3 to 10' in line and os.listdir(root) == []
+
+
+def test_check_training_set_directly(tmp_path):
+    """The one check, on each dataset class: labels and first-item shape."""
+    good = datasets.ILSVRC_HDF5(write_h5(tmp_path / 'a.hdf5'))
+    datasets.check_training_set(good, 32, 10)
+    with pytest.raises(datasets.DatasetError, match='labels run from 0 to 7, but the dataset '
+                                                    'has 5 classes'):
+        datasets.check_training_set(good, 32, 5)
+    with pytest.raises(datasets.DatasetError, match='model takes 3 x 64 x 64'):
+        datasets.check_training_set(datasets.limit_data(good, 4), 64, 10)
+
+
+def test_first_item_check_draws_no_random_numbers(tmp_path):
+    """The shape check of a non-HDF5 set loads its first item with augmentation on, and the
+    training run's random streams are where they were."""
+    import torch
+    root = image_folder(tmp_path / 'images')
+    ds = datasets.get_dataset('mine', dataset_root=root, augment=True, resolution=32,
+                              n_classes=2)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    datasets.check_training_set(ds, 32, 10)
+    after = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    assert torch.equal(after[0], torch.rand(3)) and np.array_equal(after[1], np.random.rand(3))
+    with pytest.raises(datasets.DatasetError, match='images yields images of 3 x 32 x 32, but '
+                                                    'the model takes 3 x 64 x 64'):
+        datasets.check_training_set(ds, 64, 10)
+
+
+@pytest.mark.parametrize('kind', ['hdf5', 'image'])
+def test_fifos_are_refused_not_waited_on(kind, data_root, tmp_path, capsys, alarm):
+    """A FIFO where an HDF5 file or an image is expected: one line, no hang."""
+    out = str(tmp_path / 'out')
+    if kind == 'hdf5':
+        root = str(tmp_path / 'data.hdf5')
+        os.mkfifo(root)
+        extra = ['--dataset_root', root]
+    else:
+        root = image_folder(tmp_path / 'images')
+        fifo = os.path.join(root, 'class0', '0.png')  # the first item, read at start-up
+        os.remove(fifo)
+        os.mkfifo(fifo)
+        extra = ['--dataset', 'mine', '--dataset_root', root, '--resolution', '32',
+                 '--n_classes', '2']
+    line = train_refuses(run_flags(data_root, out, NAME, *extra, '--total_itrs', '1'), out,
+                         capsys)
+    assert 'not a regular file' in line
+
+
+# ----------------------------------------------------------------------------
+# Image folders: images that fail to decode, at start-up and inside loader workers.
+
+def image_folder(root, classes=2, per_class=4):
+    """root/class{c}/{i}.png, 32 x 32 random RGB."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f'class{c}'))
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                os.path.join(root, f'class{c}', f'{i}.png'))
+    return str(root)
+
+
+def png_chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+
+
+def bomb_png(path, side=20000):
+    """A 200-byte PNG declaring side x side pixels (400 M: PIL refuses it as a decompression
+    bomb when it is opened)."""
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n'
+                + png_chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 1, 0, 0, 0, 0))
+                + png_chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + png_chunk(b'IEND', b''))
+
+
+def truncated_png(path):
+    """A real PNG cut in half."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+
+
+FOLDER_FLAGS = ['--dataset', 'mine', '--resolution', '32', '--n_classes', '2']
+
+
+@pytest.mark.parametrize('damage', [bomb_png, truncated_png])
+def test_bad_first_image_is_refused_at_start(damage, data_root, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    with_old_logs(out)
+    root = image_folder(tmp_path / 'images')
+    bad = os.path.join(root, 'class0', '0.png')
+    damage(bad)
+    line = train_refuses(run_flags(data_root, out, NAME, *FOLDER_FLAGS, '--dataset_root', root,
+                                   '--total_itrs', '1'), out, capsys)
+    assert f'image {bad} cannot be read' in line
+
+
+@pytest.mark.parametrize('damage, workers', [(bomb_png, 1), (truncated_png, 0)])
+def test_bad_image_in_training_keeps_the_checkpoint(damage, workers, data_root, tmp_path,
+                                                    capsys):
+    """A run saves at 2; an image it reads after resuming (in a loader worker, or not) cannot
+    be decoded: one line naming it, exit 2, and every checkpoint file as it was."""
+    out = str(tmp_path / 'out')
+    root = image_folder(tmp_path / 'images')
+    argv = run_flags(data_root, out, NAME, *FOLDER_FLAGS, '--dataset_root', root,
+                     '--save_every', '2', '--num_workers', str(workers))
+    flags.run_cli(train.run, train.utils.prepare_parser(), argv + ['--total_itrs', '2'])
+    weights = os.path.join(out, 'weights', NAME)
+    saved = tree(weights)
+    assert 'G.pth' in saved and 'state_dict.pth' in saved
+    bad = os.path.join(root, 'class1', '3.png')  # not the first item, which start-up reads
+    damage(bad)
+    line = refused(train, argv + ['--total_itrs', '4', '--resume'], capsys)
+    assert f'image {bad} cannot be read' in line
+    assert tree(weights) == saved

@@ -24,13 +24,7 @@ from tqdm import tqdm
 
 import flags
 import inception_utils
-from datasets import (
-    check_dataset,
-    check_training_set,
-    get_data_loaders,
-    resolution_and_classes,
-    to_float,
-)
+from datasets import check_dataset, check_training_set, get_data_loaders, nclass_dict, to_float
 from distributed import pick_device
 from files import atomic_path, check_writable
 
@@ -62,8 +56,7 @@ def run(config):
            'pin_memory': device.type == 'cuda'})[0]
     # Moments of data the model cannot train on (other labels, another resolution) would be
     # compared with the wrong thing.
-    resolution, n_classes = resolution_and_classes(config)
-    check_training_set(loader.dataset, resolution, n_classes)
+    check_training_set(loader.dataset, config)
     net = inception_utils.load_inception_net(
         config['parallel'], backend, config['inception_weights'], device)
     feats = inception_utils.FeatureStats(keep=config['kid_feats'],
@@ -79,7 +72,7 @@ def run(config):
             tmp = stack.enter_context(atomic_path(per_class_path))
             per_class = inception_utils.PerClassMomentsWriter(
                 stack.enter_context(h5py.File(tmp, 'w')),
-                n_classes, backend)
+                config.get('n_classes') or nclass_dict[config['dataset']], backend)
         with torch.no_grad():
             for x, y in tqdm(loader):
                 pool, logits = net(to_float(x.to(device)).float())

@@ -617,16 +617,18 @@ def limit_data(dataset, num_samples=None, mirror=False, seed=0):
 # ----------------------------------------------------------------------------
 # Start-up validation: what the first step will read, checked before anything is written.
 
-def check_training_set(dataset, resolution, n_classes):
-    """Refuse (DatasetError, one line) a training set the models cannot take: labels outside
-    [0, n_classes) (an embedding lookup fails at the first step, on CUDA with a device-side
-    assert that kills the process), or images that are not 3 x resolution x resolution.
+def check_training_set(dataset, config):
+    """Refuse (DatasetError, one line) a training set the models configured by config cannot
+    take: labels outside [0, n_classes) (an embedding lookup fails at the first step, on CUDA
+    with a device-side assert that kills the process), or images that are not
+    3 x resolution x resolution (resolution_and_classes).
 
     Every dataset class keeps its labels in memory, so they are all checked here. An HDF5
     file's image shape comes from its header (its dtype was checked when it was opened); any
     other dataset's first item is loaded, with the random number generators restored
     afterwards, so that augmentations draw nothing the training run would have drawn.
     """
+    resolution, n_classes = resolution_and_classes(config)
     base = dataset.dataset if isinstance(dataset, LimitedData) else dataset
     where = getattr(base, 'root', type(base).__name__)
     labels = np.asarray(base.labels)

@@ -148,7 +148,7 @@ def run(config):
                                  'world_size': world_size, 'raw': True})[0]
     # Labels and image shapes are checked now: at the first step, after the logs were reset,
     # they would crash the run (or, as float pixels, train on unnormalised images).
-    check_training_set(loader.dataset, config['resolution'], config['n_classes'])
+    check_training_set(loader.dataset, config)
     if len(loader.dataset) // world_size < D_batch_size:
         n = len(loader.dataset)
         raise utils.ConfigError(

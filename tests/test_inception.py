@@ -549,10 +549,11 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch, hdf5):
         data = torch.utils.data.TensorDataset(pixels, torch.zeros(13))
         return [torch.utils.data.DataLoader(data, batch_size=5)]
 
-    # The dataset check passes (S8 is not in the real table) and the loader yields the
+    # The dataset checks pass (S8 is not in the real table) and the loader yields the
     # fake data.
     monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
     monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
+    monkeypatch.setattr(cim, 'check_training_set', lambda *a: None)
     torch.manual_seed(0)
     net, inputs = FakeInception(), []
     net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))

@@ -238,6 +238,7 @@ def test_calculate_inception_moments_per_class(tmp_path, monkeypatch):
         return [torch.utils.data.DataLoader(data, batch_size=4)]
     monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
     monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
+    monkeypatch.setattr(cim, 'check_training_set', lambda *a: None)
     monkeypatch.setattr(inception_utils, 'check_inception_weights', lambda *a: 'x')
     torch.manual_seed(0)
     monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())

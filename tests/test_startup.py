@@ -140,15 +140,18 @@ def test_moments_refuse_bad_hdf5_before_writing(tmp_path, capsys):
     assert 'labels run from 3 to 10' in line and os.listdir(root) == []
 
 
+C32 = {'dataset': 'mine', 'resolution': 32, 'n_classes': 10}
+
+
 def test_check_training_set_directly(tmp_path):
     """The one check, on each dataset class: labels and first-item shape."""
     good = datasets.ILSVRC_HDF5(write_h5(tmp_path / 'a.hdf5'))
-    datasets.check_training_set(good, 32, 10)
+    datasets.check_training_set(good, dict(C32, n_classes=10))
     with pytest.raises(datasets.DatasetError, match='labels run from 0 to 7, but the dataset '
                                                     'has 5 classes'):
-        datasets.check_training_set(good, 32, 5)
+        datasets.check_training_set(good, dict(C32, n_classes=5))
     with pytest.raises(datasets.DatasetError, match='model takes 3 x 64 x 64'):
-        datasets.check_training_set(datasets.limit_data(good, 4), 64, 10)
+        datasets.check_training_set(datasets.limit_data(good, 4), dict(C32, resolution=64))
 
 
 def test_first_item_check_draws_no_random_numbers(tmp_path):
@@ -160,14 +163,14 @@ def test_first_item_check_draws_no_random_numbers(tmp_path):
                               n_classes=2)
     torch.manual_seed(1)
     np.random.seed(1)
-    datasets.check_training_set(ds, 32, 10)
+    datasets.check_training_set(ds, C32)
     after = torch.rand(3), np.random.rand(3)
     torch.manual_seed(1)
     np.random.seed(1)
     assert torch.equal(after[0], torch.rand(3)) and np.array_equal(after[1], np.random.rand(3))
     with pytest.raises(datasets.DatasetError, match='images yields images of 3 x 32 x 32, but '
                                                     'the model takes 3 x 64 x 64'):
-        datasets.check_training_set(ds, 64, 10)
+        datasets.check_training_set(ds, dict(C32, resolution=64))
 
 
 @pytest.mark.parametrize('kind', ['hdf5', 'image'])

@@ -22,7 +22,7 @@ def loss_dcgan_gen(dis_fake, dis_real=None):
 
 
 def loss_hinge_dis(dis_fake, dis_real, ema=None, it=None):
-    """Returns (loss on real, loss on fake). With an ema (utils.ema_losses), first tracks the
+    """Returns (loss on real, loss on fake). With an ema (step_helpers.ema_losses), first tracks the
     batch means of D's outputs on fakes, then on reals, at iteration it."""
     if ema is not None:
         ema.update(torch.mean(dis_fake).item(), 'D_fake', it)

@@ -15,6 +15,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import collapse
+import step_helpers
 import train_fns
 import utils
 from checkpoints import check_finite_step, set_rng_state
@@ -36,7 +37,7 @@ def build_models(config, device):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
     if config['ema']:
-        ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
+        ema = step_helpers.ema(G, G_ema, config['ema_decay'], config['ema_start'])
     return model, G, D, G_ema, ema
 
 
@@ -189,7 +190,7 @@ def run(config):
         set_rng_state(state_dict.pop('rng'))
 
     # The step.
-    precision = train_fns.Precision(config, device)
+    precision = step_helpers.Precision(config, device)
     if 'amp' in state_dict:
         precision.load_state_dict(state_dict['amp'])
     if config['which_train_fn'] == 'GAN':

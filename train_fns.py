@@ -9,7 +9,7 @@ import inception_utils
 import losses
 import utils
 from distributed import broadcast_object, get_rank, get_world_size
-from utils import ortho, toggle_grad
+from step_helpers import Precision, lecam_anchors, ortho, toggle_grad
 
 
 def dummy_training_function():
@@ -17,61 +17,6 @@ def dummy_training_function():
     def train(x, y):
         return {}
     return train
-
-
-class Precision(object):
-    """autocast and loss scaling for --amp; float32 (both off) when it is empty."""
-
-    def __init__(self, config, device=None):
-        self.dtype = utils.amp_dtype(config)
-        self.device_type = utils.pick_device(device or config.get('device')).type
-        use_scaler = self.dtype == torch.float16
-        self.G_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
-        self.D_scaler = torch.amp.GradScaler(self.device_type, enabled=use_scaler)
-        self.skipped = {'G': 0, 'D': 0}
-
-    def autocast(self):
-        return utils.autocast(self.device_type, self.dtype)
-
-    def state_dict(self):
-        """{'amp': the loss scalers' state} for checkpoints (plain data); {} without fp16."""
-        if not self.G_scaler.is_enabled():
-            return {}
-        return {'amp': {'G_scaler': self.G_scaler.state_dict(),
-                        'D_scaler': self.D_scaler.state_dict(), 'skipped': dict(self.skipped)}}
-
-    def load_state_dict(self, state):
-        """Restore what state_dict()['amp'] held, so an fp16 run resumes with its scales."""
-        if self.G_scaler.is_enabled():
-            self.G_scaler.load_state_dict(state['G_scaler'])
-            self.D_scaler.load_state_dict(state['D_scaler'])
-            self.skipped.update(state['skipped'])
-
-    def step(self, scaler, optim, name, before_step=None):
-        """Unscale, run before_step (ortho reg adds to true gradients), step, count skips."""
-        if scaler.is_enabled():
-            scaler.unscale_(optim)
-        if before_step is not None:
-            before_step()
-        if not scaler.is_enabled():
-            optim.step()
-            return
-        scale = scaler.get_scale()
-        scaler.step(optim)
-        scaler.update()
-        # GradScaler lowers the scale exactly when it skipped the step for inf/NaN gradients.
-        self.skipped[name] += int(scaler.get_scale() < scale)
-
-
-def lecam_anchors(config, state_dict):
-    """The LeCam fork's utils.ema_losses for --LC (None without it), holding the anchors a
-    resumed run saved in state_dict['ema_losses']."""
-    if not config.get('LC', 0) > 0:
-        return None
-    anchors = utils.ema_losses(decay=config['LC_ema_decay'], start_itr=config['LC_start'])
-    if 'ema_losses' in state_dict:
-        anchors.load_state_dict(state_dict['ema_losses'])
-    return anchors
 
 
 def track_outputs(ema_losses, D_fake, D_real, itr):

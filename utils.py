@@ -1,10 +1,11 @@
-"""What train.py, sample.py and the tools share, in sections: config, precision, EMA and
-regularisers, logging, sampling, latents.
+"""What train.py, sample.py and the tools share, in sections: config, logging, sampling,
+latents.
 
-The command line lives in flags.py, the data path in datasets.py, checkpoints and atomic writes
-in checkpoints.py, devices and ranks in distributed.py; the names the release's users import
-from utils (utils.prepare_parser, utils.get_data_loaders, utils.load_weights, ...) are
-re-exported here.
+The command line lives in flags.py, the data path in datasets.py, checkpoints in
+checkpoints.py, atomic writes in files.py, devices and ranks in distributed.py, the training
+step's helpers (precision, EMA, LeCam anchors, ortho reg) in step_helpers.py; the names the
+release's users import from utils (utils.prepare_parser, utils.get_data_loaders,
+utils.load_weights, utils.ema, ...) are re-exported here.
 """
 import contextlib
 import datetime
@@ -44,6 +45,17 @@ from datasets import (  # noqa: F401
 from distributed import pick_device
 from files import check_name
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
+from step_helpers import (  # noqa: F401
+    amp_dtype,
+    autocast,
+    config_autocast,
+    default_ortho,
+    ema,
+    ema_losses,
+    ortho,
+    ortho_grad,
+    toggle_grad,
+)
 
 # ----------------------------------------------------------------------------
 # Config.
@@ -234,118 +246,6 @@ def query_gpu(indices=None):
         free, total = torch.cuda.mem_get_info(i)
         print(f'GPU {i} ({torch.cuda.get_device_name(i)}): {free / 2**20:.0f} MiB free '
               f'of {total / 2**20:.0f} MiB')
-
-
-# ----------------------------------------------------------------------------
-# Precision.
-
-def autocast(device_type, dtype=None):
-    """torch.autocast to dtype, or nothing when dtype is None (float32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
-
-
-def amp_dtype(config):
-    """The autocast dtype --amp asks for; None means float32."""
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config.get('amp'))
-
-
-def config_autocast(config, device=None):
-    """autocast as --amp asks, on device (default: --device, else auto)."""
-    return autocast(pick_device(device or config.get('device')).type, amp_dtype(config))
-
-
-# ----------------------------------------------------------------------------
-# EMA and regularisers.
-
-class ema(object):
-    """Exponential moving average of every state-dict entry of source into target."""
-
-    def __init__(self, source, target, decay=0.9999, start_itr=0):
-        self.source = source
-        self.target = target
-        self.decay = decay
-        self.start_itr = start_itr
-        with torch.no_grad():
-            for key, value in self.source.state_dict().items():
-                self.target.state_dict()[key].copy_(value)
-
-    @torch.no_grad()
-    def update(self, itr=None):
-        # Before ema_start the target tracks the source outright.
-        decay = 0.0 if itr is not None and itr < self.start_itr else self.decay
-        # The dicts are fetched afresh: .to(memory_format=...) or .to(device) swap the tensors
-        # behind the parameters, and stale references would silently stop the average.
-        source, target = self.source.state_dict(), self.target.state_dict()
-        floats = [k for k, v in source.items() if v.is_floating_point()]
-        targets = [target[k] for k in floats]
-        torch._foreach_mul_(targets, decay)
-        torch._foreach_add_(targets, [source[k] for k in floats], alpha=1 - decay)
-        for k, v in source.items():
-            if not v.is_floating_point():
-                target[k].copy_(v)
-
-
-class ema_losses(object):
-    """Moving averages of the training losses and of D's mean outputs, as the LeCam fork keeps
-    them: D_real and D_fake are the anchors losses.lecam_reg pulls D's outputs towards."""
-
-    KEYS = ('G_loss', 'D_loss_real', 'D_loss_fake', 'D_real', 'D_fake')
-
-    def __init__(self, init=1000., decay=0.9, start_itr=0):
-        for key in self.KEYS:
-            setattr(self, key, init)
-        self.decay = decay
-        self.start_itr = start_itr
-
-    def update(self, cur, mode, itr):
-        """Fold cur into the average named mode; before start_itr it simply becomes cur."""
-        if mode not in self.KEYS:
-            raise ValueError(f"ema_losses has no {mode!r}: use one of {', '.join(self.KEYS)}")
-        decay = 0.0 if itr < self.start_itr else self.decay
-        setattr(self, mode, getattr(self, mode) * decay + cur * (1 - decay))
-
-    def state_dict(self):
-        """The averages as plain floats, for state_dict.pth."""
-        return {key: float(getattr(self, key)) for key in self.KEYS}
-
-    def load_state_dict(self, state):
-        for key in self.KEYS:
-            setattr(self, key, state[key])
-
-
-def ortho_grad(w, strength, offdiag=True):
-    """strength * gradient of 0.5 * ||W W^T (- I or masked diagonal)||_F^2 for a 2-D w."""
-    gram = torch.mm(w, w.t())
-    eye = torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
-    gram = gram * (1. - eye) if offdiag else gram - eye
-    return strength * 2 * torch.mm(gram, w)
-
-
-@torch.no_grad()
-def ortho(model, strength=1e-4, blacklist=()):
-    """BigGAN's modified ortho reg: adds its gradient straight to .grad (no extra backward)."""
-    for param in model.parameters():
-        if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
-            continue
-        w = param.reshape(param.shape[0], -1)  # channels_last weights too
-        param.grad += ortho_grad(w, strength).view(param.shape)
-
-
-@torch.no_grad()
-def default_ortho(model, strength=1e-4, blacklist=()):
-    """The classic ortho reg (penalises W W^T - I)."""
-    for param in model.parameters():
-        if len(param.shape) < 2 or param.grad is None or any(param is p for p in blacklist):
-            continue
-        w = param.reshape(param.shape[0], -1)
-        param.grad += ortho_grad(w, strength, offdiag=False).view(param.shape)
-
-
-def toggle_grad(model, on_or_off):
-    """requires_grad_ on every parameter of model."""
-    model.requires_grad_(on_or_off)
 
 
 # ----------------------------------------------------------------------------

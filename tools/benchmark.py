@@ -103,6 +103,7 @@ def child(args):
     """Time one mode; prints one JSON line."""
     import torch
 
+    import step_helpers
     import train
     import train_fns
     import utils
@@ -130,7 +131,7 @@ def child(args):
     z_, y_ = utils.prepare_z_y(G_batch, G.dim_z, config['n_classes'], device=device)
     state = {'itr': 0}
     step = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state, config,
-                                           train_fns.Precision(config, device))
+                                           step_helpers.Precision(config, device))
     n = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     res = config['resolution']
     x = torch.rand(n, 3, res, res, device=device) * 2 - 1

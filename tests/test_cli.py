@@ -160,8 +160,9 @@ def script_commands(path, tmp_path):
     return commands
 
 
-# Shell-only helpers run no python (test_watch.py tests duplicate.sh).
-SHELL_ONLY = {os.path.join('utils', 'duplicate.sh')}
+# Shell-only helpers run no python (test_watch.py tests duplicate.sh); launch_own_data.sh computes
+# its flags with python, so a stub cannot stand in for it (test_own_data.py runs it for real).
+SHELL_ONLY = {os.path.join('utils', 'duplicate.sh'), 'launch_own_data.sh'}
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, 'scripts', '**', '*.sh'), recursive=True)
                  if os.path.relpath(p, os.path.join(ROOT, 'scripts')) not in SHELL_ONLY)
 

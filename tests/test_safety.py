@@ -367,7 +367,7 @@ def test_root_below_a_file(data_root, tmp_path, capsys, root):
 
 def bad_value(domain):
     """A value just outside a flags.DOMAINS bound."""
-    if domain.startswith('['):
+    if domain[0] in '[(':
         low, high = (float(v) for v in domain[1:-1].split(','))
         return str(-1 if low == 0 and high > 1e6 else high + 0.5 if domain.endswith(']')
                    else high)

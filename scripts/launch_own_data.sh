@@ -35,7 +35,7 @@ RESOLUTION=${RESOLUTION:-32}
 TOTAL_ITRS=${TOTAL_ITRS:-1600}
 TRAIN_SECONDS=${TRAIN_SECONDS:-750}
 SAVE_EVERY=${SAVE_EVERY:-200}
-NAME=${NAME:-$(basename -- "$FOLDER")}
+NAME=${NAME:-$(basename -- "$(realpath -m -- "$FOLDER")")}
 DATA_ROOT=${DATA_ROOT:-data}
 WEIGHTS_ROOT=${WEIGHTS_ROOT:-weights}
 LOGS_ROOT=${LOGS_ROOT:-logs}
@@ -134,7 +134,8 @@ TRAIN_FLAGS=(
   --G_init ortho --D_init ortho --total_itrs "$TOTAL_ITRS"
   --save_every "$SAVE_EVERY" --num_save_copies 0 --test_every 0 --sv_log_interval 0
 )
-# Flags for train.py alone (not sample.py) go here, before the user's.
+# Flags for train.py alone, which sample.py does not take (a watch on the run, say), go here;
+# the user's flags come after them.
 TRAIN_ONLY_FLAGS=()
 
 start=$(date +%s)

@@ -67,7 +67,8 @@ ADDED_FLAGS = frozenset([
     '--device', '--no_toggle_grads', '--total_itrs', '--dataset_root', '--resolution',
     '--n_classes', '--download', '--chunk_window', '--amp', '--channels_last', '--compile',
     '--inception_backend', '--inception_weights', '--kid', '--kid_feats',  # + moments
-    '--kid_subset_size', '--kid_subsets', '--per_class',
+    '--kid_subset_size', '--kid_subsets', '--per_class', '--metrics', '--prdc_k',
+    '--intra_fid_per_class',
     '--tensorboard', '--truncation',
     # the DiffAugment and LeCam forks' flags
     '--DiffAugment', '--CR', '--CR_augment', '--num_samples', '--mirror_augment', '--LC',
@@ -196,7 +197,8 @@ TRAIN_FLAGS = {
                               help='How many previous best checkpoints to save'),
     '--which_best': dict(type=str, default='IS',
                          help='Which metric to use to determine when to save new "best" '
-                              'checkpoints, one of IS or FID'),
+                              'checkpoints: IS or FID (the release\'s), or KID, precision, '
+                              'recall, density, coverage, intraFID when --metrics computes it'),
     '--no_fid': dict(action='store_true', default=False, help='Calculate IS only, not FID?'),
     '--test_every': dict(type=int, default=5000, help='Test every X iterations; 0 never'),
     '--num_inception_images': dict(type=int, default=50000,
@@ -297,6 +299,15 @@ TRAIN_FLAGS = {
                               help='Rows per KID subset, from the fakes and the real features '
                                    'alike; refused when either has fewer'),
     '--kid_subsets': dict(type=int, default=100, help='Number of KID subsets averaged'),
+    '--metrics': dict(type=str, default='IS,FID',
+                      help='Metrics each test computes, comma-separated, of IS, FID, KID, '
+                           'PRDC (precision, recall, density, coverage), intraFID; --no_fid '
+                           'removes FID and --kid adds KID'),
+    '--prdc_k': dict(type=int, default=5,
+                     help="PRDC's nearest_k: the k of the k-NN balls"),
+    '--intra_fid_per_class': dict(type=int, default=50,
+                                  help='Fakes per class for intraFID (against '
+                                       'calculate_inception_moments.py --per_class moments)'),
     '--tensorboard': dict(action='store_true', default=False,
                           help='Also write losses, metrics, singular values, learning rates, '
                                'images/s and sample sheets for TensorBoard to '
@@ -443,12 +454,14 @@ DOMAINS = {
     'chunk_size': '>= 1', 'chunk_window': '>= 0', 'CR': '>= 0', 'LC': '>= 0',
     'LC_ema_decay': '[0, 1]', 'num_samples': '>= 1', 'kid_subset_size': '>= 2',
     'kid_subsets': '>= 1', 'R1': '>= 0', 'R1_every': '>= 1', 'collapse_lr_scale': '(0, 1]',
-    'max_rollbacks': '>= 0',
+    'max_rollbacks': '>= 0', 'prdc_k': '>= 1', 'intra_fid_per_class': '>= 2',
 }
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the
 # dummy step, so those stay free-form.
-CHOICES = {'model': ('BigGAN', 'BigGANdeep'), 'which_best': ('IS', 'FID')}
+CHOICES = {'model': ('BigGAN', 'BigGANdeep'),
+           'which_best': ('IS', 'FID', 'KID', 'precision', 'recall', 'density', 'coverage',
+                          'intraFID')}
 
 
 def in_domain(value, domain):

@@ -15,6 +15,7 @@ Both wrappers take images in [-1, 1] of any size and return
 (pool features (N, 2048), logits (N, num_classes)).
 
 """
+import functools
 import hashlib
 import os
 import urllib.request
@@ -32,12 +33,15 @@ from flags import DEFAULT_KID_FEATS, ConfigError
 
 # The math lives in metrics; the release's names for it stay importable from here.
 from metrics import (  # noqa: F401
+    METRICS,
     FeatureStats,
     InceptionScoreStats,
     as_float64,
     calculate_inception_score,
+    calculate_intra_fid,
     calculate_kid,
     check_kid_sizes,
+    compute_prdc,
     numpy_calculate_frechet_distance,
     torch_calculate_frechet_distance,
     torch_cov,
@@ -606,62 +610,114 @@ def find_per_class_moments(dataset, data_root='data', backend='torchvision'):
         f'them with: {moments_command(dataset, data_root, backend)} --per_class')
 
 
+def select_metrics(spec='IS,FID', no_fid=False, kid=False):
+    """The metrics a comma-separated --metrics names, in metrics.METRICS order, with --no_fid
+    removing FID and --kid adding KID; a ConfigError names any unknown one."""
+    names = {n.strip() for n in spec.split(',') if n.strip()}
+    unknown = names - set(METRICS)
+    if unknown:
+        raise ConfigError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose from "
+                          f"{', '.join(METRICS)}")
+    if no_fid:
+        names.discard('FID')
+    if kid:
+        names.add('KID')
+    return tuple(n for n in METRICS if n in names)
+
+
+def check_which_best(which_best, names):
+    """Refuse a --which_best that the selected metrics do not compute (IS and FID, the
+    release's, are always in the records)."""
+    if which_best in ('IS', 'FID'):
+        return
+    needed = 'PRDC' if which_best in METRICS['PRDC'] else which_best
+    if needed not in names:
+        raise ConfigError(f'--which_best {which_best} needs {needed} in --metrics '
+                          f"(now {','.join(names)})")
+
+
 def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',
                     weights_path=None, device=None, data_root='data', kid=False,
-                    kid_subset_size=1000, kid_subsets=100, num_images=None):
+                    kid_subset_size=1000, kid_subsets=100, num_images=None, metrics='IS,FID',
+                    prdc_k=5, intra_fid_per_class=50):
     """Load the network (and moments) once; return measure(sample, num_images, num_splits=10,
-    prints=True, use_torch=True) -> {'IS_mean', 'IS_std', 'FID'[, 'KID_mean', 'KID_std']}.
+    prints=True, use_torch=True) -> {'IS_mean', 'IS_std', 'FID', ...}.
 
-    With no_fid, FID (and KID) are NO_FID (9999.0) and no moments file is needed. Real
-    features for KID come from the moments file's optional 'feats' entry; a KID subset larger
-    than them, or than num_images when given, is refused here (metrics.MetricsError), so a
-    training run stops before its first step rather than at its first test.
+    `metrics` (a --metrics string) with no_fid and kid (select_metrics) says what to compute;
+    the release's keys IS_mean, IS_std and FID are always there (FID is NO_FID, 9999.0, when
+    not computed, and then no moments file is needed). KID adds KID_mean and KID_std, PRDC
+    precision, recall, density and coverage, intraFID intraFID. KID and PRDC compare with the
+    moments file's real features ('feats'); intraFID samples intra_fid_per_class fakes of each
+    class through sample(label=c) and compares them with the per-class moments file. A KID
+    subset or PRDC k that the real features, or num_images when given, cannot hold is refused
+    here (metrics.MetricsError), so a training run stops before its first step rather than at
+    its first test.
     """
-    moments = None
-    if not no_fid:
+    names = select_metrics(metrics, no_fid, kid)
+    moments = per_class = None
+    if {'FID', 'KID', 'PRDC'} & set(names):
         moments = load_inception_moments(dataset, data_root, backend,
-                                         need_feats=kid)
-        if kid:
-            real = len(moments['feats'])
-            check_kid_sizes(kid_subset_size, real, real if num_images is None else num_images)
+                                         need_feats=bool({'KID', 'PRDC'} & set(names)))
+    real = 0 if moments is None or 'feats' not in moments else len(moments['feats'])
+    fakes = real if num_images is None else num_images
+    if 'KID' in names:
+        check_kid_sizes(kid_subset_size, real, fakes)
+    if 'PRDC' in names and not 1 <= prdc_k < min(real, fakes):
+        raise ConfigError(f'--prdc_k {prdc_k} needs more samples: below both the real '
+                          f'features ({real}) and the fakes ({fakes})')
+    if 'intraFID' in names:
+        per_class = find_per_class_moments(dataset, data_root, backend)
     net = load_inception_net(parallel, backend, weights_path, device)
 
     def measure(sample, num_images, num_splits=10, prints=True, use_torch=True):
-        """IS, FID (and KID) of exactly num_images samples."""
+        """The selected metrics of exactly num_images samples (and intraFID's per class)."""
         if prints:
             print('Gathering activations...')
-        keep = min(num_images, max(DEFAULT_KID_FEATS, kid_subset_size)) if (
-            kid and moments is not None) else 0
+        keep = 0
+        if 'KID' in names:
+            keep = max(DEFAULT_KID_FEATS, kid_subset_size)
+        if 'PRDC' in names:
+            keep = max(keep, real)
         feats, scores = accumulate_inception_stats(
-            sample, net, num_images, num_splits, keep_feats=keep)
+            sample, net, num_images, num_splits, keep_feats=min(keep, num_images))
         if prints:
             print('Calculating Inception Score...')
         is_mean, is_std = scores.result()
         out = {'IS_mean': is_mean, 'IS_std': is_std, 'FID': NO_FID}
-        if kid:
-            out['KID_mean'], out['KID_std'] = NO_FID, 0.0
-        if moments is None:
-            return out
-        if prints:
-            print('Calculating means and covariances...')
-        mu, sigma = feats.mean, feats.cov
-        if prints:
-            print('Covariances calculated, getting FID...')
-        if use_torch:
-            # The eigendecompositions run where the network does.
-            dev = _net_device(net)
-            fid = torch_calculate_frechet_distance(
-                torch.as_tensor(mu, device=dev), torch.as_tensor(sigma, device=dev),
-                moments['mu'], moments['sigma'])
-        else:
-            fid = numpy_calculate_frechet_distance(
-                mu, sigma, moments['mu'], moments['sigma'])
-        out['FID'] = float(fid)
-        if kid:
+        dev = _net_device(net)
+        if 'FID' in names:
+            if prints:
+                print('Calculating means and covariances...')
+            mu, sigma = feats.mean, feats.cov
+            if prints:
+                print('Covariances calculated, getting FID...')
+            if use_torch:
+                # The eigendecompositions run where the network does.
+                fid = torch_calculate_frechet_distance(
+                    torch.as_tensor(mu, device=dev), torch.as_tensor(sigma, device=dev),
+                    moments['mu'], moments['sigma'])
+            else:
+                fid = numpy_calculate_frechet_distance(
+                    mu, sigma, moments['mu'], moments['sigma'])
+            out['FID'] = float(fid)
+        if 'KID' in names:
             out['KID_mean'], out['KID_std'] = calculate_kid(
                 feats.feats, moments['feats'], num_subsets=kid_subsets,
-                subset_size=kid_subset_size, device=_net_device(net))
+                subset_size=kid_subset_size, device=dev)
+        if 'PRDC' in names:
+            out.update(compute_prdc(moments['feats'], feats.feats[:real], prdc_k, device=dev))
+        if 'intraFID' in names:
+            out['intraFID'] = calculate_intra_fid(
+                per_class.classes, lambda c: _class_moments(sample, c), per_class.moments)[0]
         return out
+
+    def _class_moments(sample, c):
+        """(mu, sigma) of intra_fid_per_class fakes of class c."""
+        stats = FeatureStats()
+        for pool, _, _ in iterate_inception_outputs(
+                functools.partial(sample, label=c), net, intra_fid_per_class):
+            stats.update(pool)
+        return stats.mean, stats.cov
 
     return measure
 

@@ -23,6 +23,16 @@ class MetricsError(ConfigError):
     """Inputs a metric cannot be computed from (too few samples for the asked sizes)."""
 
 
+# The metrics a test can compute (--metrics), and the records' keys each one fills.
+METRICS = {'IS': ('IS_mean', 'IS_std'), 'FID': ('FID',), 'KID': ('KID_mean', 'KID_std'),
+           'PRDC': ('precision', 'recall', 'density', 'coverage'), 'intraFID': ('intraFID',)}
+# What --which_best can pick: name -> (record key, whether higher is better).
+BEST = {'IS': ('IS_mean', True), 'FID': ('FID', False), 'KID': ('KID_mean', False),
+        'precision': ('precision', True), 'recall': ('recall', True),
+        'density': ('density', True), 'coverage': ('coverage', True),
+        'intraFID': ('intraFID', False)}
+
+
 # ----------------------------------------------------------------------------
 # Statistics.
 

@@ -8,8 +8,9 @@ With --collapse, each run's logs are also judged by the collapse watch's rule (c
 onsets are marked on the figures.
 
 For each experiment, into logs_root/NAME/: IS_FID.png (from logs_root/NAME_log.jsonl),
-losses.png, G_singular_values.png and D_singular_values.png (from logs_root/NAME/*.log);
-with several experiments also logs_root/compare_IS_FID.png. What the release's MATLAB scripts
+metrics.png when the tests logged KID, precision, recall, density, coverage or intraFID,
+losses.png, G_singular_values.png and D_singular_values.png (from logs_root/NAME/*.log); with
+several experiments also logs_root/compare_IS_FID.png. What the release's MATLAB scripts
 (process_inception_log.m, process_training.m, compare_IS.m) showed. Logs that are still being
 written plot what is complete.
 
@@ -30,9 +31,10 @@ import collapse
 import files
 import flags
 
-FIGURES = {'IS_FID': 'IS_FID.png', 'losses': 'losses.png',
+FIGURES = {'IS_FID': 'IS_FID.png', 'metrics': 'metrics.png', 'losses': 'losses.png',
            'G_sv': 'G_singular_values.png', 'D_sv': 'D_singular_values.png'}
 SIZES = {'IS_FID': (12, 4.5), 'losses': (12, 4.5), 'sv': (10, 6), 'compare': (12, 6)}  # inches
+PANEL = (4, 4.5)  # inches per panel of the metrics figures
 DPI = 100
 SV_LOG = re.compile(r'([GD])_.*sv\d+$')  # utils.get_SVs' names: G_blocks_0_0_conv1_sv0
 MAX_LINE = 1 << 20   # bytes; the loggers write lines of at most a few kB
@@ -295,6 +297,37 @@ def figure_IS_FID(run, x='itr'):
     return fig
 
 
+def other_metrics(tests_list):
+    """(key, title, higher is better) of the metrics beyond IS and FID (metrics.BEST) that
+    any of the tests logged."""
+    from metrics import BEST  # torch comes with it: only once there is a figure
+    return [(key, name, higher) for name, (key, higher) in BEST.items()
+            if name not in ('IS', 'FID') and any(key in t for t in tests_list)]
+
+
+def figure_metrics(run, x='itr'):
+    """One panel per metric beyond IS and FID (KID, precision, recall, density, coverage,
+    intraFID), the best point marked in the metric's own direction."""
+    tests = run['tests']
+    panels = other_metrics([tests])
+    fig, axes = new_figure((PANEL[0] * len(panels), PANEL[1]), len(panels))
+    xs, label = x_of(tests, x)
+    for ax, (key, name, higher) in zip(axes, panels):
+        ys = tests[key]
+        ax.plot(xs, ys, '.-', label=key)
+        if np.isfinite(ys).any():
+            b = (np.nanargmax if higher else np.nanargmin)(ys)
+            ax.plot(xs[b], ys[b], '*', color='red', markersize=14,
+                    label=f"best {ys[b]:.4g} at itr {int(tests['itr'][b])}")
+        ax.set_xlabel(label)
+        ax.set_title(f"{run['name']}: {name} ({'higher' if higher else 'lower'} is better)",
+                     fontsize='small')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
 def figure_losses(run, window=100):
     """G's loss and D's two losses against iteration, raw (faint) and smoothed; the y range
     leaves out the most extreme 0.5% at each end (the first iterations' spikes)."""
@@ -355,15 +388,21 @@ def figure_svs(run, net):
 
 
 def figure_compare(runs, x='itr'):
-    """IS and FID of several runs on shared axes (the release's compare_IS.m)."""
-    fig, (ax_is, ax_fid) = new_figure(SIZES['compare'], 2)
+    """IS and FID of several runs on shared axes (the release's compare_IS.m), then one panel
+    per further metric any of them logged."""
+    extra = other_metrics([run['tests'] for run in runs])
+    panels = [('IS_mean', 'Inception Score'), ('FID', 'FID')] + [
+        (key, name) for key, name, _ in extra]
+    size = SIZES['compare'] if not extra else (PANEL[0] * len(panels), SIZES['compare'][1])
+    fig, axes = new_figure(size, len(panels))
+    ax_is = axes[0]
     for run in runs:
         xs, label = x_of(run['tests'], x)
-        for ax, key in [(ax_is, 'IS_mean'), (ax_fid, 'FID')]:
+        for ax, (key, _) in zip(axes, panels):
             ax.plot(xs, run['tests'].get(key, np.full(len(xs), np.nan)), '.-',
                     label=run['name'])
             ax.set_xlabel(label)
-    for ax, title in [(ax_is, 'Inception Score'), (ax_fid, 'FID')]:
+    for ax, (_, title) in zip(axes, panels):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     # Experiment names are long: one legend under both panels.
@@ -416,6 +455,8 @@ def plot_run(run, logs_root, x='itr', window=100, onsets=()):
     figures = []
     if run['tests']:
         figures.append(('IS_FID', lambda: figure_IS_FID(run, x)))
+        if other_metrics([run['tests']]):
+            figures.append(('metrics', lambda: figure_metrics(run, x)))
     if any(name in run['metrics'] for name in ('G_loss', 'D_loss_real', 'D_loss_fake')):
         figures.append(('losses', lambda: figure_losses(run, window)))
     for net in 'GD':

@@ -124,7 +124,8 @@ def run(config):
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
             device=device, data_root=config['data_root'], kid=config['kid'],
             kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
-            num_images=config['num_inception_images'])
+            num_images=config['num_inception_images'], metrics=config['metrics'],
+            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'])
 
     G = model.Generator(**config).to(device)
     state_dict = {'itr': 0}

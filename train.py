@@ -121,12 +121,15 @@ def run(config):
     measure = None
     if config['test_every'] > 0:
         import inception_utils
+        inception_utils.check_which_best(config['which_best'], inception_utils.select_metrics(
+            config['metrics'], config['no_fid'], config['kid']))
         measure = inception_utils.prepare_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
             device=device, data_root=config['data_root'], kid=config['kid'],
             kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
-            num_images=config['num_inception_images'])
+            num_images=config['num_inception_images'], metrics=config['metrics'],
+            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'])
 
     # Construct networks.
     model, G, D, G_ema, ema = build_models(config, device)

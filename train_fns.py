@@ -1,5 +1,6 @@
 """The training step, checkpoint-and-sample, and test, as train.py calls them."""
 import functools
+import math
 import operator
 import os
 
@@ -9,6 +10,7 @@ import inception_utils
 import losses
 import utils
 from distributed import broadcast_object, get_rank, get_world_size
+from metrics import BEST
 from step_helpers import Precision, lecam_anchors, ortho, toggle_grad
 
 
@@ -162,6 +164,21 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
         utils.save_sheets(G_sample, config, experiment_name, state_dict['itr'], z_)
 
 
+def update_best(state_dict, metrics, which_best):
+    """Record each metric's best value so far in state_dict (best_IS and best_FID, the
+    release's, always; best_KID, best_precision, ... once measured), each in its direction
+    (metrics.BEST); return whether which_best improved."""
+    improved = False
+    for name, (key, higher) in BEST.items():
+        if key not in metrics:
+            continue
+        old = state_dict.get(f'best_{name}', -math.inf if higher else math.inf)
+        better = metrics[key] > old if higher else metrics[key] < old
+        improved |= better and name == which_best
+        state_dict[f'best_{name}'] = metrics[key] if better else old
+    return improved
+
+
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
          experiment_name, test_log):
     """Inception metrics; a best-copy checkpoint when which_best improved; the JSONL line.
@@ -181,11 +198,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     rank0 = get_rank() == 0
     if rank0:
         print(inception_utils.metrics_line(state_dict['itr'], metrics))
-    improved = ((config['which_best'] == 'IS' and metrics['IS_mean'] > state_dict['best_IS'])
-                or (config['which_best'] == 'FID' and metrics['FID'] < state_dict['best_FID']))
     # State advances before the write, so the best copy (and any later checkpoint) carries it.
-    state_dict['best_IS'] = max(state_dict['best_IS'], metrics['IS_mean'])
-    state_dict['best_FID'] = min(state_dict['best_FID'], metrics['FID'])
+    improved = update_best(state_dict, metrics, config['which_best'])
     if improved and config['num_best_copies'] > 0:
         slot = state_dict['save_best_num']
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']

@@ -583,10 +583,14 @@ def run_G(G, z, y, parallel=False, embedded=False):
         return G(z, gy)
 
 
-def sample(G, z_, y_, config):
-    """A fresh batch from G: (images in [-1, 1], labels)."""
+def sample(G, z_, y_, config, label=None):
+    """A fresh batch from G: (images in [-1, 1], labels); every label is `label` when given
+    (intra-FID's per-class samples)."""
     z_.sample_()
-    y_.sample_()
+    if label is None:
+        y_.sample_()
+    else:
+        y_.fill_(label)
     return run_G(G, z_, y_, config['parallel']).float(), y_
 
 

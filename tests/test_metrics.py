@@ -253,3 +253,142 @@ def test_calculate_inception_moments_per_class(tmp_path, monkeypatch):
         rows = pool[labels.numpy() == c]
         np.testing.assert_allclose(mu, rows.mean(0), rtol=1e-6)
         np.testing.assert_allclose(sigma, np.cov(rows, rowvar=False), rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# Selecting metrics, and the best copies' directions.
+
+def test_select_metrics():
+    select = inception_utils.select_metrics
+    assert select() == ('IS', 'FID')
+    assert select('IS,FID', no_fid=True) == ('IS',)
+    assert select('IS,FID', kid=True) == ('IS', 'FID', 'KID')
+    assert select('intraFID, PRDC,IS') == ('IS', 'PRDC', 'intraFID')
+    with pytest.raises(inception_utils.ConfigError, match='unknown LPIPS'):
+        select('IS,LPIPS')
+    inception_utils.check_which_best('FID', ('IS',))  # the release's: always allowed
+    inception_utils.check_which_best('coverage', ('IS', 'PRDC'))
+    with pytest.raises(inception_utils.ConfigError, match='needs PRDC'):
+        inception_utils.check_which_best('recall', ('IS', 'FID'))
+
+
+@pytest.mark.parametrize('which, values, improved', [
+    ('IS', [2., 3., 2.5], [True, True, False]),
+    ('FID', [50., 40., 45.], [True, True, False]),
+    ('KID', [0.1, -0.01, 0.0], [True, True, False]),
+    ('density', [0.5, 1.5, 1.2], [True, True, False]),
+    ('intraFID', [80., 90., 70.], [True, False, True])])
+def test_update_best_in_each_direction(which, values, improved):
+    import train_fns
+    key = metrics.BEST[which][0]
+    state = {'best_IS': 0, 'best_FID': 999999}
+    got = []
+    for v in values:
+        record = {'IS_mean': 1.0, 'FID': 100.0, key: v}
+        got.append(train_fns.update_best(state, record, which))
+    assert got == improved
+    best = max(values) if metrics.BEST[which][1] else min(values)
+    assert state[f'best_{which}'] == best
+
+
+class LabelSampler:
+    """sample(label=None) -> 3 random 8x8 images (and their labels); class c's images are
+    shifted by c, so that classes differ."""
+
+    def __init__(self):
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __call__(self, label=None):
+        y = (torch.randint(0, 2, (3,), generator=self.gen) if label is None
+             else torch.full((3,), label))
+        x = torch.rand(3, 3, 8, 8, generator=self.gen) * 2 - 1 + y.view(-1, 1, 1, 1)
+        return x, y
+
+
+def test_measure_computes_every_selected_metric(tmp_path, monkeypatch, capsys):
+    """IS/FID/KID/PRDC/intraFID of a measure() on a stand-in network equal the functions
+    (and the prdc package) applied to the same features."""
+    import h5py
+
+    from conftest import FakeInception
+    torch.manual_seed(0)
+    net = FakeInception()
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: net)
+    rng = np.random.default_rng(9)
+    real = rng.uniform(-1, 1, (40, 8)).astype(np.float32)
+    inception_utils.save_inception_moments(str(tmp_path / 'C10_inception_moments.npz'),
+                                           real.mean(0), np.cov(real, rowvar=False),
+                                           'torchvision', feats=real)
+    real_class = {c: rng.uniform(-1, 1, (9, 8)) + c for c in range(2)}
+    with h5py.File(tmp_path / 'C10_inception_moments_per_class.hdf5', 'w') as h5:
+        writer = inception_utils.PerClassMomentsWriter(h5, 2, 'torchvision')
+        for c, rows in real_class.items():
+            writer.update(torch.from_numpy(rows), np.full(9, c))
+        writer.finish()
+    measure = inception_utils.prepare_metrics(
+        'C10_hdf5', data_root=str(tmp_path), metrics='IS,FID,KID,PRDC,intraFID',
+        kid_subset_size=10, kid_subsets=5, prdc_k=3, intra_fid_per_class=6, num_images=12)
+    out = measure(LabelSampler(), 12, num_splits=2, prints=False)
+
+    # The same draws: 4 batches for the main pass, then 2 per class.
+    sampler = LabelSampler()
+    with torch.no_grad():
+        pool = torch.cat([net(sampler()[0])[0] for _ in range(4)]).numpy()
+        fakes_of = {c: torch.cat([net(sampler(c)[0])[0] for _ in range(2)]).double().numpy()
+                    for c in range(2)}
+    expected = reference_prdc(real, pool, 3, capsys)
+    for key in PRDC_KEYS:
+        assert abs(out[key] - expected[key]) <= 1e-9
+    assert out['KID_mean'] == pytest.approx(metrics.calculate_kid(
+        pool, real, num_subsets=5, subset_size=10)[0], rel=1e-6)
+    pool64 = pool.astype(np.float64)
+    assert out['FID'] == pytest.approx(metrics.numpy_calculate_frechet_distance(
+        pool64.mean(0), np.cov(pool64, rowvar=False), real.mean(0),
+        np.cov(real.astype(np.float64), rowvar=False)), rel=1e-6)
+    intra = np.mean([metrics.numpy_calculate_frechet_distance(
+        fakes_of[c].mean(0), np.cov(fakes_of[c], rowvar=False), real_class[c].mean(0),
+        np.cov(real_class[c], rowvar=False)) for c in range(2)])
+    assert out['intraFID'] == pytest.approx(intra, rel=1e-6)
+
+
+def test_measure_refuses_sizes_at_start(tmp_path, monkeypatch):
+    from conftest import FakeInception
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+    real = np.zeros((20, 8), dtype=np.float32)
+    inception_utils.save_inception_moments(str(tmp_path / 'C10_inception_moments.npz'),
+                                           real.mean(0), np.eye(8), 'torchvision', feats=real)
+    kwargs = dict(data_root=str(tmp_path), num_images=10)
+    with pytest.raises(metrics.MetricsError, match='--kid_subset_size'):
+        inception_utils.prepare_metrics('C10', metrics='IS,KID', kid_subset_size=11, **kwargs)
+    with pytest.raises(inception_utils.ConfigError, match='--prdc_k 10'):
+        inception_utils.prepare_metrics('C10', metrics='PRDC', prdc_k=10, **kwargs)
+    with pytest.raises(inception_utils.InceptionMomentsError, match='--per_class'):
+        inception_utils.prepare_metrics('C10', metrics='intraFID', **kwargs)
+
+
+def write_jsonl(path, records):
+    with open(path, 'w') as f:
+        for r in records:
+            f.write(__import__('json').dumps(r) + '\n')
+
+
+def test_plot_logs_draws_the_new_metrics(tmp_path):
+    import plot_logs
+    records = [{'itr': i, 'IS_mean': 1.0 + i, 'IS_std': 0.1, 'FID': 50.0 - i, '_stamp': 1e9 + i,
+                'KID_mean': [0.3, 0.1, 0.2][k], 'precision': [0.5, 0.7, 0.6][k],
+                'intraFID': [90., 80., 85.][k]} for k, i in enumerate((100, 200, 300))]
+    write_jsonl(tmp_path / 'run_log.jsonl', records)
+    run = plot_logs.read_experiment(str(tmp_path), 'run')
+    fig = plot_logs.figure_metrics(run)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split(': ')[1].split(' ')[0] for t in titles] == ['KID', 'precision', 'intraFID']
+    for ax, key, best_itr in zip(fig.axes, ['KID_mean', 'precision', 'intraFID'],
+                                 [200, 200, 200]):
+        assert ax.lines[0].get_ydata().tolist() == [r[key] for r in records]
+        assert ax.lines[1].get_xdata().tolist() == [best_itr]  # KID, intraFID: lowest
+    paths = plot_logs.plot_run(run, str(tmp_path))
+    assert str(tmp_path / 'run' / 'metrics.png') in paths
+    fig = plot_logs.figure_compare([run, run])
+    assert [ax.get_title() for ax in fig.axes] == ['Inception Score', 'FID', 'KID',
+                                                   'precision', 'intraFID']
+    plot_logs.pyplot().close('all')

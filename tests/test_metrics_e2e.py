@@ -38,7 +38,7 @@ def flags(setup, *extra):
         '--logs_root', str(tmp / 'logs'), '--samples_root', str(tmp / 'samples'),
         '--experiment_name', 'e2e', '--inception_backend', 'tf_fid',
         '--inception_weights', str(weights), '--kid', '--kid_subset_size', '10',
-        '--num_inception_images', '10',
+        '--metrics', 'IS,FID,PRDC', '--prdc_k', '3', '--num_inception_images', '10',
         '--ema', '--use_ema', '--num_D_steps', '1', '--batch_size', '2'] + list(extra)
 
 
@@ -60,11 +60,12 @@ def trained(setup):
 
 
 def test_train_tests_and_keeps_best_copy(trained):
-    """test_every writes a JSONL line with finite IS, FID and KID, and a best0 checkpoint."""
+    """test_every writes a JSONL line with finite IS, FID, KID and PRDC, and a best0 checkpoint."""
     tmp = trained[0]
     lines = [json.loads(line) for line in open(tmp / 'logs' / 'e2e_log.jsonl')]
     assert [line['itr'] for line in lines] == [2]
-    for key in ['IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std']:
+    for key in ['IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'precision', 'recall',
+                'density', 'coverage']:
         assert np.isfinite(lines[0][key])
     state = utils.torch_load(str(tmp / 'weights' / 'e2e' / 'state_dict_best0.pth'))
     assert state['best_IS'] == pytest.approx(lines[0]['IS_mean'])

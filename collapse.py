@@ -30,16 +30,18 @@ EVERY = 10             # iterations between judgements
 WINDOW = 200           # iterations of losses and singular values each judgement reads
 MIN_POINTS = 100       # loss points a window needs before the loss signals judge it
 D_WINS_LOSS = 0.1      # D wins: median D loss (real + fake) below this ...
-D_WINS_G_LOSS = 3.0    # ... while the median G loss is above this
-FROZEN_SPREAD = 1e-3   # losses frozen: every loss's max - min over the window below this
-SV_RATIO = 3.0         # G's sv0 explode: a layer's window median this many times its lowest
-SV_BASE_AFTER = 500    # ... earlier window median, counted from this iteration on
+D_WINS_G_LOSS = 1.0    # ... while the median G loss is above this (D's fakes past the margin)
+FROZEN_SPREAD = 1e-3   # losses frozen: G's and D's fake loss vary by less than this (MAD)
+SV_RATIO = 3.0         # sv0 explode: a layer's window median this many times its lowest
+SV_LOOKBACK = 1000     # ... window median of the judgements this many iterations back,
+SV_BASE_AFTER = 200    # ... from this iteration on (past the first steps' transients)
 FID_RATIO = 2.0        # FID worse: the last two tests' FID above this many times the best
 PERSIST = 10           # consecutive judgements with signals that make a collapse
-HEALTHY_AFTER = 500    # clean iterations past a checkpoint that make it healthy
+HEALTHY_AFTER = 300    # clean iterations past a checkpoint that make it healthy
 
 LOSSES = ('G_loss', 'D_loss_real', 'D_loss_fake')
-SV0 = re.compile(r'^G_.*sv0$')  # utils.get_SVs' names of G's top singular values
+FROZEN = ('G_loss', 'D_loss_fake')
+SV0 = re.compile(r'^[GD]_.*sv0$')  # utils.get_SVs' names of the top singular values
 
 
 def as_logged(values, logstyle):
@@ -51,12 +53,19 @@ def as_logged(values, logstyle):
     return {k: float(logstyle % v) for k, v in values.items()}
 
 
+def mad(values):
+    """Median absolute deviation from the median: a spread that a few outliers do not move."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.median(np.abs(values - np.median(values))))
+
+
 def judge(losses, svs, sv_base, tests):
     """The signals one window shows, {name: description}, empty when it looks healthy.
 
     losses: {'G_loss', 'D_loss_real', 'D_loss_fake': arrays of the window's values};
-    svs: {G layer sv0 name: array of the window's values}; sv_base: {name: lowest earlier
-    window median}; tests: [(itr, FID)] of every test so far, in order. Pure.
+    svs: {SN layer sv0 name: array of the window's values}; sv_base: {name: lowest window
+    median of the earlier judgements within SV_LOOKBACK}; tests: [(itr, FID)] of every test
+    so far, in order. Pure.
     """
     signals = {}
     n = min((len(losses.get(k, ())) for k in LOSSES), default=0)
@@ -68,10 +77,13 @@ def judge(losses, svs, sv_base, tests):
         if D_med < D_WINS_LOSS and G_med > D_WINS_G_LOSS:
             signals['D wins'] = (f'median D loss {D_med:.3g} < {D_WINS_LOSS:g}, median G loss '
                                  f'{G_med:.3g} > {D_WINS_G_LOSS:g}')
-        spreads = {k: float(np.ptp(np.asarray(losses[k], dtype=np.float64))) for k in LOSSES}
-        if all(s < FROZEN_SPREAD for s in spreads.values()):
-            signals['losses frozen'] = (f'max - min of every loss < {FROZEN_SPREAD:g} over '
-                                        f'{WINDOW} iterations')
+        # G's side of the game stands still: its samples no longer move D's outputs (one image
+        # for every z, or a dead D). The real loss still varies with the data.
+        spread = {k: mad(losses[k]) for k in FROZEN}
+        if all(v < FROZEN_SPREAD for v in spread.values()):
+            signals['losses frozen'] = ', '.join(
+                f'{k} varies by {v:.2g}' for k, v in spread.items()) + (
+                f' (median absolute deviation < {FROZEN_SPREAD:g})')
     worst = None
     for name, values in svs.items():
         base = sv_base.get(name)
@@ -81,7 +93,8 @@ def judge(losses, svs, sv_base, tests):
         if ratio > SV_RATIO and (worst is None or ratio > worst[1]):
             worst = (name, ratio)
     if worst is not None:
-        signals['G sv0 explode'] = f'{worst[0]} {worst[1]:.3g}x its lowest (> {SV_RATIO:g}x)'
+        signals['sv0 explode'] = (f'{worst[0]} {worst[1]:.3g}x its lowest in {SV_LOOKBACK} '
+                                  f'iterations (> {SV_RATIO:g}x)')
     fids = [f for _, f in tests if math.isfinite(f)]
     if len(fids) >= 3:
         best = min(fids[:-2])
@@ -114,7 +127,7 @@ class Detector(object):
     def __init__(self):
         self.window = collections.deque()   # (itr, G_loss, D_loss_real, D_loss_fake)
         self.sv = collections.deque()       # (itr, {name: sv0})
-        self.sv_medians = {}                # name: [(judgement itr, window median)]
+        self.sv_medians = {}                # name: deque of (judgement itr, window median)
         self.tests = []                     # (itr, FID)
         self.streak = []                    # judgement itrs with signals, consecutive
         self.confirmed = False              # the current streak was reported
@@ -169,14 +182,17 @@ class Detector(object):
         for _, values in self.sv:
             for name, v in values.items():
                 series[name].append(v)
-        base = {name: min(m for i, m in history if i >= SV_BASE_AFTER)
-                for name, history in self.sv_medians.items()
-                if any(i >= SV_BASE_AFTER for i, _ in history)}
+        for history in self.sv_medians.values():
+            while history and history[0][0] <= itr - SV_LOOKBACK:
+                history.popleft()
+        base = {name: min(m for _, m in history)
+                for name, history in self.sv_medians.items() if history}
         self.signals = judge(losses, series, base, self.tests)
-        for name, values in series.items():
-            # Each judgement's median joins the history only once its window is full.
-            if self.sv and self.sv[0][0] <= itr - WINDOW + EVERY:
-                self.sv_medians.setdefault(name, []).append((itr, float(np.median(values))))
+        # A judgement's medians join the history once its window is full and past the start.
+        if itr >= SV_BASE_AFTER and self.sv and self.sv[0][0] <= itr - WINDOW + EVERY:
+            for name, values in series.items():
+                self.sv_medians.setdefault(name, collections.deque()).append(
+                    (itr, float(np.median(values))))
         if not self.signals:
             self.streak = []
             self.confirmed = False

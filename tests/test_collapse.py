@@ -18,7 +18,7 @@ import utils
 from conftest import FIXTURES, ROOT, TINY_FLAGS, assert_same, run_flags, tiny_config
 
 NAME = 'watched'
-RULE = {'every': 10, 'window': 200, 'persist': 10, 'healthy_after': 500}
+RULE = {'every': 10, 'window': 200, 'persist': 10, 'healthy_after': 300}
 
 
 def healthy_losses(rng):
@@ -65,7 +65,8 @@ def test_rule_constants_are_the_documented_ones():
     with open(os.path.join(ROOT, 'docs', 'collapse.md')) as f:
         doc = f.read()
     for name in ('EVERY', 'WINDOW', 'MIN_POINTS', 'D_WINS_LOSS', 'D_WINS_G_LOSS',
-                 'FROZEN_SPREAD', 'SV_RATIO', 'SV_BASE_AFTER', 'FID_RATIO', 'PERSIST',
+                 'FROZEN_SPREAD', 'SV_RATIO', 'SV_LOOKBACK', 'SV_BASE_AFTER', 'FID_RATIO',
+                 'PERSIST',
                  'HEALTHY_AFTER'):
         assert f'`{name}` = {getattr(collapse, name):g}' in doc, name
 
@@ -76,23 +77,25 @@ def test_judge_signals_on_hand_made_windows():
     G, low = np.linspace(3.5, 4.5, n), np.linspace(0.01, 0.03, n)  # medians 4 and 0.02
     wins = collapse.judge({'G_loss': G, 'D_loss_real': low, 'D_loss_fake': low}, {}, {}, [])
     assert list(wins) == ['D wins'] and wins['D wins'].startswith('median D loss 0.04 <')
-    # A median D loss of 0.12 is not below 0.1; a median G loss of 2.95 is not above 3.
+    # A median D loss of 0.12 is not below 0.1; a median G loss of 0.95 is not above 1.
     assert not collapse.judge({'G_loss': G, 'D_loss_real': low + 0.04,
                                'D_loss_fake': low + 0.04}, {}, {}, [])
-    assert not collapse.judge({'G_loss': G - 1.05, 'D_loss_real': low,
+    assert not collapse.judge({'G_loss': G - 3.05, 'D_loss_real': low,
                                'D_loss_fake': low}, {}, {}, [])
     # Too few points: not judged.
     assert not collapse.judge({'G_loss': G[:n - 1], 'D_loss_real': low[:n - 1],
                                'D_loss_fake': low[:n - 1]}, {}, {}, [])
-    flat = {'G_loss': np.full(n, 1.0), 'D_loss_real': np.full(n, 1.0),
-            'D_loss_fake': np.linspace(0.5, 0.5009, n)}
+    # Frozen: G's and D's fake losses barely move (their median absolute deviation, 1/4 of a
+    # linspace's range, below 0.001), whatever the real loss does and despite a few outliers.
+    flat = {'G_loss': np.where(np.arange(n) % 10 == 0, 2.0, -0.094),
+            'D_loss_real': np.linspace(0.0, 2.0, n), 'D_loss_fake': np.linspace(1.09, 1.0935, n)}
     assert list(collapse.judge(flat, {}, {}, [])) == ['losses frozen']
-    flat['D_loss_fake'] = np.linspace(0.5, 0.5011, n)
+    flat['D_loss_fake'] = np.linspace(1.09, 1.0945, n)
     assert not collapse.judge(flat, {}, {}, [])
-    svs = {'G_a_sv0': np.array([3.0, 3.2, 3.1]), 'G_b_sv0': np.array([9.0, 9.5, 9.2])}
-    fired = collapse.judge({}, svs, {'G_a_sv0': 1.0, 'G_b_sv0': 3.0}, [])
-    assert list(fired) == ['G sv0 explode'] and 'G_a_sv0 3.1x' in fired['G sv0 explode']
-    assert not collapse.judge({}, svs, {'G_a_sv0': 1.1, 'G_b_sv0': 3.1}, [])
+    svs = {'G_a_sv0': np.array([3.0, 3.2, 3.1]), 'D_b_sv0': np.array([9.0, 9.5, 9.2])}
+    fired = collapse.judge({}, svs, {'G_a_sv0': 1.0, 'D_b_sv0': 3.0}, [])
+    assert list(fired) == ['sv0 explode'] and 'G_a_sv0 3.1x' in fired['sv0 explode']
+    assert not collapse.judge({}, svs, {'G_a_sv0': 1.1, 'D_b_sv0': 3.1}, [])
     tests = [(1, 50.0), (2, 40.0), (3, 81.0), (4, 90.0)]
     assert list(collapse.judge({}, {}, {}, tests)) == ['FID worse']
     assert not collapse.judge({}, {}, {}, tests[:3] + [(4, 79.0)])
@@ -115,21 +118,21 @@ def test_spikes_that_recover_raise_nothing():
 
 
 def test_checkpoints_become_healthy_only_after_clean_iterations():
-    """A candidate saved at 100 is healthy at the first clean judgement 500 iterations on; one
-    saved while signals show (or discarded by one) never is."""
+    """A candidate saved at 100 is healthy at the first clean judgement 300 iterations on (400),
+    the next one saved then (500) at 800; one saved as D starts winning (at 850) is discarded
+    by the signals at 950, and the collapse names 500 as the last healthy checkpoint."""
     detector = collapse.Detector()
-    series = synthetic(1400, range(800, 1400))
-    for itr in range(1, 1401):
+    series = synthetic(1200, range(850, 1200))
+    for itr in range(1, 1201):
         detector.losses(itr, series[itr])
         if itr % 100 == 0:
             detector.saved(itr)
         if itr % collapse.EVERY == 0:
             detector.judge(itr)
-    events = detector.events
-    assert events[:3] == [('candidate', 100), ('healthy', 100), ('candidate', 700)]
-    assert events[3][0] == 'discarded' and events[3][1] == 700
-    assert detector.healthy == 100 and detector.collapses[0].healthy == 100
-    assert detector.collapses[0].onset > 800
+    assert detector.events == [('candidate', 100), ('healthy', 100), ('candidate', 500),
+                               ('healthy', 500), ('candidate', 900), ('discarded', 900)]
+    assert detector.healthy == 500 and detector.collapses[0].healthy == 500
+    assert detector.collapses[0].onset == 950
 
 
 # ----------------------------------------------------------------------------
@@ -263,17 +266,17 @@ def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
 
 
 def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, capsys):
-    """--on_collapse rollback: the run goes back to the healthy set (saved at 100, healthy 500
+    """--on_collapse rollback: the run goes back to the healthy set (saved at 100, healthy 300
     clean iterations on) bit for bit, both learning rates halved; the _healthy set outlives
     --num_save_copies; a relaunch with the same flags resumes with the halved rates."""
     rng = np.random.default_rng(1)
 
     def losses_at(itr, state_dict):
-        # D wins from 601 on (the set saved at 100 is healthy at 600) until the rollback.
+        # D wins from 401 on (the set saved at 100 is healthy at 400) until the rollback.
         cured = state_dict['collapse']['rollbacks'] > 0
-        return (healthy_losses if itr <= 600 or cured else d_wins_losses)(rng)
+        return (healthy_losses if itr <= 400 or cured else d_wins_losses)(rng)
     seen = {}
-    watched_run(data_root, tmp_path, monkeypatch, losses_at, '--total_itrs', '810',
+    watched_run(data_root, tmp_path, monkeypatch, losses_at, '--total_itrs', '610',
                 '--save_every', '100', '--num_save_copies', '1', '--on_collapse', 'rollback',
                 '--G_lr', '1e-4', '--D_lr', '4e-4', seen=seen)
     line, = [line for line in capsys.readouterr().out.splitlines() if 'collapse at' in line]

@@ -133,6 +133,7 @@ TRAIN_FLAGS=(
   --num_D_steps 1 --G_lr 5e-4 --D_lr 5e-4 --G_B1 0.5 --D_B1 0.5
   --G_init ortho --D_init ortho --total_itrs "$TOTAL_ITRS"
   --save_every "$SAVE_EVERY" --num_save_copies 0 --test_every 0 --sv_log_interval 0
+  --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
 # Flags for train.py alone, which sample.py does not take (a watch on the run, say), go here;
 # the user's flags come after them.

@@ -229,16 +229,26 @@ def synthetic_at(n, bad):
     return lambda itr, state_dict: series[itr]
 
 
+def recorded_losses(name):
+    """losses_at for the stand-in: a recorded run's logged losses, iteration by iteration."""
+    run = plot_logs.read_experiment(os.path.join(FIXTURES, 'collapse'), name)
+    series = {k: dict(zip(*run['metrics'][k])) for k in collapse.LOSSES}
+    return lambda itr, state_dict: {k: series[k][itr] for k in collapse.LOSSES}
+
+
 def test_warn_line_record_and_offline_scan_agree(data_root, tmp_path, monkeypatch, capsys):
-    """--on_collapse warn: one line naming the onset, signals and last healthy checkpoint, one
-    jsonl record; the run goes on; plot_logs.py --collapse on its logs finds the same onset."""
-    watched_run(data_root, tmp_path, monkeypatch, synthetic_at(300, range(1, 300)),
-                '--total_itrs', '300', '--save_every', '0', '--on_collapse', 'warn')
+    """--on_collapse warn, the step replaying a recorded run's losses (D wins): one line naming
+    the onset, signals and last healthy checkpoint, one jsonl record, the run goes on; the
+    onset is the recorded run's, and plot_logs.py's scan of the new run's logs finds it too."""
+    name = 'collapse_dlr1e-2_bs8'
+    watched_run(data_root, tmp_path, monkeypatch, recorded_losses(name), '--total_itrs', '610',
+                '--save_every', '0', '--on_collapse', 'warn')
     lines = [line for line in capsys.readouterr().out.splitlines() if 'collapse at' in line]
     assert len(lines) == 1
     record, = events(tmp_path)
     assert record['event'] == 'collapse' and record['action'] == 'warn'
     onset = record['onset']
+    assert onset == recorded()[name]['onset']
     assert lines[0].startswith(f'warning: collapse at itr {onset}: D wins (median D loss ')
     assert lines[0].endswith('last healthy checkpoint: none yet')
     assert record['itr'] == onset + 90 and list(record['signals']) == ['D wins']
@@ -247,7 +257,7 @@ def test_warn_line_record_and_offline_scan_agree(data_root, tmp_path, monkeypatc
     offline = capsys.readouterr().out.splitlines()
     assert offline[0] == f'collapse at itr {onset}: ' + collapse.signal_names(record['signals'])
     # The singular values the watch read every 10 iterations are in the logs it judged.
-    assert run['metrics']['G_linear_sv0'][0].tolist() == list(range(10, 301, 10))
+    assert run['metrics']['G_linear_sv0'][0].tolist() == list(range(10, 611, 10))
 
 
 def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
@@ -320,3 +330,30 @@ def test_rollback_needs_checkpoints(tmp_path, capsys):
     assert refused.value.code == 2
     assert '--save_every' in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_plot_logs_collapse_cli(tmp_path, monkeypatch, capsys):
+    """plot_logs.py --collapse on a recorded run's loss logs: the onset and the checkpoints
+    before it printed, exit 0, the onset drawn on both panels of the losses figure."""
+    import shutil
+    src = os.path.join(FIXTURES, 'collapse', 'collapse_dlr1e-2_bs8')
+    os.makedirs(tmp_path / 'run')
+    for f in ('G_loss.log', 'D_loss_real.log', 'D_loss_fake.log', 'metalog.txt'):
+        shutil.copy(os.path.join(src, f), tmp_path / 'run' / f)
+    drawn = []
+    mark = plot_logs.mark_onsets
+
+    def recording(fig, onsets):
+        mark(fig, onsets)
+        drawn.append([line.get_xdata() for ax in fig.axes for line in ax.lines
+                      if line.get_linestyle() == '--'])
+    monkeypatch.setattr(plot_logs, 'mark_onsets', recording)
+    plot_logs.main(['--experiment_name', 'run', '--logs_root', str(tmp_path), '--collapse'])
+    out = capsys.readouterr().out.splitlines()
+    onset = recorded()['collapse_dlr1e-2_bs8']['onset']
+    assert out[0].startswith(f'collapse at itr {onset}: D wins (median D loss ')
+    assert out[1] == (f'  last checkpoint before it: itr {(onset - 1) // 100 * 100}; last '
+                      'healthy one by the rule: itr 100 (the _healthy set of a run with '
+                      '--collapse_watch)')
+    assert (tmp_path / 'run' / 'losses.png').is_file()
+    assert [list(x) for x in drawn[0]] == [[onset, onset], [onset, onset]]  # both panels

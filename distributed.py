@@ -8,11 +8,27 @@ import os
 import torch
 import torch.distributed as dist
 
+from flags import ConfigError
+
 
 def pick_device(name=''):
     """torch.device from a flag value; '' or None picks CUDA when available, else CPU. Under
     torchrun a CUDA device without an index is this process's GPU, cuda:LOCAL_RANK."""
-    device = torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    try:
+        device = torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    except RuntimeError:
+        raise ConfigError(f'--device {name!r} is not a device: use cpu, cuda or cuda:N') from None
+    if device.type != 'cpu':
+        # The one accelerator this PyTorch build drives here, whatever its kind.
+        here = (torch.accelerator.current_accelerator() if torch.accelerator.is_available()
+                else None)
+        if here is None or here.type != device.type:
+            raise ConfigError(f"--device {name} is not on this machine (it has "
+                              f"{here.type if here else 'no accelerator'}): use --device cpu or "
+                              'leave --device out')
+        if device.index is not None and device.index >= torch.accelerator.device_count():
+            raise ConfigError(f'--device {name}: this machine has '
+                              f'{torch.accelerator.device_count()} {here.type} device(s)')
     if device.type == 'cuda' and device.index is None and 'LOCAL_RANK' in os.environ:
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
     return device

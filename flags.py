@@ -4,6 +4,7 @@ share, the one check of flag values, and the runner that turns bad input into on
 Nothing here imports the project's other modules, so every file can use it.
 """
 import math
+import re
 import signal
 import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
@@ -463,6 +464,19 @@ CHOICES = {'model': ('BigGAN', 'BigGANdeep'),
            'which_best': ('IS', 'FID', 'KID', 'precision', 'recall', 'density', 'coverage',
                           'intraFID')}
 
+# Strings of a fixed shape: the models parse --G_attn/--D_attn as '_'-separated integers and
+# --norm_style by its prefix, and every .log line goes through --logstyle's %-format, so its
+# width and precision are capped at two digits to keep a line short.
+PATTERNS = {
+    'G_attn': (r'\d+(_\d+)*', "resolutions joined by '_', e.g. 64 or 32_64; 0 for none"),
+    'D_attn': (r'\d+(_\d+)*', "resolutions joined by '_', e.g. 64 or 32_64; 0 for none"),
+    'norm_style': (r'bn|in|nonorm|gn|gn_ch_[1-9]\d*|gn_grp_[1-9]\d*',
+                   'bn, in, nonorm, gn, gn_ch_N or gn_grp_N'),
+    'logstyle': (r'pickle|npz|mat|%[-+ #0]?\d{0,2}(\.\d{1,2})?[eEfFgGdis]',
+                 'one %-format of a number such as %3.3e (width and precision up to 2 digits), '
+                 'pickle, npz or mat'),
+}
+
 
 def in_domain(value, domain):
     """Whether a number lies in a DOMAINS bound."""
@@ -487,3 +501,7 @@ def check_flags(config):
     for key, choices in CHOICES.items():
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    for key, (pattern, allowed) in PATTERNS.items():
+        if key in config and not (isinstance(config[key], str)
+                                  and re.fullmatch(pattern, config[key])):
+            raise ConfigError(f'--{key} must be {allowed}, got {config[key]!r}')

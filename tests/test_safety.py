@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import BigGAN
 import calculate_inception_moments
 import checkpoints
 import datasets
@@ -405,6 +406,32 @@ def test_numeric_flag_outside_its_domain(data_root, tmp_path, capsys, key):
 def test_non_finite_flag_values(data_root, tmp_path, capsys, flag, value):
     argv = run_flags(data_root, str(tmp_path / 'out'), NAME) + [flag] + ([value] if value else [])
     assert flag.split('=')[0] in exits_with_one_line(train.main, argv, capsys)
+
+
+@pytest.mark.parametrize('flag,value', [
+    ('--G_attn', 'x'), ('--D_attn', '64_'), ('--norm_style', 'xx'), ('--norm_style', 'gn_ch_0'),
+    ('--logstyle', '%q'), ('--logstyle', '%s%s%s'), ('--logstyle', '%(x)s'),
+    ('--logstyle', '%999999999d'), ('--logstyle', '{}'), ('--device', 'foo'),
+    ('--device', 'cuda:99')])
+def test_string_flags_of_a_fixed_shape(data_root, tmp_path, capsys, flag, value):
+    """A string flag the models or the logs parse is refused at start-up unless it has the
+    shape they parse (an unbounded %-width would make every .log line gigabytes)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + [flag, value]
+    assert flag in exits_with_one_line(train.main, argv, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('value', ['64', '16_32_64', '0'])
+def test_attention_flags_the_models_parse(value):
+    """What the pattern lets through is what BigGAN's constructor parses."""
+    flags.check_flags({'G_attn': value, 'D_attn': value, 'norm_style': 'gn_grp_2',
+                       'logstyle': '%3.3e'})
+    G = BigGAN.Generator(G_ch=8, dim_z=8, resolution=64, G_attn=value, n_classes=2,
+                         norm_style='gn_grp_2', skip_init=True)
+    D = BigGAN.Discriminator(D_ch=8, resolution=64, D_attn=value, n_classes=2, skip_init=True)
+    z, y = torch.randn(2, 8), torch.tensor([0, 1])
+    assert D(G(z, G.shared(y)), y).shape == (2, 1)
 
 
 @pytest.mark.parametrize('extra,expect', [

@@ -36,6 +36,7 @@ from metrics import (  # noqa: F401
     METRICS,
     FeatureStats,
     InceptionScoreStats,
+    MetricsError,
     as_float64,
     calculate_inception_score,
     calculate_intra_fid,
@@ -55,6 +56,14 @@ WEIGHT_FILES = {
 TORCHVISION_URL = ('https://download.pytorch.org/models/'
                    + WEIGHT_FILES['torchvision'])
 TF_FID_NUM_CLASSES = 1008
+# Pool features of both backends' Inception-v3: the length of a moments file's mu. Each wrapped
+# network states its count as pool_features (a stand-in network in tests has its own).
+POOL_FEATURES = 2048
+# check_moments' tolerances, relative to sigma's scale: the asymmetry (of max |sigma|) and the
+# negative eigenvalues (of trace(sigma), which bounds every eigenvalue of a PSD matrix) that
+# rounding leaves in a covariance, also one stored in float32. Beyond them it is not one.
+SYMMETRY_TOL = 1e-6
+PSD_TOL = 1e-6
 # Value the release reports for FID when it is not computed.
 NO_FID = 9999.0
 
@@ -72,6 +81,8 @@ class InceptionMomentsError(ConfigError):
 
 class WrapInception(nn.Module):
     """torchvision Inception-v3 giving (pool, logits), as the release."""
+
+    pool_features = POOL_FEATURES
 
     def __init__(self, net):
         super().__init__()
@@ -212,6 +223,8 @@ class FIDInceptionV3(nn.Module):
 
 class WrapFIDInception(nn.Module):
     """FID Inception wrapper: [-1, 1] images of any size to (pool, logits)."""
+
+    pool_features = POOL_FEATURES
 
     def __init__(self, net):
         super().__init__()
@@ -454,6 +467,8 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
             f'{moments_command(dataset, data_root, backend)}')
     try:
         return _read_moments(path, dataset, data_root, backend, need_feats)
+    except InceptionMomentsError:
+        raise  # already says what is wrong (a ValueError too, as every ConfigError)
     except (OSError, ValueError, KeyError, EOFError) as err:  # a damaged or hostile file
         raise InceptionMomentsError(
             f'Inception moments {path} cannot be read ({type(err).__name__}: '
@@ -482,7 +497,75 @@ def _read_moments(path, dataset, data_root, backend, need_feats):
                     f'KID; recompute them with: '
                     f'{moments_command(dataset, data_root, backend)}')
             out['feats'] = data['feats']
+    check_moments(out, path, moments_command(dataset, data_root, backend))
     return out
+
+
+def _is_psd(sigma):
+    """Whether the symmetric sigma is positive semi-definite within PSD_TOL: a Cholesky
+    factorisation of sigma + PSD_TOL * trace(sigma) * I exists (cheaper than its eigenvalues)."""
+    diag = np.diag(sigma)
+    if (diag < 0).any():
+        return False
+    shift = PSD_TOL * diag.sum()
+    if shift == 0:
+        return not sigma.any()  # a PSD matrix with a zero diagonal is zero
+    shifted = sigma.copy()
+    shifted.flat[::len(sigma) + 1] += shift
+    try:
+        np.linalg.cholesky(shifted)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def check_moments(moments, path, command):
+    """Refuse (InceptionMomentsError, one line ending with command) moments no FID can be
+    computed from: mu not (D,) or sigma not (D, D), values not finite, sigma not symmetric or
+    not positive semi-definite (within SYMMETRY_TOL / PSD_TOL), KID features not (K, D) or not
+    finite. The FID of such moments would be NaN or negative, and be logged as a number."""
+    mu, sigma = moments['mu'], moments['sigma']
+    feats = moments.get('feats')
+    problem = None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        problem = f'mu has shape {mu.shape} and sigma {sigma.shape}, not (D,) and (D, D)'
+    elif not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        problem = 'mu or sigma holds NaN or Inf'
+    elif np.abs(sigma - sigma.T).max(initial=0) > SYMMETRY_TOL * np.abs(sigma).max(initial=0):
+        problem = (f'sigma is not symmetric (entries differ from their transposes by up to '
+                   f'{np.abs(sigma - sigma.T).max():.3g})')
+    elif not _is_psd(sigma):
+        problem = 'sigma is not positive semi-definite, so it is no covariance'
+    elif feats is not None and (feats.ndim != 2 or feats.shape[1] != len(mu)):
+        problem = f'the KID features have shape {feats.shape}, not (K, {len(mu)})'
+    elif feats is not None and not np.isfinite(feats).all():
+        problem = 'the KID features hold NaN or Inf'
+    if problem is not None:
+        raise InceptionMomentsError(f'Inception moments {path}: {problem}; recompute them '
+                                    f'with: {command}')
+
+
+def check_feature_count(moments, net, dataset, data_root, backend):
+    """Refuse (InceptionMomentsError) moments whose length differs from the pool features net
+    gives: the FID would fail at the first test, losing the iterations before it."""
+    n = getattr(net, 'module', net).pool_features  # through DataParallel
+    if len(moments['mu']) != n:
+        raise InceptionMomentsError(
+            f"Inception moments {find_moments_file(dataset, data_root)} hold "
+            f"{len(moments['mu'])} features, but the {backend} Inception network gives {n}; "
+            f'recompute them with: {moments_command(dataset, data_root, backend)}')
+
+
+def valid_fid(fid, sigma1, sigma2):
+    """fid, once it is a distance: rounding can leave the FID of near-identical moments a
+    hair below 0 (within PSD_TOL of the traces), which is 0; NaN, Inf or a negative value
+    beyond that is refused (MetricsError), so it is never logged as a result."""
+    scale = float(np.trace(sigma1) + np.trace(sigma2))
+    if np.isfinite(fid) and fid >= -PSD_TOL * scale:
+        return max(float(fid), 0.0)
+    raise MetricsError(f'FID came out as {fid}, which is no distance (the moments or the '
+                       f'features are not what they should be); nothing was logged for this '
+                       f'test')
 
 
 def per_class_moments_filename(dataset):
@@ -668,6 +751,8 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
     if 'intraFID' in names:
         per_class = find_per_class_moments(dataset, data_root, backend)
     net = load_inception_net(parallel, backend, weights_path, device)
+    if moments is not None:
+        check_feature_count(moments, net, dataset, data_root, backend)
 
     def measure(sample, num_images, num_splits=10, prints=True, use_torch=True):
         """The selected metrics of exactly num_images samples (and intraFID's per class)."""
@@ -689,6 +774,10 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
             if prints:
                 print('Calculating means and covariances...')
             mu, sigma = feats.mean, feats.cov
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                raise MetricsError(f'the Inception features of the {num_images} samples hold '
+                                   f'NaN or Inf (G gives non-finite images), so they have no '
+                                   f'FID; nothing was logged for this test')
             if prints:
                 print('Covariances calculated, getting FID...')
             if use_torch:
@@ -699,7 +788,7 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
             else:
                 fid = numpy_calculate_frechet_distance(
                     mu, sigma, moments['mu'], moments['sigma'])
-            out['FID'] = float(fid)
+            out['FID'] = valid_fid(float(fid), sigma, moments['sigma'])
         if 'KID' in names:
             out['KID_mean'], out['KID_std'] = calculate_kid(
                 feats.feats, moments['feats'], num_subsets=kid_subsets,

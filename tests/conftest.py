@@ -130,6 +130,8 @@ def metrics_setup(tmp, device, n_classes=10):
 class FakeInception(torch.nn.Module):
     """A cheap stand-in for a wrapped Inception: (pool (N, 8), logits (N, 5))."""
 
+    pool_features = 8
+
     def __init__(self):
         super().__init__()
         self.fc = torch.nn.Linear(8, 5)

@@ -191,7 +191,8 @@ def test_moments_declaring_a_huge_sigma_are_refused_before_allocation(tmp_path, 
 def test_honest_moments_still_load(tmp_path):
     import inception_utils as iu
     rng = np.random.default_rng(3)
-    mu, sigma = rng.standard_normal(5), rng.standard_normal((5, 5))
+    mu, a = rng.standard_normal(5), rng.standard_normal((5, 5))
+    sigma = a @ a.T
     np.savez_compressed(tmp_path / 'C10_inception_moments.npz', mu=mu, sigma=sigma)
     got = iu.load_inception_moments('C10', str(tmp_path))
     assert np.array_equal(got['mu'], mu) and np.array_equal(got['sigma'], sigma)

@@ -262,3 +262,144 @@ def test_bad_image_in_training_keeps_the_checkpoint(damage, workers, data_root, 
     line = refused(train, argv + ['--total_itrs', '4', '--resume'], capsys)
     assert f'image {bad} cannot be read' in line
     assert tree(weights) == saved
+
+
+# ----------------------------------------------------------------------------
+# Inception moments: shape against the network's features, finite, symmetric, PSD.
+
+def covariance(d, n, seed=0):
+    """np.cov of n random d-dimensional rows (rank n - 1 when n <= d): a real covariance."""
+    return np.cov(np.random.default_rng(seed).standard_normal((n, d)), rowvar=False)
+
+
+def rotated(eigenvalues, seed=0):
+    """A symmetric matrix with these eigenvalues in a random basis."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(eigenvalues),) * 2))
+    m = (q * np.asarray(eigenvalues, float)) @ q.T
+    return (m + m.T) / 2
+
+
+def nan_at(m, i, j):
+    m = m.copy()
+    m[i, j] = np.nan
+    return m
+
+
+D = 8  # FakeInception's pool features
+BAD_MOMENTS = {
+    'sigma of another size': (dict(sigma=np.eye(D + 1)), 'not (D,) and (D, D)'),
+    'mu of two dimensions': (dict(mu=np.zeros((D, 1))), 'not (D,) and (D, D)'),
+    'NaN in sigma': (dict(sigma=nan_at(np.eye(D), 2, 3)), 'NaN or Inf'),
+    'Inf in mu': (dict(mu=np.full(D, np.inf)), 'NaN or Inf'),
+    'not symmetric': (dict(sigma=np.eye(D) + np.triu(np.ones((D, D)), 1)), 'not symmetric'),
+    'one eigenvalue -0.01 of 1': (dict(sigma=rotated([1] * (D - 1) + [-0.01])),
+                                  'not positive semi-definite'),
+    'negative diagonal': (dict(sigma=-np.eye(D)), 'not positive semi-definite'),
+    'KID features of another width': (dict(feats=np.zeros((5, D + 1), np.float32)),
+                                      'KID features have shape (5, 9)'),
+    'NaN in KID features': (dict(feats=np.full((5, D), np.nan, np.float32)),
+                            'KID features hold NaN'),
+}
+
+
+def write_moments(folder, name='S32', **arrays):
+    """{name}_inception_moments.npz in folder, good moments unless arrays replace them."""
+    good = {'mu': np.zeros(D), 'sigma': covariance(D, 50),
+            'feats': np.zeros((5, D), np.float32), 'backend': np.array('torchvision')}
+    path = os.path.join(folder, f'{name}_inception_moments.npz')
+    np.savez(path, **{**good, **arrays})
+    return path
+
+
+@pytest.mark.parametrize('case', BAD_MOMENTS)
+def test_bad_moments_are_refused_when_loaded(case, tmp_path):
+    import inception_utils
+    arrays, what = BAD_MOMENTS[case]
+    path = write_moments(str(tmp_path), **arrays)
+    with pytest.raises(inception_utils.InceptionMomentsError) as e:
+        inception_utils.load_inception_moments('S32', str(tmp_path), need_feats=True)
+    line = str(e.value)
+    assert line.startswith(f'Inception moments {path}: ') and what in line and '\n' not in line
+    assert 'calculate_inception_moments.py --dataset S32' in line
+
+
+@pytest.mark.parametrize('d, n', [(64, 20), (256, 40), (64, 200)])
+def test_real_covariances_pass_also_rank_deficient_and_float32(d, n, tmp_path):
+    """np.cov of fewer rows than features (eigenvalues at 0, some a rounding error below), and
+    the same stored as float32, are accepted unchanged."""
+    import inception_utils
+    sigma = covariance(d, n)
+    for stored in (sigma, sigma.astype(np.float32)):
+        write_moments(str(tmp_path), mu=np.ones(d), sigma=stored, feats=np.zeros((3, d)))
+        got = inception_utils.load_inception_moments('S32', str(tmp_path))
+        assert np.array_equal(got['sigma'], stored.astype(np.float64))
+    if n <= d:  # there the tolerance is needed
+        assert np.linalg.eigvalsh(sigma.astype(np.float32).astype(np.float64)).min() < 0
+
+
+@pytest.fixture
+def fake_inception(monkeypatch):
+    """Inception replaced by conftest's 8-feature stand-in."""
+    import inception_utils
+    from conftest import FakeInception
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+
+
+def metrics_run(data_root, out, path):
+    return run_flags(data_root, out, NAME, '--dataset_root', path, '--total_itrs', '2',
+                     '--test_every', '2', '--num_inception_images', '10', '--G_batch_size', '10')
+
+
+@pytest.mark.parametrize('arrays, what', [
+    (dict(sigma=-np.eye(D)), 'not positive semi-definite'),
+    (dict(sigma=nan_at(np.eye(D), 0, 0)), 'NaN or Inf'),
+    (dict(mu=np.zeros(5), sigma=np.eye(5), feats=np.zeros((5, 5))),
+     'hold 5 features, but the torchvision Inception network gives 8')])
+def test_train_refuses_bad_moments_before_writing(arrays, what, data_root, tmp_path, capsys,
+                                                  fake_inception):
+    """A run that would test against these moments (and log FID nan or a negative FID, or crash
+    at its first test) stops at start-up instead."""
+    out = str(tmp_path / 'out')
+    with_old_logs(out)
+    write_moments(data_root, **arrays)
+    h5 = write_h5(tmp_path / 'data.hdf5', n=16)
+    assert what in train_refuses(metrics_run(data_root, out, h5), out, capsys)
+
+
+def test_train_logs_the_fid_of_good_moments(data_root, tmp_path, fake_inception):
+    """The control: the same run with good moments logs a finite, non-negative FID."""
+    import json
+    out = str(tmp_path / 'out')
+    write_moments(data_root)
+    h5 = write_h5(tmp_path / 'data.hdf5', n=16)
+    flags.run_cli(train.run, train.utils.prepare_parser(), metrics_run(data_root, out, h5))
+    with open(os.path.join(out, 'logs', f'{NAME}_log.jsonl')) as f:
+        fid = json.loads(f.readline())['FID']
+    assert np.isfinite(fid) and fid >= 0
+
+
+def test_fid_of_non_finite_samples_is_refused(tmp_path, fake_inception):
+    """Samples whose features hold NaN get no FID: MetricsError, not a logged NaN."""
+    import torch
+
+    import inception_utils
+    import metrics
+    write_moments(str(tmp_path))
+    measure = inception_utils.prepare_metrics('S32', data_root=str(tmp_path))
+    good = measure(lambda: (torch.rand(10, 3, 4, 4), torch.zeros(10)), 10, prints=False)
+    assert np.isfinite(good['FID']) and good['FID'] >= 0
+    with pytest.raises(metrics.MetricsError, match='hold NaN or Inf'):
+        measure(lambda: (torch.full((10, 3, 4, 4), float('nan')), torch.zeros(10)), 10,
+                prints=False)
+
+
+def test_valid_fid():
+    """FID a rounding error below 0 is 0; NaN, Inf or clearly negative is refused."""
+    import inception_utils
+    import metrics
+    eye = np.eye(4)
+    assert inception_utils.valid_fid(-1e-9, eye, eye) == 0.0
+    assert inception_utils.valid_fid(3.5, eye, eye) == 3.5
+    for bad in (float('nan'), float('inf'), -2045.0, -1e-3):
+        with pytest.raises(metrics.MetricsError, match='no distance'):
+            inception_utils.valid_fid(bad, eye, eye)

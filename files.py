@@ -384,6 +384,10 @@ def check_declared(nbytes, what, path, limit=None):
     return nbytes
 
 
+# numpy's and PyTorch's common limit on a tensor's dimensions.
+MAX_DIMS = 32
+
+
 def declared_nbytes(shape, itemsize, what, path):
     """Bytes of an array of this declared shape and item size, refusing a shape that is not a
     sequence of non-negative ints; no overflow (Python ints)."""
@@ -391,6 +395,9 @@ def declared_nbytes(shape, itemsize, what, path):
         dims = [int(d) for d in shape]
     except (TypeError, ValueError):
         raise FileError(f'{path}: {what} has shape {shape!r}; the file is damaged') from None
+    if len(dims) > MAX_DIMS:
+        raise FileError(f'{path}: {what} declares {len(dims)} dimensions (a tensor has at most '
+                        f'{MAX_DIMS}); the file is damaged')
     if any(d < 0 for d in dims) or any(not isinstance(d, (int, np.integer)) for d in shape):
         raise FileError(f'{path}: {what} has shape {tuple(shape)!r}; the file is damaged')
     n = int(itemsize)

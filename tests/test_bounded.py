@@ -33,7 +33,8 @@ def test_a_megabyte_of_varints_parses_in_linear_time():
     assert len(buf) > 1 << 20
     start = time.perf_counter()
     parsed = tf_bundle.parse_message(buf)
-    assert time.perf_counter() - start < 1
+    # A hang guard, not a speed target: a quadratic parser needs hours here.
+    assert time.perf_counter() - start < 30
     assert parsed == {1: values}
 
 
@@ -45,7 +46,7 @@ def test_a_megabyte_long_varint_is_refused_at_once():
         tf_bundle.read_varint(buf, 0)
     with pytest.raises(files.FileError):
         tf_bundle.parse_message(b'\x08' + buf)
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 30
 
 
 def test_varints_round_trip_at_the_64_bit_edge():
@@ -80,6 +81,7 @@ def entry(dims, size, offset=0, dtype=1):
     ((0, 10 ** 12, 10 ** 12), 0, 0, 'declares'),        # empty, but no such shape fits
     ((4,), 16, 1 << 62, 'truncated'),                   # an offset far past the end
     (((1 << 64) - 1,), 1 << 40, 0, 'declares'),          # -1 as TensorFlow's int64 varint
+    ((1,) * 100000, 4, 0, '100000 dimensions'),         # more dimensions than numpy builds
 ])
 def test_huge_declared_tensors_are_refused_before_reading(tmp_path, dims, size, offset,
                                                            message):
@@ -127,7 +129,7 @@ def test_repeated_long_keys_are_refused_in_linear_time():
     start = time.perf_counter()
     with pytest.raises(tf_bundle.BundleError, match='repeat'):
         tf_bundle.block_entries(block[:-5])
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 30  # copying 26 GB would take minutes
 
 
 @pytest.mark.parametrize('body, restarts, message', [
@@ -201,7 +203,7 @@ def test_honest_moments_still_load(tmp_path):
 # ----------------------------------------------------------------------------
 # plot_logs.py: only regular files, bounded lines, numbers it cannot draw skipped.
 
-def plot_logs_cli(logs_root, timeout=5):
+def plot_logs_cli(logs_root, timeout=120):
     """plot_logs.py in a child process with a time limit and 4 GiB of address space, so a
     reader that hangs or reads without end fails the test instead of the machine."""
     def limit():
@@ -219,17 +221,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize('kind', ['fifo', 'dev_zero'])
 def test_plot_logs_refuses_what_is_not_a_regular_file(tmp_path, kind):
     """A FIFO named G_loss.log would block a plain open() forever; a symlink to /dev/zero
-    would be read without end. Either is one line and exit 2, within 5 s."""
+    would be read without end. Either is one line and exit 2 (the child's time limit catches a
+    hang)."""
     (tmp_path / 'run').mkdir()
     log = tmp_path / 'run' / 'G_loss.log'
     if kind == 'fifo':
         os.mkfifo(log)
     else:
         os.symlink('/dev/zero', log)
-    done, seconds = plot_logs_cli(tmp_path)
+    done, _ = plot_logs_cli(tmp_path)
     assert done.returncode == 2, done.stderr
     assert 'G_loss.log' in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert seconds < 5
 
 
 def test_plot_logs_refuses_a_line_without_end(tmp_path):

@@ -314,14 +314,18 @@ class TensorBoardLogger(object):
     @classmethod
     def for_run(cls, config, experiment_name, rank):
         """The run's logger: off without --tensorboard and on ranks other than 0. Every rank
-        checks the package, so a missing one stops them all before anything is written."""
+        checks the package, so a missing one stops them all before anything is written; rank 0
+        checks that its folder can be written."""
         if not config.get('tensorboard'):
             return cls()
         if rank != 0:
             tensorboard_modules()  # a missing package stops every rank, not only rank 0
             return cls()
-        return cls(f"{config['logs_root']}/{experiment_name}/tb",
-                   reinitialize=not config['resume'])
+        log_dir = f"{config['logs_root']}/{experiment_name}/tb"
+        # The event file is created at the first write, in the writer's thread: a folder that
+        # cannot be written is refused now, not after the first iteration.
+        check_writable(log_dir, '--tensorboard folder')
+        return cls(log_dir, reinitialize=not config['resume'])
 
     def write(self, step, values, wall_time=None):
         """One event at step (and wall_time, default now) holding values, Summary.Values."""

@@ -403,3 +403,25 @@ def test_valid_fid():
     for bad in (float('nan'), float('inf'), -2045.0, -1e-3):
         with pytest.raises(metrics.MetricsError, match='no distance'):
             inception_utils.valid_fid(bad, eye, eye)
+
+
+# ----------------------------------------------------------------------------
+# --tensorboard: its folder is checked at start-up.
+
+@pytest.mark.parametrize('blocked', ['tb', ''])
+def test_tensorboard_folder_that_cannot_be_written_is_refused_at_start(blocked, data_root,
+                                                                       tmp_path, capsys):
+    """logs_root/exp/tb (or logs_root/exp) is a file: one line, exit 2, nothing written (the
+    event writer, which creates its folder at its first write, would fail in its own thread
+    after the first iteration)."""
+    pytest.importorskip('tensorboard')
+    out = str(tmp_path / 'out')
+    logs = os.path.join(out, 'logs')
+    os.makedirs(os.path.join(logs, NAME) if blocked else logs)
+    with open(os.path.join(logs, NAME, blocked) if blocked else os.path.join(logs, NAME),
+              'w') as f:
+        f.write('in the way')
+    h5 = write_h5(tmp_path / 'data.hdf5')
+    line = train_refuses(run_flags(data_root, out, NAME, '--dataset_root', h5, '--total_itrs',
+                                   '2', '--tensorboard'), out, capsys)
+    assert '--tensorboard folder' in line and 'is a file' in line

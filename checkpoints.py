@@ -303,10 +303,61 @@ def torch_load(path, map_location='cpu'):
                                   f'loaded)') from None
         raise CheckpointError(f'cannot load {path} ({load_error_reason(e)}); it is truncated, '
                               f'damaged or not a checkpoint of tensors and plain data') from None
+    check_tensor_extents(obj, path)
     if isinstance(obj, dict):
         # numpy scalars become floats, so the state can be saved again as plain data.
         obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
     return obj
+
+
+def check_tensor_extents(obj, path):
+    """Refuse a tensor declaring more elements than its storage holds (a stride-0 view of a
+    few bytes standing for 10^12 elements), which every later full read would materialise."""
+    stack = [obj]  # iterative: a crafted file can nest containers deeper than the stack
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, torch.Tensor) and item.layout == torch.strided:
+            needed = item.numel() * item.element_size()
+            held = item.untyped_storage().nbytes()
+            if needed > held:
+                raise CheckpointError(f'{path} holds a tensor of shape {tuple(item.shape)} '
+                                      f'({needed} bytes) over a storage of {held} bytes; the '
+                                      f'file is crafted or damaged')
+
+
+def check_optimizer_state(optim, loaded, path):
+    """Refuse an optimizer state dict whose groups or per-parameter tensors do not fit the
+    optimizer built from the flags (torch would fail only inside the first step)."""
+    params = [p for group in optim.param_groups for p in group['params']]
+    ours = [len(group['params']) for group in optim.param_groups]
+    try:
+        theirs = [len(group['params']) for group in loaded['param_groups']]
+        states = dict(loaded['state'])
+    except (TypeError, KeyError):
+        theirs, states = None, {}
+    if theirs != ours:
+        raise CheckpointError(f'{path}: its parameter groups ({theirs}) do not fit the model '
+                              f'built from these flags ({ours}); pass the flags the checkpoint '
+                              f'was trained with')
+    for index, state in states.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(
+                state, dict):
+            raise CheckpointError(f'{path}: optimizer state entry {index!r} names no parameter '
+                                  f'of the model; the file is damaged')
+        for key, value in state.items():
+            # The release's Adam saved its step as a Python number; ours, a 0-d tensor.
+            if isinstance(value, (int, float)) or value is None:
+                continue
+            if (not isinstance(value, torch.Tensor)
+                    or value.dim() > 0 and value.shape != params[index].shape):
+                raise CheckpointError(
+                    f'{path}: optimizer state {key} of parameter {index} has shape '
+                    f'{tuple(getattr(value, "shape", ()))}, not its parameter\'s '
+                    f'{tuple(params[index].shape)}; the file is damaged')
 
 
 def _refused_global(error):
@@ -455,6 +506,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             check_shapes(net, loaded[name], path(name), strict)
+            if name + '_optim' in loaded:
+                check_optimizer_state(net.optim, loaded[name + '_optim'], path(name + '_optim'))
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             net.load_state_dict(loaded[name], strict=strict)

@@ -200,3 +200,41 @@ def test_duplicate_refuses_dangling_symlink_target(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2 and 'already exists' in proc.stderr
     assert link.is_symlink() and not (tmp_path / 'elsewhere').exists()
+
+
+def test_a_tensor_larger_than_its_storage_is_refused(tmp_path):
+    """A stride-0 view declaring 10^12 elements over 4 bytes: torch builds it without complaint,
+    and any full read of it would materialise terabytes."""
+    path = str(tmp_path / 'G.pth')
+    torch.save({'w': torch.ones(1).expand(10 ** 12)}, path)
+    with pytest.raises(checkpoints.CheckpointError, match='over a storage of 4 bytes'):
+        checkpoints.torch_load(path)
+    torch.save({'w': torch.ones(4, 4)[1:3]}, path)  # a view inside its storage is fine
+    assert torch.equal(checkpoints.torch_load(path)['w'], torch.ones(2, 4))
+
+
+@pytest.mark.parametrize('damage', ['shape', 'index', 'groups'])
+def test_an_optimizer_state_that_does_not_fit_is_refused(tmp_path, damage):
+    """An optimizer file whose per-parameter state does not fit the model (saved consistently,
+    so the set's record matches) is refused at load, before torch's first Adam step would
+    crash on it; nothing is loaded into the models."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = tiny_models(config, seed=1)
+    for net in (G, D):
+        net.optim.zero_grad()
+        sum(p.sum() for p in net.parameters()).backward()
+        net.optim.step()
+    first = next(iter(G.optim.state))
+    if damage == 'shape':
+        G.optim.state[first]['exp_avg'] = torch.zeros(3)
+    saved = G.optim.state_dict
+    if damage == 'index':
+        G.optim.state_dict = lambda: {**saved(), 'state': {10 ** 6: {'step': 1.0}}}
+    elif damage == 'groups':
+        G.optim.state_dict = lambda: {**saved(), 'param_groups': saved()['param_groups'] * 2}
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+    G2, D2, E2 = tiny_models(config, seed=9)
+    before = {k: v.clone() for k, v in G2.state_dict().items()}
+    with pytest.raises(checkpoints.CheckpointError, match='G_optim.pth'):
+        checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
+    assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())

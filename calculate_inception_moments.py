@@ -91,7 +91,7 @@ def run(config):
                         inception_utils.moments_filename(config['dataset']))
     inception_utils.save_inception_moments(
         path, feats.mean, feats.cov, backend,
-        feats.feats if config['kid_feats'] > 0 else None)
+        feats.feats if config['kid_feats'] > 0 else None, count=feats.n)
     print(f'Saved means and covariances of {feats.n} images to {path}')
     return path
 

@@ -440,11 +440,13 @@ def find_moments_file(dataset, data_root='data'):
     return None
 
 
-def save_inception_moments(path, mu, sigma, backend, feats=None):
-    """Write mu, sigma, backend (and optional real pool feats) atomically."""
+def save_inception_moments(path, mu, sigma, backend, feats=None, count=None):
+    """Write mu, sigma, backend (and optional real pool feats and the image count) atomically."""
     _check_backend(backend)
     arrays = {'mu': as_float64(mu), 'sigma': as_float64(sigma),
               'backend': np.array(backend)}
+    if count is not None:
+        arrays['count'] = np.array(int(count), dtype=np.int64)
     if feats is not None and len(feats):
         arrays['feats'] = np.asarray(feats, dtype=np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -454,7 +456,10 @@ def save_inception_moments(path, mu, sigma, backend, feats=None):
 
 def load_inception_moments(dataset, data_root='data', backend='torchvision',
                            need_feats=False):
-    """Load {'mu', 'sigma'[, 'feats']}, refusing another backend's moments.
+    """Load {'mu', 'sigma', 'path', 'count'[, 'feats']}, refusing another backend's moments.
+
+    'count' is the number of images the moments are of (None in files made before it was
+    recorded).
 
     Files without a 'backend' entry were written by the release, which only
     knew torchvision's Inception.
@@ -489,7 +494,8 @@ def _read_moments(path, dataset, data_root, backend, need_feats):
                 f'{file_backend} backend, not {backend}; recompute them '
                 f'with: {moments_command(dataset, data_root, backend)}')
         out = {'mu': data['mu'].astype(np.float64),
-               'sigma': data['sigma'].astype(np.float64)}
+               'sigma': data['sigma'].astype(np.float64), 'path': path,
+               'count': int(data['count']) if 'count' in data else None}
         if need_feats:
             if 'feats' not in data:
                 raise InceptionMomentsError(
@@ -719,12 +725,50 @@ def check_which_best(which_best, names):
                           f"(now {','.join(names)})")
 
 
+# How each backend resizes its inputs to Inception's 299 x 299.
+RESIZE = {'torchvision': "bilinear to 299x299, align_corners=True (the release's)",
+          'tf_fid': "bilinear to 299x299, align_corners=False (pytorch-fid's)"}
+
+
+def _sha256(path):
+    """A file's sha256; None when there is no such file (a network given in code)."""
+    return file_digest(path)['sha256'] if os.path.isfile(path) else None
+
+
+def metrics_protocol(names, dataset, backend, weights_path, moments, per_class, kid_subset_size,
+                     kid_subsets, prdc_k, intra_fid_per_class):
+    """The part of a record's protocol stamp known before sampling: what was measured, with
+    which network (and the sha256 of its weights), against which reference."""
+    protocol = {'metrics': list(names), 'backend': backend,
+                'weights': os.path.basename(weights_path),
+                'weights_sha256': _sha256(weights_path), 'resize': RESIZE[backend]}
+    if moments is not None:
+        # calculate_inception_moments.py measures the training set.
+        protocol['reference'] = {'dataset': dataset, 'split': 'train',
+                                 'count': moments['count'],
+                                 'moments_sha256': _sha256(moments['path'])}
+    if 'KID' in names:
+        protocol['KID'] = {'subset_size': kid_subset_size, 'subsets': kid_subsets}
+    if 'PRDC' in names:
+        protocol['PRDC'] = {'nearest_k': prdc_k, 'real_count': len(moments['feats'])}
+    if 'intraFID' in names:
+        protocol['intraFID'] = {'fakes_per_class': intra_fid_per_class,
+                                'classes': len(per_class.classes),
+                                'moments_sha256': per_class.sha256()}
+    return protocol
+
+
 def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',
                     weights_path=None, device=None, data_root='data', kid=False,
                     kid_subset_size=1000, kid_subsets=100, num_images=None, metrics='IS,FID',
-                    prdc_k=5, intra_fid_per_class=50):
+                    prdc_k=5, intra_fid_per_class=50, sampling=None):
     """Load the network (and moments) once; return measure(sample, num_images, num_splits=10,
-    prints=True, use_torch=True) -> {'IS_mean', 'IS_std', 'FID', ...}.
+    prints=True, use_torch=True, sampling=None) -> {'IS_mean', 'IS_std', 'FID', ...,
+    'protocol'}.
+
+    'protocol' is the record's stamp (metrics_protocol's fields, plus num_fakes, IS_splits,
+    PRDC's fake count and the sampling: truncation, z_std, seed), with `sampling` (a dict, given
+    here or per call) saying how the fakes were drawn.
 
     `metrics` (a --metrics string) with no_fid and kid (select_metrics) says what to compute;
     the release's keys IS_mean, IS_std and FID are always there (FID is NO_FID, 9999.0, when
@@ -753,8 +797,12 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
     net = load_inception_net(parallel, backend, weights_path, device)
     if moments is not None:
         check_feature_count(moments, net, dataset, data_root, backend)
+    weights_path = weights_path or default_weights_path(backend)
+    stamp = metrics_protocol(names, dataset, backend, weights_path, moments, per_class,
+                             kid_subset_size, kid_subsets, prdc_k, intra_fid_per_class)
+    default_sampling = sampling
 
-    def measure(sample, num_images, num_splits=10, prints=True, use_torch=True):
+    def measure(sample, num_images, num_splits=10, prints=True, use_torch=True, sampling=None):
         """The selected metrics of exactly num_images samples (and intraFID's per class)."""
         if prints:
             print('Gathering activations...')
@@ -793,11 +841,16 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
             out['KID_mean'], out['KID_std'] = calculate_kid(
                 feats.feats, moments['feats'], num_subsets=kid_subsets,
                 subset_size=kid_subset_size, device=dev)
+        protocol = {**stamp, 'num_fakes': num_images, 'IS_splits': num_splits}
         if 'PRDC' in names:
-            out.update(compute_prdc(moments['feats'], feats.feats[:real], prdc_k, device=dev))
+            fakes = feats.feats[:real]
+            out.update(compute_prdc(moments['feats'], fakes, prdc_k, device=dev))
+            protocol['PRDC'] = {**protocol['PRDC'], 'fake_count': len(fakes)}
         if 'intraFID' in names:
             out['intraFID'] = calculate_intra_fid(
                 per_class.classes, lambda c: _class_moments(sample, c), per_class.moments)[0]
+        protocol.update(sampling or default_sampling or {})
+        out['protocol'] = protocol
         return out
 
     def _class_moments(sample, c):
@@ -831,8 +884,9 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False,
 
 
 def metrics_line(itr, metrics):
-    """The release's IS/FID report line, with any further metrics (KID) appended."""
+    """The release's IS/FID report line, with any further metrics (KID, ...) appended (the
+    protocol stamp is not a metric)."""
     extra = ''.join(f', {k} is {v:g}' for k, v in metrics.items()
-                    if k not in ('IS_mean', 'IS_std', 'FID'))
+                    if k not in ('IS_mean', 'IS_std', 'FID', 'protocol'))
     return (f'Itr {itr}: PYTORCH UNOFFICIAL Inception Score is {metrics["IS_mean"]:3.3f} +/- '
             f'{metrics["IS_std"]:3.3f}, PYTORCH UNOFFICIAL FID is {metrics["FID"]:5.4f}{extra}')

@@ -58,6 +58,10 @@ def prepare_parser():
     parser.add_argument('--smooth', type=int, default=100,
                         help='Window (logged points) of the moving average drawn over the '
                              'raw losses; 1: none')
+    parser.add_argument('--mix_protocols', action='store_true', default=False,
+                        help='Draw tests measured under different protocols (backend, weights, '
+                             "fakes, reference, ...; the release's logs carry none) on one "
+                             'axis; refused without it')
     parser.add_argument('--compare_out', type=str, default='',
                         help='Path of the comparison figure when several experiments are '
                              'named (default: logs_root/compare_IS_FID.png)')
@@ -118,9 +122,19 @@ def read_metric_log(path):
     return itr[keep], values[keep]
 
 
-def read_jsonl(path):
+def protocol_key(record):
+    """A record's protocol stamp as a canonical JSON string without the seed (which draw, not
+    how it was measured); None for a record without one (the release's logs)."""
+    protocol = record.get('protocol')
+    if not isinstance(protocol, dict):
+        return None
+    return json.dumps({k: v for k, v in protocol.items() if k != 'seed'}, sort_keys=True)
+
+
+def read_jsonl(path, protocols=False):
     """{key: array} of a MetricsLogger file's numeric fields (itr, IS_mean, IS_std, FID, _stamp,
-    KID_mean, ...), NaN where a record lacks a key; records without itr are skipped."""
+    KID_mean, ...), NaN where a record lacks a key; records without itr are skipped. With
+    protocols, also the list of each kept record's protocol_key."""
     records, beyond = [], 0
     for line in complete_lines(path):
         try:
@@ -147,10 +161,12 @@ def read_jsonl(path):
     keys = sorted({k for r in records for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     series = {k: np.array([r.get(k, np.nan) for r in records], dtype=np.float64) for k in keys}
+    stamps = [protocol_key(r) for r in records]
     if records:
         keep = latest(series['itr'])
         series = {k: v[keep] for k, v in series.items()}
-    return series
+        stamps = [p for p, kept in zip(stamps, keep) if kept]
+    return (series, stamps) if protocols else series
 
 
 def read_events(path):
@@ -229,10 +245,42 @@ def read_experiment(logs_root, name):
         for f in sorted(os.listdir(folder)):
             if f.endswith('.log'):
                 metrics[f[:-4]] = read_metric_log(os.path.join(folder, f))
-    tests = read_jsonl(jsonl) if os.path.exists(jsonl) else {}
+    tests, stamps = read_jsonl(jsonl, protocols=True) if os.path.exists(jsonl) else ({}, [])
     events = read_events(jsonl) if os.path.exists(jsonl) else []
-    return {'name': name, 'tests': tests if len(tests.get('itr', ())) else {},
-            'metrics': metrics, 'events': events}
+    tested = bool(len(tests.get('itr', ())))
+    return {'name': name, 'tests': tests if tested else {}, 'metrics': metrics,
+            'events': events, 'protocols': stamps if tested else []}
+
+
+def protocol_label(key):
+    """A short name of a protocol_key for titles: backend, fakes and reference, or 'unknown
+    protocol' (the release's logs carry none)."""
+    if key is None:
+        return 'unknown protocol'
+    p = json.loads(key)
+    ref = p.get('reference') or {}
+    return (f"{p.get('backend')}, {p.get('num_fakes')} fakes"
+            + (f", vs {ref.get('dataset')} {ref.get('split')}" if ref else ''))
+
+
+def check_protocols(runs, mix=False):
+    """Refuse, unless mix, to draw tests of different protocols on one axis (within a run or
+    across the runs compared), naming the fields that differ. Returns the label the titles
+    carry."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.get('protocols', [])))
+    if len(keys) > 1 and not mix:
+        names = ', '.join(dict.fromkeys(r['name'] for r in runs))
+        if None in keys:
+            diff = ['a stamp (some records have none)']
+        else:
+            stamps = [json.loads(k) for k in keys]
+            fields = sorted({f for p in stamps for f in p})
+            diff = [f for f in fields if any(p.get(f) != stamps[0].get(f) for p in stamps)]
+        raise flags.ConfigError(
+            f"the tests of {names} were measured under {len(keys)} protocols (differing in "
+            f"{', '.join(diff)}); plot them apart, or pass --mix_protocols")
+    return protocol_label(keys[0]) if len(keys) == 1 else 'mixed protocols'
+
 
 
 def smooth(values, window):
@@ -289,7 +337,8 @@ def figure_IS_FID(run, x='itr'):
             ax.plot(xs[b], ys[b], '*', color='red', markersize=14,
                     label=f"best {ys[b]:.4g} at itr {int(tests['itr'][b])}")
         ax.set_xlabel(label)
-        ax.set_title(f"{run['name']}: {'IS' if key == 'IS_mean' else 'FID'}",
+        ax.set_title(f"{run['name']}: {'IS' if key == 'IS_mean' else 'FID'}\n"
+                     f"{check_protocols([run], mix=True)}",
                      fontsize='small')
         ax.grid(alpha=0.3)
         ax.legend(fontsize='small')
@@ -320,7 +369,8 @@ def figure_metrics(run, x='itr'):
             ax.plot(xs[b], ys[b], '*', color='red', markersize=14,
                     label=f"best {ys[b]:.4g} at itr {int(tests['itr'][b])}")
         ax.set_xlabel(label)
-        ax.set_title(f"{run['name']}: {name} ({'higher' if higher else 'lower'} is better)",
+        ax.set_title(f"{run['name']}: {name} ({'higher' if higher else 'lower'} is better)"
+                     f"\n{check_protocols([run], mix=True)}",
                      fontsize='small')
         ax.grid(alpha=0.3)
         ax.legend(fontsize='small')
@@ -402,8 +452,9 @@ def figure_compare(runs, x='itr'):
             ax.plot(xs, run['tests'].get(key, np.full(len(xs), np.nan)), '.-',
                     label=run['name'])
             ax.set_xlabel(label)
+    label = check_protocols(runs, mix=True)
     for ax, (_, title) in zip(axes, panels):
-        ax.set_title(title)
+        ax.set_title(f'{title}\n{label}', fontsize='small')
         ax.grid(alpha=0.3)
     # Experiment names are long: one legend under both panels.
     fig.legend(*ax_is.get_legend_handles_labels(), loc='lower center', fontsize='x-small',
@@ -477,13 +528,19 @@ def run(config):
     logs_root = config['logs_root']
     runs = [read_experiment(logs_root, name)
             for name in resolve(config['experiment_name'], logs_root)]
+    # Every protocol check comes before any figure is written.
+    mix = config.get('mix_protocols', False)
+    for r in runs:
+        check_protocols([r], mix)
+    tested = [r for r in runs if r['tests']]
+    if len(runs) > 1 and tested:
+        check_protocols(tested, mix)
     paths = []
     for r in runs:
         onsets = report_collapse(r, logs_root) if config['collapse'] else ()
         paths += plot_run(r, logs_root, config['x'], max(config['smooth'], 1), onsets)
         if not r['tests']:
             print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
-    tested = [r for r in runs if r['tests']]
     if len(runs) > 1 and tested:
         paths.append(config['compare_out'] or os.path.join(logs_root, 'compare_IS_FID.png'))
         save(figure_compare(tested, config['x']), paths[-1])

@@ -158,10 +158,18 @@ def run(config):
             utils.save_image(images, f'{folder}/random_samples.jpg',
                              nrow=int(G_batch_size ** 0.5))
 
+        records = utils.MetricsLogger(f'{folder}/metrics.jsonl')
+
         def report_metrics(z_std):
-            """IS/FID (and KID) of the current G, printed as the release prints them."""
+            """IS/FID (and the other metrics) of the current G, printed as the release prints
+            them and appended, with the protocol stamp, to samples_root/NAME/metrics.jsonl."""
+            sampling = {'truncation': z_std if truncation else 0.0,
+                        'z_std': 1.0 if truncation else z_std, 'seed': config['seed'],
+                        'weights': 'G_ema' if config['use_ema'] else 'G',
+                        'G_eval_mode': config['G_eval_mode']}
             metrics = measure(sample, config['num_inception_images'], num_splits=10,
-                              prints=False)
+                              prints=False, sampling=sampling)
+            records.log(itr=int(state_dict['itr']), **metrics)
             out = f"Using {'ema' if config['use_ema'] else 'non-ema'} weights "
             out += f"in {'eval' if config['G_eval_mode'] else 'training'} mode, "
             out += f"with {'truncation' if truncation else 'noise variance'} {z_std:3.3f}, "

@@ -129,7 +129,9 @@ def run(config):
             device=device, data_root=config['data_root'], kid=config['kid'],
             kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
             num_images=config['num_inception_images'], metrics=config['metrics'],
-            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'])
+            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'],
+            # Tests sample z with std 1 and no truncation, whatever --z_var says (see below).
+            sampling={'truncation': 0.0, 'z_std': 1.0, 'seed': config['seed']})
 
     # Construct networks.
     model, G, D, G_ema, ema = build_models(config, device)

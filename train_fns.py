@@ -194,7 +194,9 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     if not isinstance(metrics, dict):
         metrics = dict(zip(('IS_mean', 'IS_std', 'FID'), metrics))
     # Every rank acts on rank 0's numbers, so all of them agree on saving a best copy.
-    metrics = {k: float(v) for k, v in broadcast_object(metrics).items()}
+    metrics = dict(broadcast_object(metrics))
+    protocol = metrics.pop('protocol', None)
+    metrics = {k: float(v) for k, v in metrics.items()}
     rank0 = get_rank() == 0
     if rank0:
         print(inception_utils.metrics_line(state_dict['itr'], metrics))
@@ -206,5 +208,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            f'best{slot}', G_ema if config['ema'] else None)
     if rank0:
-        test_log.log(itr=int(state_dict['itr']), **metrics)
+        # The stamp says how the numbers were measured; a measure without one (the release's
+        # get_inception_metrics) logs none, as the release did.
+        test_log.log(itr=int(state_dict['itr']), **metrics,
+                     **({'protocol': protocol} if protocol is not None else {}))
     return metrics

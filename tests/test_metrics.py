@@ -350,6 +350,24 @@ def test_measure_computes_every_selected_metric(tmp_path, monkeypatch, capsys):
         np.cov(real_class[c], rowvar=False)) for c in range(2)])
     assert out['intraFID'] == pytest.approx(intra, rel=1e-6)
 
+    # The stamp: what was measured how, against what.
+    import hashlib
+    p = out['protocol']
+    digest = hashlib.sha256((tmp_path / 'C10_inception_moments.npz').read_bytes()).hexdigest()
+    assert p['reference'] == {'dataset': 'C10_hdf5', 'split': 'train', 'count': None,
+                              'moments_sha256': digest}
+    assert (p['backend'], p['num_fakes'], p['IS_splits']) == ('torchvision', 12, 2)
+    assert p['resize'] == inception_utils.RESIZE['torchvision']
+    assert p['KID'] == {'subset_size': 10, 'subsets': 5}
+    assert p['PRDC'] == {'nearest_k': 3, 'real_count': 40, 'fake_count': 12}
+    per_class = tmp_path / 'C10_inception_moments_per_class.hdf5'
+    assert p['intraFID'] == {'fakes_per_class': 6, 'classes': 2, 'moments_sha256':
+                             hashlib.sha256(per_class.read_bytes()).hexdigest()}
+    assert p['metrics'] == ['IS', 'FID', 'KID', 'PRDC', 'intraFID']
+    stamped = measure(LabelSampler(), 12, num_splits=2, prints=False,
+                      sampling={'truncation': 0.5, 'seed': 3})['protocol']
+    assert (stamped['truncation'], stamped['seed']) == (0.5, 3)
+
 
 def test_measure_refuses_sizes_at_start(tmp_path, monkeypatch):
     from conftest import FakeInception
@@ -389,6 +407,40 @@ def test_plot_logs_draws_the_new_metrics(tmp_path):
     paths = plot_logs.plot_run(run, str(tmp_path))
     assert str(tmp_path / 'run' / 'metrics.png') in paths
     fig = plot_logs.figure_compare([run, run])
-    assert [ax.get_title() for ax in fig.axes] == ['Inception Score', 'FID', 'KID',
-                                                   'precision', 'intraFID']
+    assert [ax.get_title() for ax in fig.axes] == [
+        f'{t}\nunknown protocol' for t in ('Inception Score', 'FID', 'KID', 'precision',
+                                           'intraFID')]
     plot_logs.pyplot().close('all')
+
+
+def stamped_records(protocols):
+    return [{'itr': 100 * (i + 1), 'IS_mean': 2.0, 'IS_std': 0.1, 'FID': 40.0, '_stamp': 1e9 + i,
+             **({'protocol': p} if p is not None else {})} for i, p in enumerate(protocols)]
+
+
+def test_plot_logs_refuses_mixed_protocols(tmp_path, capsys):
+    import plot_logs
+    a = {'backend': 'tf_fid', 'num_fakes': 50000, 'seed': 0,
+         'reference': {'dataset': 'I128', 'split': 'train'}}
+    b = {**a, 'num_fakes': 10000}
+    write_jsonl(tmp_path / 'same_log.jsonl', stamped_records([a, {**a, 'seed': 1}]))
+    write_jsonl(tmp_path / 'mixed_log.jsonl', stamped_records([a, b]))
+    write_jsonl(tmp_path / 'release_log.jsonl', stamped_records([None, None]))
+
+    def plot(*args):
+        return plot_logs.main(['--logs_root', str(tmp_path), '--experiment_name', *args])
+    plot('same')  # seeds differ: the same protocol
+    plot('release')  # no stamps at all: one (unknown) protocol
+    run = plot_logs.read_experiment(str(tmp_path), 'release')
+    assert plot_logs.figure_IS_FID(run).axes[0].get_title().endswith('unknown protocol')
+    plot_logs.pyplot().close('all')
+    for names, why in [(['mixed'], 'num_fakes'), (['same', 'release'], 'some records have none')]:
+        before = sorted(p.name for p in tmp_path.rglob('*.png'))
+        with pytest.raises(SystemExit) as exit_info:
+            plot(*names)
+        assert exit_info.value.code == 2
+        line = capsys.readouterr().err.strip()
+        assert '\n' not in line and why in line and '--mix_protocols' in line
+        assert sorted(p.name for p in tmp_path.rglob('*.png')) == before  # nothing written
+    plot('mixed', '--mix_protocols')
+    assert (tmp_path / 'mixed' / 'IS_FID.png').exists()

@@ -1,5 +1,6 @@
 """End to end: moments of a custom folder, train.py testing with IS/FID/KID and a best copy,
 then sample.py with every sampling flag; Inception weights are random ones saved to a file."""
+import hashlib
 import json
 import os
 import subprocess
@@ -67,6 +68,13 @@ def test_train_tests_and_keeps_best_copy(trained):
     for key in ['IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'precision', 'recall',
                 'density', 'coverage']:
         assert np.isfinite(lines[0][key])
+    # The stamp names the Inception weights by hash, and the sampling.
+    protocol = lines[0]['protocol']
+    weights = trained[2]
+    assert protocol['weights_sha256'] == hashlib.sha256(open(weights, 'rb').read()).hexdigest()
+    assert protocol['backend'] == 'tf_fid' and protocol['num_fakes'] == 10
+    assert protocol['reference']['count'] == 2 * N_CLASSES
+    assert (protocol['truncation'], protocol['z_std'], protocol['seed']) == (0.0, 1.0, 0)
     state = utils.torch_load(str(tmp / 'weights' / 'e2e' / 'state_dict_best0.pth'))
     assert state['best_IS'] == pytest.approx(lines[0]['IS_mean'])
     assert state['save_best_num'] == 1
@@ -104,6 +112,13 @@ def test_sample_py_writes_everything(trained, capsys, monkeypatch):
     # One for --sample_inception_metrics, one per truncation value (0.5 and 1.0).
     assert len(metric_lines) == 3
     assert 'noise variance 0.500' in metric_lines[1]
+    # Each report is also a record, stamped with the z it was computed on.
+    records = [json.loads(line) for line in open(folder / 'metrics.jsonl')]
+    assert [r['protocol']['z_std'] for r in records] == [1.0, 0.5, 1.0]
+    assert all(r['protocol']['G_eval_mode'] and r['protocol']['weights'] == 'G_ema'
+               for r in records)
+    printed_fid = float(metric_lines[0].split('FID is ')[1].split(',')[0])
+    assert records[0]['FID'] == pytest.approx(printed_fid, abs=1e-3)
     # The truncation values are standard deviations of the z the metrics were computed on.
     assert sorted(drawn) == [0.5, 1.0]
     for std, zs in drawn.items():

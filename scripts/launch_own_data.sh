@@ -119,6 +119,7 @@ else
 fi
 
 # 4. Training: the demo's model and training flags (scripts/launch_demo.sh), on this data.
+# MODEL_FLAGS reach train.py and sample.py, TRAIN_FLAGS train.py alone.
 MODEL_FLAGS=(
   "${DATA_FLAGS[@]}" --experiment_name "$NAME"
   --weights_root "$WEIGHTS_ROOT" --logs_root "$LOGS_ROOT" --samples_root "$SAMPLES_ROOT"
@@ -135,14 +136,11 @@ TRAIN_FLAGS=(
   --save_every "$SAVE_EVERY" --num_save_copies 0 --test_every 0 --sv_log_interval 0
   --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
-# Flags for train.py alone, which sample.py does not take (a watch on the run, say), go here;
-# the user's flags come after them.
-TRAIN_ONLY_FLAGS=()
 
 start=$(date +%s)
 rc=0
 timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" \
-  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" ${TRAIN_ONLY_FLAGS[@]+"${TRAIN_ONLY_FLAGS[@]}"} "$@" || rc=$?
+  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@" || rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
   echo "train.py failed with exit status $rc" >&2
   exit "$rc"

@@ -85,7 +85,7 @@ def load_s32(root, seed=0, num_per_class=None):
     path = os.path.join(root, f'S32_seed{seed}{suffix}.npz')
     if os.path.exists(path):
         try:
-            with np.load(path) as f:
+            with open_regular(path, 'S32 cache') as fh, np.load(fh) as f:
                 return f['imgs'], f['labels']
         except ValueError as e:
             _refuse_pickles(path, e)
@@ -272,7 +272,8 @@ class ImageFolder(data.Dataset):
         if not os.path.exists(self.index_path):
             return None
         try:
-            with np.load(self.index_path) as f:
+            # Not a regular file (a FIFO): a FileError, and the index is rebuilt over it.
+            with open_regular(self.index_path, 'image index') as fh, np.load(fh) as f:
                 if str(f['signature']) != sig:
                     return None
                 for folder, mtime in zip(f['nested'], f['nested_mtimes']):

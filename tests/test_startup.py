@@ -47,11 +47,16 @@ def data_root(tmp_path):
     return str(tmp_path / 'data')
 
 
+class Waited(BaseException):
+    """Raised by the alarm: a BaseException, so that no handler for read errors (an OSError
+    rebuilds a cache) can take it for one."""
+
+
 @pytest.fixture
 def alarm():
     """A refusal must come at once: a read that waits (a FIFO) fails the test after 20 s."""
     def ring(signum, frame):
-        raise TimeoutError('waited on the file')
+        raise Waited('waited on the file')
     previous = signal.signal(signal.SIGALRM, ring)
     signal.alarm(20)
     yield
@@ -425,3 +430,22 @@ def test_tensorboard_folder_that_cannot_be_written_is_refused_at_start(blocked, 
     line = train_refuses(run_flags(data_root, out, NAME, '--dataset_root', h5, '--total_itrs',
                                    '2', '--tensorboard'), out, capsys)
     assert '--tensorboard folder' in line and 'is a file' in line
+
+
+# ----------------------------------------------------------------------------
+# The data path's caches are opened only as regular files.
+
+def test_a_fifo_as_the_image_index_is_rebuilt_not_waited_on(tmp_path, alarm):
+    root = image_folder(tmp_path / 'images')
+    index = os.path.join(root, 'mine_imgs.npz')
+    os.mkfifo(index)
+    ds = datasets.ImageFolder(root, index_filename='mine_imgs.npz')
+    assert len(ds) == 8 and os.path.isfile(index)  # a regular index took its place
+    assert len(datasets.ImageFolder(root, index_filename='mine_imgs.npz')) == 8
+
+
+def test_a_fifo_as_the_s32_cache_is_refused(tmp_path, alarm):
+    os.mkfifo(tmp_path / 'S32_seed0.npz')
+    with pytest.raises(flags.ConfigError,
+                       match='not a regular file'):
+        datasets.load_s32(str(tmp_path))

@@ -61,6 +61,16 @@ def plain_config(config):
     return {k: v for k, v in config.items() if is_plain(v)}
 
 
+# best_FID's start: any measured FID is lower (the release's value, kept for its tools).
+NO_FID_YET = 999999
+
+
+def initial_state(config):
+    """state_dict.pth's contents before the first iteration (a new run, a converted model)."""
+    return {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+            'best_FID': NO_FID_YET, 'config': config}
+
+
 def get_rng_state():
     """Every RNG training draws from, as plain data (lists of numbers)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

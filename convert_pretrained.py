@@ -18,7 +18,6 @@ and tf_bundle's reader.
 """
 import functools
 import glob
-import importlib
 import json
 import math
 import os
@@ -31,7 +30,14 @@ import BigGAN
 import flags
 import layers
 import utils
-from checkpoints import CHECKPOINT_FILES, checkpoint_path, first_nonfinite, plain_config, torch_load
+from checkpoints import (
+    CHECKPOINT_FILES,
+    checkpoint_path,
+    first_nonfinite,
+    initial_state,
+    plain_config,
+    torch_load,
+)
 from datasets import DATASETS
 from files import atomic_save_set, check_declared, check_name, file_size, open_regular, read_bounded
 from flags import one_line
@@ -109,7 +115,7 @@ def channels_first_rows(t, channels, side=4):
     return t.reshape(side * side, channels, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
-class Target:
+class StateDictBuilder:
     """This codebase's G state dict being filled in, checked against the G built from the
     flags (every key set, every shape right)."""
 
@@ -157,15 +163,13 @@ def build_config(flags, source=None):
     and refused unless its weights fit in what the source files hold and in memory: widths
     read off a file build a model only as large as the file."""
     config = utils.prepare_config(vars(utils.prepare_parser().parse_args(flags)))
-    model = importlib.import_module(config['model'])
-    kwargs = {**config, 'skip_init': True, 'no_optim': True}
     if source is not None:
         with torch.device('meta'):
             nbytes = sum(t.numel() * t.element_size()
-                         for t in model.Generator(**kwargs).state_dict().values())
+                         for t in utils.build_sampling_G(config).state_dict().values())
         check_declared(nbytes, 'the generator its shapes describe', source[0],
                        limit=source[1])
-    G = model.Generator(**kwargs)
+    G = utils.build_sampling_G(config)
     return config, G
 
 
@@ -199,8 +203,7 @@ def save_checkpoint(state, config, weights_root, experiment_name, info, overwrit
                                 f'Inf; the source files are damaged')
     os.makedirs(folder, exist_ok=True)
     path = functools.partial(checkpoint_path, weights_root, experiment_name)
-    meta = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
-            'best_FID': 999999, 'config': plain_config(config), 'pretrained': info}
+    meta = {**initial_state(plain_config(config)), 'pretrained': info}
     items = [(state, path('G')), (state, path('G_ema')), (meta, path('state_dict'))]
     atomic_save_set(items)
     # Removed only once the new set is whole: a crash before leaves it plus stale extras.
@@ -388,7 +391,7 @@ def convert_hf(cfg, state, truncation, G_param='SN'):
     check_hf_state(state, shapes, 'pytorch_model.bin')
     held = sum(state[k].numel() * state[k].element_size() for k in shapes)
     config, G = build_config(hf_flags(cfg, arch, G_param), ('pytorch_model.bin', held))
-    t = Target(G, sn=G_param == 'SN')
+    t = StateDictBuilder(G, sn=G_param == 'SN')
     d, C, eps = int(cfg['z_dim']), int(cfg['channel_width']), float(cfg['eps'])
 
     def sn(key, name, columns=None, rows=None):
@@ -542,7 +545,7 @@ def convert_tfhub(module, resolution, truncation=None, G_param='SN'):
     """(this codebase's G state dict, config, whether the statistics follow the truncation)."""
     config, G = build_config(tfhub_flags(module, resolution, G_param),
                              (module.bundle.prefix + '.data-*', module.held_bytes()))
-    t = Target(G, sn=G_param == 'SN')
+    t = StateDictBuilder(G, sn=G_param == 'SN')
     per_truncation = []
 
     def tf_shape(key):

@@ -4,6 +4,7 @@ few collectives the rest of the project needs).
 Everything here works without a process group, as a job of one.
 """
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -82,3 +83,10 @@ def all_gather_objects(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def free_port():
+    """A TCP port free on this machine now, for a local rendezvous (tests, tools)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -864,6 +864,20 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
     return measure
 
 
+def metrics_from_config(config, device=None, sampling=None):
+    """prepare_metrics as a run's flags ask (--dataset, --no_fid, --inception_backend,
+    --inception_weights, --kid and its sizes, --num_inception_images, --metrics, --prdc_k,
+    --intra_fid_per_class), on device; sampling as prepare_metrics takes it."""
+    return prepare_metrics(
+        config['dataset'], config['parallel'], config['no_fid'],
+        backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
+        device=device, data_root=config['data_root'], kid=config['kid'],
+        kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
+        num_images=config['num_inception_images'], metrics=config['metrics'],
+        prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'],
+        sampling=sampling)
+
+
 def prepare_inception_metrics(dataset, parallel, no_fid=False,
                               backend='torchvision', weights_path=None,
                               device=None, data_root='data', kid=False):

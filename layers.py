@@ -184,14 +184,14 @@ def spans_ranks(cross_replica):
             and dist.is_initialized())
 
 
-def _wide(t):
+def at_least_float32(t):
     """t in float32 at least (float64 stays float64)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def batch_moments(x):
     """Per-channel mean and biased variance of x in float32, as the release's manual_bn."""
-    float_x = _wide(x)
+    float_x = at_least_float32(x)
     m = torch.mean(float_x, [0, 2, 3], keepdim=True)
     m2 = torch.mean(float_x ** 2, [0, 2, 3], keepdim=True)
     return m, m2 - m ** 2
@@ -205,7 +205,7 @@ class _CPUSyncBNOps:
 
     @staticmethod
     def batch_norm_stats(x, eps):
-        var, mean = torch.var_mean(_wide(x), [0, 2, 3], correction=0)
+        var, mean = torch.var_mean(at_least_float32(x), [0, 2, 3], correction=0)
         return mean, torch.rsqrt(var + eps)
 
     @staticmethod
@@ -219,20 +219,20 @@ class _CPUSyncBNOps:
 
     @staticmethod
     def batch_norm_elemt(x, weight, bias, mean, invstd, eps):
-        return ((_wide(x) - mean[:, None, None]) * invstd[:, None, None]).to(x.dtype)
+        return ((at_least_float32(x) - mean[:, None, None]) * invstd[:, None, None]).to(x.dtype)
 
     @staticmethod
     def batch_norm_backward_reduce(dy, x, mean, invstd, weight, input_g, weight_g, bias_g):
-        dy = _wide(dy)
-        xmu = _wide(x) - mean[:, None, None]
+        dy = at_least_float32(dy)
+        xmu = at_least_float32(x) - mean[:, None, None]
         return dy.sum([0, 2, 3]), (dy * xmu).sum([0, 2, 3]), None, None
 
     @staticmethod
     def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts):
         n = counts.sum()
-        xmu = _wide(x) - mean[:, None, None]
+        xmu = at_least_float32(x) - mean[:, None, None]
         factor = (invstd ** 2 * sum_dy_xmu / n)[:, None, None]
-        return ((_wide(dy) - (sum_dy / n)[:, None, None] - xmu * factor)
+        return ((at_least_float32(dy) - (sum_dy / n)[:, None, None] - xmu * factor)
                 * invstd[:, None, None]).to(dy.dtype)
 
 

@@ -96,10 +96,13 @@ def dataset_info(name):
 
 
 def output_path(config, res):
-    """Where the HDF5 file goes: S32.hdf5 for S32, ILSVRC{res}.hdf5 otherwise."""
+    """Where the HDF5 file goes: the file the table's {dataset}_hdf5 entry reads at this
+    resolution (S32.hdf5, ILSVRC128.hdf5, ...), else ILSVRC{res}.hdf5 (any I{res}, custom
+    datasets)."""
     if config['output']:
         return config['output']
-    name = 'S32.hdf5' if config['dataset'] == 'S32' else f'ILSVRC{res}.hdf5'
+    entry = dset.DATASETS.get(f"{config['dataset']}_hdf5")
+    name = entry.root if entry is not None and entry.resolution == res else f'ILSVRC{res}.hdf5'
     return os.path.join(config['data_root'], name)
 
 

@@ -3,7 +3,6 @@
     python sample.py <the training flags> --experiment_name NAME --sample_sheets --sample_npz
 """
 import functools
-import importlib
 import os
 import zipfile
 
@@ -13,6 +12,7 @@ from numpy.lib.format import open_memmap
 from tqdm import trange
 
 import utils
+from checkpoints import load_weights
 from files import atomic_open, remove_stale_temps, scratch_folder
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
@@ -28,9 +28,9 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
 def config_from_checkpoint(config):
     """Take the model flags from the checkpoint's stored config (--config_from_name)."""
     utils.check_names(config)
-    saved = utils.load_weights(None, None, {}, config['weights_root'], config['experiment_name'],
-                               config['load_weights'] or None, None, strict=False,
-                               load_optim=False) or {}
+    saved = load_weights(None, None, {}, config['weights_root'], config['experiment_name'],
+                         config['load_weights'] or None, None, strict=False,
+                         load_optim=False) or {}
     for item, value in saved.items():
         if item in config and item not in KEEP_FROM_COMMAND_LINE and not item.startswith('sample_'):
             config[item] = value
@@ -111,7 +111,6 @@ def run(config):
     trunc_stds = truncation_values(config['sample_trunc_curves'])
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
-    model = importlib.import_module(config['model'])
     experiment_name = utils.experiment_name(config)
     print(f'Experiment name is {experiment_name}')
 
@@ -119,20 +118,14 @@ def run(config):
     measure = None
     if config['sample_inception_metrics'] or config['sample_trunc_curves']:
         import inception_utils
-        measure = inception_utils.prepare_metrics(
-            config['dataset'], config['parallel'], config['no_fid'],
-            backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
-            device=device, data_root=config['data_root'], kid=config['kid'],
-            kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
-            num_images=config['num_inception_images'], metrics=config['metrics'],
-            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'])
+        measure = inception_utils.metrics_from_config(config, device)
 
-    G = model.Generator(**config).to(device)
+    G = utils.build_sampling_G(config, device)
     state_dict = {'itr': 0}
     # --use_ema samples from G_ema.pth, loaded into the same network.
-    utils.load_weights(None if config['use_ema'] else G, None, state_dict,
-                       config['weights_root'], experiment_name, config['load_weights'] or None,
-                       G if config['use_ema'] else None, strict=False, load_optim=False)
+    load_weights(None if config['use_ema'] else G, None, state_dict,
+                 config['weights_root'], experiment_name, config['load_weights'] or None,
+                 G if config['use_ema'] else None, strict=False, load_optim=False)
     utils.prepare_root(config, keys=['samples_root'])
     folder = f"{config['samples_root']}/{experiment_name}"
     remove_stale_temps(folder, recursive=True)

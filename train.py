@@ -18,7 +18,7 @@ import collapse
 import step_helpers
 import train_fns
 import utils
-from checkpoints import check_finite_step, set_rng_state
+from checkpoints import check_finite_step, initial_state, load_weights, set_rng_state
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
 from files import remove_stale_temps
@@ -31,7 +31,7 @@ def build_models(config, device):
     D = model.Discriminator(**config).to(device)
     G_ema, ema = None, None
     if config['ema']:
-        G_ema = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
+        G_ema = utils.build_sampling_G(config, device)
     if config['channels_last']:
         for net in (G, D, G_ema):
             if net is not None:
@@ -118,18 +118,13 @@ def run(config):
 
     # Check the metrics' Inception weights and moments now, so a missing file fails before any
     # training rather than at the first test.
-    measure = None
+    get_inception_metrics = None
     if config['test_every'] > 0:
         import inception_utils
         inception_utils.check_which_best(config['which_best'], inception_utils.select_metrics(
             config['metrics'], config['no_fid'], config['kid']))
-        measure = inception_utils.prepare_metrics(
-            config['dataset'], config['parallel'], config['no_fid'],
-            backend=config['inception_backend'], weights_path=config['inception_weights'] or None,
-            device=device, data_root=config['data_root'], kid=config['kid'],
-            kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
-            num_images=config['num_inception_images'], metrics=config['metrics'],
-            prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'],
+        get_inception_metrics = inception_utils.metrics_from_config(
+            config, device,
             # Tests sample z with std 1 and no truncation, whatever --z_var says (see below).
             sampling={'truncation': 0.0, 'z_std': 1.0, 'seed': config['seed']})
 
@@ -141,11 +136,10 @@ def run(config):
         print(f'Number of params in G: {utils.count_parameters(G)} D: {utils.count_parameters(D)}')
 
     # Resume.
-    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
-                  'best_IS': 0, 'best_FID': 999999, 'config': config}
+    state_dict = initial_state(config)
     if config['resume']:
-        utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           config['load_weights'] or None, G_ema if config['ema'] else None)
+        load_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                     config['load_weights'] or None, G_ema if config['ema'] else None)
 
     # Load training set: D consumes batch_size images per accumulation and per D step.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
@@ -221,8 +215,8 @@ def run(config):
         state_dict.update(precision.state_dict())
         if testing:
             # Test before saving, so a checkpoint of this iteration holds the result.
-            metrics = train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample, measure,
-                                     experiment_name, test_log)
+            metrics = train_fns.test(G, D, G_ema, z_, y_, state_dict, config, sample,
+                                     get_inception_metrics, experiment_name, test_log)
             tb.scalars(state_dict['itr'], 'test', metrics)
             if watch is not None:
                 watch.tested(state_dict['itr'], metrics)

@@ -9,6 +9,7 @@ import torch
 import inception_utils
 import losses
 import utils
+from checkpoints import save_weights
 from distributed import broadcast_object, get_rank, get_world_size
 from metrics import BEST
 from step_helpers import Precision, lecam_anchors, ortho, toggle_grad
@@ -146,11 +147,11 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     slot = state_dict['save_num']
     if config['num_save_copies'] > 0:
         state_dict['save_num'] = (slot + 1) % config['num_save_copies']
-    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
-                       G_ema if config['ema'] else None)
+    save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
+                 G_ema if config['ema'] else None)
     if config['num_save_copies'] > 0:
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f'copy{slot}', G_ema if config['ema'] else None)
+        save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                     f'copy{slot}', G_ema if config['ema'] else None)
 
     if get_rank() != 0:
         return
@@ -205,8 +206,8 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     if improved and config['num_best_copies'] > 0:
         slot = state_dict['save_best_num']
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f'best{slot}', G_ema if config['ema'] else None)
+        save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                     f'best{slot}', G_ema if config['ema'] else None)
     if rank0:
         # The stamp says how the numbers were measured; a measure without one (the release's
         # get_inception_metrics) logs none, as the release did.

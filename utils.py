@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -575,6 +576,14 @@ def save_sheets(G, config, experiment_name, folder_number, z_=None, sheets=True,
                      experiment_name=experiment_name, folder_number=folder_number,
                      sheet_number=0, fix_z=fix_z, fix_y=fix_y,
                      truncation=config.get('truncation', 0.0))
+
+
+def build_sampling_G(config, device=None):
+    """config's Generator for weights that come from elsewhere (a checkpoint, the EMA, a
+    conversion): no init and no optimizer; moved to device when given."""
+    model = importlib.import_module(config['model'])
+    G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True})
+    return G if device is None else G.to(device)
 
 
 def run_G(G, z, y, parallel=False, embedded=False):

@@ -17,7 +17,6 @@ float64 at 1e-6); TOL = 1e-4 leaves 100x for it.
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ import train
 import train_fns
 import utils
 from conftest import TINY_FLAGS, metrics_setup, tiny_config
+from distributed import free_port
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
@@ -149,12 +149,6 @@ def test_syncbn_cuda_kernels_match_cpu_path(dtype, channels_last):
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for k in ('out', 'dx'):
         assert rel_error({k: cuda[k]}, {k: cpu[k]}) < tol, k
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_one_process_nccl_ddp_step(no_tf32, monkeypatch):

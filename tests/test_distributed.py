@@ -7,7 +7,6 @@ tensors instead of being sampled).
 """
 import glob
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,15 +17,10 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from conftest import ROOT, assert_same, run_flags, tiny_config
+from distributed import free_port
 
 B = 4          # per-rank batch
 WORLD = 2
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def step_inputs(config):

@@ -206,3 +206,14 @@ def test_benchmark_compares_against_the_release_round_trip(tmp_path, monkeypatch
         release, ours = a['imgs'][:].astype(int), b['imgs'][:].astype(int)
     # Truncating v/255 normalised and back gives v or v - 1, never anything else.
     assert set(np.unique(ours - release)) == {0, 1}
+
+
+@pytest.mark.parametrize('dataset,res,name', [
+    ('I128', 128, 'ILSVRC128.hdf5'), ('I32', 32, 'ILSVRC32.hdf5'), ('S32', 32, 'S32.hdf5'),
+    ('I512', 512, 'ILSVRC512.hdf5'), ('I128', 64, 'ILSVRC64.hdf5'), ('C10', 32, 'ILSVRC32.hdf5')])
+def test_output_names(dataset, res, name):
+    """The file the {dataset}_hdf5 loader reads; ILSVRC{res}.hdf5 for any other resolution."""
+    config = {'output': '', 'dataset': dataset, 'data_root': 'data'}
+    assert make_hdf5.output_path(config, res) == os.path.join('data', name)
+    if dataset + '_hdf5' in dset.DATASETS and res == dset.DATASETS[dataset].resolution:
+        assert dset.DATASETS[dataset + '_hdf5'].root == name

@@ -12,7 +12,6 @@ FID against the moments in --data_root under that Inception, and the share of G_
 the classifier assigns to the class G was asked for. Both measures are comparable only among
 runs evaluated with the same files.
 """
-import importlib
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import datasets  # noqa: E402
 import files  # noqa: E402
 import inception_utils  # noqa: E402
@@ -109,7 +109,7 @@ def train_classifier(config, out):
             optim.step()
     acc = accuracy(net, x[held], y[held])
     files.atomic_save_all([(net.state_dict(), os.path.join(out, CLASSIFIER_FILE))])
-    with utils.atomic_open(os.path.join(out, 'classifier.json'), 'w') as f:
+    with files.atomic_open(os.path.join(out, 'classifier.json'), 'w') as f:
         json.dump({'heldout_accuracy': acc, 'heldout_images': len(held),
                    'train_images': len(train)}, f)
     print(f'classifier: {acc:.4f} accuracy on {len(held)} held-out real images')
@@ -125,11 +125,10 @@ def prepare(config):
 
 def load_G_ema(config, name):
     """G_ema of experiment name, built from the flags, in sampling state; and its config."""
-    model = importlib.import_module(config['model'])
-    G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True})
+    G = utils.build_sampling_G(config)
     folder = os.path.join(config['weights_root'], name)
-    G.load_state_dict(utils.torch_load(os.path.join(folder, 'G_ema.pth')))
-    saved = utils.torch_load(os.path.join(folder, 'state_dict.pth'))
+    G.load_state_dict(checkpoints.torch_load(os.path.join(folder, 'G_ema.pth')))
+    saved = checkpoints.torch_load(os.path.join(folder, 'state_dict.pth'))
     if config['G_eval_mode']:
         G.eval()
     return G, saved
@@ -166,7 +165,7 @@ def evaluate(config):
         weights_path=os.path.join(out, INCEPTION_FILE), device='cpu',
         data_root=config['data_root'])
     classifier = Classifier(config['n_classes'])
-    classifier.load_state_dict(utils.torch_load(os.path.join(out, CLASSIFIER_FILE)))
+    classifier.load_state_dict(checkpoints.torch_load(os.path.join(out, CLASSIFIER_FILE)))
     classifier.eval()
     with open(os.path.join(out, 'classifier.json')) as f:
         held = json.load(f)
@@ -184,9 +183,9 @@ def evaluate(config):
                  f"{100 * held['heldout_accuracy']:.1f}% on {held['heldout_images']} held-out "
                  f'real images.')
     table = '\n'.join(lines) + '\n'
-    with utils.atomic_open(os.path.join(out, 'table.md'), 'w') as f:
+    with files.atomic_open(os.path.join(out, 'table.md'), 'w') as f:
         f.write(table)
-    with utils.atomic_open(os.path.join(out, 'results.json'), 'w') as f:
+    with files.atomic_open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump({'runs': rows, 'classifier': held}, f, indent=1)
     print(table)
 

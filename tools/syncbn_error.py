@@ -25,7 +25,6 @@ import argparse
 import functools
 import importlib
 import os
-import socket
 import sys
 import tempfile
 
@@ -226,15 +225,10 @@ def _worker(rank, world, port, cases, out_dir):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def measure(cases, world=2):
     """Per case: errors of the ranks and of one float32 process against float64."""
     assert all(len(case['split']) == world for case in cases)
+    from distributed import free_port
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(world, free_port(), cases, tmp), nprocs=world, join=True)
         ranks = [torch.load(os.path.join(tmp, f'rank{r}.pt'), weights_only=True)

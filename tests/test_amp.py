@@ -8,7 +8,7 @@ import torch
 import train
 import train_fns
 import utils
-from conftest import tiny_config
+from helpers import tiny_config
 
 B = 4
 

@@ -16,7 +16,7 @@ import torch
 
 import flags
 import utils
-from conftest import FIXTURES, ROOT, TINY_FLAGS, tiny_config, tiny_models
+from helpers import FIXTURES, ROOT, TINY_FLAGS, tiny_config, tiny_models
 
 ACTIONS = {'Store': argparse._StoreAction, 'StoreTrue': argparse._StoreTrueAction,
            'StoreFalse': argparse._StoreFalseAction}

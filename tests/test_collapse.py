@@ -15,7 +15,7 @@ import plot_logs
 import train
 import train_fns
 import utils
-from conftest import FIXTURES, ROOT, TINY_FLAGS, assert_same, run_flags, tiny_config
+from helpers import FIXTURES, ROOT, TINY_FLAGS, assert_same, run_flags, tiny_config
 
 NAME = 'watched'
 RULE = {'every': 10, 'window': 200, 'persist': 10, 'healthy_after': 300}

@@ -9,7 +9,7 @@ import convert_pretrained
 import files
 import sample
 import train
-from conftest import TINY_FLAGS
+from helpers import TINY_FLAGS
 
 PIECES = ['a', 'run', '.', '..', '/', '\x00', '\n', '\t', '\x7f', '\x1b', 'b.c', '']
 GOOD = ['run1', 'BigGAN_C10_seed0_Gch64_Dch64_bs50', 'a.b', '..a', 'a..', '-x', 'é']

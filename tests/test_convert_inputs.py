@@ -12,7 +12,7 @@ from test_tfhub import tfhub_variables
 
 import convert_pretrained
 import tf_bundle
-from conftest import hf_standin
+from helpers import hf_standin
 
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,9 @@ from scipy.stats import truncnorm
 import convert_pretrained
 import sample
 import utils
-from conftest import FIXTURES, HF_LAYERS, ROOT, hf_standin, import_hf, load_as_sample, save_hf
+from helpers import FIXTURES, HF_LAYERS, ROOT, hf_standin, import_hf, load_as_sample, save_hf
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 TRUNCATIONS = [0.4, 0.123, 0.56, 0.94, 1.0]
 EXACT = 1e-4  # the bar, per pixel in [-1, 1]

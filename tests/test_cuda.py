@@ -32,10 +32,11 @@ import sample
 import train
 import train_fns
 import utils
-from conftest import TINY_FLAGS, metrics_setup, tiny_config
 from distributed import free_port
+from helpers import TINY_FLAGS, metrics_setup, tiny_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA'),
+              pytest.mark.slow]
 
 TOL = 1e-4
 B = 4

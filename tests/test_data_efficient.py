@@ -22,7 +22,7 @@ import losses
 import train
 import train_fns
 import utils
-from conftest import FIXTURES, ROOT, assert_same, run_flags, tiny_config
+from helpers import FIXTURES, ROOT, assert_same, run_flags, tiny_config
 
 # ----------------------------------------------------------------------------
 # Reference implementations: plain loops over pixels, from the facts' definitions.

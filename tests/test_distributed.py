@@ -16,8 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from conftest import ROOT, assert_same, run_flags, tiny_config
 from distributed import free_port
+from helpers import ROOT, assert_same, run_flags, tiny_config
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 B = 4          # per-rank batch
 WORLD = 2

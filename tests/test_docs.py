@@ -20,7 +20,7 @@ import shlex
 import pytest
 
 import flags
-from conftest import ROOT
+from helpers import ROOT
 
 PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.M | re.S)

@@ -14,7 +14,7 @@ import make_hdf5
 import train
 import train_fns
 import utils
-from conftest import ROOT, assert_same, run_flags
+from helpers import ROOT, assert_same, run_flags
 
 N, RES = 60, 8
 

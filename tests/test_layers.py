@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import layers
 import losses
 import utils
-from conftest import penalty_grad
+from helpers import penalty_grad
 
 
 def with_spectrum(out, inp, svs, seed=0):

@@ -7,7 +7,7 @@ import flags
 import losses
 import train_fns
 import utils
-from conftest import tiny_config
+from helpers import tiny_config
 
 GAMMA = 3.0
 

@@ -229,7 +229,7 @@ def test_per_class_moments_file(tmp_path):
 
 def test_calculate_inception_moments_per_class(tmp_path, monkeypatch):
     import calculate_inception_moments as cim
-    from conftest import FakeInception
+    from helpers import FakeInception
     images = torch.rand(11, 3, 8, 8) * 2 - 1
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 0, 1, 2])
 

@@ -15,7 +15,9 @@ import inception_utils
 import sample
 import train
 import utils
-from conftest import ROOT, TINY_FLAGS, metrics_setup
+from helpers import ROOT, TINY_FLAGS, metrics_setup
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 N_CLASSES = 10
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import utils
-from conftest import FIXTURES, tiny_config, tiny_models
+from helpers import FIXTURES, tiny_config, tiny_models
 
 REFERENCE = ['C10_ema', 'I128_bs256x8', 'I128_SNGAN', 'I128_deep']
 

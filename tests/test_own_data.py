@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 import datasets
-from conftest import ROOT
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'launch_own_data.sh')
 # Three classes of different sizes; one stored grayscale, one as a palette image.

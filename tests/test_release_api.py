@@ -16,7 +16,7 @@ import BigGAN
 import inception_utils
 import train_fns
 import utils
-from conftest import FakeInception
+from helpers import FakeInception
 
 FLAGS = ['--dataset', 'S32', '--G_ch', '4', '--D_ch', '4', '--batch_size', '4', '--G_attn', '0',
          '--D_attn', '0', '--dim_z', '8', '--G_shared', '--shared_dim', '8', '--hier', '--ema',

@@ -7,7 +7,9 @@ import torch
 import train
 import utils
 from checkpoints import file_digest
-from conftest import run_flags
+from helpers import run_flags
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 NAME = 'exp'
 

@@ -29,7 +29,9 @@ import make_hdf5
 import sample
 import train
 import utils
-from conftest import ROOT, run_flags, tiny_config, tiny_models
+from helpers import ROOT, run_flags, tiny_config, tiny_models
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 NAME = 'exp'
 CHECKPOINT_FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
@@ -116,13 +118,11 @@ def tree(folder):
     return out
 
 
-@pytest.fixture(scope='module')
-def trained(data_root, tmp_path_factory):
-    """A 3-iteration tiny run saving every iteration: sets '' (itr 3), copy0 (3), copy1 (2)."""
-    out = tmp_path_factory.mktemp('trained')
-    train.run(vars(utils.prepare_parser().parse_args(run_flags(
-        data_root, str(out), NAME, '--total_itrs', '3', '--save_every', '1'))))
-    return out
+@pytest.fixture
+def trained(tiny_run):
+    """The session's 3-iteration run, saved every iteration: sets '' (itr 3), copy0 (3),
+    copy1 (2)."""
+    return tiny_run
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ import torch
 import sample
 import train
 import utils
-from conftest import ROOT, run_flags
+from helpers import ROOT, run_flags
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 
 @pytest.fixture(scope='module')

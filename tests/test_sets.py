@@ -9,8 +9,10 @@ import torch
 
 import checkpoints
 import convert_pretrained
-from conftest import hf_standin, load_as_sample, save_hf, tiny_config, tiny_models
 from flags import StopRun
+from helpers import hf_standin, load_as_sample, save_hf, tiny_config, tiny_models
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 NAMES = ['G', 'G_optim', 'D', 'D_optim', 'G_ema', 'state_dict']
 

@@ -15,7 +15,7 @@ import calculate_inception_moments
 import datasets
 import flags
 import train
-from conftest import run_flags
+from helpers import run_flags
 
 NAME = 'exp'
 

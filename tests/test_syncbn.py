@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import layers
-from conftest import ROOT
+from helpers import ROOT
 
 TOL = 1e-5
 

@@ -12,7 +12,9 @@ from scipy.stats import truncnorm
 
 import convert_pretrained
 import tf_bundle
-from conftest import load_as_sample
+from helpers import load_as_sample
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 EMA = '/ema_b999900'
 EXACT = 1e-4

@@ -12,7 +12,9 @@ import train
 import train_fns
 import utils
 from checkpoints import StopRun
-from conftest import assert_same, run_flags, tiny_config, tiny_models
+from helpers import assert_same, run_flags, tiny_config, tiny_models
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 NAME = 'exp'
 FILES = ['G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema']
@@ -25,12 +27,10 @@ def train_run(data_root, out, *extra):
     return train.run(vars(utils.prepare_parser().parse_args(flags)))
 
 
-@pytest.fixture(scope='module')
-def run3(data_root, tmp_path_factory):
-    """A 3-iteration run, saving at 3."""
-    out = tmp_path_factory.mktemp('run3')
-    state = train_run(data_root, out, '--total_itrs', '3')
-    return out, state
+@pytest.fixture
+def run3(tiny_run):
+    """The session's 3-iteration run (saved at 1, 2 and 3)."""
+    return tiny_run
 
 
 def load(path):
@@ -38,14 +38,15 @@ def load(path):
 
 
 def test_run_writes_weights(run3):
-    """Weights, optimizers, state_dict and G_ema are written, plus their _copy0 versions."""
-    out, state = run3
-    assert state['itr'] == 3
+    """Weights, optimizers, state_dict and G_ema are written, plus rolling _copy0/_copy1
+    versions (saved at 1, 2 and 3: copy0 holds 3, copy1 2, and the next slot is 1)."""
+    out = run3
     folder = out / 'weights' / NAME
-    expected = {f + s + '.pth' for f in FILES for s in ['', '_copy0']}
+    expected = {f + s + '.pth' for f in FILES for s in ['', '_copy0', '_copy1']}
     assert set(os.listdir(folder)) == expected
     saved = load(folder / 'state_dict.pth')
     assert saved['itr'] == 3 and saved['save_num'] == 1 and saved['config']['G_ch'] == 4
+    assert load(folder / 'state_dict_copy1.pth')['itr'] == 2
     for key in ['epoch', 'save_best_num', 'best_IS', 'best_FID']:
         assert key in saved
     for f in FILES:
@@ -56,7 +57,7 @@ def test_run_writes_weights(run3):
 
 def test_run_writes_logs(run3):
     """Loss logs hold one `itr: value` line per iteration; SV logs and metalog.txt exist."""
-    out, _ = run3
+    out = run3
     folder = out / 'logs' / NAME
     for metric in ['G_loss', 'D_loss_real', 'D_loss_fake']:
         lines = (folder / (metric + '.log')).read_text().splitlines()
@@ -77,7 +78,7 @@ def test_run_writes_logs(run3):
 
 def test_run_writes_samples(run3):
     """Fixed-z, class and interpolation sheets are valid JPEGs of the expected grid size."""
-    out, _ = run3
+    out = run3
     folder = out / 'samples' / NAME
     with Image.open(folder / 'fixed_samples3.jpg') as im:
         assert im.format == 'JPEG'
@@ -91,7 +92,7 @@ def test_run_writes_samples(run3):
 
 def test_resume_is_bit_exact(run3, data_root, tmp_path):
     """3 iterations + --resume + 3 more equal 6 uninterrupted ones, bit for bit."""
-    out3, _ = run3
+    out3 = run3
     resumed = tmp_path / 'resumed'
     shutil.copytree(out3, resumed)
     state = train_run(data_root, resumed, '--total_itrs', '6', '--resume')
@@ -113,7 +114,7 @@ def test_resume_is_bit_exact(run3, data_root, tmp_path):
 
 def test_z_var_leaves_training_alone(run3, data_root, tmp_path, capsys):
     """--z_var is for sampling: training with it is the same run; the name is printed."""
-    out3, _ = run3
+    out3 = run3
     train_run(data_root, tmp_path, '--total_itrs', '3', '--z_var', '0.5')
     assert f'Experiment name is {NAME}' in capsys.readouterr().out
     for f in ('G', 'G_ema', 'D'):

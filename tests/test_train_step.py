@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import train_fns
 import utils
-from conftest import penalty_grad, tiny_config
+from helpers import penalty_grad, tiny_config
 
 
 def build(config, seed=0):

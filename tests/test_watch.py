@@ -17,7 +17,9 @@ import plot_logs
 import train
 import train_fns
 import utils
-from conftest import ROOT, demo_flags
+from helpers import ROOT, demo_flags
+
+pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 NAME = 'demo'
 SIZES = {'IS_FID.png': (1200, 450), 'losses.png': (1200, 450),

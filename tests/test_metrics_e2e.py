@@ -144,3 +144,18 @@ def test_moments_of_another_backend_refused(setup, tmp_path):
     """Moments made with tf_fid are refused for the torchvision backend, naming the fix."""
     with pytest.raises(inception_utils.InceptionMomentsError, match='tf_fid'):
         inception_utils.load_inception_moments('custom', str(setup[3]), 'torchvision')
+
+
+def test_evaluate_checkpoint_against_moments(trained, capsys):
+    """evaluate.py's checkpoint source: sample.py's flags load the best copy; its FID against
+    the moments file is that of the checkpoint's samples, stamped with how they were drawn."""
+    import evaluate
+    moments = trained[3] / 'custom_inception_moments.npz'
+    args = flags(trained, '--load_weights', 'best0', '--metrics', 'IS,FID')
+    record = evaluate.run(vars(evaluate.prepare_parser().parse_args(
+        [str(moments), 'checkpoint'] + args)))
+    assert np.isfinite(record['FID']) and np.isfinite(record['KID_mean'])
+    protocol = record['protocol']
+    assert protocol['fake']['kind'] == 'checkpoint' and protocol['num_fakes'] == 10
+    assert protocol['reference']['kind'] == 'statistics'
+    assert (protocol['itr'], protocol['weights'], protocol['z_std']) == (2, 'G_ema', 1.0)

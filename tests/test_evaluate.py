@@ -1,0 +1,109 @@
+"""evaluate.py: metrics between image folders, npz files of images and statistics files, on a
+stand-in network whose features are pixels (so the expected numbers are computed directly);
+bad inputs refused in one line. (The checkpoint source: tests/test_metrics_e2e.py.)"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluate
+import inception_utils
+import metrics
+from conftest import FakeInception
+
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    """(folder, npz of other images, weights file); the network is FakeInception."""
+    torch.manual_seed(0)
+    net = FakeInception()
+    weights = tmp_path / 'weights.pth'
+    weights.write_bytes(b'stand-in weights')
+    monkeypatch.setattr(inception_utils, 'check_inception_weights', lambda *a: str(weights))
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: net)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'folder' / 'nested'
+    folder.mkdir(parents=True)
+    real = rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8)
+    for i, pixels in enumerate(real):
+        Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+    fake = rng.integers(0, 200, (25, 3, 6, 6), dtype=np.uint8)
+    np.savez(tmp_path / 'samples.npz', x=fake, y=np.zeros(25, dtype=np.int64))
+    return tmp_path / 'folder', tmp_path / 'samples.npz', real, fake
+
+
+def features(uint8_nchw):
+    """FakeInception's pool features of uint8 images: the first 8 values in [-1, 1]."""
+    x = (torch.from_numpy(uint8_nchw).float() / 255 - 0.5) * 2
+    return x.flatten(1)[:, :8].double().numpy()
+
+
+def evaluate_main(*args):
+    parser = evaluate.prepare_parser()
+    return evaluate.run(vars(parser.parse_args(['--device', 'cpu', *map(str, args)])))
+
+
+def test_folder_against_npz(sources, capsys):
+    folder, npz, real, fake = sources
+    record = evaluate_main(folder, npz, '--metrics', 'IS,FID,KID,PRDC', '--kid_subset_size',
+                           '20', '--prdc_k', '3')
+    fr, ff = features(real.transpose(0, 3, 1, 2)), features(fake)
+    assert record['FID'] == pytest.approx(metrics.numpy_calculate_frechet_distance(
+        ff.mean(0), np.cov(ff, rowvar=False), fr.mean(0), np.cov(fr, rowvar=False)), rel=1e-6)
+    expected = metrics.compute_prdc(fr.astype(np.float32), ff.astype(np.float32), 3)
+    for key, value in expected.items():
+        assert record[key] == pytest.approx(value, abs=1e-9)
+    assert np.isfinite(record['IS_mean']) and np.isfinite(record['KID_mean'])
+    p = record['protocol']
+    assert p['reference']['kind'] == 'folder' and p['reference']['count'] == 30
+    assert p['fake']['kind'] == 'images' and p['num_fakes'] == 25 and p['fake']['sha256']
+    assert p['PRDC'] == {'nearest_k': 3, 'real_count': 30, 'fake_count': 25}
+    # The record is printed as the last line, as JSON.
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(
+        json.dumps(record))
+
+
+def test_save_stats_then_compare(sources, tmp_path):
+    folder, npz, real, fake = sources
+    out = tmp_path / 'stats.npz'
+    evaluate_main(folder, '--save_stats', out)
+    with np.load(out) as data:
+        fr = features(real.transpose(0, 3, 1, 2))
+        np.testing.assert_allclose(data['mu'], fr.mean(0), rtol=1e-6)
+        assert int(data['count']) == 30 and data['feats'].shape == (30, 8)
+    direct = evaluate_main(folder, npz, '--metrics', 'FID,KID', '--kid_subset_size', '20')
+    via_stats = evaluate_main(out, npz, '--metrics', 'FID,KID', '--kid_subset_size', '20')
+    assert via_stats['FID'] == pytest.approx(direct['FID'], rel=1e-9)
+    assert via_stats['KID_mean'] == pytest.approx(direct['KID_mean'], rel=1e-6)
+    assert via_stats['protocol']['reference']['kind'] == 'statistics'
+
+
+def test_bad_inputs_one_line_exit_2(sources, tmp_path, capsys):
+    folder, npz, _, _ = sources
+    (tmp_path / 'notes.txt').write_text('x')
+    np.savez(tmp_path / 'empty.npz', y=np.zeros(3))
+    np.savez(tmp_path / 'other.npz', mu=np.zeros(8), sigma=np.eye(8), backend=np.array('tf_fid'))
+    (tmp_path / 'no_images').mkdir()
+    cases = [([folder, tmp_path / 'absent'], 'does not exist'),
+             ([folder, tmp_path / 'notes.txt'], 'neither a folder nor an .npz'),
+             ([folder, tmp_path / 'empty.npz'], 'no x array'),
+             ([folder, tmp_path / 'other.npz'], 'tf_fid backend'),
+             ([tmp_path / 'no_images', npz], 'holds no'),
+             ([folder], 'two sources'),
+             ([folder, npz, '--metrics', 'intraFID'], 'not intraFID'),
+             ([folder, npz, '--save_stats', tmp_path / 's.npz'], 'exactly one source'),
+             ([folder, '--save_stats', tmp_path / 'stats.txt'], 'must end in .npz'),
+             ([folder, npz, '--metrics', 'KID'], '--kid_subset_size')]
+    before = sorted(os.listdir(tmp_path))
+    for args, why in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(['--device', 'cpu', *map(str, args)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert '\n' not in err and why in err, (args, err)
+    assert sorted(os.listdir(tmp_path)) == before

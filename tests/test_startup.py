@@ -449,3 +449,16 @@ def test_a_fifo_as_the_s32_cache_is_refused(tmp_path, alarm):
     with pytest.raises(flags.ConfigError,
                        match='not a regular file'):
         datasets.load_s32(str(tmp_path))
+
+
+def test_an_hdf5_read_error_names_the_file_and_image(tmp_path):
+    """The file is cut after the dataset was opened: reading an image raises ImageReadError
+    naming the file and the index, the error train.py ends the run with in one line."""
+    path = write_h5(tmp_path / 'data.hdf5', n=64)
+    ds = datasets.ILSVRC_HDF5(path)
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(datasets.ImageReadError) as e:
+        ds[63]
+    assert str(e.value).startswith(f'{path}: image 63 cannot be read (')
+    assert '\n' not in str(e.value)

@@ -31,7 +31,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     scratch_folder,
     temp_path,
 )
-from flags import ConfigError, StopRun, one_line
+from flags import ConfigError, StopRun, check_types, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 # The collapse watch's sets (collapse.py): a checkpoint on probation, and the last one that
@@ -501,6 +501,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                               f'{sets_hint(folder, needed)}')
     loaded = {'state_dict': torch_load(path('state_dict'))}
     check_kind(loaded['state_dict'], path('state_dict'), 'state_dict')
+    if isinstance(loaded['state_dict'].get('config'), dict):
+        check_types(loaded['state_dict']['config'], path('state_dict'))
     # Checked before any other file is read: a save interrupted between its renames leaves
     # new files beside an old state_dict.pth, whose record then no longer matches them.
     bad = mismatched_companion(folder, loaded['state_dict'])

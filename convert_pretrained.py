@@ -164,11 +164,8 @@ def build_config(flags, source=None):
     read off a file build a model only as large as the file."""
     config = utils.prepare_config(vars(utils.prepare_parser().parse_args(flags)))
     if source is not None:
-        with torch.device('meta'):
-            nbytes = sum(t.numel() * t.element_size()
-                         for t in utils.build_sampling_G(config).state_dict().values())
-        check_declared(nbytes, 'the generator its shapes describe', source[0],
-                       limit=source[1])
+        check_declared(utils.weights_nbytes(config), 'the generator its shapes describe',
+                       source[0], limit=source[1])
     G = utils.build_sampling_G(config)
     return config, G
 

@@ -478,6 +478,31 @@ PATTERNS = {
 }
 
 
+def _value_types(spec):
+    """The Python types a flag's value may have, or None where its parser is a function."""
+    if spec.get('action') in ('store_true', 'store_false'):
+        return (bool,)
+    kind = spec.get('type', str)
+    types = {int: (int,), float: (int, float), str: (str,)}.get(kind)
+    return types and types + ((type(None),) if spec.get('default') is None else ())
+
+
+# Each flag's config key (its dest) -> the types its value may have.
+VALUE_TYPES = {spec.get('dest', name[2:]): _value_types(spec) for name, spec in FLAGS.items()}
+
+
+def check_types(config, source):
+    """Refuse a config read from a file (source) whose flag values are not of their flags'
+    types: a stored config reaches the models and the domain checks unparsed."""
+    for key, value in config.items():
+        types = VALUE_TYPES.get(key)
+        if types and (not isinstance(value, types)
+                      or isinstance(value, bool) and bool not in types):
+            raise ConfigError(f'{source}: its config holds {key}={value!r:.80}, not a value of '
+                              f'--{key}; the file is damaged or not from this project or the '
+                              f'release')
+
+
 def in_domain(value, domain):
     """Whether a number lies in a DOMAINS bound."""
     if not math.isfinite(value):

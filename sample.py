@@ -4,6 +4,7 @@
 """
 import functools
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -35,6 +36,20 @@ def config_from_checkpoint(config):
         if item in config and item not in KEEP_FROM_COMMAND_LINE and not item.startswith('sample_'):
             config[item] = value
     return config
+
+
+def check_npz_room(num, resolution, root):
+    """Refuse --sample_num_npz when samples.npz would not fit on root's disk: its images and
+    labels are written twice (the memory-mapped parts, then the zip) before the parts go."""
+    needed = 2 * num * (3 * resolution * resolution + 8)
+    existing = os.path.abspath(root)
+    while not os.path.isdir(existing):  # root may not exist yet: its disk is its parent's
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise utils.ConfigError(f'--sample_num_npz {num} needs {needed / 2**30:.4g} GiB free in '
+                                f'{root}, which has {free / 2**30:.4g} GiB; sample fewer images '
+                                f'or free space')
 
 
 def save_npz(sample, num, path, truncation=0.0):
@@ -120,12 +135,16 @@ def run(config):
         import inception_utils
         measure = inception_utils.metrics_from_config(config, device)
 
+    utils.check_model_fits(config, "from the checkpoint's config"
+                           if config['config_from_name'] else 'from the flags')
     G = utils.build_sampling_G(config, device)
     state_dict = {'itr': 0}
     # --use_ema samples from G_ema.pth, loaded into the same network.
     load_weights(None if config['use_ema'] else G, None, state_dict,
                  config['weights_root'], experiment_name, config['load_weights'] or None,
                  G if config['use_ema'] else None, strict=False, load_optim=False)
+    if config['sample_npz']:
+        check_npz_room(config['sample_num_npz'], config['resolution'], config['samples_root'])
     utils.prepare_root(config, keys=['samples_root'])
     folder = f"{config['samples_root']}/{experiment_name}"
     remove_stale_temps(folder, recursive=True)

@@ -27,6 +27,7 @@ from files import remove_stale_temps
 def build_models(config, device):
     """G, D, G_ema (or None) and the ema helper, on device, as the config describes."""
     model = importlib.import_module(config['model'])
+    utils.check_model_fits(config, 'from the flags', ('Generator', 'Discriminator'))
     G = model.Generator(**config).to(device)
     D = model.Discriminator(**config).to(device)
     G_ema, ema = None, None

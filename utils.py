@@ -44,7 +44,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
-from files import check_name
+from files import available_memory, check_name
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 from step_helpers import (  # noqa: F401
     amp_dtype,
@@ -72,6 +72,26 @@ def update_config_roots(config):
         for key in ['data', 'weights', 'logs', 'samples']:
             config[f'{key}_root'] = f"{config['base_root']}/{key}"
     return config
+
+
+def weights_nbytes(config, nets=('Generator',)):
+    """Bytes of the weights of config's named networks (of its --model), built on the meta
+    device, where nothing is allocated."""
+    model = importlib.import_module(config['model'])
+    with torch.device('meta'):
+        return sum(t.numel() * t.element_size() for name in nets
+                   for t in getattr(model, name)(**{**config, 'skip_init': True,
+                                                     'no_optim': True}).state_dict().values())
+
+
+def check_model_fits(config, source, nets=('Generator',)):
+    """Refuse, in one line naming source (the flags or the file a config came from), a model
+    whose weights alone would not fit in memory: widths and class counts are unbounded flags."""
+    nbytes, avail = weights_nbytes(config, nets), available_memory()
+    if avail is not None and nbytes > avail:
+        raise ConfigError(f"a {' and '.join(nets)} of {nbytes / 2**30:.4g} GiB of weights "
+                          f'({source}), more than the {avail / 2**30:.4g} GiB of memory '
+                          f'available; check --G_ch, --D_ch, --n_classes and --resolution')
 
 
 def prepare_config(config):

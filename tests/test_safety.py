@@ -246,6 +246,41 @@ def test_config_from_name_refuses_poisoned_state(data_root, run_dir, tmp_path, c
     assert not marker.exists()
 
 
+@pytest.mark.parametrize('key,value,expect', [
+    ('G_ch', 10 ** 6, 'GiB of weights'), ('n_classes', 10 ** 9, 'GiB of weights'),
+    ('G_attn', 64, 'G_attn=64'), ('G_lr', 'fast', "G_lr='fast'"), ('ema', 1, 'ema=1'),
+    ('dim_z', 2.5, 'dim_z=2.5')])
+def test_stored_config_of_wrong_types_or_sizes(data_root, run_dir, capsys, key, value, expect):
+    """A stored config goes through each flag's type (checkpoints.load_weights) and the model it
+    describes must fit in memory before it is built (utils.check_model_fits)."""
+    path = run_dir / 'weights' / NAME / 'state_dict.pth'
+    state = torch.load(str(path), weights_only=True)
+    state['config'][key] = value
+    torch.save(state, str(path))
+    samples = run_dir / 'samples'
+    shutil.rmtree(samples, ignore_errors=True)
+    line = exits_with_one_line(
+        sample.main, sample_argv(data_root, run_dir, '--config_from_name'), capsys)
+    assert expect in line
+    assert not samples.exists() or not any(samples.rglob('*.jpg'))
+
+
+def test_a_model_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path, capsys):
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', '--G_ch', str(10 ** 6))
+    assert 'GiB of weights (from the flags)' in exits_with_one_line(train.main, argv, capsys)
+    assert not out.exists()
+
+
+def test_an_npz_larger_than_the_disk_is_refused_at_start_up(data_root, run_dir, capsys):
+    samples = run_dir / 'samples'
+    shutil.rmtree(samples, ignore_errors=True)
+    line = exits_with_one_line(sample.main, sample_argv(
+        data_root, run_dir, '--sample_npz', '--sample_num_npz', str(10 ** 15)), capsys)
+    assert '--sample_num_npz 1000000000000000 needs' in line
+    assert not samples.exists()
+
+
 @pytest.mark.parametrize('where', ['zip', 'legacy_object'])
 def test_inception_weights_refused(data_root, tmp_path, capsys, where):
     """--inception_weights with a payload, in train.py and calculate_inception_moments.py."""

@@ -56,6 +56,12 @@ class Precision(object):
             self.D_scaler.load_state_dict(state['D_scaler'])
             self.skipped.update(state['skipped'])
 
+    def skipped_steps(self):
+        """{'G_skipped_steps', 'D_skipped_steps'} for the step's outputs under fp16; {} else."""
+        if not self.G_scaler.is_enabled():
+            return {}
+        return {'G_skipped_steps': self.skipped['G'], 'D_skipped_steps': self.skipped['D']}
+
     def step(self, scaler, optim, name, before_step=None):
         """Unscale, run before_step (ortho reg adds to true gradients), step, count skips."""
         if scaler.is_enabled():
@@ -171,6 +177,22 @@ def default_ortho(model, strength=1e-4, blacklist=()):
             continue
         w = param.reshape(param.shape[0], -1)
         param.grad += ortho_grad(w, strength, offdiag=False).view(param.shape)
+
+
+def ortho_hook(model, strength, blacklist=()):
+    """ortho(model, strength, blacklist) to run before an optimizer step; None when the
+    strength is 0 (--G_ortho/--D_ortho off)."""
+    if strength <= 0.0:
+        return None
+    return lambda: ortho(model, strength, blacklist=blacklist)
+
+
+def train_only(config, train, frozen):
+    """With --toggle_grads, make train's parameters require grad and frozen's not (the
+    release's switch before each D and G step); without it, leave both as they are."""
+    if config['toggle_grads']:
+        toggle_grad(train, True)
+        toggle_grad(frozen, False)
 
 
 def toggle_grad(model, on_or_off):

@@ -12,7 +12,7 @@ import utils
 from checkpoints import save_weights
 from distributed import broadcast_object, get_rank, get_world_size
 from metrics import BEST
-from step_helpers import Precision, lecam_anchors, ortho, toggle_grad
+from step_helpers import Precision, lecam_anchors, ortho_hook, train_only
 
 
 def dummy_training_function():
@@ -64,10 +64,9 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
               'policy': config.get('DiffAugment', ''), 'CR': config.get('CR', 0) > 0,
               'CR_augment': config.get('CR_augment')}
     G_pass = {'train_G': True, 'split_D': config['split_D'], 'policy': D_pass['policy']}
-    D_ortho = (lambda: ortho(D, config['D_ortho'])) if config['D_ortho'] > 0.0 else None
+    D_ortho = ortho_hook(D, config['D_ortho'])
     # The shared embedding is left out of ortho reg: orthogonal class embeddings mean nothing.
-    G_ortho = ((lambda: ortho(G, config['G_ortho'], blacklist=list(G.shared.parameters())))
-               if config['G_ortho'] > 0.0 else None)
+    G_ortho = ortho_hook(G, config['G_ortho'], blacklist=list(G.shared.parameters()))
 
     def D_scores(x, y, itr):
         z_.sample_()
@@ -86,9 +85,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
         counter = 0
 
         # Update D.
-        if config['toggle_grads']:
-            toggle_grad(D, True)
-            toggle_grad(G, False)
+        train_only(config, D, G)
         for _ in range(config['num_D_steps']):
             D.optim.zero_grad()
             for _ in range(config['num_D_accumulations']):
@@ -100,9 +97,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
             precision.step(precision.D_scaler, D.optim, 'D', D_ortho)
 
         # Update G.
-        if config['toggle_grads']:
-            toggle_grad(D, False)
-            toggle_grad(G, True)
+        train_only(config, G, D)
         G.optim.zero_grad()
         G_losses = []
         for _ in range(config['num_G_accumulations']):
@@ -124,9 +119,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
         count = float(config['num_G_accumulations'])
         out = {name: float((value / count).item()) for name, value in G_values.items()}
         out.update((name, float(value.item())) for name, value in D_values.items())
-        if precision.G_scaler.is_enabled():
-            out.update(G_skipped_steps=precision.skipped['G'],
-                       D_skipped_steps=precision.skipped['D'])
+        out.update(precision.skipped_steps())
         return out
     return train
 

@@ -24,6 +24,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     atomic_path,
     atomic_save_all,
     atomic_save_set,
+    check_declared,
     check_name,
     check_writable,
     file_digest,
@@ -218,6 +219,24 @@ def _storage_types():
             for n in names}
 
 
+def _rebuild_tensor_in_bounds(storage, storage_offset, size, stride, *args):
+    """torch's _rebuild_tensor_v2, once the view it describes is known to lie inside its
+    storage: torch would otherwise grow the storage to whatever size the pickle declares."""
+    dims = (storage_offset, *size, *stride) if isinstance(size, (tuple, list)) and isinstance(
+        stride, (tuple, list)) else None
+    if (dims is None or len(size) != len(stride) or not isinstance(storage, torch.TypedStorage)
+            or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in dims)):
+        raise pickle.UnpicklingError(f'a tensor of size {size!r:.80} and stride {stride!r:.80} '
+                                     f'at offset {storage_offset!r:.20}')
+    if all(size):
+        end = storage_offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+        held = storage._untyped_storage.nbytes() // storage.dtype.itemsize
+        if end > held:
+            raise pickle.UnpicklingError(f'a tensor of size {tuple(size)} reaches element '
+                                         f'{end} of a storage of {held}')
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, *args)
+
+
 class RefusedName(pickle.UnpicklingError):
     """A pickle names a (module, name) pair that is not in ReleaseUnpickler.TABLE."""
 
@@ -247,7 +266,7 @@ class ReleaseUnpickler(pickle.Unpickler):
         ('numpy.core.multiarray', 'scalar'): _MULTIARRAY.multiarray.scalar,
         ('numpy._core.multiarray', 'scalar'): _MULTIARRAY.multiarray.scalar,
         ('numpy', 'dtype'): np.dtype,
-        ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+        ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_in_bounds,
         ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
         # An nn.Module attribute of PyTorch 1.0, gone since: calling it gives None.
         ('torch.nn.backends.thnn', '_get_thnn_function_backend'): type(None),
@@ -259,6 +278,44 @@ class ReleaseUnpickler(pickle.Unpickler):
         # the module; keeping this find_class keeps TABLE the only way a name becomes an object.
         super().__init_subclass__(**kwargs)
         cls.find_class = ReleaseUnpickler.find_class
+
+    def __init__(self, file, *args, **kwargs):
+        super().__init__(file, *args, **kwargs)
+        try:
+            self._left = os.fstat(file.fileno()).st_size - file.tell()
+        except (AttributeError, OSError, ValueError):
+            self._left = None  # not a file (tests unpickle from memory): memory still bounds
+        self._declared, self._storages = 0, set()
+
+    # torch's legacy loader sets persistent_load to a function that allocates each storage at
+    # the size the pickle declares before reading any of its bytes: wrapped, every declared
+    # size is checked against the bytes left in the file (all storages together, each once
+    # however many tensors view it) first.
+    @property
+    def persistent_load(self):
+        raise AttributeError('persistent_load')  # none until torch sets one
+
+    @persistent_load.setter
+    def persistent_load(self, load):
+        def checked(saved_id):
+            if (isinstance(saved_id, tuple) and len(saved_id) == 6
+                    and saved_id[0] in ('storage', b'storage')):
+                storage_type, key, numel = saved_id[1], saved_id[2], saved_id[4]
+                if not isinstance(key, (str, bytes)):
+                    raise pickle.UnpicklingError(f'a storage key {type(key).__name__}')
+                if key in self._storages:
+                    return load(saved_id)
+                self._storages.add(key)
+                itemsize = getattr(getattr(storage_type, 'dtype', None), 'itemsize', None)
+                if not isinstance(numel, int) or isinstance(numel, bool) or itemsize is None:
+                    raise pickle.UnpicklingError(f'a storage declared as {numel!r} elements '
+                                                 f'of {storage_type!r}')
+                self._declared += check_declared(numel * itemsize, 'its storages',
+                                                 'the checkpoint',
+                                                 limit=None if self._left is None
+                                                 else self._left - self._declared)
+            return load(saved_id)
+        pickle.Unpickler.__dict__['persistent_load'].__set__(self, checked)
 
     def find_class(self, module, name):
         found = None

@@ -23,11 +23,14 @@ from torch.utils.data import DataLoader, Sampler
 from files import (  # noqa: F401  (release-era names, kept importable from here)
     ITEM_OVERHEAD,
     MEM_HEADROOM,
+    NPZ_ERRORS,
     FileError,
     atomic_open,
     available_memory,
     check_declared,
     check_memory,
+    check_name,
+    check_npz,
     item_nbytes,
     open_regular,
 )
@@ -62,6 +65,12 @@ class ImageReadError(DatasetError):
 def _reason(error):
     """An exception as 'Type: message' on one line, cut to 200 characters."""
     return f'{type(error).__name__}: {one_line(error)[:200]}'
+
+
+def _components(path):
+    """The components of a root-relative path read from a file, each a plain name
+    (files.check_name), so the path cannot leave the root it is joined to."""
+    return [check_name(part, 'path component') for part in str(path).split('/')]
 
 
 def _atomic_savez(path, **arrays):
@@ -273,18 +282,29 @@ class ImageFolder(data.Dataset):
             return None
         try:
             # Not a regular file (a FIFO): a FileError, and the index is rebuilt over it.
+            check_npz(self.index_path, 'image index')
             with open_regular(self.index_path, 'image index') as fh, np.load(fh) as f:
                 if str(f['signature']) != sig:
                     return None
                 for folder, mtime in zip(f['nested'], f['nested_mtimes']):
-                    if os.stat(os.path.join(self.root, folder)).st_mtime_ns != mtime:
+                    if os.stat(os.path.join(self.root, *_components(folder))).st_mtime_ns != mtime:
                         return None
-                return list(f['classes']), list(f['paths']), f['labels']
-        except ValueError as e:
+                classes, paths, labels = list(f['classes']), list(f['paths']), f['labels']
+        except ConfigError:
+            return None  # check_npz: declared sizes beyond the file or memory
+        except NPZ_ERRORS as e:
             _refuse_pickles(self.index_path, e)
-            return None
-        except (OSError, KeyError):
             return None  # an old-format or damaged index is simply rebuilt
+        # Names from a file: each path component must be a plain name, each label a class.
+        try:
+            classes = [check_name(str(c), 'class') for c in classes]
+            paths = [os.path.join(*_components(p)) for p in paths]
+        except ConfigError:
+            return None
+        if (labels.ndim != 1 or labels.dtype.kind not in 'iu' or len(labels) != len(paths)
+                or (len(labels) and not 0 <= labels.min() <= labels.max() < len(classes))):
+            return None
+        return classes, paths, labels.astype(np.int64)
 
     def _write_index(self, sig, nested, classes, rel, labels):
         """Cache the index next to the data; a read-only folder just skips it."""
@@ -363,7 +383,16 @@ def open_hdf5(path):
     elif imgs.ndim != 4 or imgs.shape[1] != 3 or labels.shape != (imgs.shape[0],):
         problem = (f"{path}: 'imgs' {imgs.shape} and 'labels' {labels.shape} are not "
                    f'N x 3 x H x W images with N labels')
+    elif labels.dtype.kind not in 'iu':
+        problem = f"{path} holds {labels.dtype} labels, not integers"
     else:
+        try:
+            # Each read takes one image whole: its declared size must fit in memory.
+            check_declared(imgs.dtype.itemsize * int(np.prod(imgs.shape[1:])), 'one image',
+                           path)
+        except ConfigError:
+            f.close()
+            raise
         return f
     f.close()
     raise DatasetError(f'{problem}; write it with make_hdf5.py')

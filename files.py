@@ -17,10 +17,11 @@ import socket
 import stat
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 
-from flags import ConfigError
+from flags import ConfigError, one_line
 
 # torch, PIL and distributed are imported where they are used, so that the readers of untrusted
 # files (tf_bundle among them) need only numpy.
@@ -247,10 +248,24 @@ def _cgroup_room(cgroup_root, self_cgroup):
     return room
 
 
+def _address_space_room(status='/proc/self/status'):
+    """Bytes this process may still map under its address-space limit (ulimit -v,
+    RLIMIT_AS), or None when it has none or it cannot be read."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        return max(limit - _read_number(status, 'VmSize:') * 1024, 0)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
                      self_cgroup='/proc/self/cgroup'):
     """Bytes this process can still take: MemAvailable (else free pages), capped by its
-    cgroups' memory limits; None when unknown. The paths are parameters for tests."""
+    cgroups' memory limits and its address-space limit; None when unknown. The paths are
+    parameters for tests."""
     try:
         avail = _read_number(meminfo, 'MemAvailable:') * 1024
     except (OSError, ValueError):
@@ -258,9 +273,9 @@ def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
             avail = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
         except (OSError, ValueError, AttributeError):
             avail = None
-    room = _cgroup_room(cgroup_root, self_cgroup)
-    if room is not None:
-        avail = room if avail is None else min(avail, room)
+    for room in (_cgroup_room(cgroup_root, self_cgroup), _address_space_room()):
+        if room is not None:
+            avail = room if avail is None else min(avail, room)
     return avail
 
 
@@ -428,6 +443,12 @@ def read_lines(path, what='log', max_line=1 << 20):
             yield line.decode('utf-8', errors='replace')
 
 
+# What reading a damaged .npz raises besides FileError: zipfile's errors (a bad CRC, an
+# unsupported compression or flag), zlib's, and numpy's ValueError for a bad .npy header.
+NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+              NotImplementedError, RuntimeError, KeyError)
+
+
 def check_npz(path, what='.npz file'):
     """Refuse (FileError) an .npz whose arrays declare more bytes than their members hold or
     than memory has, reading only the zip directory and each .npy header: np.load allocates
@@ -437,8 +458,9 @@ def check_npz(path, what='.npz file'):
         length = file_size(f)
         try:
             archive = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, ValueError, OSError) as e:
-            raise FileError(f'{what} {path} is not an .npz file ({e})') from None
+        except NPZ_ERRORS as e:
+            raise FileError(f'{what} {path} is not an .npz file ({one_line(e)[:200]})'
+                            ) from None
         with archive:
             for info in archive.infolist():
                 if not info.filename.endswith('.npy'):
@@ -457,7 +479,7 @@ def check_npz(path, what='.npz file'):
                         else:
                             raise ValueError(f'.npy format version {version} is not supported')
                         left = info.file_size - g.tell()
-                except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                except NPZ_ERRORS as e:
                     raise FileError(f'{path}: {member} is not a readable .npy array '
                                     f'({" ".join(str(e).split())[:200]})') from None
                 check_declared(declared_nbytes(shape, dtype.itemsize, member, path),

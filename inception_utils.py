@@ -28,7 +28,7 @@ from torchvision.models import inception as tv_inception
 
 from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
-from files import atomic_open, check_npz, file_digest, open_regular
+from files import NPZ_ERRORS, atomic_open, check_npz, file_digest, open_regular
 from flags import DEFAULT_KID_FEATS, ConfigError
 
 # The math lives in metrics; the release's names for it stay importable from here.
@@ -474,7 +474,7 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
         return _read_moments(path, dataset, data_root, backend, need_feats)
     except InceptionMomentsError:
         raise  # already says what is wrong (a ValueError too, as every ConfigError)
-    except (OSError, ValueError, KeyError, EOFError) as err:  # a damaged or hostile file
+    except NPZ_ERRORS as err:  # a damaged or hostile file
         raise InceptionMomentsError(
             f'Inception moments {path} cannot be read ({type(err).__name__}: '
             f'{" ".join(str(err).split())[:200]}); recompute them with: '

@@ -142,6 +142,7 @@ def read_jsonl(path, protocols=False):
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             continue
         if (not isinstance(record, dict) or not isinstance(record.get('itr'), (int, float))
+                or isinstance(record['itr'], bool)
                 or 'event' in record):  # the collapse watch's records are no test
             continue
         try:
@@ -160,7 +161,9 @@ def read_jsonl(path, protocols=False):
                                  f'is not an int64 count')
     keys = sorted({k for r in records for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    series = {k: np.array([r.get(k, np.nan) for r in records], dtype=np.float64) for k in keys}
+    # A key numeric in one record and of another type in the next is NaN there.
+    series = {k: np.array([r[k] if isinstance(r.get(k), float) else np.nan for r in records],
+                          dtype=np.float64) for k in keys}
     stamps = [protocol_key(r) for r in records]
     if records:
         keep = latest(series['itr'])

@@ -11,6 +11,7 @@ Every parser here is linear in its input, and every size, offset, shape and coun
 file is checked (files.check_declared) against the file's length and the memory available
 before anything is allocated: a damaged or hostile bundle is one BundleError (a FileError).
 """
+import functools
 import math
 import os
 import struct
@@ -68,6 +69,7 @@ def _gf2_square(columns):
     return _gf2_apply(columns, columns)
 
 
+@functools.lru_cache(maxsize=256)
 def _zeros_operator(n):
     """The linear map a raw CRC register undergoes over n zero bytes, as 32 column words."""
     # One zero bit shifts right and xors the polynomial when the low bit was set.
@@ -79,6 +81,7 @@ def _zeros_operator(n):
             result = _gf2_apply(power, result)
         power = _gf2_square(power)
         bits >>= 1
+    result.setflags(write=False)  # cached: shared by every caller
     return result
 
 
@@ -173,6 +176,27 @@ def parse_message(buf):
             raise BundleError(f'unsupported protobuf wire type {wire}')
         fields.setdefault(number, []).append(value)
     return fields
+
+
+def scalar(fields, number, default, what):
+    """The first value of a varint or fixed field, refusing a length-delimited one there."""
+    value = fields.get(number, [default])[0]
+    if value is not default and not isinstance(value, int):
+        raise BundleError(f'{what}: field {number} holds bytes where a number belongs: the '
+                          f'file is damaged')
+    return value
+
+
+def message(fields, number, what):
+    """The parsed sub-message of a length-delimited field ({} when absent), refusing a
+    number there."""
+    if number not in fields:
+        return {}
+    value = fields[number][0]
+    if not isinstance(value, bytes):
+        raise BundleError(f'{what}: field {number} holds a number where a message belongs: '
+                          f'the file is damaged')
+    return parse_message(value)
 
 
 def field(number, wire, value):
@@ -356,15 +380,20 @@ class Bundle:
     def __init__(self, path):
         self.prefix = resolve_prefix(path)
         self.entries, header = {}, None
-        for key, value in read_table(self.prefix + '.index'):
+        index = self.prefix + '.index'
+        for key, value in read_table(index):
             if key == b'':
                 header = parse_message(value)
-            else:
+                continue
+            try:
                 self.entries[key.decode('utf-8')] = value
+            except UnicodeDecodeError:
+                raise BundleError(f'{index}: a tensor name is not UTF-8 ({key[:40]!r}): the '
+                                  f'file is damaged') from None
         if header is None:
-            raise BundleError(f'{self.prefix}.index has no bundle header')
-        self.num_shards = header.get(1, [1])[0]
-        self.big_endian = header.get(2, [0])[0] == 1
+            raise BundleError(f'{index} has no bundle header')
+        self.num_shards = scalar(header, 1, 1, f'{index}: the bundle header')
+        self.big_endian = scalar(header, 2, 0, f'{index}: the bundle header') == 1
 
     def keys(self):
         return sorted(self.entries)
@@ -376,20 +405,21 @@ class Bundle:
         """(TF dtype number, shape, shard, offset, size, crc32c or None) of a tensor."""
         if name not in self.entries:
             raise KeyError(name)
+        what = f'{self.prefix}.index: tensor {name}'
         msg = parse_message(self.entries[name])
         if 7 in msg:
             raise BundleError(f'{name} is a partitioned (sliced) variable: not supported')
-        shape = parse_message(msg[2][0]) if 2 in msg else {}
-        dims = tuple(parse_message(d).get(1, [0])[0] for d in shape.get(2, []))
-        dtype = msg.get(1, [0])[0]
+        shape = message(msg, 2, what)
+        dims = tuple(scalar(message({2: [d]}, 2, what), 1, 0, what) for d in shape.get(2, []))
+        dtype = scalar(msg, 1, 0, what)
         # The shape alone must be one a tensor of this machine can have (its non-empty
         # dimensions too: callers build models from shapes before reading any tensor).
         itemsize = np.dtype(DTYPES[dtype]).itemsize if dtype in DTYPES else 1
         files.check_declared(files.declared_nbytes([d for d in dims if d], itemsize,
                                                    f'tensor {name}', self.prefix + '.index'),
                              f'the shape {dims} of tensor {name}', self.prefix + '.index')
-        return (dtype, dims, msg.get(3, [0])[0], msg.get(4, [0])[0],
-                msg.get(5, [0])[0], msg.get(6, [None])[0])
+        return (dtype, dims, scalar(msg, 3, 0, what), scalar(msg, 4, 0, what),
+                scalar(msg, 5, 0, what), scalar(msg, 6, None, what))
 
     def shape(self, name):
         return self.entry(name)[1]
@@ -402,7 +432,8 @@ class Bundle:
                               f'reader does not support')
         path = f'{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}'
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'{path} (holding {name}) is missing')
+            raise BundleError(f'{path} (holding {name}) is missing: the bundle is incomplete '
+                              f'or its index damaged')
         np_dtype = np.dtype(DTYPES[dtype]).newbyteorder('>' if self.big_endian else '<')
         if files.declared_nbytes(shape, np_dtype.itemsize, f'tensor {name}', path) != size:
             raise BundleError(f'{name}: {size} bytes do not hold a {DTYPE_NAMES[dtype]} tensor '

@@ -404,8 +404,6 @@ def test_plot_logs_draws_the_new_metrics(tmp_path):
                                  [200, 200, 200]):
         assert ax.lines[0].get_ydata().tolist() == [r[key] for r in records]
         assert ax.lines[1].get_xdata().tolist() == [best_itr]  # KID, intraFID: lowest
-    paths = plot_logs.plot_run(run, str(tmp_path))
-    assert str(tmp_path / 'run' / 'metrics.png') in paths
     fig = plot_logs.figure_compare([run, run])
     assert [ax.get_title() for ax in fig.axes] == [
         f'{t}\nunknown protocol' for t in ('Inception Score', 'FID', 'KID', 'precision',
@@ -430,8 +428,9 @@ def test_plot_logs_refuses_mixed_protocols(tmp_path, capsys):
     def plot(*args):
         return plot_logs.main(['--logs_root', str(tmp_path), '--experiment_name', *args])
     plot('same')  # seeds differ: the same protocol
-    plot('release')  # no stamps at all: one (unknown) protocol
+    # No stamps at all: one (unknown) protocol.
     run = plot_logs.read_experiment(str(tmp_path), 'release')
+    plot_logs.check_protocols([run])
     assert plot_logs.figure_IS_FID(run).axes[0].get_title().endswith('unknown protocol')
     plot_logs.pyplot().close('all')
     for names, why in [(['mixed'], 'num_fakes'), (['same', 'release'], 'some records have none')]:

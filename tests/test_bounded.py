@@ -218,6 +218,7 @@ def plot_logs_cli(logs_root, timeout=120):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['fifo', 'dev_zero'])
 def test_plot_logs_refuses_what_is_not_a_regular_file(tmp_path, kind):
     """A FIFO named G_loss.log would block a plain open() forever; a symlink to /dev/zero

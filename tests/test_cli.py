@@ -167,6 +167,7 @@ SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, 'scripts', '**', '*.sh'
                  if os.path.relpath(p, os.path.join(ROOT, 'scripts')) not in SHELL_ONLY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_script_file_parses(path, tmp_path):
     """Every python command a scripts/*.sh runs parses with its entry point's parser."""
@@ -176,6 +177,7 @@ def test_script_file_parses(path, tmp_path):
         entry_parser(entry).parse_args(args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('row', read_tsv('release_scripts.tsv'), ids=lambda r: r['script'])
 def test_release_script_present_unchanged(row, tmp_path):
     """scripts/ holds every release script with the release's environment and arguments."""
@@ -214,6 +216,7 @@ def digest(folder):
     return out
 
 
+@pytest.mark.slow
 def test_unknown_dataset(tmp_path):
     """An unknown dataset exits non-zero with one stderr line naming it."""
     code, err = run_train('--dataset', 'NOPE32', '--device', 'cpu', *roots(tmp_path))
@@ -229,6 +232,7 @@ def test_unknown_init_refused_unless_skipped(key):
     assert tiny_config('--' + key, 'default', '--skip_init')[key] == 'default'
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint(tmp_path):
     """--resume with nothing to resume exits non-zero with one line, writing no weights."""
     code, err = run_train(*TINY_FLAGS, *roots(tmp_path), '--resume')
@@ -237,6 +241,7 @@ def test_resume_without_checkpoint(tmp_path):
     assert not glob.glob(str(tmp_path / 'weights' / '**' / '*.pth'), recursive=True)
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint(tmp_path):
     """A checkpoint of another shape exits non-zero naming the first bad key; files unchanged."""
     config = tiny_config('--ema')

@@ -238,6 +238,7 @@ def recorded_losses(name):
     return lambda itr, state_dict: {k: series[k][itr] for k in collapse.LOSSES}
 
 
+@pytest.mark.slow
 def test_warn_line_record_and_offline_scan_agree(data_root, tmp_path, monkeypatch, capsys):
     """--on_collapse warn, the step replaying a recorded run's losses (D wins): one line naming
     the onset, signals and last healthy checkpoint, one jsonl record, the run goes on; the
@@ -263,6 +264,7 @@ def test_warn_line_record_and_offline_scan_agree(data_root, tmp_path, monkeypatc
     assert run['metrics']['G_linear_sv0'][0].tolist() == list(range(10, 611, 10))
 
 
+@pytest.mark.slow
 def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
     """--on_collapse stop: the line on stderr and exit status 3, no checkpoint after it."""
     with pytest.raises(SystemExit) as stopped:
@@ -278,6 +280,7 @@ def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
     assert not os.path.exists(tmp_path / 'weights' / NAME / 'state_dict.pth')
 
 
+@pytest.mark.slow
 def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, capsys):
     """--on_collapse rollback: the run goes back to the healthy set (saved at 100, healthy 300
     clean iterations on) bit for bit, both learning rates halved; the _healthy set outlives
@@ -325,6 +328,7 @@ def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, caps
     assert state['collapse'] == {'rollbacks': 1}
 
 
+@pytest.mark.slow
 def test_rollback_needs_checkpoints(tmp_path, capsys):
     """--on_collapse rollback with --save_every 0 is refused at start-up (exit 2)."""
     with pytest.raises(SystemExit) as refused:

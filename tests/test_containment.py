@@ -73,6 +73,7 @@ def test_entry_points_refuse_before_creating(entry, flag, tmp_path, capsys):
         assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_sample_config_from_name_refuses(tmp_path, capsys):
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as e:

@@ -206,6 +206,7 @@ def test_unknown_policy_names():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flags, message', [
     (['--DiffAugment', 'translation,cutuot'], "unknown DiffAugment policy name 'cutuot'"),
     (['--CR', '10', '--CR_augment', 'flip'], "flip goes first"),
@@ -704,6 +705,7 @@ def test_fork_script_arguments_parse_and_configure(row):
 # ----------------------------------------------------------------------------
 # Resume.
 
+@pytest.mark.slow
 def test_resume_with_lecam_and_diffaugment_is_bit_exact(data_root, tmp_path):
     """3 iterations + --resume + 3 more equal 6 at once, with the anchors in state_dict.pth;
     resuming without them (fresh anchors at 1000) gives another run."""

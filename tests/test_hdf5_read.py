@@ -177,6 +177,7 @@ def test_loader_ships_uint8_that_become_the_old_floats(tmp_path, workers, load_i
         assert torch.equal(as_bits(x_old), as_bits(expect)) and torch.equal(y, y_old)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extra', [[], ['--load_in_mem', '--channels_last'],
                                    ['--num_workers', '1']])
 def test_step_gets_the_release_floats(data_root, tmp_path, monkeypatch, extra):
@@ -289,6 +290,7 @@ def test_multi_epoch_sampler_resumes_and_splits_ranks():
     assert ranks[0] == stream[5 * bs * 2::2] and ranks[1] == stream[5 * bs * 2 + 1::2]
 
 
+@pytest.mark.slow
 def test_train_resume_is_bit_exact_with_chunk_window(data_root, tmp_path, monkeypatch):
     """On an HDF5 file with --chunk_window: 3 + resume + 3 iterations (an epoch boundary
     inside) equal 6 in one run, and the batches follow the chunk-aware order."""
@@ -443,6 +445,7 @@ def test_image_folder_load_in_mem_checks_before_loading(tmp_path, memory):
     assert len(dset.ImageFolder(str(tmp_path), transform=transform, load_in_mem=True).data) == 6
 
 
+@pytest.mark.slow
 def test_train_refuses_load_in_mem_with_one_line(data_root, tmp_path, memory, capsys):
     imgs, labels = images(res=32)
     path = write(tmp_path / 'f.hdf5', imgs, labels)

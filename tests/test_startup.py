@@ -122,6 +122,7 @@ def test_train_refuses_bad_hdf5_before_writing(case, data_root, tmp_path, capsys
     assert path in line and WHAT[case] in line
 
 
+@pytest.mark.slow
 def test_a_good_hdf5_trains(data_root, tmp_path):
     """The same file with good labels and pixels passes the checks and trains."""
     out = str(tmp_path / 'out')
@@ -249,6 +250,7 @@ def test_bad_first_image_is_refused_at_start(damage, data_root, tmp_path, capsys
     assert f'image {bad} cannot be read' in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage, workers', [(bomb_png, 1), (truncated_png, 0)])
 def test_bad_image_in_training_keeps_the_checkpoint(damage, workers, data_root, tmp_path,
                                                     capsys):
@@ -371,6 +373,7 @@ def test_train_refuses_bad_moments_before_writing(arrays, what, data_root, tmp_p
     assert what in train_refuses(metrics_run(data_root, out, h5), out, capsys)
 
 
+@pytest.mark.slow
 def test_train_logs_the_fid_of_good_moments(data_root, tmp_path, fake_inception):
     """The control: the same run with good moments logs a finite, non-negative FID."""
     import json

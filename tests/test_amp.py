@@ -77,6 +77,7 @@ def assert_float32_state(G, D, G_ema):
                 assert torch.isfinite(state[key]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('amp', ['bf16', 'fp16'])
 def test_amp_step_runs_finite_and_keeps_state_float32(amp):
     if amp == 'fp16':
@@ -189,6 +190,7 @@ def compiler_unavailable(error):
     return None
 
 
+@pytest.mark.slow
 def test_compile_runs_one_step(monkeypatch):
     """--compile (torch.compile of G and D through train.wrap) runs a step on the tiny models and
     matches the eager step.

@@ -617,6 +617,7 @@ def make_h5(path, n=12):
         f.create_dataset('labels', data=np.arange(n) % 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['S32', 'ImageFolder', 'HDF5'])
 def test_num_samples_for_every_dataset_type(kind, data_root, tmp_path):
     """The loader's data is the base set at the fork's indices (seed --seed)."""

@@ -1186,6 +1186,7 @@ def fuzzed(tmp_path_factory):
     return results, cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FORMATS))
 def test_every_mutant_passes(fuzzed, name):
     stats = fuzzed[0][name]

@@ -500,6 +500,7 @@ def test_available_memory_reads_meminfo_and_cgroup_limits(tmp_path):
     assert real is not None and real > 0
 
 
+@pytest.mark.slow
 def test_read_benchmark_runs(tmp_path, monkeypatch, capsys):
     """tools/bench_hdf5_read.py end to end on a tiny file: every figure of its table."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))

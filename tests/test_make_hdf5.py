@@ -149,6 +149,7 @@ def test_bad_image_stops_the_run_with_its_path(folder, workers, capsys):
     assert sorted(os.listdir(folder)) == ['ImageNet']
 
 
+@pytest.mark.slow
 def test_skip_bad_skips_and_reports(folder, capsys):
     jpg, png = _break_images(folder)
     out = _convert(folder, '--num_workers', '0', '--skip_bad', '--chunk_size', '4')

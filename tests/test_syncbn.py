@@ -22,6 +22,7 @@ def syncbn_error(monkeypatch):
     return syncbn_error
 
 
+@pytest.mark.slow
 def test_two_ranks_match_float64_reference(syncbn_error):
     """ccbn, bn, myBN, a GBlock, BigGAN and BigGANdeep G on 2 ranks (even and uneven batches,
     inputs of mean 0, 10 and 100): outputs, parameter and input gradients and running buffers

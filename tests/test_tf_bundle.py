@@ -66,6 +66,7 @@ def test_round_trip(tmp_path):
     assert bundle.shape('linear/w') == (300, 500)
 
 
+@pytest.mark.slow
 def test_many_entries_span_several_blocks(tmp_path):
     """More index entries than one 256 KiB block holds: several data blocks, an index over
     them with shortened separator keys."""

@@ -703,6 +703,9 @@ def select_metrics(spec='IS,FID', no_fid=False, kid=False):
     """The metrics a comma-separated --metrics names, in metrics.METRICS order, with --no_fid
     removing FID and --kid adding KID; a ConfigError names any unknown one."""
     names = {n.strip() for n in spec.split(',') if n.strip()}
+    if not names:
+        raise ConfigError(f"--metrics {spec!r} names no metric; give some of "
+                          f"{', '.join(METRICS)}")
     unknown = names - set(METRICS)
     if unknown:
         raise ConfigError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose from "

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import datasets as dset
 import flags
-from files import atomic_path, check_writable
+from files import atomic_path, check_writable, open_regular
 
 
 class BadImageError(flags.ConfigError):
@@ -116,7 +116,7 @@ def load_square(path, res):
     transforms.Resize(res) on a PIL image, minus torchvision's dispatch; returns
     uint8 3 x res x res.
     """
-    with open(path, 'rb') as f:
+    with open_regular(path, 'image') as f:  # a FIFO or device named x.png would block or never end
         img = Image.open(f)
         # convert('RGB') on an RGB image is only a copy; load() decodes in place.
         if img.mode == 'RGB':

@@ -119,11 +119,12 @@ def run(config):
 
     # Check the metrics' Inception weights and moments now, so a missing file fails before any
     # training rather than at the first test.
+    # --metrics is checked even when nothing tests, so a typo fails now, not at a later resume.
+    import inception_utils
+    names = inception_utils.select_metrics(config['metrics'], config['no_fid'], config['kid'])
     get_inception_metrics = None
     if config['test_every'] > 0:
-        import inception_utils
-        inception_utils.check_which_best(config['which_best'], inception_utils.select_metrics(
-            config['metrics'], config['no_fid'], config['kid']))
+        inception_utils.check_which_best(config['which_best'], names)
         get_inception_metrics = inception_utils.metrics_from_config(
             config, device,
             # Tests sample z with std 1 and no truncation, whatever --z_var says (see below).

@@ -765,3 +765,29 @@ def test_unusable_hdf5_files(tmp_path, capsys):
         line = exits_with_one_line(train.main, argv, capsys)
         assert expect in line and name in line
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('value', ['FOO', '', ' , '])
+def test_metrics_flag_checked_even_without_tests(data_root, tmp_path, capsys, value):
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', '--metrics', value)
+    assert '--metrics' in exits_with_one_line(train.main, argv, capsys)
+    assert not out.exists()
+
+
+def test_make_hdf5_refuses_a_fifo_named_like_an_image(tmp_path, capsys):
+    """A FIFO named x.png would block make_hdf5's reader forever."""
+    from PIL import Image
+    folder = tmp_path / 'imgs' / 'a'
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f'{i}.png')
+    os.mkfifo(folder / 'x.png')
+    with pytest.raises(SystemExit) as info:
+        make_hdf5.main(['--dataset', 'mine', '--dataset_root', str(tmp_path / 'imgs'),
+                        '--resolution', '32', '--data_root', str(tmp_path / 'out'),
+                        '--num_workers', '0'])
+    assert info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
+    assert len(errors) == 1 and 'x.png' in errors[0] and 'not a regular file' in errors[0]
+    assert not glob.glob(str(tmp_path / 'out' / '*.hdf5'))

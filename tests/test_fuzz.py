@@ -1197,6 +1197,7 @@ def test_every_mutant_passes(fuzzed, name):
     assert not stats['failures'], '\n'.join(stats['failures'][:20])
 
 
+@pytest.mark.slow
 def test_cli_sample(fuzzed):
     """The command lines end in 0, or 2 with one line (no traceback) on the same mutants."""
     bad = []

@@ -410,6 +410,11 @@ def check_optimizer_state(optim, loaded, path):
         raise CheckpointError(f'{path}: its parameter groups ({theirs}) do not fit the model '
                               f'built from these flags ({ours}); pass the flags the checkpoint '
                               f'was trained with')
+    for group, theirs_group in zip(optim.param_groups, loaded['param_groups']):
+        for key, value in group.items():
+            if key != 'params' and not _like(theirs_group.get(key, value), value):
+                raise CheckpointError(f'{path}: its {key} {theirs_group[key]!r:.60} is not an '
+                                      f'optimizer setting like {value!r}; the file is damaged')
     for index, state in states.items():
         if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(
                 state, dict):
@@ -417,14 +422,75 @@ def check_optimizer_state(optim, loaded, path):
                                   f'of the model; the file is damaged')
         for key, value in state.items():
             # The release's Adam saved its step as a Python number; ours, a 0-d tensor.
-            if isinstance(value, (int, float)) or value is None:
-                continue
-            if (not isinstance(value, torch.Tensor)
-                    or value.dim() > 0 and value.shape != params[index].shape):
-                raise CheckpointError(
-                    f'{path}: optimizer state {key} of parameter {index} has shape '
-                    f'{tuple(getattr(value, "shape", ()))}, not its parameter\'s '
-                    f'{tuple(params[index].shape)}; the file is damaged')
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if value.shape != params[index].shape:
+                    raise CheckpointError(
+                        f'{path}: optimizer state {key} of parameter {index} has shape '
+                        f'{tuple(value.shape)}, not its parameter\'s '
+                        f'{tuple(params[index].shape)}; the file is damaged')
+            elif not (value is None or _like(value, 0.0)):
+                raise CheckpointError(f'{path}: optimizer state {key} of parameter {index} is '
+                                      f'{value!r:.60}, not a count; the file is damaged')
+
+
+def _like(value, ours):
+    """Whether a loaded optimizer setting or step has the kind of ours: a bool for a bool, a
+    finite non-negative number for a number (a 0-d tensor counts), a sequence of them for a
+    sequence, anything for other kinds."""
+    if isinstance(ours, bool) or ours is None:
+        return isinstance(value, type(ours)) or ours is None
+    if isinstance(ours, (int, float)):
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            value = value.item()
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0)
+    if isinstance(ours, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(ours)
+                and all(_like(v, o) for v, o in zip(value, ours)))
+    return True
+
+
+# The training state's own entries and their kinds (a release state_dict.pth has the first six).
+STATE_KINDS = {'itr': int, 'epoch': int, 'save_num': int, 'save_best_num': int,
+               'best_IS': float, 'best_FID': float, 'config': dict, 'optim_settings': dict,
+               'files': dict, 'collapse': dict}
+
+
+def check_training_state(state, path):
+    """Refuse a training state whose entries are not of their kinds (counts: non-negative
+    ints; bests: numbers, not NaN), or whose random streams this process cannot restore: it
+    is tried on a copy of this process's streams, which are then put back."""
+    for key, kind in STATE_KINDS.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if kind is float:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and not math.isnan(value))
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise CheckpointError(f'{path}: its {key} is {value!r:.60}, not a '
+                                  f'{"count" if kind is int else kind.__name__}; the file is '
+                                  f'damaged or not a state_dict.pth of this project')
+    for net, settings in state.get('optim_settings', {}).items():
+        if not (isinstance(settings, dict) and all(
+                _like(settings.get(k), o) for k, o in [('lr', 0.0), ('betas', (0.0, 0.0)),
+                                                         ('eps', 0.0)])
+                and all(b < 1 for b in settings['betas']) and settings['eps'] > 0):
+            raise CheckpointError(f'{path}: its optim_settings for {net} ({settings!r:.80}) are '
+                                  f'not learning rates, betas and an eps; the file is damaged')
+    if 'rng' in state:
+        here = get_rng_state()
+        try:
+            set_rng_state(state['rng'])
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError):
+            raise CheckpointError(f'{path}: its rng entry is not random-stream states this '
+                                  f'process can restore; the file is damaged') from None
+        finally:
+            set_rng_state(here)
 
 
 def _refused_global(error):
@@ -485,7 +551,10 @@ def mismatched_companion(folder, saved):
     if not isinstance(record, dict):
         return None
     for name, want in record.items():
-        path = os.path.join(folder, name)
+        path = os.path.join(folder, str(name))
+        if (not isinstance(want, dict) or not isinstance(name, str)
+                or os.path.basename(name) != name):
+            return str(name), 'its record in state_dict.pth is damaged'
         if not os.path.isfile(path):
             return name, 'missing'
         if os.path.getsize(path) != want.get('size'):
@@ -558,7 +627,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                               f'{sets_hint(folder, needed)}')
     loaded = {'state_dict': torch_load(path('state_dict'))}
     check_kind(loaded['state_dict'], path('state_dict'), 'state_dict')
-    if isinstance(loaded['state_dict'].get('config'), dict):
+    check_training_state(loaded['state_dict'], path('state_dict'))
+    if 'config' in loaded['state_dict']:
         check_types(loaded['state_dict']['config'], path('state_dict'))
     # Checked before any other file is read: a save interrupted between its renames leaves
     # new files beside an old state_dict.pth, whose record then no longer matches them.
@@ -572,6 +642,12 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     for name in needed[:-1]:
         loaded[name] = torch_load(path(name))
         check_kind(loaded[name], path(name), name)
+    # save_weights never writes NaN or Inf, so a set holding them was damaged after saving.
+    bad = first_nonfinite({name: loaded[name] for name in needed[:-1]})
+    if bad is not None:
+        raise CheckpointError(f"{path(bad.split('.')[0])}: {bad} holds NaN or Inf, which no "
+                              f'checkpoint of this project is saved with; the file is damaged'
+                              f'{sets_hint(folder, needed)}')
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             check_shapes(net, loaded[name], path(name), strict)

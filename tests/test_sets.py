@@ -9,6 +9,7 @@ import torch
 
 import checkpoints
 import convert_pretrained
+import files
 from flags import StopRun
 from helpers import hf_standin, load_as_sample, save_hf, tiny_config, tiny_models
 
@@ -240,3 +241,72 @@ def test_an_optimizer_state_that_does_not_fit_is_refused(tmp_path, damage):
     with pytest.raises(checkpoints.CheckpointError, match='G_optim.pth'):
         checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
     assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())
+
+
+def corrupt_state(root, name, change):
+    """Rewrite one file of the saved set with change(obj) applied, and refresh state_dict.pth's
+    record of it, as someone who can write the files can."""
+    path = f'{root}/exp/{name}.pth'
+    obj = torch.load(path, weights_only=True)
+    change(obj)
+    torch.save(obj, path)
+    if name != 'state_dict':
+        state_path = f'{root}/exp/state_dict.pth'
+        saved = torch.load(state_path, weights_only=True)
+        saved['files'][f'{name}.pth'] = files.file_digest(path)
+        torch.save(saved, state_path)
+
+
+def set_key(key, value):
+    def change(obj):
+        obj[key] = value
+    return change
+
+
+def first_group(key, value):
+    def change(obj):
+        obj['param_groups'][0][key] = value
+    return change
+
+
+def first_state(key, value):
+    def change(obj):
+        obj['state'][0][key] = value(obj['state'][0][key])
+    return change
+
+
+@pytest.mark.parametrize('name,change,expect', [
+    ('state_dict', set_key('config', [1, 2]), 'config'),
+    ('state_dict', set_key('itr', -5), 'itr'),
+    ('state_dict', set_key('itr', '2'), 'itr'),
+    ('state_dict', set_key('best_FID', float('nan')), 'best_FID'),
+    ('state_dict', set_key('rng', {'torch': 'x'}), 'rng'),
+    ('state_dict', set_key('optim_settings', {'G': {'lr': float('nan'), 'betas': [0, 0.9],
+                                                    'eps': 1e-8}}), 'optim_settings'),
+    ('G_optim', first_group('lr', 'x'), 'lr'),
+    ('G_optim', first_group('betas', (0.0,)), 'betas'),
+    ('G_optim', first_state('step', lambda v: torch.tensor(-1.0)), 'step'),
+    ('G_optim', first_state('exp_avg_sq', lambda v: torch.full_like(v, float('nan'))), 'NaN'),
+    ('D', lambda obj: obj[next(iter(obj))].fill_(float('inf')), 'NaN or Inf'),
+])
+def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
+                                                                   expect):
+    """Every entry a resume reads is checked at load (checkpoints.check_training_state,
+    check_optimizer_state, the finiteness of every tensor), not found by the first step."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = tiny_models(config, seed=1)
+    for net in (G, D):
+        net.optim.zero_grad()
+        sum(p.sum() for p in net.parameters()).backward()
+        net.optim.step()
+    saved = state(1, config)
+    saved['rng'] = checkpoints.get_rng_state()
+    checkpoints.save_weights(G, D, saved, root, 'exp', None, G_ema)
+    corrupt_state(root, name, change)
+    G2, D2, E2 = tiny_models(config, seed=9)
+    before = {k: v.clone() for k, v in G2.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(checkpoints.CheckpointError, match=expect):
+        checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
+    assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -546,6 +546,8 @@ def check_moments(moments, path, command):
         problem = f'the KID features have shape {feats.shape}, not (K, {len(mu)})'
     elif feats is not None and not np.isfinite(feats).all():
         problem = 'the KID features hold NaN or Inf'
+    elif moments.get('count') is not None and moments['count'] < 2:
+        problem = f"they claim to be of {moments['count']} images (a covariance needs 2)"
     if problem is not None:
         raise InceptionMomentsError(f'Inception moments {path}: {problem}; recompute them '
                                     f'with: {command}')
@@ -671,7 +673,23 @@ class PerClassMoments:
             raise InceptionMomentsError(
                 f'per-class Inception moments {path} were computed with the {file_backend} '
                 f'backend, not {backend}; recompute them with --inception_backend {backend}')
+        if counts.ndim != 1 or counts.dtype.kind not in 'iu' or (counts < 0).any():
+            raise InceptionMomentsError(
+                f'per-class Inception moments {path} have counts that are not image counts '
+                f'({counts.dtype}, min {counts.min(initial=0)}); recompute them')
         self.counts = counts
+        if not self.classes:
+            raise InceptionMomentsError(
+                f'per-class Inception moments {path} hold no class of two or more images, so '
+                f'intra-FID has nothing to compare with; recompute them')
+
+    def check_features(self, net):
+        """Refuse a file whose features are not the length net gives, before training."""
+        n = getattr(net, 'module', net).pool_features
+        if self.h5['mu'].shape[-1] != n:
+            raise InceptionMomentsError(
+                f"per-class Inception moments {self.path} hold {self.h5['mu'].shape[-1]} "
+                f'features, but the Inception network gives {n}; recompute them')
 
     @property
     def classes(self):
@@ -679,8 +697,12 @@ class PerClassMoments:
         return [int(c) for c in np.flatnonzero(self.counts >= 2)]
 
     def moments(self, c):
-        """(mu (D,), sigma (D, D)) of class c, read from the file now."""
-        return self.h5['mu'][c], self.h5['sigma'][c]
+        """(mu (D,), sigma (D, D)) of class c, read from the file now and checked as every
+        moments file is (check_moments), so a damaged class gives no number."""
+        mu, sigma = self.h5['mu'][c], self.h5['sigma'][c]
+        check_moments({'mu': mu, 'sigma': sigma, 'count': int(self.counts[c])},
+                      f'{self.path} (class {c})', 'calculate_inception_moments.py --per_class')
+        return mu, sigma
 
     def sha256(self):
         """The file's sha256 (for the protocol stamp)."""
@@ -800,6 +822,8 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
     net = load_inception_net(parallel, backend, weights_path, device)
     if moments is not None:
         check_feature_count(moments, net, dataset, data_root, backend)
+    if per_class is not None:
+        per_class.check_features(net)
     weights_path = weights_path or default_weights_path(backend)
     stamp = metrics_protocol(names, dataset, backend, weights_path, moments, per_class,
                              kid_subset_size, kid_subsets, prdc_k, intra_fid_per_class)

@@ -443,3 +443,34 @@ def test_plot_logs_refuses_mixed_protocols(tmp_path, capsys):
         assert sorted(p.name for p in tmp_path.rglob('*.png')) == before  # nothing written
     plot('mixed', '--mix_protocols')
     assert (tmp_path / 'mixed' / 'IS_FID.png').exists()
+
+
+@pytest.mark.parametrize('damage,where', [
+    ('nan_mu', 'moments'), ('asymmetric', 'moments'), ('negative_count', 'open'),
+    ('no_class', 'open')])
+def test_damaged_per_class_moments_give_no_number(tmp_path, damage, where):
+    """A per-class file is checked as a moments file is: its counts when opened, each class's
+    mu and sigma (check_moments) when read, so intra-FID never averages a NaN or a non-PSD
+    class into a number."""
+    import h5py
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((2, 20, 4))
+    path = tmp_path / 'm.hdf5'
+    with h5py.File(path, 'w') as h5:
+        h5.attrs['backend'] = 'torchvision'
+        counts = np.array([20, 20]) if damage != 'no_class' else np.array([1, 0])
+        h5['count'] = -counts if damage == 'negative_count' else counts
+        h5['mu'] = rows.mean(1)
+        h5['sigma'] = np.stack([np.cov(r, rowvar=False) for r in rows])
+        if damage == 'nan_mu':
+            h5['mu'][1, 2] = np.nan
+        if damage == 'asymmetric':
+            h5['sigma'][1, 0, 3] += 1.0
+    if where == 'open':
+        with pytest.raises(inception_utils.InceptionMomentsError):
+            inception_utils.PerClassMoments(str(path), 'torchvision')
+        return
+    reader = inception_utils.PerClassMoments(str(path), 'torchvision')
+    reader.moments(0)  # the intact class reads
+    with pytest.raises(inception_utils.InceptionMomentsError, match='class 1'):
+        reader.moments(1)

@@ -306,6 +306,7 @@ BAD_MOMENTS = {
                                       'KID features have shape (5, 9)'),
     'NaN in KID features': (dict(feats=np.full((5, D), np.nan, np.float32)),
                             'KID features hold NaN'),
+    'a negative image count': (dict(count=np.array(-5)), 'of -5 images'),
 }
 
 

@@ -107,12 +107,13 @@ def load_statistics(path, backend):
             raise FileError(f'statistics {path} were computed with the {file_backend} '
                             f'backend, not {backend}; pass --inception_backend {file_backend}')
         mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-            raise FileError(f'statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not '
-                            f'match')
-        return {'mu': mu, 'sigma': sigma,
-                'feats': data['feats'] if 'feats' in data.files else None,
-                'count': int(data['count']) if 'count' in data.files else None}
+        stats = {'mu': mu, 'sigma': sigma,
+                 'feats': data['feats'] if 'feats' in data.files else None,
+                 'count': int(data['count']) if 'count' in data.files else None}
+    # The checks every moments file gets: shapes, finite, symmetric, PSD, feature width.
+    inception_utils.check_moments({k: v for k, v in stats.items() if v is not None}, path,
+                                  'evaluate.py SOURCE --save_stats')
+    return stats
 
 
 def _checkpoint_sampler(config, device):
@@ -243,11 +244,17 @@ def run(config):
                 raise FileError(f'{need} needs features, and statistics {spec} hold none; '
                                 f'make them with evaluate.py SOURCE --save_stats')
     record = {}
+    if 'IS' in names and fake['IS'] is None:
+        # IS is of the fakes' images: statistics have none (the default IS,FID still gives FID).
+        if names == ('IS',):
+            raise flags.ConfigError(f'IS needs images, and {sources[1]} holds statistics; give '
+                                    f'the images or ask for other --metrics')
+        print(f'note: no IS: {sources[1]} holds statistics, not images')
     if 'IS' in names and fake['IS'] is not None:
         record['IS_mean'], record['IS_std'] = fake['IS']
     if 'FID' in names:
-        record['FID'] = metrics.numpy_calculate_frechet_distance(
-            fake['mu'], fake['sigma'], real['mu'], real['sigma'])
+        record['FID'] = inception_utils.valid_fid(metrics.numpy_calculate_frechet_distance(
+            fake['mu'], fake['sigma'], real['mu'], real['sigma']), fake['sigma'], real['sigma'])
     protocol = {'metrics': list(names), 'backend': backend, 'weights': os.path.basename(weights),
                 'weights_sha256': file_digest(weights)['sha256'],
                 'resize': inception_utils.RESIZE[backend], 'num_fakes': fake['count'],

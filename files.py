@@ -482,5 +482,8 @@ def check_npz(path, what='.npz file'):
                 except NPZ_ERRORS as e:
                     raise FileError(f'{path}: {member} is not a readable .npy array '
                                     f'({" ".join(str(e).split())[:200]})') from None
+                if dtype.hasobject:  # pickled objects: np.load(allow_pickle=False) would stop
+                    raise FileError(f'{path}: {member} is an array of Python objects; only '
+                                    f'numeric arrays are read')
                 check_declared(declared_nbytes(shape, dtype.itemsize, member, path),
                                f'the array {info.filename}', path, limit=max(left, 0))

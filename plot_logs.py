@@ -39,6 +39,9 @@ DPI = 100
 SV_LOG = re.compile(r'([GD])_.*sv\d+$')  # utils.get_SVs' names: G_blocks_0_0_conv1_sv0
 MAX_LINE = 1 << 20   # bytes; the loggers write lines of at most a few kB
 ITR_LIMIT = 1 << 63  # iterations are plotted as int64
+# What a log may make a figure draw: title labels and key names (their glyphs are drawn one by
+# one) and the number of distinct keys read.
+MAX_LABEL, MAX_KEY, MAX_KEYS = 100, 64, 256
 # Finite values larger than this are no loss or score: matplotlib's ranges and ticks overflow
 # on them. NaN and inf are kept (drawn as gaps), as the loggers may write them.
 VALUE_LIMIT = 1e100
@@ -160,7 +163,13 @@ def read_jsonl(path, protocols=False):
     skipped_notice(path, beyond, f'with a number beyond {VALUE_LIMIT:g} or an iteration that '
                                  f'is not an int64 count')
     keys = sorted({k for r in records for k, v in r.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and len(k) <= MAX_KEY})
+    # Each key becomes an array as long as the log: a log inventing new keys on every line
+    # would grow as keys x records, so only the first MAX_KEYS keys (itr always) are kept.
+    if len(keys) > MAX_KEYS:
+        print(f'note: {path}: {len(keys)} numeric keys, only the first {MAX_KEYS} are read')
+        keys = ['itr'] + [k for k in keys if k != 'itr'][:MAX_KEYS - 1]
     # A key numeric in one record and of another type in the next is NaN there.
     series = {k: np.array([r[k] if isinstance(r.get(k), float) else np.nan for r in records],
                           dtype=np.float64) for k in keys}
@@ -261,9 +270,12 @@ def protocol_label(key):
     if key is None:
         return 'unknown protocol'
     p = json.loads(key)
-    ref = p.get('reference') or {}
-    return (f"{p.get('backend')}, {p.get('num_fakes')} fakes"
-            + (f", vs {ref.get('dataset')} {ref.get('split')}" if ref else ''))
+    ref = p.get('reference')
+    ref = ref if isinstance(ref, dict) else {}
+    label = (f"{p.get('backend')}, {p.get('num_fakes')} fakes"
+             + (f", vs {ref.get('dataset')} {ref.get('split')}" if ref else ''))
+    # A title is drawn glyph by glyph: a stamp's values come from the log, so cap its length.
+    return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 3] + '...'
 
 
 def check_protocols(runs, mix=False):

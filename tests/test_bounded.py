@@ -323,3 +323,20 @@ def test_hdf5_compressed_labels_beyond_memory_are_refused(tmp_path, no_full_read
     path = hdf5_declaring(tmp_path / 'gzip.hdf5', 2 * 10 ** 8, labels_compression='gzip')
     with pytest.raises(files.FileError, match='more than the 1.0 GB'):
         datasets.ILSVRC_HDF5(path)
+
+
+def test_plot_logs_bounds_what_a_log_makes_it_draw(tmp_path):
+    """A protocol stamp of 0.3 MB became a figure title drawn glyph by glyph (minutes); a log
+    with a new key per line grew as keys x records. Labels and key counts are capped."""
+    import json
+
+    import plot_logs
+    stamp = {'backend': {'a': [1] * 100000}}
+    assert len(plot_logs.protocol_label(plot_logs.protocol_key({'protocol': stamp}))) <= 100
+    path = tmp_path / 'run_log.jsonl'
+    with open(path, 'w') as f:
+        for i in range(300):
+            f.write(json.dumps({'itr': i, f'key{i}': 1.0, 'k' * 100: 2.0}) + '\n')
+    series = plot_logs.read_jsonl(str(path))
+    assert 'itr' in series and len(series) == plot_logs.MAX_KEYS
+    assert 'k' * 100 not in series

@@ -107,3 +107,30 @@ def test_bad_inputs_one_line_exit_2(sources, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert '\n' not in err and why in err, (args, err)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
+    """Statistics files get every moments file's checks (inception_utils.check_moments), so no
+    FID of NaN or of a non-covariance is printed as a number; npz arrays of Python objects are
+    refused at the header (files.check_npz)."""
+    folder, npz, _, _ = sources
+    eye = np.eye(8)
+    asym = eye.copy()
+    asym[0, 3] = 1.0
+    np.savez(tmp_path / 'nan.npz', mu=np.full(8, np.nan), sigma=eye)
+    np.savez(tmp_path / 'asym.npz', mu=np.zeros(8), sigma=asym)
+    np.savez(tmp_path / 'inf_feats.npz', mu=np.zeros(8), sigma=eye, feats=np.full((5, 8), np.inf))
+    np.savez(tmp_path / 'objects.npz', x=np.array([{'a': 1}, None], dtype=object))
+    np.savez(tmp_path / 'good.npz', mu=np.zeros(8), sigma=eye)
+    cases = [([tmp_path / 'nan.npz', npz], 'NaN or Inf'),
+             ([tmp_path / 'asym.npz', npz], 'not symmetric'),
+             ([tmp_path / 'inf_feats.npz', npz, '--metrics', 'KID', '--kid_subset_size', '5'],
+              'KID features hold NaN'),
+             ([folder, tmp_path / 'objects.npz'], 'Python objects'),
+             ([tmp_path / 'good.npz', tmp_path / 'good.npz', '--metrics', 'IS'], 'IS needs images')]
+    for args, why in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(['--device', 'cpu', *map(str, args)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert '\n' not in err and why in err, (args, err)

@@ -147,8 +147,10 @@ class Detector(object):
             self.sv.append((itr, values))
 
     def test(self, itr, metrics):
-        if 'FID' in metrics:
-            self.tests.append((itr, float(metrics['FID'])))
+        # A FID is a distance: a NaN or negative one (a damaged log) is no evidence either way.
+        fid = metrics.get('FID')
+        if isinstance(fid, (int, float)) and math.isfinite(fid) and fid >= 0:
+            self.tests.append((itr, float(fid)))
 
     def saved(self, itr):
         """A checkpoint was written at itr: True when it becomes the candidate."""

@@ -786,7 +786,7 @@ def metrics_protocol(names, dataset, backend, weights_path, moments, per_class, 
 def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision',
                     weights_path=None, device=None, data_root='data', kid=False,
                     kid_subset_size=1000, kid_subsets=100, num_images=None, metrics='IS,FID',
-                    prdc_k=5, intra_fid_per_class=50, sampling=None):
+                    prdc_k=5, intra_fid_per_class=50, sampling=None, n_classes=None):
     """Load the network (and moments) once; return measure(sample, num_images, num_splits=10,
     prints=True, use_torch=True, sampling=None) -> {'IS_mean', 'IS_std', 'FID', ...,
     'protocol'}.
@@ -824,6 +824,11 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
         check_feature_count(moments, net, dataset, data_root, backend)
     if per_class is not None:
         per_class.check_features(net)
+        if n_classes is not None and len(per_class.counts) != n_classes:
+            raise InceptionMomentsError(
+                f'per-class Inception moments {per_class.path} hold {len(per_class.counts)} '
+                f'classes, but the dataset has {n_classes}; recompute them with '
+                f'{moments_command(dataset, data_root, backend)} --per_class')
     weights_path = weights_path or default_weights_path(backend)
     stamp = metrics_protocol(names, dataset, backend, weights_path, moments, per_class,
                              kid_subset_size, kid_subsets, prdc_k, intra_fid_per_class)
@@ -902,7 +907,7 @@ def metrics_from_config(config, device=None, sampling=None):
         kid_subset_size=config['kid_subset_size'], kid_subsets=config['kid_subsets'],
         num_images=config['num_inception_images'], metrics=config['metrics'],
         prdc_k=config['prdc_k'], intra_fid_per_class=config['intra_fid_per_class'],
-        sampling=sampling)
+        sampling=sampling, n_classes=config.get('n_classes'))
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False,

@@ -364,3 +364,13 @@ def test_plot_logs_collapse_cli(tmp_path, monkeypatch, capsys):
                       '--collapse_watch)')
     assert (tmp_path / 'run' / 'losses.png').is_file()
     assert [list(x) for x in drawn[0]] == [[onset, onset], [onset, onset]]  # both panels
+
+
+def test_impossible_fids_are_no_evidence():
+    """A NaN, infinite or negative FID (a damaged or crafted log) never enters the FID rule,
+    online or offline (both go through Detector.test)."""
+    import collapse
+    detector = collapse.Detector()
+    for itr, fid in enumerate([10.0, -1e6, float('nan'), float('inf'), 'x', 12.0]):
+        detector.test(itr, {'FID': fid})
+    assert detector.tests == [(0, 10.0), (5, 12.0)]

@@ -474,3 +474,26 @@ def test_damaged_per_class_moments_give_no_number(tmp_path, damage, where):
     reader.moments(0)  # the intact class reads
     with pytest.raises(inception_utils.InceptionMomentsError, match='class 1'):
         reader.moments(1)
+
+
+def test_per_class_moments_of_another_class_count_are_refused_at_start_up(tmp_path,
+                                                                          monkeypatch):
+    import h5py
+
+    from helpers import FakeInception
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((2, 20, 8))
+    with h5py.File(tmp_path / inception_utils.per_class_moments_filename('S32'), 'w') as h5:
+        h5.attrs['backend'] = 'torchvision'
+        h5['count'] = np.array([20, 20])
+        h5['mu'] = rows.mean(1)
+        h5['sigma'] = np.stack([np.cov(r, rowvar=False) for r in rows])
+    weights = tmp_path / 'w.pth'
+    weights.write_bytes(b'stand-in')
+    with pytest.raises(inception_utils.InceptionMomentsError, match='hold 2 classes, but the '
+                       'dataset has 3'):
+        inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
+                                        weights_path=str(weights), n_classes=3)
+    inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
+                                    weights_path=str(weights), n_classes=2)

@@ -83,6 +83,16 @@ def test_save_stats_then_compare(sources, tmp_path):
     assert via_stats['protocol']['reference']['kind'] == 'statistics'
 
 
+def exits_with_one_line_each(cases, capsys):
+    """Each (args, why): evaluate.py exits 2 with one stderr line containing why."""
+    for args, why in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(['--device', 'cpu', *map(str, args)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert '\n' not in err and why in err, (args, err)
+
+
 def test_bad_inputs_one_line_exit_2(sources, tmp_path, capsys):
     folder, npz, _, _ = sources
     (tmp_path / 'notes.txt').write_text('x')
@@ -100,12 +110,7 @@ def test_bad_inputs_one_line_exit_2(sources, tmp_path, capsys):
              ([folder, '--save_stats', tmp_path / 'stats.txt'], 'must end in .npz'),
              ([folder, npz, '--metrics', 'KID'], '--kid_subset_size')]
     before = sorted(os.listdir(tmp_path))
-    for args, why in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.main(['--device', 'cpu', *map(str, args)])
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert '\n' not in err and why in err, (args, err)
+    exits_with_one_line_each(cases, capsys)
     assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -128,9 +133,4 @@ def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
               'KID features hold NaN'),
              ([folder, tmp_path / 'objects.npz'], 'Python objects'),
              ([tmp_path / 'good.npz', tmp_path / 'good.npz', '--metrics', 'IS'], 'IS needs images')]
-    for args, why in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.main(['--device', 'cpu', *map(str, args)])
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert '\n' not in err and why in err, (args, err)
+    exits_with_one_line_each(cases, capsys)

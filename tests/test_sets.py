@@ -216,17 +216,23 @@ def test_a_tensor_larger_than_its_storage_is_refused(tmp_path):
     assert torch.equal(checkpoints.torch_load(path)['w'], torch.ones(2, 4))
 
 
+def stepped_models(config):
+    """tiny_models after one optimizer step each, so the optimizers hold per-parameter state."""
+    G, D, G_ema = tiny_models(config, seed=1)
+    for net in (G, D):
+        net.optim.zero_grad()
+        sum(p.sum() for p in net.parameters()).backward()
+        net.optim.step()
+    return G, D, G_ema
+
+
 @pytest.mark.parametrize('damage', ['shape', 'index', 'groups'])
 def test_an_optimizer_state_that_does_not_fit_is_refused(tmp_path, damage):
     """An optimizer file whose per-parameter state does not fit the model (saved consistently,
     so the set's record matches) is refused at load, before torch's first Adam step would
     crash on it; nothing is loaded into the models."""
     root, config = str(tmp_path), tiny_config()
-    G, D, G_ema = tiny_models(config, seed=1)
-    for net in (G, D):
-        net.optim.zero_grad()
-        sum(p.sum() for p in net.parameters()).backward()
-        net.optim.step()
+    G, D, G_ema = stepped_models(config)
     first = next(iter(G.optim.state))
     if damage == 'shape':
         G.optim.state[first]['exp_avg'] = torch.zeros(3)
@@ -294,11 +300,7 @@ def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, nam
     """Every entry a resume reads is checked at load (checkpoints.check_training_state,
     check_optimizer_state, the finiteness of every tensor), not found by the first step."""
     root, config = str(tmp_path), tiny_config()
-    G, D, G_ema = tiny_models(config, seed=1)
-    for net in (G, D):
-        net.optim.zero_grad()
-        sum(p.sum() for p in net.parameters()).backward()
-        net.optim.step()
+    G, D, G_ema = stepped_models(config)
     saved = state(1, config)
     saved['rng'] = checkpoints.get_rng_state()
     checkpoints.save_weights(G, D, saved, root, 'exp', None, G_ema)

@@ -32,6 +32,23 @@ def prdc_package_need(n_real, n_fake, itemsize=4):
     return max(nn_pass, cross)
 
 
+def overlapping_features(n, dim, latent=16, seed=0):
+    """Real and fake features that share a manifold, so that all four numbers lie strictly
+    between 0 and 1: Inception features of a trained G sit on a low-dimensional set near the
+    real one, while independent 2,048-d Gaussians are all far apart (P, D, C 0 and R 1). Both
+    sets are a fixed linear map of `latent`-d Gaussians plus small noise; the fakes' latents
+    are shrunk and shifted, as a G that covers part of the data and strays a little."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    lift = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
+    z_real = rng.standard_normal((n, latent), dtype=np.float32)
+    z_fake = rng.standard_normal((n, latent), dtype=np.float32) * 0.8 + 0.3
+    noise = 0.05
+    real = z_real @ lift + noise * rng.standard_normal((n, dim), dtype=np.float32)
+    fake = z_fake @ lift + noise * rng.standard_normal((n, dim), dtype=np.float32)
+    return real, fake
+
+
 def _status(key):
     """A /proc/self/status field in bytes."""
     with open('/proc/self/status') as f:
@@ -43,11 +60,8 @@ def _status(key):
 
 def child(impl, n, dim, k, device):
     """One measurement, in this (fresh) process: prints a JSON line."""
-    import numpy as np
     sys.path.insert(0, ROOT)
-    rng = np.random.default_rng(0)
-    real = rng.standard_normal((n, dim), dtype=np.float32)
-    fake = rng.standard_normal((n, dim), dtype=np.float32) * 1.1 + 0.05
+    real, fake = overlapping_features(n, dim)
     if impl == 'prdc':
         import contextlib
         import io

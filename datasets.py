@@ -198,8 +198,20 @@ def _nested_image_dirs(class_dir):
     return direct, nested
 
 
+# A class needs this many images: a class of one image cannot show the generator any variety
+# (D memorises it), and one with none is a stray folder; both are most often a misplaced file
+# or folder rather than data.
+MIN_CLASS_IMAGES = 2
+
+
+def class_counts(labels, n_classes):
+    """Images per class, for class indices 0..n_classes-1."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+
+
 def check_layout(root, classes, samples, n_classes=None):
-    """Raise DatasetError with one clear line when root is not root/<class>/<image>."""
+    """Raise DatasetError with one clear line when root is not root/<class>/<image> with at
+    least MIN_CLASS_IMAGES images in every class."""
     if not classes:
         top = [f for f in os.listdir(root) if is_image_file(f)]
         if top:
@@ -210,11 +222,20 @@ def check_layout(root, classes, samples, n_classes=None):
     if not samples:
         raise DatasetError(f'no images ({", ".join(IMG_EXTENSIONS)}) found under '
                            f'the class folders of {root}')
-    empty = sorted(set(range(len(classes))) - {label for _, label in samples})
-    if empty:
-        names = ', '.join(repr(classes[i]) for i in empty[:5])
-        raise DatasetError(f'{len(empty)} class folder(s) of {root} hold no images '
-                           f'({names}); add images or remove those folders')
+    counts = class_counts([label for _, label in samples], len(classes))
+    few = np.flatnonzero(counts < MIN_CLASS_IMAGES)
+    if len(few) == 1:
+        i = few[0]
+        raise DatasetError(
+            f'class folder {os.path.join(root, classes[i])} holds {counts[i]} '
+            f'image{"" if counts[i] == 1 else "s"}; '
+            f'a class needs at least {MIN_CLASS_IMAGES}: add images or remove the folder')
+    if len(few):
+        names = ', '.join(f'{classes[i]!r} ({counts[i]})' for i in few[:5])
+        raise DatasetError(
+            f'{len(few)} class folders of {root} hold fewer than {MIN_CLASS_IMAGES} images '
+            f'({names}{", ..." if len(few) > 5 else ""}); a class needs at least '
+            f'{MIN_CLASS_IMAGES}: add images or remove those folders')
     if len(classes) == 1 or (n_classes is not None and len(classes) != n_classes):
         direct, nested = _nested_image_dirs(os.path.join(root, classes[0]))
         if len(classes) == 1 and not direct and len(nested) > 1:
@@ -272,7 +293,11 @@ class ImageFolder(data.Dataset):
             nested = [os.path.relpath(f, self.root) for f in folders]
             nested = [f for f in nested if os.sep in f]
             self._write_index(sig, nested, *cached)
-        elif n_classes is not None and len(cached[0]) != n_classes:
+        elif ((n_classes is not None and len(cached[0]) != n_classes)
+              or not len(cached[0])
+              or (class_counts(cached[2], len(cached[0])) < MIN_CLASS_IMAGES).any()):
+            # An index cached by a version without the class-size rule, or a crafted one, is
+            # held to the rule too.
             check_layout(self.root, cached[0], list(zip(cached[1], cached[2])), n_classes)
         return cached
 

@@ -10,7 +10,8 @@
 # images become RGB). A folder of images without class subfolders is trained as one class;
 # train.py itself refuses such a folder, so this script gives the data path a view of it, one
 # symlinked class folder under $DATA_ROOT/${NAME}_1class. A folder that cannot train is refused
-# with one line by the data path's own checks (the layout, unreadable images), before training.
+# with one line by the data path's own checks (the layout, a class of fewer than two images,
+# unreadable images), before training.
 #
 # Extra flags reach train.py and sample.py, after this script's, as in launch_demo.sh: an
 # override (e.g. --G_ch 16) reaches both, so the checkpoint still matches.

@@ -119,29 +119,29 @@ def test_image_folder_cache_reused_and_invalidated(tmp_path, monkeypatch):
     ds = dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
     assert calls == [1] and len(ds) == 10
     # A new class folder changes the signature too.
-    _make_folder(tmp_path, classes=('d',), per_class=1)
+    _make_folder(tmp_path, classes=('d',), per_class=2)
     ds = dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
     assert len(calls) == 2 and ds.classes == ['a', 'b', 'c', 'd']
     # Edits inside a folder nested in a class folder are seen too.
     (tmp_path / 'c' / 'more').mkdir()
     Image.new('RGB', (5, 5)).save(tmp_path / 'c' / 'more' / '0.png')
-    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 12
+    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 13
     assert len(calls) == 3
-    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 12
+    assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 13
     assert len(calls) == 3
     Image.new('RGB', (5, 5)).save(tmp_path / 'c' / 'more' / '1.png')
     os.utime(tmp_path / 'c' / 'more', ns=(time.time_ns(), time.time_ns() + 10 ** 9))
     ds = dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
-    assert len(calls) == 4 and len(ds) == 13
+    assert len(calls) == 4 and len(ds) == 14
     assert (str(tmp_path / 'c' / 'more' / '1.png'), 2) in ds.imgs
 
 
 def test_image_folder_load_in_mem_applies_transform_once(tmp_path):
-    _make_folder(tmp_path, per_class=1)
+    _make_folder(tmp_path, per_class=2)
     seen = []
     ds = dset.ImageFolder(str(tmp_path), transform=lambda im: seen.append(1) or im.size,
                           load_in_mem=True)
-    assert len(seen) == 3 and ds[0][0] == (20, 14) and len(seen) == 3
+    assert len(seen) == 6 and ds[0][0] == (20, 14) and len(seen) == 6
 
 
 def test_folder_layout_errors(tmp_path):
@@ -166,6 +166,36 @@ def test_folder_layout_errors(tmp_path):
         dset.ImageFolder(str(ok), n_classes=5)
     assert '\n' not in str(info.value)
 
+
+
+def test_classes_with_fewer_than_two_images_refused(tmp_path, monkeypatch):
+    """A class needs two images: one or none is refused in one line naming the class folder,
+    however the index was built."""
+    _make_folder(tmp_path, classes=('a', 'c'), per_class=2)
+    _make_folder(tmp_path, classes=('b',), per_class=1)
+    with pytest.raises(dset.DatasetError) as info:
+        dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
+    assert str(info.value) == (f'class folder {tmp_path / "b"} holds 1 image; a class needs '
+                               f'at least 2: add images or remove the folder')
+    assert not (tmp_path / 'X_imgs.npz').exists()
+    # Two classes at fault: both named with their counts.
+    (tmp_path / 'd').mkdir()
+    with pytest.raises(dset.DatasetError, match=r"2 class folders of .* hold fewer than 2 "
+                                                r"images \('b' \(1\), 'd' \(0\)\)"):
+        dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
+    (tmp_path / 'd').rmdir()
+    # An index cached without the rule (as an older version wrote it) is held to it too.
+    with monkeypatch.context() as m:
+        m.setattr(dset, 'check_layout', lambda *a: None)
+        assert len(dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')) == 5
+    assert (tmp_path / 'X_imgs.npz').exists()
+    with pytest.raises(dset.DatasetError, match='holds 1 image;'):
+        dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz')
+    # Two images are enough.
+    Image.new('RGB', (5, 5)).save(tmp_path / 'b' / 'second.png')
+    os.utime(tmp_path / 'b', ns=(time.time_ns(), time.time_ns() + 10 ** 9))
+    assert dset.ImageFolder(str(tmp_path), index_filename='X_imgs.npz').labels.tolist() == [
+        0, 0, 1, 1, 2, 2]
 
 # ----------------------------------------------------------------------------
 # ILSVRC_HDF5.

@@ -174,6 +174,18 @@ def test_folder_layout_error_exits_cleanly(tmp_path, capsys):
     assert not list(tmp_path.glob('*.hdf5*'))
 
 
+
+def test_one_image_class_exits_cleanly(folder, capsys):
+    """A class folder with one image: one line naming it, exit 2, no file written."""
+    for name in ('1.jpg', '2.tif'):
+        os.remove(folder / 'ImageNet' / 'b' / name)
+    with pytest.raises(SystemExit) as info:
+        _convert(folder, '--num_workers', '0')
+    line = _exit_line(info, capsys)
+    assert line.startswith('error: class folder ') and os.path.join('ImageNet', 'b') in line
+    assert 'holds 1 image;' in line
+    assert not list(folder.glob('*.hdf5*')) and not list(folder.glob('.*hdf5*'))
+
 def test_refuses_hdf5_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         make_hdf5.main(['--dataset', 'I128_hdf5', '--data_root', str(tmp_path)])

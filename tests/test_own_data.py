@@ -94,12 +94,15 @@ def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
     assert not (tmp_path / 'data' / 'flat32.hdf5').exists()
 
 
-def test_refused_in_one_line_by_check_layout(tmp_path):
-    """A folder that cannot train (here a class folder without images) is refused by
+@pytest.mark.parametrize('b_images', [0, 1])
+def test_refused_in_one_line_by_check_layout(tmp_path, b_images):
+    """A folder that cannot train (a class folder with no image or one) is refused by
     datasets.check_layout's own line, exit 2, and nothing is written."""
-    make_folder(tmp_path / 'bad', {'a': ('RGB', 2), 'b': ('RGB', 0)})
+    make_folder(tmp_path / 'bad', {'a': ('RGB', 2), 'b': ('RGB', b_images)})
     with pytest.raises(datasets.DatasetError) as refused:
         datasets.ImageFolder(str(tmp_path / 'bad'), index_filename='bad_imgs.npz')
+    assert str(refused.value).startswith(f"class folder {tmp_path / 'bad' / 'b'} holds "
+                                         f'{b_images} image')
     run = launch(tmp_path, tmp_path / 'bad')
     assert run.returncode == 2 and run.stdout == ''
     assert run.stderr.strip().splitlines() == [f'error: {refused.value}']

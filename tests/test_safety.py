@@ -482,14 +482,22 @@ def test_sampling_ranges(data_root, run_dir, capsys, extra, expect):
 
 
 def test_data_folders_without_images(tmp_path, capsys):
+    """train.py on an image folder without images, or with a class of none or one."""
     (tmp_path / 'empty').mkdir()
-    folder = tmp_path / 'one_empty_class'
-    (folder / 'a').mkdir(parents=True)
-    (folder / 'b').mkdir()
     from PIL import Image
-    Image.new('RGB', (8, 8)).save(folder / 'a' / '0.png')
-    for root, expect in [(tmp_path / 'empty', 'no class folders and no images'),
-                         (folder, "hold no images ('b')")]:
+    folders = {}
+    for name, sizes in (('one_empty_class', (2, 0)), ('one_image_class', (2, 1))):
+        folders[name] = tmp_path / name
+        for cls, n in zip('ab', sizes):
+            (folders[name] / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new('RGB', (8, 8)).save(folders[name] / cls / f'{i}.png')
+    for root, expect in [
+            (tmp_path / 'empty', 'no class folders and no images'),
+            (folders['one_empty_class'], f"class folder {folders['one_empty_class'] / 'b'} "
+                                         f'holds 0 images; a class needs at least 2'),
+            (folders['one_image_class'], f"class folder {folders['one_image_class'] / 'b'} "
+                                         f'holds 1 image; a class needs at least 2')]:
         argv = run_flags(str(tmp_path), str(tmp_path / 'out'), NAME) + [
             '--dataset', 'mine', '--dataset_root', str(root), '--resolution', '32',
             '--n_classes', '2']

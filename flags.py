@@ -79,6 +79,14 @@ ADDED_FLAGS = frozenset([
     '--compression_filter', '--skip_bad', '--output', '--no_progress'])  # make_hdf5.py
 
 
+# How a run is measured rather than what it trained: sample.py and evaluate.py take these from
+# their command line even under --config_from_name, so a checkpoint's stored config cannot
+# change the protocol a user asked for (or its cost: counts, subsets, k).
+MEASUREMENT_FLAGS = ('inception_backend', 'inception_weights', 'num_inception_images', 'no_fid',
+                     'kid', 'kid_feats', 'kid_subset_size', 'kid_subsets', 'metrics', 'prdc_k',
+                     'intra_fid_per_class')
+
+
 class ReleaseParser(ArgumentParser):
     """ArgumentParser that reads abbreviated release flags as the release's parser did.
 

@@ -12,6 +12,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import trange
 
+import flags
 import utils
 from checkpoints import load_weights
 from files import atomic_open, remove_stale_temps, scratch_folder
@@ -21,9 +22,8 @@ from files import atomic_open, remove_stale_temps, scratch_folder
 KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'use_ema',
                           'G_eval_mode', 'device', 'experiment_name', 'load_weights',
                           'weights_root', 'logs_root', 'samples_root', 'data_root', 'parallel',
-                          'amp', 'channels_last', 'compile', 'inception_backend',
-                          'inception_weights', 'kid', 'num_inception_images', 'no_fid',
-                          'accumulate_stats', 'num_standing_accumulations', 'truncation']
+                          'amp', 'channels_last', 'compile', 'accumulate_stats',
+                          'num_standing_accumulations', 'truncation', *flags.MEASUREMENT_FLAGS]
 
 
 def config_from_checkpoint(config):

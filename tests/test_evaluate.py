@@ -134,3 +134,28 @@ def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
              ([folder, tmp_path / 'objects.npz'], 'Python objects'),
              ([tmp_path / 'good.npz', tmp_path / 'good.npz', '--metrics', 'IS'], 'IS needs images')]
     exits_with_one_line_each(cases, capsys)
+
+
+def test_config_from_name_keeps_the_measurement_flags_of_the_command_line(monkeypatch):
+    """A checkpoint's stored config gives the model flags, never how it is measured: every
+    flag of flags.MEASUREMENT_FLAGS keeps its command-line value (a downloaded checkpoint
+    storing kid_subsets 10**9 or other metrics cannot change the protocol or its cost)."""
+    import sample
+    import utils
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = vars(parser.parse_args(['--experiment_name', 'x', '--config_from_name',
+                                     '--metrics', 'KID,PRDC', '--kid_subsets', '3']))
+    asked = dict(config)
+    stored = dict(config)
+    stored.update(metrics='intraFID', kid_subsets=10 ** 9, kid_subset_size=10 ** 9, prdc_k=10 ** 9,
+                  intra_fid_per_class=10 ** 9, num_inception_images=10 ** 12,
+                  no_fid=True, kid=True, inception_backend='tf_fid', inception_weights='/x',
+                  G_ch=4)
+    monkeypatch.setattr(sample, 'load_weights', lambda *a, **k: dict(stored))
+    monkeypatch.setattr(utils, 'check_names', lambda config: None)
+    out = sample.config_from_checkpoint(config)
+    assert out['G_ch'] == 4  # a model flag: the checkpoint's
+    for key in ('metrics', 'kid_subsets', 'kid_subset_size', 'prdc_k', 'intra_fid_per_class',
+                'num_inception_images', 'no_fid', 'kid', 'inception_backend',
+                'inception_weights'):
+        assert out[key] == asked[key], key

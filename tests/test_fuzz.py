@@ -855,22 +855,27 @@ def mutate_jpeg(rng, data):
     return bytes(data), 'jpeg-' + kind
 
 
+# Two images per class, the fewest a class may hold (datasets.MIN_CLASS_IMAGES); the first of
+# each class is the one mutated.
+IMAGE_FILES = ('a/0.png', 'a/1.png', 'b/0.jpg', 'b/1.jpg')
+
+
 def make_images(folder):
     import numpy as np
     from PIL import Image
     r = np.random.default_rng(0)
     for c in ('a', 'b'):
         os.makedirs(os.path.join(folder, 'images', c), exist_ok=True)
-    Image.fromarray(r.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(
-        os.path.join(folder, 'images', 'a', '0.png'))
-    Image.fromarray(r.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(
-        os.path.join(folder, 'images', 'b', '0.jpg'), quality=90)
+    for name in IMAGE_FILES:
+        shape = (12, 10, 3) if name.startswith('a') else (10, 12, 3)
+        Image.fromarray(r.integers(0, 256, shape, dtype=np.uint8)).save(
+            os.path.join(folder, 'images', name), quality=90)
 
 
 def images_base(folder):
     make_images(folder)
     out = {}
-    for name in ('a/0.png', 'b/0.jpg'):
+    for name in IMAGE_FILES:
         with open(os.path.join(folder, 'images', name), 'rb') as f:
             out[name] = f.read()
     return out
@@ -1336,7 +1341,7 @@ def test_image_index_naming_paths_outside_the_folder(tmp_path):
     import datasets
     ds = datasets.ImageFolder(str(tmp_path / 'images'))
     assert sorted(os.path.relpath(p, tmp_path / 'images') for p in ds.paths) == [
-        os.path.join('a', '0.png'), os.path.join('b', '0.jpg')]
+        os.path.join(*name.split('/')) for name in IMAGE_FILES]
 
 
 if __name__ == '__main__':

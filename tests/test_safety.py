@@ -330,10 +330,11 @@ def test_dataset_caches_refused(tmp_path, capsys):
         (folder / c).mkdir(parents=True)
         torch.manual_seed(0)
         from PIL import Image
-        Image.new('RGB', (8, 8)).save(folder / c / '0.png')
+        for i in range(2):
+            Image.new('RGB', (8, 8)).save(folder / c / f'{i}.png')
     datasets.ImageFolder(str(folder), index_filename='x_imgs.npz')
     np.savez(folder / 'x_imgs.npz', signature=np.array([System(str(marker))], dtype=object))
-    assert len(datasets.ImageFolder(str(folder), index_filename='x_imgs.npz')) == 2
+    assert len(datasets.ImageFolder(str(folder), index_filename='x_imgs.npz')) == 4
     with np.load(folder / 'x_imgs.npz', allow_pickle=False) as rebuilt:
         assert rebuilt['signature'].dtype.kind == 'U'
     assert not marker.exists()

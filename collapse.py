@@ -266,12 +266,17 @@ class Watch(object):
     are imported here, so that reading logs (plot_logs.py) needs numpy only.
     """
 
-    def __init__(self, config, experiment_name, state_dict, nets, test_log=None):
+    def __init__(self, config, experiment_name, state_dict, nets, test_log=None,
+                 precision=None, anchors=None):
         import checkpoints
         import distributed
-        self.ckpt, self.dist = checkpoints, distributed
+        import step_helpers
+        self.ckpt, self.dist, self.helpers = checkpoints, distributed, step_helpers
         self.config, self.name, self.state_dict = config, experiment_name, state_dict
         self.G, self.D, self.G_ema = nets
+        # The step's fp16 loss scales and LeCam anchors (None without --amp fp16 / --LC):
+        # part of the state a rollback restores.
+        self.precision, self.anchors = precision, anchors
         self.test_log = test_log
         self.rank0 = distributed.get_rank() == 0
         state_dict.setdefault('collapse', {'rollbacks': 0})
@@ -368,11 +373,24 @@ class Watch(object):
         """Every rank: reload the healthy set, lower both learning rates, and save the result as
         the latest set, so a relaunch of the same command resumes here with the lower rates
         (checkpoints.override_optimizer_settings keeps a checkpoint's rates when the flags
-        are the launch's)."""
+        are the launch's).
+
+        The set's whole training state comes back as a --resume from it restores it (train.py):
+        G, D, G_ema, both optimizers, the fp16 loss scales and the LeCam anchors. The
+        iteration and epoch counters, the copy slots, the bests, the random streams and the
+        rollback count go on: they describe the run, not the weights."""
         config = self.config
         scratch = {'config': config}
         self.ckpt.load_weights(self.G, self.D, scratch, config['weights_root'], self.name,
                                self.ckpt.HEALTHY_SET, self.G_ema)
+        if self.precision is not None and 'amp' in scratch:
+            self.precision.load_state_dict(scratch['amp'])
+            self.state_dict.update(self.precision.state_dict())
+        if self.anchors is not None:
+            # What a resume builds from the set: its anchors, or fresh ones if it has none.
+            self.anchors.load_state_dict(
+                self.helpers.lecam_anchors(config, scratch).state_dict())
+            self.state_dict['ema_losses'] = self.anchors.state_dict()
         self.ckpt.set_optimizer_settings(self.G.optim, lr=decision['G_lr'])
         self.ckpt.set_optimizer_settings(self.D.optim, lr=decision['D_lr'])
         self.state_dict['collapse']['rollbacks'] = decision['rollback']

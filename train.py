@@ -194,9 +194,12 @@ def run(config):
     precision = step_helpers.Precision(config, device)
     if 'amp' in state_dict:
         precision.load_state_dict(state_dict['amp'])
+    # The LeCam anchors (None without --LC), a resume's from state_dict; the watch restores
+    # them at a rollback.
+    anchors = step_helpers.lecam_anchors(config, state_dict)
     if config['which_train_fn'] == 'GAN':
         train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config,
-                                                precision)
+                                                precision, ema_losses=anchors)
     else:
         train = train_fns.dummy_training_function()
     sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
@@ -206,7 +209,8 @@ def run(config):
     watch = None
     if config['collapse_watch']:
         watch = collapse.Watch(config, experiment_name, state_dict,
-                               (G, D, G_ema if config['ema'] else None), test_log)
+                               (G, D, G_ema if config['ema'] else None), test_log,
+                               precision=precision, anchors=anchors)
 
     def evaluate_and_save(testing, saving):
         """Test (IS/FID, best copies) and/or checkpoint with sheets, in sampling mode."""

@@ -12,6 +12,7 @@ import torch
 import checkpoints
 import collapse
 import plot_logs
+import step_helpers
 import train
 import train_fns
 import utils
@@ -167,31 +168,56 @@ def test_recorded_runs(name, capsys):
 # ----------------------------------------------------------------------------
 # train.py --collapse_watch, with a stand-in step.
 
-def stand_in(losses_at, seen):
-    """GAN_training_function's stand-in: every 50th step moves G's and D's weights and Adam
-    states (one optimizer step on random gradients); each returns losses_at(itr, state_dict).
+def stand_in(losses_at, seen, seed=0):
+    """GAN_training_function's stand-in: every 50th step moves the training state (G's and D's
+    weights and Adam states by one optimizer step on random gradients drawn from seed, G_ema
+    by one EMA update, the LeCam anchors under --LC, the fp16 loss scales under --amp fp16);
+    each returns losses_at(itr, state_dict).
 
-    seen['after_rollback'] gets G, D and their optimizers' states as the first step after a
-    rollback finds them; seen[itr] the states at each itr a checkpoint is saved at (every 100).
+    seen['after_rollback'] gets that state (as states() lists it) as the first step after a
+    rollback finds it; seen[itr] the state at each itr a checkpoint is saved at (every 100).
     """
-    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
-        gen = torch.Generator().manual_seed(0)
+    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None, ema_losses=None):
+        gen = torch.Generator().manual_seed(seed)
         done = [0]
+        if ema_losses is None:  # what the real step does
+            ema_losses = step_helpers.lecam_anchors(config, state_dict)
 
         def states():
-            return torch_copy({'G': G.state_dict(), 'D': D.state_dict(),
-                               'G_optim': G.optim.state_dict(),
-                               'D_optim': D.optim.state_dict()})
+            out = {'G': G.state_dict(), 'D': D.state_dict(), 'G_optim': G.optim.state_dict(),
+                   'D_optim': D.optim.state_dict()}
+            if ema is not None:
+                out['G_ema'] = ema.target.state_dict()
+            if ema_losses is not None:
+                out['anchors'] = ema_losses.state_dict()
+            if precision is not None:
+                out.update(precision.state_dict())  # 'amp' under fp16
+            return torch_copy(out)
+
+        def move(itr):
+            for net in (G, D):
+                for p in net.parameters():
+                    p.grad = torch.randn(p.shape, generator=gen)
+                net.optim.step()
+            if ema is not None:
+                ema.update(itr)
+            if ema_losses is not None:
+                for key in ('D_real', 'D_fake'):
+                    ema_losses.update(float(torch.rand((), generator=gen)), key, itr)
+                state_dict['ema_losses'] = ema_losses.state_dict()  # as losses.LeCam does
+            if precision is not None and precision.G_scaler.is_enabled():
+                for scaler in (precision.G_scaler, precision.D_scaler):
+                    scaler.load_state_dict({**scaler.state_dict(),
+                                            'scale': scaler.get_scale() / 2})
+                precision.skipped['D'] += 1
 
         def step(x, y):
             itr = state_dict['itr']
             if state_dict.get('collapse', {}).get('rollbacks', 0) > done[0]:
                 done[0] += 1
                 seen['after_rollback'] = states()
-            for net in (G, D) if itr % 50 == 0 else ():
-                for p in net.parameters():
-                    p.grad = torch.randn(p.shape, generator=gen)
-                net.optim.step()
+            if itr % 50 == 0:
+                move(itr)
             if itr % 100 == 0:
                 seen[itr] = states()
             return losses_at(itr, state_dict)
@@ -280,11 +306,35 @@ def test_stop_exits_3_with_the_line(data_root, tmp_path, monkeypatch, capsys):
     assert not os.path.exists(tmp_path / 'weights' / NAME / 'state_dict.pth')
 
 
+def resumed(weights_root, suffix, *flags):
+    """What a --resume from the set with suffix (None: the latest) starts from, as train.py
+    builds it: the models, G_ema and optimizers loaded, the fp16 loss scales and the LeCam
+    anchors restored; (that state as stand_in's states() lists it, the loaded state_dict)."""
+    import BigGAN
+    config = tiny_config('--ema', '--resume', *flags)
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
+    G_ema = BigGAN.Generator(**{**config, 'no_optim': True})
+    state = {'config': config}
+    checkpoints.load_weights(G, D, state, weights_root, NAME, suffix, G_ema)
+    precision = step_helpers.Precision(config, 'cpu')
+    if 'amp' in state:
+        precision.load_state_dict(state['amp'])
+    out = {'G': G.state_dict(), 'D': D.state_dict(), 'G_optim': G.optim.state_dict(),
+           'D_optim': D.optim.state_dict(), 'G_ema': G_ema.state_dict(), **precision.state_dict()}
+    anchors = step_helpers.lecam_anchors(config, state)
+    if anchors is not None:
+        out['anchors'] = anchors.state_dict()
+    return out, state
+
+
 @pytest.mark.slow
 def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, capsys):
-    """--on_collapse rollback: the run goes back to the healthy set (saved at 100, healthy 300
-    clean iterations on) bit for bit, both learning rates halved; the _healthy set outlives
-    --num_save_copies; a relaunch with the same flags resumes with the halved rates."""
+    """--on_collapse rollback, with --LC and --amp fp16: the run goes back to the healthy set
+    (saved at 100, healthy 300 clean iterations on), its whole training state bit for bit as
+    a --resume from it gives it (G, D, G_ema, both optimizers, the fp16 loss scales, the LeCam
+    anchors), both learning rates halved; the _healthy set outlives --num_save_copies; a
+    relaunch with the same flags resumes with the halved rates."""
     rng = np.random.default_rng(1)
 
     def losses_at(itr, state_dict):
@@ -292,39 +342,40 @@ def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, caps
         cured = state_dict['collapse']['rollbacks'] > 0
         return (healthy_losses if itr <= 400 or cured else d_wins_losses)(rng)
     seen = {}
+    flags = ('--G_lr', '1e-4', '--D_lr', '4e-4', '--LC', '0.01', '--amp', 'fp16')
     watched_run(data_root, tmp_path, monkeypatch, losses_at, '--total_itrs', '610',
                 '--save_every', '100', '--num_save_copies', '1', '--on_collapse', 'rollback',
-                '--G_lr', '1e-4', '--D_lr', '4e-4', seen=seen)
+                *flags, seen=seen)
     line, = [line for line in capsys.readouterr().out.splitlines() if 'collapse at' in line]
     record, = events(tmp_path)
     assert record['action'] == 'rollback' and record['healthy_itr'] == 100
     assert record['G_lr'] == pytest.approx(5e-5) and record['D_lr'] == pytest.approx(2e-4)
     assert 'last healthy checkpoint: ' in line and '_healthy.pth (itr 100)' in line
-    # In memory after the rollback: the states of itr 100, but for the learning rates.
-    after, saved = seen['after_rollback'], seen[100]
+    # In memory after the rollback: what a resume from the _healthy set starts from, which is
+    # the state of itr 100, but for the learning rates.
+    weights = str(tmp_path / 'weights')
+    after, (healthy, _) = seen['after_rollback'], resumed(weights, 'healthy', *flags)
     for name in ('G', 'D'):
-        assert_same(after[name], saved[name], name)
         lr = after[name + '_optim']['param_groups'][0]['lr']
         assert lr == pytest.approx(record[name + '_lr'])
-        after[name + '_optim']['param_groups'][0]['lr'] = saved[name + '_optim'][
+        after[name + '_optim']['param_groups'][0]['lr'] = seen[100][name + '_optim'][
             'param_groups'][0]['lr']
-        assert_same(after[name + '_optim'], saved[name + '_optim'], name + '_optim')
+    assert sorted(after) == ['D', 'D_optim', 'G', 'G_ema', 'G_optim', 'amp', 'anchors']
+    assert_same(after, healthy, 'after the rollback')
+    assert_same(after, seen[100], 'after the rollback')
+    # The collapsed state was another one in each part (so the comparisons can fail).
+    for key in after:
+        with pytest.raises(AssertionError):
+            assert_same(seen[500][key], seen[100][key])
     folder = tmp_path / 'weights' / NAME
-    healthy = checkpoints.torch_load(str(folder / 'state_dict_healthy.pth'))
-    assert healthy['itr'] == 100 and sorted(healthy['files']) == sorted(
+    state = checkpoints.torch_load(str(folder / 'state_dict_healthy.pth'))
+    assert state['itr'] == 100 and sorted(state['files']) == sorted(
         f'{n}_healthy.pth' for n in ('G', 'G_optim', 'D', 'D_optim', 'G_ema'))
-    assert_same(checkpoints.torch_load(str(folder / 'G_healthy.pth')), saved['G'])
     assert not os.path.exists(folder / 'G_copy1.pth')  # one rolling copy only
     # A relaunch of the same command resumes with the halved rates (the resume rule).
-    config = tiny_config('--G_lr', '1e-4', '--D_lr', '4e-4', '--resume', '--ema')
-    import BigGAN
-    torch.manual_seed(0)
-    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
-    G_ema = BigGAN.Generator(**{**config, 'no_optim': True})
-    state = {'config': config}
-    checkpoints.load_weights(G, D, state, str(tmp_path / 'weights'), NAME, None, G_ema)
-    assert G.optim.param_groups[0]['lr'] == pytest.approx(5e-5)
-    assert D.optim.param_groups[0]['lr'] == pytest.approx(2e-4)
+    latest, state = resumed(weights, None, *flags)
+    assert latest['G_optim']['param_groups'][0]['lr'] == pytest.approx(5e-5)
+    assert latest['D_optim']['param_groups'][0]['lr'] == pytest.approx(2e-4)
     assert state['collapse'] == {'rollbacks': 1}
 
 

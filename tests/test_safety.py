@@ -594,8 +594,8 @@ def poison_at(itr, nets):
     before iteration itr."""
     real = train.train_fns.GAN_training_function
 
-    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
-        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+    def make(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
+        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
         models = {'G': G, 'D': D, 'G_ema': ema.target if ema else None}
 
         def train_(x, y):
@@ -664,8 +664,8 @@ import sys
 sys.path.insert(0, {root!r})
 import train, train_fns
 real = train_fns.GAN_training_function
-def failing(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
-    step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+def failing(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
+    step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
     def train_(x, y):
         import torch.distributed as dist
         if dist.get_rank() == 1 and state_dict['itr'] == 4:

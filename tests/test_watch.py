@@ -53,8 +53,8 @@ def demo_run(data_root, tmp_path_factory):
     losses, calls = {}, []
     real = train_fns.GAN_training_function
 
-    def recording(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
-        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+    def recording(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
+        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
 
         def train_step(x, y):
             losses[state_dict['itr']] = step(x, y)
@@ -246,8 +246,8 @@ def test_tensorboard_flushes_at_each_save(data_root, tmp_path, monkeypatch):
                         lambda: (event_pb2, summary_pb2, BufferedWriter))
     real = train_fns.GAN_training_function
 
-    def dies_at_5(G, D, GD, z_, y_, ema, state_dict, config, precision=None):
-        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision)
+    def dies_at_5(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
+        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
 
         def train_step(x, y):
             if state_dict['itr'] == 5:

@@ -79,12 +79,18 @@ def _folder_batches(files, batch_size):
     yield torch.stack(batch)
 
 
+def _npz_image_count(path):
+    """The length of an npz's x array, from its header (FileError when it has none)."""
+    shape = check_npz(path, 'npz of images').get('x.npy')
+    if shape is None:
+        raise FileError(f'{path} holds no x array of images (nor mu/sigma statistics)')
+    return shape[0] if shape else 0
+
+
 def _npz_images(path):
     """The x array of an npz of images (uint8 N x 3 x H x W), checked before loading."""
-    check_npz(path, 'npz of images')
+    _npz_image_count(path)
     with np.load(path, allow_pickle=False) as data:
-        if 'x' not in data:
-            raise FileError(f'{path} holds no x array of images (nor mu/sigma statistics)')
         x = data['x']
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3 or not len(x):
         raise FileError(f'{path}: x must be uint8 N x 3 x H x W images, got {x.dtype} '
@@ -159,6 +165,20 @@ def describe(spec):
     return 'statistics' if _is_statistics(spec) else 'images'
 
 
+def source_rows(spec, kind, config):
+    """How many images (statistics: feature rows) a source gives, known before any Inception
+    pass: from the folder's listing, the npz headers or --num_inception_images (None:
+    statistics without features)."""
+    if kind == CHECKPOINT:
+        return config['num_inception_images']
+    if kind == 'folder':
+        return len(_image_files(spec))
+    if kind == 'images':
+        return _npz_image_count(spec)
+    shape = check_npz(spec, 'statistics').get('feats.npy')
+    return shape[0] if shape else None
+
+
 def source_statistics(spec, kind, config, net, keep, device):
     """{'mu', 'sigma', 'feats', 'count', 'IS' ((mean, std) or None), 'stamp'} of a source."""
     if kind == 'statistics':
@@ -222,6 +242,18 @@ def run(config):
     kinds = [describe(s) for s in sources]
     if save and kinds[0] == 'statistics':
         raise flags.ConfigError(f'{sources[0]} already holds statistics')
+    if not save and {'KID', 'PRDC'} & set(names):
+        # Sizes that cannot fit are refused before the sources' Inception passes, not after.
+        rows = [source_rows(s, k, config) for s, k in zip(sources, kinds)]
+        for spec, kind, n in zip(sources, kinds, rows):
+            if kind == 'statistics' and n is None:
+                raise FileError(f"{'/'.join(sorted({'KID', 'PRDC'} & set(names)))} needs "
+                                f'features, and statistics {spec} hold none; make them with '
+                                f'evaluate.py SOURCE --save_stats')
+        if 'KID' in names:
+            metrics.check_kid_sizes(config['kid_subset_size'], *rows)
+        if 'PRDC' in names:
+            metrics.check_prdc_k(config['prdc_k'], *rows)
     backend = config['inception_backend']
     device = torch.device(config['device']) if config['device'] else (
         torch.device('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -238,11 +270,6 @@ def run(config):
         print(f"Saved the statistics of {s['count']} images ({backend} backend) to {save}")
         return save
     real, fake = stats
-    for need in ({'KID', 'PRDC'} & set(names)):
-        for spec, s in zip(sources, stats):
-            if s['feats'] is None:
-                raise FileError(f'{need} needs features, and statistics {spec} hold none; '
-                                f'make them with evaluate.py SOURCE --save_stats')
     record = {}
     if 'IS' in names and fake['IS'] is None:
         # IS is of the fakes' images: statistics have none (the default IS,FID still gives FID).

@@ -452,8 +452,10 @@ NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
 def check_npz(path, what='.npz file'):
     """Refuse (FileError) an .npz whose arrays declare more bytes than their members hold or
     than memory has, reading only the zip directory and each .npy header: np.load allocates
-    an array from its header's shape before reading any of its data."""
+    an array from its header's shape before reading any of its data. Returns the members'
+    shapes ({'x.npy': (N, 3, H, W), ...})."""
     from numpy.lib import format as npy
+    shapes = {}
     with open_regular(path, what) as f:
         length = file_size(f)
         try:
@@ -487,3 +489,5 @@ def check_npz(path, what='.npz file'):
                                     f'numeric arrays are read')
                 check_declared(declared_nbytes(shape, dtype.itemsize, member, path),
                                f'the array {info.filename}', path, limit=max(left, 0))
+                shapes[info.filename] = tuple(shape)
+    return shapes

@@ -411,6 +411,13 @@ def _kth_neighbour_radii(x, norms, nearest_k, block, out_dtype):
     return radii
 
 
+def check_prdc_k(nearest_k, n_real, n_fake):
+    """Refuse a nearest_k below 1 or not below both sample counts (a k-NN ball needs k others)."""
+    if nearest_k < 1 or nearest_k >= min(n_real, n_fake):
+        raise MetricsError(f'PRDC nearest_k must be >= 1 and below both sample counts '
+                           f'({n_real} real, {n_fake} fake), got {nearest_k}')
+
+
 def compute_prdc(real_features, fake_features, nearest_k, block_size=PRDC_BLOCK, device=None):
     """Precision, recall, density and coverage of fake features against real ones.
 
@@ -437,9 +444,7 @@ def compute_prdc(real_features, fake_features, nearest_k, block_size=PRDC_BLOCK,
         raise MetricsError(f'real features have {real.shape[1]} dimensions, '
                            f'fake ones {fake.shape[1]}')
     nearest_k = int(nearest_k)
-    if nearest_k < 1 or nearest_k >= min(len(real), len(fake)):
-        raise MetricsError(f'PRDC nearest_k must be >= 1 and below both sample counts '
-                           f'({len(real)} real, {len(fake)} fake), got {nearest_k}')
+    check_prdc_k(nearest_k, len(real), len(fake))
     block = int(block_size)
     real_norms, fake_norms = _sq_norms(real, block), _sq_norms(fake, block)
     real_radii = _kth_neighbour_radii(real, real_norms, nearest_k, block, real.dtype)

@@ -159,3 +159,20 @@ def test_config_from_name_keeps_the_measurement_flags_of_the_command_line(monkey
                 'num_inception_images', 'no_fid', 'kid', 'inception_backend',
                 'inception_weights'):
         assert out[key] == asked[key], key
+
+
+def test_sizes_that_cannot_fit_are_refused_before_any_inception_pass(sources, tmp_path, capsys,
+                                                                      monkeypatch):
+    """KID's subset, PRDC's k and a statistics file without features are refused from the
+    sources' listings and headers: no image goes through the network first."""
+    folder, npz, _, _ = sources  # 30 images in the folder, 25 in the npz
+    np.savez(tmp_path / 'stats.npz', mu=np.zeros(108), sigma=np.eye(108))
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError('an Inception pass ran before the sizes were checked')
+    monkeypatch.setattr(inception_utils, 'iterate_inception_outputs', no_pass)
+    cases = [([folder, npz, '--metrics', 'KID', '--kid_subset_size', '26'], '25 rows'),
+             ([npz, folder, '--metrics', 'FID,KID', '--kid_subset_size', '26'], '25 and 30'),
+             ([folder, npz, '--metrics', 'PRDC', '--prdc_k', '25'], '25 fake'),
+             ([tmp_path / 'stats.npz', npz, '--metrics', 'PRDC'], 'hold none')]
+    exits_with_one_line_each(cases, capsys)

@@ -300,6 +300,7 @@ def check_protocols(runs, mix=False):
 
 def smooth(values, window):
     """Trailing moving average over window points (fewer at the start); NaNs are skipped."""
+    window = min(window, len(values))  # a wider window averages the same points
     finite = np.isfinite(values)
     sums = np.cumsum(np.where(finite, values, 0.0))
     counts = np.cumsum(finite)
@@ -540,6 +541,9 @@ def plot_run(run, logs_root, x='itr', window=100, onsets=()):
 
 def run(config):
     pyplot()  # a missing matplotlib stops us before any reading
+    if config['smooth'] < 1:
+        raise flags.ConfigError(f"--smooth is a window of logged points, >= 1 (1: none), "
+                                f"got {config['smooth']}")
     logs_root = config['logs_root']
     runs = [read_experiment(logs_root, name)
             for name in resolve(config['experiment_name'], logs_root)]
@@ -553,7 +557,7 @@ def run(config):
     paths = []
     for r in runs:
         onsets = report_collapse(r, logs_root) if config['collapse'] else ()
-        paths += plot_run(r, logs_root, config['x'], max(config['smooth'], 1), onsets)
+        paths += plot_run(r, logs_root, config['x'], config['smooth'], onsets)
         if not r['tests']:
             print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
     if len(runs) > 1 and tested:

@@ -340,3 +340,26 @@ def test_plot_logs_bounds_what_a_log_makes_it_draw(tmp_path):
     series = plot_logs.read_jsonl(str(path))
     assert 'itr' in series and len(series) == plot_logs.MAX_KEYS
     assert 'k' * 100 not in series
+
+
+def test_plot_logs_smoothing_window(tmp_path, capsys):
+    """--smooth below 1 is refused in one line; a window wider than the log averages every
+    point so far (the running mean, computed directly), however wide it is declared."""
+    import plot_logs
+    values = np.array([1.0, np.nan, 3.0, 8.0])
+    running = [1.0, 1.0, 2.0, 4.0]
+    for window in (4, 10 ** 30):
+        assert plot_logs.smooth(values, window).tolist() == running
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'G_loss.log').write_text('1: 0.5\n2: 0.25\n')
+    for bad in ('0', '-1'):
+        with pytest.raises(SystemExit) as e:
+            plot_logs.main(['--experiment_name', 'run', '--logs_root', str(tmp_path),
+                            '--smooth', bad])
+        err = capsys.readouterr().err.splitlines()
+        assert e.value.code == 2 and len(err) == 1 and '--smooth is a window' in err[0], err
+    assert not (run / 'losses.png').exists()
+    plot_logs.main(['--experiment_name', 'run', '--logs_root', str(tmp_path),
+                    '--smooth', str(10 ** 30)])
+    assert (run / 'losses.png').exists()

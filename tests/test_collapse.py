@@ -380,6 +380,64 @@ def test_rollback_reloads_the_healthy_set(data_root, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.slow
+def test_ranks_roll_back_and_stop_together(data_root, tmp_path):
+    """Two ranks (gloo on CPU), each launched as torchrun launches it (its environment
+    variables; torchrun's own agent would kill the other rank at the first exit and report one
+    status), running tests/collapse_rank.py: the stand-in step moves each rank's weights its
+    own way, the rule's windows are shortened. Rank 0 judges and broadcasts: at the first
+    collapse every rank reloads the _healthy set, the same weights on every rank and bit for
+    bit the set on disk, with both learning rates halved; at the second, --max_rollbacks 1
+    being spent, every rank exits with status 3 and the one line."""
+    import subprocess
+    import sys
+
+    from distributed import free_port
+    flags = run_flags(data_root, str(tmp_path), NAME, '--collapse_watch', '--on_collapse',
+                      'rollback', '--max_rollbacks', '1', '--save_every', '60',
+                      '--num_save_copies', '0', '--total_itrs', '300', '--G_lr', '1e-4',
+                      '--D_lr', '4e-4')
+    env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port()),
+           'WORLD_SIZE': '2', 'OMP_NUM_THREADS': '1'}
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'tests', 'collapse_rank.py'), str(tmp_path)] + flags,
+        env={**env, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}, cwd=str(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [3, 3], [err[-2000:] for _, err in outs]
+    rollback, stop = events(tmp_path)
+    assert (rollback['action'], rollback['healthy_itr'], rollback['rollback']) == (
+        'rollback', 60, 1)
+    assert rollback['G_lr'] == pytest.approx(5e-5) and rollback['D_lr'] == pytest.approx(2e-4)
+    assert stop['action'] == 'stop' and stop['itr'] > rollback['itr']
+    # One line each: rank 0 warns of the rollback (on stdout) and every rank ends with the
+    # stop's line (on stderr), the same on both.
+    warned = [[line for line in out.splitlines() if 'collapse at' in line] for out, _ in outs]
+    assert len(warned[0]) == 1 and warned[1] == []
+    assert warned[0][0].startswith(f"warning: collapse at itr {rollback['onset']}: D wins")
+    (line,), (other,) = [err.strip().splitlines() for _, err in outs]
+    assert line == other and line.startswith(f"collapse at itr {stop['onset']}: D wins")
+    assert line.endswith('1 rollback(s) done, --max_rollbacks 1: stopping')
+    # Every rank's state after the rollback: the _healthy set on disk, but for the rates.
+    healthy, state = resumed(str(tmp_path / 'weights'), 'healthy', '--G_lr', '1e-4',
+                             '--D_lr', '4e-4')
+    assert state['itr'] == 60
+    ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in range(2)]
+    for rank, seen in enumerate(ranks):
+        after = seen['after_rollback']
+        for name in ('G', 'D'):
+            group = after[name + '_optim']['param_groups'][0]
+            assert group['lr'] == pytest.approx(rollback[name + '_lr']), (rank, name)
+            group['lr'] = healthy[name + '_optim']['param_groups'][0]['lr']
+        assert_same(after, healthy, f'rank {rank} after the rollback')
+    # Before it the ranks' weights had parted, from each other and from the set.
+    for key in ('G', 'D', 'G_optim'):
+        with pytest.raises(AssertionError):
+            assert_same(ranks[0]['before'][key], ranks[1]['before'][key])
+        with pytest.raises(AssertionError):
+            assert_same(ranks[1]['before'][key], healthy[key])
+
+
+@pytest.mark.slow
 def test_rollback_needs_checkpoints(tmp_path, capsys):
     """--on_collapse rollback with --save_every 0 is refused at start-up (exit 2)."""
     with pytest.raises(SystemExit) as refused:

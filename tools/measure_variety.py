@@ -15,8 +15,9 @@ variety.md (the table), variety.json and sheet.png (10 samples per class beside 
 
 Foreground: the background is estimated from the image itself, a plane per channel fitted to
 the one-pixel border (S32's shapes never reach it, its backgrounds are linear ramps); a pixel
-is foreground where a channel differs from that plane by more than FG_THRESHOLD. Area is the
-count of foreground pixels, the centroid their mean position. Real and fake images go through
+is foreground where a channel differs from that plane by more than FG_THRESHOLD and by more
+than half the most distinct pixel's difference. Area is the count of foreground pixels, the
+centroid their mean position. Real and fake images go through
 the same function.
 """
 import json
@@ -33,12 +34,12 @@ import checkpoints  # noqa: E402
 import files  # noqa: E402
 import sample as sample_py  # noqa: E402
 import utils  # noqa: E402
+from flags import StopRun  # noqa: E402
 from s32 import S32_CLASSES, make_s32  # noqa: E402
 from tools import compare_s32  # noqa: E402
 
 # S32's foreground is at least 0.32 brighter than its background in some channel (value 0.7
-# and up against 0.3 plus a ramp of 0.08); 0.2 keeps the anti-aliased edge pixels that are
-# mostly covered.
+# and up against 0.3 plus a ramp of 0.08): a floor that G's noise on a flat image stays under.
 FG_THRESHOLD = 0.2 * 255
 MIN_CLASSIFIER_ACCURACY = 0.98
 MEASURES = ['pixel_std', 'centroid_x_std', 'centroid_y_std', 'area_std']
@@ -82,7 +83,11 @@ def foreground(images):
     design = np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], 1)  # (H*W, 3)
     coef = np.linalg.pinv(design[border.ravel()]) @ x[:, border]  # (N, 3, C)
     background = (design @ coef).reshape(n, h, w, c)
-    return np.abs(x - background).max(-1) > FG_THRESHOLD
+    diff = np.abs(x - background).max(-1)
+    # Half way to the image's most distinct pixel: an anti-aliased edge pixel counts when the
+    # shape covers more than half of it, so the area is the shape's, not its outline's.
+    peak = diff.max((1, 2), keepdims=True)
+    return diff > np.maximum(FG_THRESHOLD, 0.5 * peak)
 
 
 def spread(images):
@@ -139,7 +144,7 @@ def by_class(images, labels, n_classes, per_class):
     for label in range(n_classes):
         idx = np.flatnonzero(labels == label)[:per_class]
         if len(idx) < per_class:
-            raise utils.StopRun(f'only {len(idx)} samples of class {label} in the draw, '
+            raise StopRun(f'only {len(idx)} samples of class {label} in the draw, '
                                 f'{per_class} asked for; lower --images_per_class')
         out.append(images[idx])
     return out
@@ -166,7 +171,7 @@ def load_classifier(config):
     with open(os.path.join(out, 'classifier.json')) as f:
         held = json.load(f)
     if held['heldout_accuracy'] < MIN_CLASSIFIER_ACCURACY:
-        raise utils.StopRun(
+        raise StopRun(
             f"the classifier in {out} recognises {100 * held['heldout_accuracy']:.1f}% of "
             f'held-out real S32, under {100 * MIN_CLASSIFIER_ACCURACY:.0f}%: the measure is not '
             f'trustworthy; delete {weights} and train it with more --classifier_epochs')

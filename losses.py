@@ -47,9 +47,18 @@ def consistency_reg(dis_real_aug, dis_real_CR):
     return torch.mean((dis_real_CR - dis_real_aug) ** 2)
 
 
-def r1_penalty(dis_real, reals):
-    """E ||grad_x D(x)||^2 over the batch, with the graph kept so that it trains D."""
-    grad, = torch.autograd.grad(dis_real.sum(), reals, create_graph=True)
+def r1_penalty(dis_real, reals, scale=None):
+    """E ||grad_x D(x)||^2 over the batch, with the graph kept so that it trains D.
+
+    scale multiplies D's scores before the gradient is taken and divides the gradient after
+    (R1.scale: under --amp fp16, where D's backward runs in float16 and the small input
+    gradients of a smooth D, what R1 drives it towards, would flush to 0 unscaled).
+    """
+    if scale is None:
+        grad, = torch.autograd.grad(dis_real.sum(), reals, create_graph=True)
+    else:
+        grad, = torch.autograd.grad(dis_real.sum() * scale, reals, create_graph=True)
+        grad = grad / scale
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
@@ -114,11 +123,27 @@ class LeCam(Term):
 class R1(Term):
     """--R1 gamma: gamma/2 * r1_penalty on the reals. Lazy with --R1_every k (StyleGAN2's lazy
     regularisation): only iterations divisible by k pay for it, weighted k times, so it
-    averages to the same strength; the others report 0 and compute nothing extra."""
+    averages to the same strength; the others report 0 and compute nothing extra. scaler is
+    D's GradScaler (enabled under --amp fp16 only)."""
 
-    def __init__(self, gamma, every=1):
-        super().__init__('D_loss_R1', lambda s: r1_penalty(s.D_real, s.x), gamma / 2 * every)
-        self.every = every
+    def __init__(self, gamma, every=1, scaler=None):
+        super().__init__('D_loss_R1', lambda s: r1_penalty(s.D_real, s.x, self.scale()),
+                         gamma / 2 * every)
+        self.every, self.scaler = every, scaler
+
+    def scale(self):
+        """sqrt(S) for D's loss scale S under fp16, else None (no scaling).
+
+        Two float16 backwards meet in R1: the input gradient's, whose values grow with the
+        scale s its scores are multiplied by, and the penalty's own (the double backward),
+        whose values grow with S / s, since D's loss, penalty included, is multiplied by S.
+        s = S would leave the second unscaled, and it underflows as the first did; sqrt(S)
+        gives both the same headroom. An overflow in either makes D's gradients inf or NaN:
+        GradScaler skips the step and lowers S, as for any other term.
+        """
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return self.scaler.get_scale() ** 0.5
 
     def needs_real_grad(self, itr):
         return itr % self.every == 0
@@ -129,9 +154,10 @@ class R1(Term):
         return super().__call__(scores)
 
 
-def D_terms(config, anchors=None, track=None):
+def D_terms(config, anchors=None, track=None, scaler=None):
     """D's loss terms for config, in the order they are summed: the adversarial loss on reals
-    and on fakes, then --CR, --LC (with the anchors and their track function) and --R1."""
+    and on fakes, then --CR, --LC (with the anchors and their track function) and --R1 (with
+    D's GradScaler, which scales its input gradient under --amp fp16)."""
     terms = [Term('D_loss_real', lambda s: discriminator_loss(s.D_fake, s.D_real)[0]),
              Term('D_loss_fake', lambda s: discriminator_loss(s.D_fake, s.D_real)[1])]
     if config.get('CR', 0) > 0:
@@ -140,7 +166,7 @@ def D_terms(config, anchors=None, track=None):
     if config.get('LC', 0) > 0:
         terms.append(LeCam(config['LC'], anchors, track))
     if config.get('R1', 0) > 0:
-        terms.append(R1(config['R1'], config.get('R1_every', 1)))
+        terms.append(R1(config['R1'], config.get('R1_every', 1), scaler))
     return terms
 
 

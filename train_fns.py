@@ -58,7 +58,7 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, precision=N
     bs = config['batch_size']
     if ema_losses is None:
         ema_losses = lecam_anchors(config, state_dict)
-    D_terms = losses.D_terms(config, ema_losses, track_outputs)
+    D_terms = losses.D_terms(config, ema_losses, track_outputs, precision.D_scaler)
     G_terms = losses.G_terms(config)
     D_pass = {'train_G': False, 'split_D': config['split_D'],
               'policy': config.get('DiffAugment', ''), 'CR': config.get('CR', 0) > 0,

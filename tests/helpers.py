@@ -73,6 +73,18 @@ def tiny_models(config, seed):
     return G, D, G_ema
 
 
+def fp16_autocast_on_cpu():
+    """None when this CPU build runs a conv under float16 autocast, else the reason it cannot."""
+    try:
+        with torch.autocast('cpu', dtype=torch.float16):
+            out = torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
+        if out.dtype != torch.float16:
+            return f'float16 autocast on CPU leaves conv2d in {out.dtype}'
+    except RuntimeError as e:
+        return f'float16 autocast is not supported on this CPU: {e}'
+    return None
+
+
 def penalty_grad(w, offdiag):
     """Autograd gradient of 0.5 * ||W W^T * (1 - I)||_F^2 (or of W W^T - I) for W = w.view."""
     w = w.detach().clone().requires_grad_(True)

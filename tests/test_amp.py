@@ -8,7 +8,7 @@ import torch
 import train
 import train_fns
 import utils
-from helpers import tiny_config
+from helpers import fp16_autocast_on_cpu, tiny_config
 
 B = 4
 
@@ -49,18 +49,6 @@ def run_steps(config, steps=2, seed=0, on_build=None):
         state['itr'] += 1
         metrics.append(step(*batch(config, seed=i)))
     return metrics, G, D, G_ema, step
-
-
-def fp16_autocast_on_cpu():
-    """None when this CPU build runs a conv under float16 autocast, else the reason it cannot."""
-    try:
-        with torch.autocast('cpu', dtype=torch.float16):
-            out = torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
-        if out.dtype != torch.float16:
-            return f'float16 autocast on CPU leaves conv2d in {out.dtype}'
-    except RuntimeError as e:
-        return f'float16 autocast is not supported on this CPU: {e}'
-    return None
 
 
 def assert_float32_state(G, D, G_ema):

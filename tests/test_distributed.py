@@ -166,6 +166,26 @@ def test_without_cross_replica_each_rank_uses_its_own_statistics(flags, tmp_path
         assert max_rel_diff(out['G_param'], halves['G_param']) < TOL
 
 
+def test_r1_two_ranks_equal_one_rank_double_batch(flags, tmp_path):
+    """--R1 under DDP: each rank's penalty is the mean over its half of the reals and DDP
+    averages D's gradients, so D's step, the penalty's double backward included, equals one
+    process on both halves (G run per half, as each rank normalises its own); the ranks'
+    D_loss_R1 average to that process's."""
+    r1 = flags + ['--R1', '3']
+    inputs = step_inputs(tiny_config(*r1))
+    torch.set_num_threads(1)
+    plain = one_step(tiny_config(*flags), inputs, halves=True)
+    ref = one_step(tiny_config(*r1), inputs, halves=True)
+    assert ref['metrics']['D_loss_R1'] > 0
+    assert max_rel_diff(ref['D_grad'], plain['D_grad']) > 1e-3  # R1 is in the step
+    ranks = run_ranks(r1, inputs, tmp_path)
+    for out in ranks:
+        for key in ('D_grad', 'D_param', 'G_grad', 'G_param'):
+            assert max_rel_diff(out[key], ref[key]) < TOL, key
+    mean = sum(r['metrics']['D_loss_R1'] for r in ranks) / WORLD
+    assert mean == pytest.approx(ref['metrics']['D_loss_R1'], rel=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # train.py under torchrun.
 

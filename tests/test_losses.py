@@ -7,7 +7,7 @@ import flags
 import losses
 import train_fns
 import utils
-from helpers import tiny_config
+from helpers import fp16_autocast_on_cpu, tiny_config
 
 GAMMA = 3.0
 
@@ -124,6 +124,53 @@ def test_a_new_term_is_summed_and_reported(monkeypatch):
     z_, y_ = utils.prepare_z_y(4, G.dim_z, 10)
     out = train_fns.GAN_training_function(G, D, GD, z_, y_, None, {'itr': 1}, config)(*reals())
     assert out['D_loss_mean'] == pytest.approx(2 * float(seen[0].mean()), rel=1e-6)
+
+
+def smooth_D(monkeypatch, factor):
+    """D's scores times factor, in float32 after D: a D this flat has input gradients far
+    below float16's smallest normal number (6.1e-5) all through its backward."""
+    forward = BigGAN.Discriminator.forward
+    monkeypatch.setattr(BigGAN.Discriminator, 'forward',
+                        lambda self, x, y=None: forward(self, x, y).float() * factor)
+
+
+def grad_rel_error(a, b):
+    """||a - b|| / ||b|| over every tensor of two gradient dicts."""
+    diff = sum((a[k].double() - b[k].double()).pow(2).sum() for k in b)
+    return float((diff / sum(b[k].double().pow(2).sum() for k in b)).sqrt())
+
+
+def skip_without_fp16():
+    reason = fp16_autocast_on_cpu()
+    if reason:
+        pytest.skip(reason)
+
+
+def test_r1_value_under_fp16_is_float32s(monkeypatch):
+    """--amp fp16: R1's input gradient is taken through scaled scores and unscaled, so the
+    penalty of a D whose float16 input gradient underflows unscaled (scores times 1e-6: 32% low
+    that way) is float32's to float16 rounding: 2**-11 = 4.9e-4 relative, which D's forward
+    and backward leave at 5e-4 here; rel 5e-3 allows 10 such roundings."""
+    skip_without_fp16()
+    smooth_D(monkeypatch, 1e-6)
+    ref = D_step(1, '--R1', str(GAMMA))[0]['D_loss_R1']
+    assert ref > 0
+    half = D_step(1, '--R1', str(GAMMA), '--amp', 'fp16')[0]
+    assert half['D_skipped_steps'] == 0
+    assert half['D_loss_R1'] == pytest.approx(ref, rel=5e-3)
+
+
+def test_r1_gradient_under_fp16_is_float32s(monkeypatch):
+    """--amp fp16: R1's gradient in D's weights (the adversarial terms count 0, so D's gradient
+    is R1's alone), scaled through both backwards and unscaled with D's, is float32's within
+    1e-2 (2e-3 here: float16 rounding through the double backward)."""
+    skip_without_fp16()
+    monkeypatch.setattr(losses, 'discriminator_loss', lambda f, r: (0 * r.mean(), 0 * f.mean()))
+    smooth_D(monkeypatch, 1e-4)
+    _, ref_grads, _ = D_step(1, '--R1', str(GAMMA))
+    half, half_grads, _ = D_step(1, '--R1', str(GAMMA), '--amp', 'fp16')
+    assert half['D_skipped_steps'] == 0
+    assert grad_rel_error(half_grads, ref_grads) < 1e-2
 
 
 @pytest.mark.parametrize('flag,value', [('R1', '-1'), ('R1_every', '0')])

@@ -106,20 +106,9 @@ def _is_statistics(path):
 
 
 def load_statistics(path, backend):
-    """{'mu', 'sigma', 'feats' (or None), 'count'} of a statistics file of this backend."""
-    with np.load(path, allow_pickle=False) as data:
-        file_backend = str(data['backend']) if 'backend' in data.files else 'torchvision'
-        if file_backend != backend:
-            raise FileError(f'statistics {path} were computed with the {file_backend} '
-                            f'backend, not {backend}; pass --inception_backend {file_backend}')
-        mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-        stats = {'mu': mu, 'sigma': sigma,
-                 'feats': data['feats'] if 'feats' in data.files else None,
-                 'count': int(data['count']) if 'count' in data.files else None}
-    # The checks every moments file gets: shapes, finite, symmetric, PSD, feature width.
-    inception_utils.check_moments({k: v for k, v in stats.items() if v is not None}, path,
-                                  'evaluate.py SOURCE --save_stats')
-    return stats
+    """{'mu', 'sigma', 'feats' (or None), 'count'} of a statistics file of this backend, with
+    every moments file's checks (inception_utils.read_moments_file)."""
+    return inception_utils.read_moments_file(path, backend, 'evaluate.py SOURCE --save_stats')
 
 
 def _checkpoint_sampler(config, device):

@@ -445,7 +445,7 @@ def read_lines(path, what='log', max_line=1 << 20):
 
 # What reading a damaged .npz raises besides FileError: zipfile's errors (a bad CRC, an
 # unsupported compression or flag), zlib's, and numpy's ValueError for a bad .npy header.
-NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+NPZ_ERRORS = (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
               NotImplementedError, RuntimeError, KeyError)
 
 

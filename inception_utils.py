@@ -28,7 +28,15 @@ from torchvision.models import inception as tv_inception
 
 from checkpoints import load_error_reason
 from distributed import is_distributed, pick_device
-from files import NPZ_ERRORS, atomic_open, check_npz, file_digest, open_regular
+from files import (
+    NPZ_ERRORS,
+    atomic_open,
+    check_declared,
+    check_npz,
+    declared_nbytes,
+    file_digest,
+    open_regular,
+)
 from flags import DEFAULT_KID_FEATS, ConfigError
 
 # The math lives in metrics; the release's names for it stay importable from here.
@@ -460,9 +468,6 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
 
     'count' is the number of images the moments are of (None in files made before it was
     recorded).
-
-    Files without a 'backend' entry were written by the release, which only
-    knew torchvision's Inception.
     """
     path = find_moments_file(dataset, data_root)
     if path is None:
@@ -470,40 +475,44 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
             f'Inception moments file {moments_filename(dataset)} not found '
             f'in {data_root} or {os.getcwd()}; make it with: '
             f'{moments_command(dataset, data_root, backend)}')
+    command = moments_command(dataset, data_root, backend)
+    out = read_moments_file(path, backend, command, feats=need_feats)
+    if need_feats and out['feats'] is None:
+        raise InceptionMomentsError(f'Inception moments {path} hold no real features for KID; '
+                                    f'recompute them with: {command}')
+    if not need_feats:
+        del out['feats']
+    return {**out, 'path': path}
+
+
+def read_moments_file(path, backend, command, feats=True):
+    """{'mu', 'sigma' (float64), 'count' (None when unrecorded), 'feats' (None when absent or
+    not asked for)} of a moments or statistics .npz, read without unpickling anything, only
+    after every array's declared size is checked against the file (check_npz), refusing
+    another backend's and whatever check_moments refuses. Every failure is one
+    InceptionMomentsError ending with `recompute them with: command`."""
     try:
-        return _read_moments(path, dataset, data_root, backend, need_feats)
+        check_npz(path, 'Inception moments')
+        with np.load(path, allow_pickle=False) as data:
+            # Files without a 'backend' entry were written by the release, which only knew
+            # torchvision's Inception.
+            file_backend = str(data['backend'])[:40] if 'backend' in data else 'torchvision'
+            if file_backend != backend:
+                raise InceptionMomentsError(
+                    f'Inception moments {path} were computed with the {file_backend} backend, '
+                    f'not {backend}; pass --inception_backend {file_backend} or recompute them '
+                    f'with: {command}')
+            out = {'mu': data['mu'].astype(np.float64),
+                   'sigma': data['sigma'].astype(np.float64),
+                   'count': int(data['count']) if 'count' in data else None,
+                   'feats': data['feats'] if feats and 'feats' in data else None}
     except InceptionMomentsError:
         raise  # already says what is wrong (a ValueError too, as every ConfigError)
     except NPZ_ERRORS as err:  # a damaged or hostile file
         raise InceptionMomentsError(
             f'Inception moments {path} cannot be read ({type(err).__name__}: '
-            f'{" ".join(str(err).split())[:200]}); recompute them with: '
-            f'{moments_command(dataset, data_root, backend)}') from None
-
-
-def _read_moments(path, dataset, data_root, backend, need_feats):
-    """The arrays load_inception_moments returns, read without unpickling anything and
-    only after every array's declared size is checked against the file (check_npz)."""
-    check_npz(path, 'Inception moments')
-    with np.load(path, allow_pickle=False) as data:
-        file_backend = (str(data['backend']) if 'backend' in data
-                        else 'torchvision')
-        if file_backend != backend:
-            raise InceptionMomentsError(
-                f'Inception moments {path} were computed with the '
-                f'{file_backend} backend, not {backend}; recompute them '
-                f'with: {moments_command(dataset, data_root, backend)}')
-        out = {'mu': data['mu'].astype(np.float64),
-               'sigma': data['sigma'].astype(np.float64), 'path': path,
-               'count': int(data['count']) if 'count' in data else None}
-        if need_feats:
-            if 'feats' not in data:
-                raise InceptionMomentsError(
-                    f'Inception moments {path} hold no real features for '
-                    f'KID; recompute them with: '
-                    f'{moments_command(dataset, data_root, backend)}')
-            out['feats'] = data['feats']
-    check_moments(out, path, moments_command(dataset, data_root, backend))
+            f'{" ".join(str(err).split())[:200]}); recompute them with: {command}') from None
+    check_moments({k: v for k, v in out.items() if v is not None}, path, command)
     return out
 
 
@@ -650,38 +659,64 @@ class PerClassMomentsWriter:
 
 
 class PerClassMoments:
-    """Reader of a per-class moments file: moments(c) loads class c alone."""
+    """Reader of a per-class moments file: moments(c) loads class c alone.
+
+    The file's layout, types and declared sizes are checked before any data is read (the
+    counts are read whole, one class's mu and sigma at each moments(c)), and every read of
+    damaged data is one InceptionMomentsError.
+    """
 
     def __init__(self, path, backend):
         import h5py
         self.path = path
         try:
             self.h5 = h5py.File(open_regular(path, 'per-class Inception moments'), 'r')
-            counts = self.h5['count'][:]
-            mu, sigma = self.h5['mu'], self.h5['sigma']
-            file_backend = str(self.h5.attrs['backend'])
-        except (OSError, KeyError, ValueError) as err:
-            raise InceptionMomentsError(
-                f'per-class Inception moments {path} cannot be read ({type(err).__name__}); '
-                f'recompute them with calculate_inception_moments.py --per_class') from None
-        c, d = len(counts), mu.shape[-1]
-        if mu.shape != (c, d) or sigma.shape != (c, d, d):
-            raise InceptionMomentsError(
-                f'per-class Inception moments {path} have inconsistent shapes (count {c}, mu '
-                f'{mu.shape}, sigma {sigma.shape}); recompute them')
+            count, mu, sigma = (self.h5.get(key) for key in ('count', 'mu', 'sigma'))
+            file_backend = self.h5.attrs.get('backend')
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise self._error(f'cannot be read ({type(err).__name__})') from None
+        if not all(isinstance(x, h5py.Dataset) for x in (count, mu, sigma)):
+            raise self._error('do not hold count, mu and sigma datasets')
+        if count.ndim != 1 or mu.ndim != 2 or sigma.ndim != 3 or mu.shape != (
+                count.shape[0], mu.shape[1]) or sigma.shape != mu.shape + mu.shape[1:]:
+            raise self._error(f'have inconsistent shapes (count {count.shape}, mu {mu.shape}, '
+                              f'sigma {sigma.shape})')
+        if count.dtype.kind not in 'iu' or mu.dtype.kind != 'f' or sigma.dtype.kind != 'f':
+            raise self._error(f'have counts of {count.dtype} and moments of {mu.dtype} and '
+                              f'{sigma.dtype}, not integers and floats')
+        if not isinstance(file_backend, (str, bytes)):
+            raise self._error('have no backend attribute')
+        file_backend = (file_backend.decode('utf-8', 'replace') if isinstance(file_backend, bytes)
+                        else file_backend)[:40]
         if file_backend != backend:
             raise InceptionMomentsError(
                 f'per-class Inception moments {path} were computed with the {file_backend} '
                 f'backend, not {backend}; recompute them with --inception_backend {backend}')
-        if counts.ndim != 1 or counts.dtype.kind not in 'iu' or (counts < 0).any():
-            raise InceptionMomentsError(
-                f'per-class Inception moments {path} have counts that are not image counts '
-                f'({counts.dtype}, min {counts.min(initial=0)}); recompute them')
+        d = mu.shape[1]
+        # The counts' int64 copy, and a class's float64 mu and sigma with check_moments' copies.
+        check_declared(16 * count.shape[0], 'its class counts', path)
+        check_declared(4 * declared_nbytes((d, d), 8, "one class's sigma", path),
+                       "one class's moments", path)
+        counts = self._read(count, slice(None)).astype(np.int64)
+        if (counts < 0).any():
+            raise self._error(f'have negative image counts (min {counts.min()})')
         self.counts = counts
         if not self.classes:
-            raise InceptionMomentsError(
-                f'per-class Inception moments {path} hold no class of two or more images, so '
-                f'intra-FID has nothing to compare with; recompute them')
+            raise self._error('hold no class of two or more images, so intra-FID has nothing '
+                              'to compare with')
+
+    def _error(self, problem):
+        return InceptionMomentsError(f'per-class Inception moments {self.path} {problem}; '
+                                     f'recompute them with calculate_inception_moments.py '
+                                     f'--per_class')
+
+    def _read(self, dataset, index):
+        """dataset[index], a damaged file's read error as one line."""
+        try:
+            return dataset[index]
+        except (OSError, ValueError, TypeError) as err:
+            raise self._error(f'cannot be read ({type(err).__name__}: '
+                              f'{" ".join(str(err).split())[:100]})') from None
 
     def check_features(self, net):
         """Refuse a file whose features are not the length net gives, before training."""
@@ -699,7 +734,8 @@ class PerClassMoments:
     def moments(self, c):
         """(mu (D,), sigma (D, D)) of class c, read from the file now and checked as every
         moments file is (check_moments), so a damaged class gives no number."""
-        mu, sigma = self.h5['mu'][c], self.h5['sigma'][c]
+        mu = self._read(self.h5['mu'], c).astype(np.float64)
+        sigma = self._read(self.h5['sigma'], c).astype(np.float64)
         check_moments({'mu': mu, 'sigma': sigma, 'count': int(self.counts[c])},
                       f'{self.path} (class {c})', 'calculate_inception_moments.py --per_class')
         return mu, sigma

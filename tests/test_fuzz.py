@@ -2,7 +2,8 @@
 
 Checkpoints (torch's zip format and the legacy pickle format), HF BigGAN-deep folders
 (config.json + pytorch_model.bin), TF bundles (index + data), HDF5 datasets, Inception moments
-(.npz), training logs (.log and .jsonl) and image folders (PNG and JPEG, with their index).
+(.npz) and per-class moments (HDF5), evaluate.py's npz sources, training logs (.log and .jsonl)
+and image folders (PNG and JPEG, with their index).
 Mutants are structure-aware where the container would otherwise stop them: pickle opcodes and
 names rewritten and re-zipped with valid CRCs, TF index entries re-encoded with valid
 checksums, HDF5 shapes, dtypes and values written through h5py, PNG chunks with valid CRCs,
@@ -712,6 +713,143 @@ def read_moments(folder):
                                                need_feats=need_feats)
 
 
+# Per-class Inception moments (calculate_inception_moments.py --per_class): an HDF5 file of
+# count (C,), mu (C, D), sigma (C, D, D) and a backend attribute, rewritten through h5py.
+
+def per_class_write(path, rng=None):
+    import h5py
+    import numpy as np
+
+    import inception_utils
+    r = np.random.default_rng(0)
+    feats, labels = r.standard_normal((12, 4)), np.arange(12) % 3
+    with h5py.File(path, 'w') as f:
+        writer = inception_utils.PerClassMomentsWriter(f, 3, 'torchvision')
+        writer.update(feats, labels)
+        writer.finish()
+    if rng is None:
+        return 'base'
+    kind = rng.choice(['shape', 'dtype', 'values', 'declared', 'missing', 'attr', 'scalar',
+                       'link'])
+    with h5py.File(path, 'a') as f:
+        name = rng.choice(['count', 'mu', 'sigma'])
+        if kind == 'shape':
+            data = np.zeros(rng.choice([(3,), (3, 4), (3, 4, 4), (3, 5), (4, 4, 4), (3, 4, 5),
+                                        (0,), (0, 4), (3, 0, 0), (2, 3, 4, 4)]))
+            del f[name]
+            f.create_dataset(name, data=data.astype(np.int64 if name == 'count' else float))
+        elif kind == 'dtype':
+            data = f[name][()]
+            del f[name]
+            f.create_dataset(name, data=data.astype(rng.choice(
+                [np.float32, np.uint8, np.bool_, np.complex64, np.float16, 'S8'])))
+        elif kind == 'values':
+            data = f[name][()]
+            data.flat[rng.randrange(data.size)] = rng.choice(
+                [-1, 2 ** 62, 0, 1] if data.dtype.kind in 'iu'
+                else [-1, np.nan, np.inf, 1e308, -1e308])
+            f[name][...] = data
+        elif kind == 'declared':
+            # Chunked and compressed, nothing written: a few KB declaring terabytes.
+            c, d = rng.choice([(3, 10 ** 6), (10 ** 9, 4), (3, 200000)])
+            for key in ('count', 'mu', 'sigma'):
+                del f[key]
+            f.create_dataset('count', shape=(c,), dtype=np.int64, chunks=(min(c, 1024),),
+                             compression='gzip', fillvalue=5)
+            f.create_dataset('mu', shape=(c, d), dtype=np.float64, chunks=(1, min(d, 1024)),
+                             compression='gzip')
+            f.create_dataset('sigma', shape=(c, d, d), dtype=np.float64,
+                             chunks=(1, 1, min(d, 1024)), compression='gzip')
+        elif kind == 'missing':
+            del f[name]
+        elif kind == 'attr':
+            f.attrs['backend'] = rng.choice(['tf_fid', '', 'x' * 10000, 7, np.zeros(3)])
+        elif kind == 'scalar':
+            del f[name]
+            f.create_dataset(name, data=np.int64(3))
+        else:
+            del f[name]
+            f[name] = h5py.SoftLink('/nowhere')
+    return kind
+
+
+def per_class_base(folder):
+    per_class_write(os.path.join(folder, 'per_class.hdf5'))
+    with open(os.path.join(folder, 'per_class.hdf5'), 'rb') as f:
+        return f.read()
+
+
+def per_class_mutate(rng, base, folder):
+    import h5py
+    path = os.path.join(folder, 'per_class.hdf5')
+    if rng.random() < 0.7:
+        kind = 'h5py-' + per_class_write(path, rng)
+    else:
+        data, kind = mutate_bytes(rng, base)
+        with open(path, 'wb') as f:
+            f.write(data)
+    try:
+        h5py.File(path, 'r').close()
+        intact = True
+    except Exception:
+        intact = False
+    return kind, intact
+
+
+def read_per_class(folder):
+    """What intra-FID reads: the file, then each class's moments."""
+    import inception_utils
+    moments = inception_utils.PerClassMoments(os.path.join(folder, 'per_class.hdf5'),
+                                              'torchvision')
+    for c in moments.classes:
+        moments.moments(c)
+
+
+# evaluate.py's npz sources: images (x, y) or statistics (mu, sigma, feats, count, backend).
+
+def make_eval_npz(path):
+    import numpy as np
+    r = np.random.default_rng(0)
+    if os.path.basename(path).startswith('stats'):
+        a = r.standard_normal((16, 4))
+        np.savez(path, mu=a.mean(0), sigma=np.cov(a, rowvar=False), feats=a.astype(np.float32),
+                 count=np.int64(16), backend=np.array('torchvision'))
+    else:
+        np.savez(path, x=r.integers(0, 256, (5, 3, 8, 8), dtype=np.uint8),
+                 y=np.zeros(5, np.int64))
+
+
+def eval_npz_base(folder):
+    out = {}
+    for name in ('stats.npz', 'images.npz'):
+        make_eval_npz(os.path.join(folder, name))
+        with open(os.path.join(folder, name), 'rb') as f:
+            out[name] = f.read()
+    return out
+
+
+def eval_npz_mutate(rng, base, folder):
+    name = rng.choice(sorted(base))
+    mutant, kind = mutate_moments(rng, base[name])
+    with open(os.path.join(folder, name), 'wb') as f:
+        f.write(mutant)
+    return f'{name[:-4]}-{kind}', zip_intact(mutant)
+
+
+def read_eval_npz(folder):
+    """What evaluate.py reads of an npz source before the network: its kind, its row count,
+    then its statistics or images."""
+    import evaluate
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        kind = evaluate.describe(path)
+        evaluate.source_rows(path, kind, {})
+        if kind == 'statistics':
+            evaluate.load_statistics(path, 'torchvision')
+        else:
+            evaluate._npz_images(path)
+
+
 # Logs: MyLogger's `itr: value` lines and MetricsLogger's JSON records.
 
 def make_logs(folder):
@@ -977,6 +1115,9 @@ FORMATS = {
                                         os.path.join(out, 'out.hdf5'), '--no_progress']),
     'moments': one_file('moments', 'I128_inception_moments.npz', make_moments, mutate_moments,
                         read_moments, zip_intact),
+    'per_class': Format('per_class', per_class_base, per_class_mutate, read_per_class, None,
+                        None),
+    'eval_npz': Format('eval_npz', eval_npz_base, eval_npz_mutate, read_eval_npz, None, None),
     'logs': Format('logs', logs_base, logs_mutate, read_logs, None,
                    lambda folder, out: [os.path.join(ROOT, 'plot_logs.py'), '--experiment_name',
                                         'run', '--logs_root', folder]),
@@ -1158,8 +1299,8 @@ def worker(names, seed, count, cli_dir, only=None):
 # The tests.
 
 # Two fuzzing processes, one a core, with about equal work.
-GROUPS = [['hf', 'logs', 'checkpoint_zip', 'checkpoint_legacy'],
-          ['tf_bundle', 'images', 'moments', 'hdf5']]
+GROUPS = [['hf', 'logs', 'checkpoint_zip', 'checkpoint_legacy', 'eval_npz'],
+          ['tf_bundle', 'images', 'moments', 'hdf5', 'per_class']]
 
 
 @pytest.fixture(scope='module')
@@ -1184,10 +1325,15 @@ def fuzzed(tmp_path_factory):
                               text=True, timeout=120, env=env, cwd=ROOT)
         cli.append((sample, done))
     results = {}
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        results.update(json.loads(out.strip().splitlines()[-1])['results'])
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            results.update(json.loads(out.strip().splitlines()[-1])['results'])
+    finally:
+        for proc in procs:  # a time-out or a failed worker leaves no other fuzzing behind
+            proc.kill()
+            proc.wait()
     return results, cli
 
 
@@ -1342,6 +1488,70 @@ def test_image_index_naming_paths_outside_the_folder(tmp_path):
     ds = datasets.ImageFolder(str(tmp_path / 'images'))
     assert sorted(os.path.relpath(p, tmp_path / 'images') for p in ds.paths) == [
         os.path.join(*name.split('/')) for name in IMAGE_FILES]
+
+
+
+@pytest.mark.parametrize('edit', ['declared', 'scalar', 'bool', 'float16', 'corrupt'])
+def test_per_class_moments_of_the_wrong_layout(tmp_path, edit):
+    """Per-class moments declaring a 10^6-feature class (7 TB of sigma), a scalar mu, boolean
+    moments, float16 moments (read as float64) and data damaged past the header: a pass or the
+    one-line error, never an allocation, a traceback or a numpy TypeError."""
+    import h5py
+    import numpy as np
+
+    import inception_utils
+    path = str(tmp_path / 'per_class.hdf5')
+    per_class_write(path)
+    if edit == 'corrupt':  # the fuzzer's mutant 16 of seed 19: bytes flipped in a B-tree
+        with open(path, 'rb') as f:
+            base = f.read()
+        per_class_mutate(random.Random(f'per_class-{SEED}-16'), base, str(tmp_path))
+    else:
+        with h5py.File(path, 'a') as f:
+            if edit == 'declared':
+                for key in ('count', 'mu', 'sigma'):
+                    del f[key]
+                f.create_dataset('count', data=np.full(3, 5))
+                f.create_dataset('mu', shape=(3, 10 ** 6), dtype=float, chunks=(1, 1024),
+                                 compression='gzip')
+                f.create_dataset('sigma', shape=(3, 10 ** 6, 10 ** 6), dtype=float,
+                                 chunks=(1, 1, 1024), compression='gzip')
+            elif edit == 'scalar':
+                del f['mu']
+                f.create_dataset('mu', data=np.float64(3))
+            else:
+                for key in ('mu', 'sigma'):
+                    data = f[key][()]
+                    del f[key]
+                    f.create_dataset(key, data=data.astype(np.bool_ if edit == 'bool'
+                                                           else np.float16))
+    error = None
+    try:
+        read_per_class(str(tmp_path))
+    except Exception as e:  # noqa: BLE001 (the verdict says which are failures)
+        error = e
+    assert verdict(error) is None, verdict(error)
+    assert (error is None) == (edit == 'float16'), error
+    assert isinstance(error, (type(None), inception_utils.InceptionMomentsError, ValueError))
+
+
+@pytest.mark.parametrize('member', ['count', 'backend'])
+def test_statistics_members_of_another_shape(tmp_path, member):
+    """evaluate.py statistics whose count is an array, or whose backend entry was renamed to
+    mu (a string array): one InceptionMomentsError, as every moments file."""
+    import numpy as np
+
+    import evaluate
+    import inception_utils
+    a = np.random.default_rng(0).standard_normal((8, 3))
+    members = {'mu': a.mean(0), 'sigma': np.cov(a, rowvar=False), 'count': np.int64(8)}
+    if member == 'count':
+        members['count'] = np.array([8, 8])
+    else:
+        members['mu'] = np.array('torchvision')
+    np.savez(tmp_path / 'stats.npz', **members)
+    with pytest.raises(inception_utils.InceptionMomentsError):
+        evaluate.load_statistics(str(tmp_path / 'stats.npz'), 'torchvision')
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 sys.path and sets the thread counts); they are re-exported here for test files that import
 them from conftest."""
 import os
+import shutil
 
 import pytest
 
@@ -32,22 +33,53 @@ def make_config():
 
 
 @pytest.fixture(scope='session')
-def data_root(tmp_path_factory):
-    """One data_root for the session, so S32 is generated (and cached) only once."""
-    root = tmp_path_factory.mktemp('data')
-    import datasets
-    datasets.S32(os.path.join(str(root), datasets.DATASETS['S32'].root))
-    return str(root)
+def data_root(shared_run):
+    """One data_root for the whole pytest run, so S32 is generated (and cached) only once.
+    Read-only: the tests read it and write elsewhere."""
+    def build(root):
+        import datasets
+        datasets.S32(os.path.join(str(root), datasets.DATASETS['S32'].root))
+    return str(shared_run('data', build))
 
 
 @pytest.fixture(scope='session')
-def tiny_run(data_root, tmp_path_factory):
-    """One 3-iteration tiny S32 run (run_flags, experiment 'exp') for the session, saving
-    every iteration, singular values logged every iteration: sets '' (itr 3), copy0 (3) and
-    copy1 (2). Read-only: tests that change it copy it first."""
-    import train
-    out = tmp_path_factory.mktemp('tiny_run')
-    flags = run_flags(data_root, str(out), 'exp', '--total_itrs', '3', '--save_every', '1',
-                      '--sv_log_interval', '1')
-    train.run(vars(train.utils.prepare_parser().parse_args(flags)))
-    return out
+def shared_run(tmp_path_factory):
+    """shared_run(name, build): the folder build(folder) filled, built once per pytest run.
+
+    Under pytest-xdist every worker has its own session, so a session fixture alone would
+    build once per worker: the folder lives in the run's base temporary folder (the parent of
+    the workers' own), and a file lock makes the first worker to ask build it while the others
+    wait and reuse it. A build that fails leaves no done-marker: the next caller rebuilds. The
+    folder is read-only for the tests: one that writes copies it first.
+    """
+    from filelock import FileLock  # a dependency of torch
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        base = base.parent
+    base = base / 'shared_runs'
+    base.mkdir(exist_ok=True)
+
+    def get(name, build):
+        folder, done = base / name, base / (name + '.done')
+        with FileLock(str(base / (name + '.lock'))):
+            if not done.exists():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                build(folder)
+                done.touch()
+        return folder
+    return get
+
+
+@pytest.fixture(scope='session')
+def tiny_run(data_root, shared_run):
+    """One 3-iteration tiny S32 run (run_flags, experiment 'exp') for the whole pytest run,
+    saving every iteration, singular values logged every iteration: sets '' (itr 3), copy0 (3)
+    and copy1 (2). Read-only: tests that change it copy it first."""
+    def build(out):
+        import train
+        flags = run_flags(data_root, str(out), 'exp', '--total_itrs', '3', '--save_every', '1',
+                          '--sv_log_interval', '1')
+        train.run(vars(train.utils.prepare_parser().parse_args(flags)))
+    return shared_run('tiny_run', build)

@@ -17,6 +17,8 @@ float64 at 1e-6); TOL = 1e-4 leaves 100x for it.
 import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,11 +185,15 @@ def test_hdf5_batches_become_the_cpu_floats_on_cuda():
 # ----------------------------------------------------------------------------
 # train.py, sample.py and the Inception backends on CUDA.
 
-@pytest.fixture(scope='module')
-def cuda_setup(tmp_path_factory):
-    """A 10-class image folder, random tf_fid weights on disk, and its moments made on CUDA."""
-    tmp = tmp_path_factory.mktemp('cuda')
-    folder, weights, data_root = metrics_setup(tmp, 'cuda', N_CLASSES)
+@pytest.fixture
+def cuda_setup(shared_run):
+    """A 10-class image folder, random tf_fid weights on disk, and its moments made on CUDA,
+    once for the whole pytest run (shared_run). Read-only."""
+    def build(tmp):
+        paths = metrics_setup(tmp, 'cuda', N_CLASSES)
+        (tmp / 'paths.json').write_text(json.dumps([str(p) for p in paths]))
+    tmp = shared_run('cuda_setup', build)
+    folder, weights, data_root = map(Path, json.loads((tmp / 'paths.json').read_text()))
     return tmp, folder, weights, data_root
 
 
@@ -213,12 +219,12 @@ def logged(tmp, name, key):
 
 
 @pytest.mark.parametrize('amp', ['bf16', 'fp16'])
-def test_amp_run_on_cuda(cuda_setup, amp):
+def test_amp_run_on_cuda(cuda_setup, tmp_path, amp):
     """train.py --amp on CUDA: finite losses, float32 weights, and with fp16 the GradScalers'
     state in the checkpoint."""
-    tmp, name = cuda_setup[0], 'amp_' + amp
+    tmp, name = tmp_path, 'amp_' + amp
     train.run(vars(utils.prepare_parser().parse_args(cuda_flags(
-        cuda_setup, name, '--amp', amp, '--total_itrs', '4', '--save_every', '4',
+        (tmp,) + cuda_setup[1:], name, '--amp', amp, '--total_itrs', '4', '--save_every', '4',
         '--test_every', '0', '--num_epochs', '100'))))
     for key in ('G_loss', 'D_loss_real', 'D_loss_fake'):
         values = logged(tmp, name, key)
@@ -238,13 +244,16 @@ def test_amp_run_on_cuda(cuda_setup, amp):
                 assert t.dtype == torch.float32 and torch.isfinite(t).all(), (file, k)
 
 
-@pytest.fixture(scope='module')
-def trained(cuda_setup):
-    """A 2-iteration CUDA run that tests (IS/FID/KID on CUDA) and saves at iteration 2."""
-    train.run(vars(utils.prepare_parser().parse_args(cuda_flags(
-        cuda_setup, 'e2e', '--test_every', '2', '--save_every', '2', '--total_itrs', '2',
-        '--num_epochs', '10'))))
-    return cuda_setup
+@pytest.fixture
+def trained(cuda_setup, shared_run):
+    """A 2-iteration CUDA run that tests (IS/FID/KID on CUDA) and saves at iteration 2:
+    cuda_setup with its own folder for the run, made once for the whole pytest run. Its own
+    run: the session's tiny_run is on CPU and never tests. Read-only."""
+    def build(out):
+        train.run(vars(utils.prepare_parser().parse_args(cuda_flags(
+            (out,) + cuda_setup[1:], 'e2e', '--test_every', '2', '--save_every', '2',
+            '--total_itrs', '2', '--num_epochs', '10'))))
+    return (shared_run('cuda_trained', build),) + cuda_setup[1:]
 
 
 def test_train_tests_on_cuda(trained):
@@ -254,8 +263,10 @@ def test_train_tests_on_cuda(trained):
         assert np.isfinite(lines[0][key]), key
 
 
-def test_sample_py_on_cuda(trained, capsys):
+def test_sample_py_on_cuda(trained, tmp_path, capsys):
     """sample.py on CUDA: an npz of exactly N images, sheets, and Inception metrics."""
+    shutil.copytree(trained[0], tmp_path / 'run')  # sample.py writes beside the weights
+    trained = (tmp_path / 'run',) + trained[1:]
     parser = utils.add_sample_parser(utils.prepare_parser())
     config = vars(parser.parse_args(cuda_flags(
         trained, 'e2e', '--sample_npz', '--sample_num_npz', '13', '--G_batch_size', '5',

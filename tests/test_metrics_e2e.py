@@ -3,8 +3,10 @@ then sample.py with every sampling flag; Inception weights are random ones saved
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +24,15 @@ pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 N_CLASSES = 10
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-    """A 10-class image folder, random tf_fid weights on disk and the folder's moments."""
-    tmp = tmp_path_factory.mktemp('e2e')
-    folder, weights, data_root = metrics_setup(tmp, 'cpu', N_CLASSES)
+@pytest.fixture
+def setup(shared_run):
+    """A 10-class image folder, random tf_fid weights on disk and the folder's moments, made
+    once for the whole pytest run (shared_run). Read-only."""
+    def build(tmp):
+        paths = metrics_setup(tmp, 'cpu', N_CLASSES)
+        (tmp / 'paths.json').write_text(json.dumps([str(p) for p in paths]))
+    tmp = shared_run('metrics_e2e', build)
+    folder, weights, data_root = map(Path, json.loads((tmp / 'paths.json').read_text()))
     return tmp, folder, weights, data_root
 
 
@@ -53,13 +59,24 @@ def test_moments_file_records_backend(setup):
         assert m['feats'].shape == (20, 2048)
 
 
-@pytest.fixture(scope='module')
-def trained(setup):
-    """A 2-iteration run on the folder that tests (metrics) and saves at iteration 2."""
-    parser = utils.prepare_parser()
-    train.run(vars(parser.parse_args(flags(setup, '--test_every', '2', '--save_every', '2',
-                                           '--total_itrs', '2', '--num_epochs', '10'))))
-    return setup
+@pytest.fixture
+def trained(setup, shared_run):
+    """A 2-iteration run on the folder that tests (metrics) and saves at iteration 2: setup
+    with its own folder for the run's weights, logs and samples, made once for the whole
+    pytest run. Its own run: the session's tiny_run trains on S32 and never tests. Read-only:
+    tests that write use writable(trained)."""
+    def build(out):
+        parser = utils.prepare_parser()
+        train.run(vars(parser.parse_args(flags((out,) + setup[1:], '--test_every', '2',
+                                               '--save_every', '2', '--total_itrs', '2',
+                                               '--num_epochs', '10'))))
+    return (shared_run('metrics_e2e_trained', build),) + setup[1:]
+
+
+def writable(trained, tmp_path):
+    """trained with a copy of its run's folder, for a test that writes beside the weights."""
+    shutil.copytree(trained[0], tmp_path / 'run')
+    return (tmp_path / 'run',) + trained[1:]
 
 
 def test_train_tests_and_keeps_best_copy(trained):
@@ -82,9 +99,9 @@ def test_train_tests_and_keeps_best_copy(trained):
     assert state['save_best_num'] == 1
 
 
-def test_sample_py_writes_everything(trained, capsys, monkeypatch):
+def test_sample_py_writes_everything(trained, tmp_path, capsys, monkeypatch):
     """sample.py on the checkpoint: npz with exactly N images, sheets, interps, metrics."""
-    setup = trained
+    setup = writable(trained, tmp_path)
     tmp = setup[0]
     # The z each sample() drew, grouped by the noise std z_ was set to at the time.
     drawn = {}

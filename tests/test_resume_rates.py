@@ -29,12 +29,11 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
-@pytest.fixture(scope='module')
-def run2(data_root, tmp_path_factory):
-    """A 2-iteration run saved at 2."""
-    out = tmp_path_factory.mktemp('run2')
-    train_run(data_root, out, '--total_itrs', '2')
-    return out
+@pytest.fixture
+def run3(tiny_run):
+    """The session's 3-iteration run, saved at 3, launched at the rates train_run gives (the
+    flags' defaults, 5e-05 and 2e-04)."""
+    return tiny_run
 
 
 def resumed_optims(data_root, out, monkeypatch, *extra):
@@ -58,15 +57,15 @@ def resumed_optims(data_root, out, monkeypatch, *extra):
     return seen['G'].optim, seen['D'].optim
 
 
-def copy_run(run2, tmp_path):
+def copy_run(run3, tmp_path):
     out = tmp_path / 'out'
-    shutil.copytree(run2, out)
+    shutil.copytree(run3, out)
     return out
 
 
-def test_changed_rates_override(run2, data_root, tmp_path, monkeypatch, capsys):
+def test_changed_rates_override(run3, data_root, tmp_path, monkeypatch, capsys):
     """--G_lr/--D_lr unlike the launch's set the param groups; Adam moments stay bit for bit."""
-    out = copy_run(run2, tmp_path)
+    out = copy_run(run3, tmp_path)
     folder = out / 'weights' / NAME
     saved_G, saved_D = load(folder / 'G_optim.pth'), load(folder / 'D_optim.pth')
     G_opt, D_opt = resumed_optims(data_root, out, monkeypatch, '--G_lr', '1e-5', '--D_lr', '3e-5')
@@ -84,10 +83,10 @@ def test_changed_rates_override(run2, data_root, tmp_path, monkeypatch, capsys):
     assert "--D_lr 3e-05 overrides the checkpoint's 0.0002" in text
 
 
-def test_saved_state_records_launched_and_effective(run2, data_root, tmp_path):
+def test_saved_state_records_launched_and_effective(run3, data_root, tmp_path):
     """After an overriding resume, config holds the new launch values and optim_settings the
     optimizers' effective ones; the release keys are all still there."""
-    out = copy_run(run2, tmp_path)
+    out = copy_run(run3, tmp_path)
     train_run(data_root, out, '--total_itrs', '4', '--resume', '--G_lr', '1e-5')
     saved = load(out / 'weights' / NAME / 'state_dict.pth')
     for key in ['itr', 'epoch', 'save_num', 'save_best_num', 'best_IS', 'best_FID', 'config']:
@@ -98,9 +97,9 @@ def test_saved_state_records_launched_and_effective(run2, data_root, tmp_path):
     assert saved['optim_settings']['D'] == {'lr': 2e-4, 'betas': (0.0, 0.999), 'eps': 1e-8}
 
 
-def test_launch_values_keep_lowered_rate(run2, data_root, tmp_path, monkeypatch, capsys):
+def test_launch_values_keep_lowered_rate(run3, data_root, tmp_path, monkeypatch, capsys):
     """Relaunching with the launch values keeps a lr lowered in the checkpoint since."""
-    out = copy_run(run2, tmp_path)
+    out = copy_run(run3, tmp_path)
     folder = out / 'weights' / NAME
     optim = load(folder / 'G_optim.pth')
     for group in optim['param_groups']:
@@ -116,9 +115,9 @@ def test_launch_values_keep_lowered_rate(run2, data_root, tmp_path, monkeypatch,
     assert 'overrides' not in capsys.readouterr().out
 
 
-def test_betas_and_eps_override(run2, data_root, tmp_path, monkeypatch, capsys):
+def test_betas_and_eps_override(run3, data_root, tmp_path, monkeypatch, capsys):
     """--G_B1, --D_B2 and --adam_eps unlike the launch's change only those settings."""
-    out = copy_run(run2, tmp_path)
+    out = copy_run(run3, tmp_path)
     G_opt, D_opt = resumed_optims(data_root, out, monkeypatch, '--G_B1', '0.5', '--D_B2',
                                   '0.99', '--adam_eps', '1e-6')
     assert G_opt.param_groups[0]['betas'] == (0.5, 0.999)

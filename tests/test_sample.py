@@ -1,5 +1,6 @@
 """sample.py on a tiny S32 checkpoint: --config_from_name, standing stats, bad flags."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,14 +16,21 @@ from helpers import ROOT, run_flags
 pytestmark = pytest.mark.slow  # end to end: see pytest.ini
 
 
-@pytest.fixture(scope='module')
-def trained(data_root, tmp_path_factory):
-    """A 2-iteration run with the release's own BN (--mybn), so standing stats apply."""
-    out = tmp_path_factory.mktemp('sample')
-    flags = run_flags(data_root, str(out), 'mybn', '--mybn', '--total_itrs', '2',
-                      '--save_every', '2')
-    train.run(vars(utils.prepare_parser().parse_args(flags)))
-    return out
+@pytest.fixture
+def trained(data_root, shared_run):
+    """A 2-iteration run with the release's own BN (--mybn), so standing stats apply: the
+    session's tiny_run has the default BN, which has none (and its other users test that)."""
+    def build(out):
+        flags = run_flags(data_root, str(out), 'mybn', '--mybn', '--total_itrs', '2',
+                          '--save_every', '2')
+        train.run(vars(utils.prepare_parser().parse_args(flags)))
+    return shared_run('mybn', build)
+
+
+def copied(run, tmp_path):
+    """A copy of the shared run to write into."""
+    shutil.copytree(run, tmp_path / 'run')
+    return tmp_path / 'run'
 
 
 def roots(out):
@@ -30,10 +38,11 @@ def roots(out):
             '--logs_root', str(out / 'logs')]
 
 
-def test_config_from_name_rebuilds_the_model(trained, monkeypatch):
+def test_config_from_name_rebuilds_the_model(trained, tmp_path, monkeypatch):
     """Only the experiment name and roots are given; the model flags come from the checkpoint
     (a different --G_ch on the command line is overridden), the EMA weights are loaded, and
     standing stats accumulate."""
+    trained = copied(trained, tmp_path)  # sample.py writes its npz beside the weights
     calls = []
     accumulate = utils.accumulate_standing_stats
 

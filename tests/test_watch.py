@@ -2,6 +2,7 @@
 train.py --tensorboard read back with TensorBoard's reader, scripts/utils/duplicate.sh."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,30 +46,42 @@ def fake_inception(calls):
     return prepare
 
 
-@pytest.fixture(scope='module')
-def demo_run(data_root, tmp_path_factory):
+@pytest.fixture
+def demo_run(data_root, shared_run):
     """The demo's flags for 6 iterations: tests (fake Inception) and saves at 3 and 6, singular
-    values every 2, --tensorboard. Returns (out, {itr: the step's losses})."""
-    out = tmp_path_factory.mktemp('demo')
-    losses, calls = {}, []
-    real = train_fns.GAN_training_function
+    values every 2, --tensorboard. Returns (out, {itr: the step's losses}). Its own run: what
+    these tests read (the demo's rates and batch, tests, TensorBoard's events) the session's
+    tiny_run has none of. Read-only: tests that write copy it first."""
+    def build(out):
+        losses, calls = {}, []
+        real = train_fns.GAN_training_function
 
-    def recording(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
-        step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
+        def recording(G, D, GD, z_, y_, ema, state_dict, config, precision=None, **kwargs):
+            step = real(G, D, GD, z_, y_, ema, state_dict, config, precision, **kwargs)
 
-        def train_step(x, y):
-            losses[state_dict['itr']] = step(x, y)
-            return losses[state_dict['itr']]
-        return train_step
-    flags = demo_flags(EXPERIMENT=NAME, TOTAL_ITRS='6', SAVE_EVERY='3') + roots(out) + [
-        '--data_root', data_root, '--device', 'cpu', '--test_every', '3',
-        '--sv_log_interval', '2', '--tensorboard']
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_fns, 'GAN_training_function', recording)
-        mp.setattr(inception_utils, 'prepare_metrics', fake_inception(calls))
-        train.run(vars(utils.prepare_parser().parse_args(flags)))
-    assert len(calls) == 2
-    return out, losses
+            def train_step(x, y):
+                losses[state_dict['itr']] = step(x, y)
+                return losses[state_dict['itr']]
+            return train_step
+        flags = demo_flags(EXPERIMENT=NAME, TOTAL_ITRS='6', SAVE_EVERY='3') + roots(out) + [
+            '--data_root', data_root, '--device', 'cpu', '--test_every', '3',
+            '--sv_log_interval', '2', '--tensorboard']
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_fns, 'GAN_training_function', recording)
+            mp.setattr(inception_utils, 'prepare_metrics', fake_inception(calls))
+            train.run(vars(utils.prepare_parser().parse_args(flags)))
+        assert len(calls) == 2
+        # Floats survive JSON exactly (repr round-trips), so every worker reads these losses.
+        (out / 'losses.json').write_text(json.dumps(losses))
+    out = shared_run('demo', build)
+    losses = json.loads((out / 'losses.json').read_text())
+    return out, {int(itr): values for itr, values in losses.items()}
+
+
+def copied(out, tmp_path):
+    """A copy of the demo run to write into."""
+    shutil.copytree(out, tmp_path / 'demo')
+    return tmp_path / 'demo'
 
 
 def sv_names(out):
@@ -83,10 +96,10 @@ def sv_names(out):
 # ----------------------------------------------------------------------------
 # plot_logs.py on a run of the demo config.
 
-def test_demo_run_plots(demo_run):
+def test_demo_run_plots(demo_run, tmp_path):
     """Every figure of a demo-config run is written, at its pixel size, beside the logs (the
     tests logged KID: metrics.png has its one panel)."""
-    out, _ = demo_run
+    out = copied(demo_run[0], tmp_path)
     paths = plot_logs.run(vars(plot_logs.prepare_parser().parse_args(
         ['--experiment_name', NAME, '--logs_root', str(out / 'logs')])))
     folder = out / 'logs' / NAME
@@ -446,7 +459,7 @@ def tree(folder):
 def test_duplicate_copies_weights_logs_and_jsonl(demo_run, tmp_path):
     """A copy of the demo run under a new name: the same weights, logs and jsonl, and train.py
     resumes it."""
-    out, _ = demo_run
+    out = copied(demo_run[0], tmp_path)
     code, err = duplicate(out, NAME, 'copy')
     assert code == 0, err
     for src, dst in [('weights/' + NAME, 'weights/copy'), ('logs/' + NAME, 'logs/copy'),
@@ -462,12 +475,12 @@ def test_duplicate_copies_weights_logs_and_jsonl(demo_run, tmp_path):
         str(out / 'weights' / NAME / 'G.pth')).items())
 
 
-def test_duplicate_resumes_with_tensorboard(demo_run, data_root):
+def test_duplicate_resumes_with_tensorboard(demo_run, data_root, tmp_path):
     """The copy resumes to 8 under its new name: its logs and event files continue the
     original's, the new event file starting with the session start that makes TensorBoard
     drop older events from iteration 7 on."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    out, _ = demo_run
+    out = copied(demo_run[0], tmp_path)
     assert duplicate(out, NAME, 'resumed')[0] == 0
     flags = demo_flags(EXPERIMENT='resumed', TOTAL_ITRS='8') + roots(out) + [
         '--data_root', data_root, '--device', 'cpu', '--tensorboard', '--resume']

@@ -1,8 +1,8 @@
 """The tests' fixtures. Plain helpers live in helpers.py (importing it puts the repo root on
 sys.path and sets the thread counts); they are re-exported here for test files that import
 them from conftest."""
+import functools
 import os
-import shutil
 
 import pytest
 
@@ -21,6 +21,7 @@ from helpers import (  # noqa: F401
     penalty_grad,
     run_flags,
     save_hf,
+    shared_folder,
     tiny_config,
     tiny_models,
 )
@@ -44,32 +45,19 @@ def data_root(shared_run):
 
 @pytest.fixture(scope='session')
 def shared_run(tmp_path_factory):
-    """shared_run(name, build): the folder build(folder) filled, built once per pytest run.
+    """shared_run(name, build): the folder build(folder) filled, built once per pytest run
+    (helpers.shared_folder).
 
     Under pytest-xdist every worker has its own session, so a session fixture alone would
-    build once per worker: the folder lives in the run's base temporary folder (the parent of
-    the workers' own), and a file lock makes the first worker to ask build it while the others
-    wait and reuse it. A build that fails leaves no done-marker: the next caller rebuilds. The
-    folder is read-only for the tests: one that writes copies it first.
+    build once per worker: the folders live in the run's base temporary folder, the parent of
+    the workers' own. They are read-only for the tests: one that writes copies first.
     """
-    from filelock import FileLock  # a dependency of torch
     base = tmp_path_factory.getbasetemp()
     if os.environ.get('PYTEST_XDIST_WORKER'):
         base = base.parent
     base = base / 'shared_runs'
     base.mkdir(exist_ok=True)
-
-    def get(name, build):
-        folder, done = base / name, base / (name + '.done')
-        with FileLock(str(base / (name + '.lock'))):
-            if not done.exists():
-                if folder.exists():
-                    shutil.rmtree(folder)
-                folder.mkdir()
-                build(folder)
-                done.touch()
-        return folder
-    return get
+    return functools.partial(shared_folder, base)
 
 
 @pytest.fixture(scope='session')

@@ -1,6 +1,7 @@
 """Plain helpers the tests share (conftest.py holds the fixtures): the repo root on sys.path,
 the tiny configs and runs, reference computations and stand-ins."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,22 @@ def run_flags(data_root, out, name, *extra):
         '--logs_root', os.path.join(out, 'logs'), '--samples_root', os.path.join(out, 'samples'),
         '--experiment_name', name, '--shuffle', '--num_D_steps', '1', '--test_every', '0',
         '--ema', '--use_ema', '--num_epochs', '1000'] + list(extra)
+
+
+def shared_folder(base, name, build):
+    """base/name, filled by build(folder) once: the first caller, in any process, builds it
+    under a file lock while the others wait, and later ones find it done. A build that fails
+    leaves no done-marker, so the next caller rebuilds it from an empty folder."""
+    from filelock import FileLock  # a dependency of torch
+    folder, done = base / name, base / (name + '.done')
+    with FileLock(str(base / (name + '.lock'))):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def assert_same(a, b, where=''):

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
-TOTAL_ITRS=${TOTAL_ITRS:-1600}       # 371 s from a fresh clone on a 2-core CPU
+TOTAL_ITRS=${TOTAL_ITRS:-1500}       # ~570 s on a quiet 2-core CPU (docs/benchmarks.md#demo-variety)
 TRAIN_SECONDS=${TRAIN_SECONDS:-750}  # cap; leaves time for start-up and sample.py
 SAVE_EVERY=${SAVE_EVERY:-200}
 EXPERIMENT=${EXPERIMENT:-s32_demo}
@@ -21,15 +21,16 @@ EXPERIMENT=${EXPERIMENT:-s32_demo}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 # Model flags, shared by train.py and sample.py so the checkpoint loads. G_ch/D_ch 8 (32
-# channels at every stage): 16 is ~3x slower per step here, and batch 16 learns faster per
-# second than 32. float32 with channels_last: on CPUs without bf16 instructions (AVX2 only)
-# --amp bf16 is several times slower than float32.
+# channels at every stage): 16 is ~3x slower per step here. Batch 32: 1.6x batch 16's time
+# per step, and in the same time its samples vary more and it learns the checkerboard class,
+# which batch 16 never draws (docs/benchmarks.md#demo-variety). float32 with channels_last:
+# on CPUs without bf16 instructions (AVX2 only) --amp bf16 is several times slower.
 MODEL_FLAGS=(
   --dataset S32 --experiment_name "$EXPERIMENT"
   --data_root data --weights_root weights --logs_root logs --samples_root samples
   --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0
   --G_shared --shared_dim 32 --hier --dim_z 64
-  --batch_size 16 --channels_last
+  --batch_size 32 --channels_last
   --ema --use_ema --ema_decay 0.99 --ema_start 100
   --seed 0
 )

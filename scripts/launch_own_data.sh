@@ -16,7 +16,7 @@
 # Extra flags reach train.py and sample.py, after this script's, as in launch_demo.sh: an
 # override (e.g. --G_ch 16) reaches both, so the checkpoint still matches.
 #
-# Environment (defaults): PYTHON (python), RESOLUTION (32), TOTAL_ITRS (1600) and TRAIN_SECONDS
+# Environment (defaults): PYTHON (python), RESOLUTION (32), TOTAL_ITRS (1500) and TRAIN_SECONDS
 # (750), the demo's budget: training stops at whichever comes first; SAVE_EVERY (200), NAME (the
 # folder's name: the dataset and experiment name), DATA_ROOT (data: the HDF5 file and moments),
 # WEIGHTS_ROOT (weights), LOGS_ROOT (logs), SAMPLES_ROOT (samples), INCEPTION_BACKEND
@@ -33,7 +33,7 @@ shift
 
 PYTHON=${PYTHON:-python}
 RESOLUTION=${RESOLUTION:-32}
-TOTAL_ITRS=${TOTAL_ITRS:-1600}
+TOTAL_ITRS=${TOTAL_ITRS:-1500}
 TRAIN_SECONDS=${TRAIN_SECONDS:-750}
 SAVE_EVERY=${SAVE_EVERY:-200}
 NAME=${NAME:-$(basename -- "$(realpath -m -- "$FOLDER")")}
@@ -126,7 +126,7 @@ MODEL_FLAGS=(
   --weights_root "$WEIGHTS_ROOT" --logs_root "$LOGS_ROOT" --samples_root "$SAMPLES_ROOT"
   --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0
   --G_shared --shared_dim 32 --hier --dim_z 64
-  --batch_size 16 --channels_last
+  --batch_size 32 --channels_last
   --ema --use_ema --ema_decay 0.99 --ema_start 100
   --seed 0
 )

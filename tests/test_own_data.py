@@ -50,7 +50,9 @@ def test_folder_to_sample_sheets(tmp_path):
     """Histogram first, metrics off in one line, an RGB HDF5 file of the centre-cropped images,
     a checkpoint at the tiny budget and a class sheet with one row per class."""
     pixels = make_folder(tmp_path / 'my_images', CLASSES)
-    run = launch(tmp_path, tmp_path / 'my_images', '--seed', '3')
+    # 18 images, fewer than one step of the demo's batch 32 takes: a smaller batch, as a user
+    # with a folder this small would give.
+    run = launch(tmp_path, tmp_path / 'my_images', '--seed', '3', '--batch_size', '8')
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[:4] == ['3 classes, 18 images:', '  circles  5', '  gray     6',

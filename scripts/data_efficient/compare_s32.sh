@@ -22,7 +22,8 @@ FID_IMAGES=${FID_IMAGES:-1500}     # G_ema samples per FID
 ACC_IMAGES=${ACC_IMAGES:-10000}    # G_ema samples per classifier accuracy
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
-# The demo's model and optimiser (see launch_demo.sh), every root under $OUT.
+# The demo's model and optimiser (see launch_demo.sh) at batch 16, the batch its recorded
+# figures (docs/little_data.md) were measured with; every root under $OUT.
 MODEL_FLAGS=(
   --dataset S32
   --data_root "$OUT/data" --weights_root "$OUT/weights" --logs_root "$OUT/logs"

@@ -172,10 +172,12 @@ def test_tensorboard_mirrors_the_logs(demo_run):
             {r['itr']: r[key] for r in records}, rel=1e-6)
     assert scalars(events, 'lr/G') == pytest.approx({i: 5e-4 for i in range(1, 7)})
     assert scalars(events, 'lr/D') == pytest.approx({i: 5e-4 for i in range(1, 7)})
-    # images/s: the demo's 16 images per iteration over the time between the iterations' events.
+    # images/s: the demo's batch per iteration over the time between the iterations' events.
+    flags = demo_flags()
+    batch = int(flags[flags.index('--batch_size') + 1])
     speed = scalars(events, 'speed/images_per_s')
     walls = {e.step: e.wall_time for e in events.Scalars('train/G_loss')}
-    assert speed == pytest.approx({i: 16 / (walls[i] - walls[i - 1]) for i in range(2, 7)},
+    assert speed == pytest.approx({i: batch / (walls[i] - walls[i - 1]) for i in range(2, 7)},
                                   rel=1e-5)
     folder = out / 'samples' / NAME
     for tag, path in [('samples/fixed', 'fixed_samples%d.jpg'), ('samples/classes0',

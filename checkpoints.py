@@ -412,7 +412,7 @@ def check_optimizer_state(optim, loaded, path):
                               f'was trained with')
     for group, theirs_group in zip(optim.param_groups, loaded['param_groups']):
         for key, value in group.items():
-            if key != 'params' and not _like(theirs_group.get(key, value), value):
+            if key != 'params' and not _setting_ok(key, theirs_group.get(key, value), value):
                 raise CheckpointError(f'{path}: its {key} {theirs_group[key]!r:.60} is not an '
                                       f'optimizer setting like {value!r}; the file is damaged')
     for index, state in states.items():
@@ -431,6 +431,18 @@ def check_optimizer_state(optim, loaded, path):
             elif not (value is None or _like(value, 0.0)):
                 raise CheckpointError(f'{path}: optimizer state {key} of parameter {index} is '
                                       f'{value!r:.60}, not a count; the file is damaged')
+
+
+def _setting_ok(key, value, ours):
+    """Whether a loaded optimizer setting may stand for ours: a number of ours' kind (betas
+    below 1: Adam divides by 1 - beta^t), and every other setting (amsgrad, maximize, foreach,
+    ...: how the algorithm runs, which the flags fix, and which needs state of its own) equal
+    to ours."""
+    if key == 'betas':
+        return _like(value, ours) and all(float(b) < 1 for b in value)
+    if isinstance(ours, (int, float)) and not isinstance(ours, bool):
+        return _like(value, ours)
+    return type(value) is type(ours) and value == ours
 
 
 def _like(value, ours):
@@ -526,6 +538,15 @@ def check_kind(obj, path, name):
                               f'{name}.pth of this project or the release')
 
 
+def _same_kind(loaded, own):
+    """Whether load_state_dict's copy of loaded into own keeps its values: floats of any
+    width into floats (a --G_fp16 G loads into a float32 one), other dtypes only into their
+    own (bool, int or complex weights would be cast silently into other numbers)."""
+    if loaded.is_floating_point() and own.is_floating_point():
+        return True
+    return loaded.dtype == own.dtype
+
+
 def check_shapes(module, loaded, path, strict=True):
     """One clear error when a checkpoint does not fit the model built from the flags."""
     own = module.state_dict()
@@ -533,8 +554,11 @@ def check_shapes(module, loaded, path, strict=True):
     unexpected = [k for k in loaded if k not in own] if strict else []
     wrong = [f'{k} {tuple(loaded[k].shape)} vs {tuple(own[k].shape)}'
              for k in own if k in loaded and loaded[k].shape != own[k].shape]
+    kinds = [f'{k} {loaded[k].dtype} vs {own[k].dtype}'
+             for k in own if k in loaded and not _same_kind(loaded[k], own[k])]
     problems = (['shape mismatch (checkpoint vs config): ' + '; '.join(wrong[:3])] if wrong
                 else [])
+    problems += ['dtype mismatch: ' + '; '.join(kinds[:3])] if kinds else []
     problems += ['missing keys: ' + ', '.join(missing[:3])] if missing else []
     problems += ['unexpected keys: ' + ', '.join(unexpected[:3])] if unexpected else []
     if problems:
@@ -543,13 +567,17 @@ def check_shapes(module, loaded, path, strict=True):
                           f'with')
 
 
-def mismatched_companion(folder, saved):
+def mismatched_companion(folder, saved, loading=()):
     """The first file that a state_dict's 'files' record (sizes and sha256 of its set's other
-    files, written before it) does not match, with why; None when all match or when the
+    files, written before it) does not match, or of the files about to be loaded (loading:
+    file names) the first it does not list, with why; None when all match or when the
     state_dict has no record (the release's sets)."""
     record = saved.get('files') if isinstance(saved, dict) else None
     if not isinstance(record, dict):
         return None
+    unlisted = [name for name in loading if name not in record]
+    if unlisted:
+        return unlisted[0], 'not in the record of the files state_dict.pth was saved with'
     for name, want in record.items():
         path = os.path.join(folder, str(name))
         if (not isinstance(want, dict) or not isinstance(name, str)
@@ -632,7 +660,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         check_types(loaded['state_dict']['config'], path('state_dict'))
     # Checked before any other file is read: a save interrupted between its renames leaves
     # new files beside an old state_dict.pth, whose record then no longer matches them.
-    bad = mismatched_companion(folder, loaded['state_dict'])
+    bad = mismatched_companion(folder, loaded['state_dict'],
+                               [os.path.basename(path(name)) for name in needed[:-1]])
     if bad:
         which = f' (--load_weights {name_suffix})' if name_suffix else ''
         raise CheckpointError(f'mixed checkpoint set{which}: {os.path.join(folder, bad[0])} '

@@ -294,6 +294,14 @@ def first_state(key, value):
     ('G_optim', first_state('step', lambda v: torch.tensor(-1.0)), 'step'),
     ('G_optim', first_state('exp_avg_sq', lambda v: torch.full_like(v, float('nan'))), 'NaN'),
     ('D', lambda obj: obj[next(iter(obj))].fill_(float('inf')), 'NaN or Inf'),
+    # Settings that change the algorithm (amsgrad needs state of its own; maximize ascends),
+    # and a beta of 1 (Adam divides by 1 - beta^t): the outside attacker's round 3.
+    ('G_optim', first_group('amsgrad', True), 'amsgrad'),
+    ('G_optim', first_group('maximize', True), 'maximize'),
+    ('G_optim', first_group('betas', (1.0, 0.999)), 'betas'),
+    # A record that vouches for no companion, or not for G.pth.
+    ('state_dict', set_key('files', {}), 'not in the record'),
+    ('state_dict', lambda obj: obj['files'].pop('G.pth'), 'G.pth'),
 ])
 def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
                                                                    expect):
@@ -312,3 +320,29 @@ def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, nam
         checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
     assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize('dtype', [torch.bool, torch.int64, torch.complex64, torch.float16])
+def test_weights_of_another_kind_are_refused(tmp_path, dtype):
+    """G.pth whose float tensors became bool, int64 or complex (the record refreshed) would
+    be cast silently into other numbers by load_state_dict: refused, nothing loaded. float16
+    weights (a --G_fp16 run's) load into a float32 G as the release's did."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = stepped_models(config)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+
+    def change(obj):
+        for key, value in obj.items():
+            if value.is_floating_point():
+                obj[key] = value.to(dtype)
+    corrupt_state(root, 'G', change)
+    G2, D2, E2 = tiny_models(config, seed=9)
+    before = {k: v.clone() for k, v in G2.state_dict().items()}
+    if dtype == torch.float16:
+        checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
+        assert all(torch.equal(v, G.state_dict()[k].half().to(v.dtype))
+                   for k, v in G2.state_dict().items())
+        return
+    with pytest.raises(checkpoints.ConfigError, match='dtype mismatch'):
+        checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
+    assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())

@@ -28,9 +28,11 @@ from files import (  # noqa: F401  (release-era names, kept importable from here
     atomic_open,
     available_memory,
     check_declared,
+    check_hdf5_stored,
     check_memory,
     check_name,
     check_npz,
+    hdf5_dataset,
     item_nbytes,
     open_regular,
 )
@@ -402,7 +404,11 @@ def open_hdf5(path):
     except OSError as e:
         raise DatasetError(f'{path} is not a readable HDF5 file ({e}); write it with '
                            f'make_hdf5.py') from None
-    imgs, labels = f.get('imgs'), f.get('labels')
+    try:
+        imgs, labels = hdf5_dataset(f, 'imgs', path), hdf5_dataset(f, 'labels', path)
+    except ConfigError:
+        f.close()
+        raise
     if not isinstance(imgs, h5py.Dataset) or not isinstance(labels, h5py.Dataset):
         problem = f"{path} has no 'imgs' and 'labels' datasets"
     elif imgs.ndim != 4 or imgs.shape[1] != 3 or labels.shape != (imgs.shape[0],):
@@ -415,6 +421,8 @@ def open_hdf5(path):
             # Each read takes one image whole: its declared size must fit in memory.
             check_declared(imgs.dtype.itemsize * int(np.prod(imgs.shape[1:])), 'one image',
                            path)
+            check_hdf5_stored(imgs, path, "'imgs'")
+            check_hdf5_stored(labels, path, "'labels'")
         except ConfigError:
             f.close()
             raise

@@ -10,6 +10,7 @@
 """
 import contextlib
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -445,6 +446,46 @@ def read_lines(path, what='log', max_line=1 << 20):
 
 # What reading a damaged .npz raises besides FileError: zipfile's errors (a bad CRC, an
 # unsupported compression or flag), zlib's, and numpy's ValueError for a bad .npy header.
+def hdf5_dataset(f, name, path):
+    """f[name] when it is stored in the open HDF5 file f itself (None when f has no name):
+    a soft or external link, a dataset whose data lies in external raw files or a virtual
+    dataset would make h5py open other files on read (a FIFO among them blocks it forever,
+    any file of the machine would be read as pixels), so those are refused (FileError)."""
+    import h5py
+    link = f.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise FileError(f"{path}: '{name}' is a {type(link).__name__} to another place; "
+                        f'datasets are read only from the file itself: write the file with '
+                        f'make_hdf5.py')
+    obj = f[name]
+    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+        raise FileError(f"{path}: '{name}' keeps its data in other files (external or "
+                        f'virtual storage); datasets are read only from the file itself: '
+                        f'write the file with make_hdf5.py')
+    return obj
+
+
+def check_hdf5_stored(dataset, path, what):
+    """Refuse (FileError) an HDF5 dataset that declares more than it stores: h5py reads a
+    chunk never written, or a contiguous dataset never allocated, as its fill value (black
+    images, zero labels) without a word, so a file whose writing stopped early would train on
+    them."""
+    if not dataset.size:
+        return
+    if dataset.chunks:
+        want = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks))
+        have, unit = dataset.id.get_num_chunks(), 'chunks'
+    else:
+        want, unit = dataset.size * dataset.dtype.itemsize, 'bytes'
+        have = dataset.id.get_storage_size()
+    if have < want:
+        raise FileError(f'{path}: {what} declares shape {dataset.shape} but stores only part of '
+                        f'it ({have} of {want} {unit}); the file was not written to its end: '
+                        f'write it again with make_hdf5.py')
+
+
 NPZ_ERRORS = (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
               NotImplementedError, RuntimeError, KeyError)
 

@@ -35,6 +35,7 @@ from files import (
     check_npz,
     declared_nbytes,
     file_digest,
+    hdf5_dataset,
     open_regular,
 )
 from flags import DEFAULT_KID_FEATS, ConfigError
@@ -671,7 +672,8 @@ class PerClassMoments:
         self.path = path
         try:
             self.h5 = h5py.File(open_regular(path, 'per-class Inception moments'), 'r')
-            count, mu, sigma = (self.h5.get(key) for key in ('count', 'mu', 'sigma'))
+            count, mu, sigma = (hdf5_dataset(self.h5, key, path)
+                                for key in ('count', 'mu', 'sigma'))
             file_backend = self.h5.attrs.get('backend')
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise self._error(f'cannot be read ({type(err).__name__})') from None

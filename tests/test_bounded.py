@@ -363,3 +363,57 @@ def test_plot_logs_smoothing_window(tmp_path, capsys):
     plot_logs.main(['--experiment_name', 'run', '--logs_root', str(tmp_path),
                     '--smooth', str(10 ** 30)])
     assert (run / 'losses.png').exists()
+
+
+def _hdf5_case(path, kind, elsewhere):
+    """An HDF5 dataset file whose 'imgs' (or 'labels') is read from elsewhere or not stored."""
+    import h5py
+    imgs, labels = np.zeros((4, 3, 8, 8), np.uint8), np.zeros(4, np.int64)
+    with h5py.File(path, 'w') as f:
+        if kind == 'external':
+            f.create_dataset('imgs', shape=imgs.shape, dtype=np.uint8,
+                             external=[(str(elsewhere), 0, h5py.h5f.UNLIMITED)])
+        elif kind == 'external_labels':
+            f.create_dataset('imgs', data=imgs)
+            f.create_dataset('labels', shape=(4,), dtype=np.int64,
+                             external=[(str(elsewhere), 0, h5py.h5f.UNLIMITED)])
+            return
+        elif kind == 'external_link':
+            f['imgs'] = h5py.ExternalLink(str(elsewhere), '/imgs')
+        elif kind == 'soft_link':
+            f.create_dataset('pixels', data=imgs)
+            f['imgs'] = h5py.SoftLink('/pixels')
+        elif kind == 'virtual':
+            layout = h5py.VirtualLayout(shape=imgs.shape, dtype=np.uint8)
+            layout[:] = h5py.VirtualSource(str(elsewhere), 'imgs', shape=imgs.shape)
+            f.create_virtual_dataset('imgs', layout)
+        elif kind == 'unwritten_chunks':  # 2 * 10^7 images declared, 2 chunks written
+            d = f.create_dataset('imgs', shape=(2 * 10 ** 7, 3, 8, 8), dtype=np.uint8,
+                                 chunks=(2, 3, 8, 8), compression='gzip')
+            d[:4] = 255
+            labels = np.zeros(2 * 10 ** 7, np.int64)
+        elif kind == 'unallocated':
+            f.create_dataset('imgs', shape=imgs.shape, dtype=np.uint8)
+        f.create_dataset('labels', data=labels)
+
+
+@pytest.mark.parametrize('kind', ['external', 'external_labels', 'external_link', 'soft_link',
+                                  'virtual', 'unwritten_chunks', 'unallocated'])
+def test_hdf5_data_read_only_from_the_file_and_stored_whole(tmp_path, kind):
+    """A dataset file whose images or labels live in another file (external raw storage, an
+    external or soft link, a virtual dataset: h5py would open it on read, and a FIFO there
+    blocks forever; any file would be read as pixels), or that declares more images than it
+    stores (h5py reads unwritten chunks as black images): refused in one line at start-up."""
+    import h5py
+
+    import datasets
+    elsewhere = tmp_path / 'elsewhere.h5'
+    with h5py.File(elsewhere, 'w') as f:  # a regular file stands in for the FIFO
+        f.create_dataset('imgs', data=np.full((4, 3, 8, 8), 7, np.uint8))
+    path = tmp_path / 'data.hdf5'
+    _hdf5_case(path, kind, elsewhere)
+    with pytest.raises(datasets.ConfigError) as info:
+        datasets.ILSVRC_HDF5(str(path))
+    assert '\n' not in str(info.value)
+    assert ('from the file itself' in str(info.value) if kind not in (
+        'unwritten_chunks', 'unallocated') else 'stores only part' in str(info.value))

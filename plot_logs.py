@@ -42,6 +42,9 @@ ITR_LIMIT = 1 << 63  # iterations are plotted as int64
 # What a log may make a figure draw: title labels and key names (their glyphs are drawn one by
 # one) and the number of distinct keys read.
 MAX_LABEL, MAX_KEY, MAX_KEYS = 100, 64, 256
+# .log files read per run: the release logs three losses and two singular values per SN layer
+# (a few hundred at most for BigGAN-deep at 512), so thousands are not a run of this code.
+MAX_LOGS = 1024
 # Finite values larger than this are no loss or score: matplotlib's ranges and ticks overflow
 # on them. NaN and inf are kept (drawn as gaps), as the loggers may write them.
 VALUE_LIMIT = 1e100
@@ -239,7 +242,8 @@ def resolve(patterns, logs_root):
     available = experiment_names(logs_root)
     out = []
     for pattern in patterns:
-        found = sorted(fnmatch.filter(available, pattern))
+        # A name train.py accepts may hold glob characters (r[1]): it names itself first.
+        found = [pattern] if pattern in available else sorted(fnmatch.filter(available, pattern))
         if not found:
             raise flags.ConfigError(f'no logs of {pattern} in {logs_root} (looked for '
                                     f'{pattern}/ with .log files and {pattern}_log.jsonl)')
@@ -254,9 +258,13 @@ def read_experiment(logs_root, name):
     folder = os.path.join(logs_root, name)
     metrics = {}
     if os.path.isdir(folder):
-        for f in sorted(os.listdir(folder)):
-            if f.endswith('.log'):
-                metrics[f[:-4]] = read_metric_log(os.path.join(folder, f))
+        logs = sorted((f for f in os.listdir(folder) if f.endswith('.log')),
+                      key=lambda f: (not f.startswith(('G_loss', 'D_loss')), f))  # losses first
+        if len(logs) > MAX_LOGS:
+            print(f'note: {folder}: {len(logs)} .log files, only the first {MAX_LOGS} (the '
+                  f'losses first) are read')
+        for f in logs[:MAX_LOGS]:
+            metrics[f[:-4]] = read_metric_log(os.path.join(folder, f))
     tests, stamps = read_jsonl(jsonl, protocols=True) if os.path.exists(jsonl) else ({}, [])
     events = read_events(jsonl) if os.path.exists(jsonl) else []
     tested = bool(len(tests.get('itr', ())))

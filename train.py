@@ -110,6 +110,10 @@ def training_batches(loader, state_dict, config, rank):
 
 def run(config):
     config = utils.prepare_config(config)
+    if config['on_collapse'] != 'warn' and not config['collapse_watch']:
+        # Without the watch nothing detects a collapse, so the action would silently not act.
+        raise utils.ConfigError(f"--on_collapse {config['on_collapse']} acts on what "
+                                f'--collapse_watch detects: add --collapse_watch')
     experiment_name = utils.experiment_name(config)
     rank, world_size, device = setup_distributed(config)
     utils.seed_rng(config['seed'])

@@ -417,3 +417,19 @@ def test_hdf5_data_read_only_from_the_file_and_stored_whole(tmp_path, kind):
     assert '\n' not in str(info.value)
     assert ('from the file itself' in str(info.value) if kind not in (
         'unwritten_chunks', 'unallocated') else 'stores only part' in str(info.value))
+
+
+def test_plot_logs_reads_a_bounded_number_of_logs_and_names_itself(tmp_path, monkeypatch):
+    """A run folder of thousands of .log files is read up to MAX_LOGS, the losses first (3000
+    singular-value logs took minutes); an experiment name holding glob characters (r[1],
+    which train.py accepts) names that run, not a pattern that misses it."""
+    import plot_logs
+    monkeypatch.setattr(plot_logs, 'MAX_LOGS', 5)
+    run = tmp_path / 'r[1]'
+    run.mkdir()
+    for i in range(20):
+        (run / f'sv{i:02d}_G.log').write_text('1: 0.5\n')
+    (run / 'G_loss.log').write_text('1: 0.5\n2: 0.25\n')
+    assert plot_logs.resolve(['r[1]'], str(tmp_path)) == ['r[1]']
+    metrics = plot_logs.read_experiment(str(tmp_path), 'r[1]')['metrics']
+    assert sorted(metrics) == ['G_loss', 'sv00_G', 'sv01_G', 'sv02_G', 'sv03_G']

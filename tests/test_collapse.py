@@ -483,3 +483,14 @@ def test_impossible_fids_are_no_evidence():
     for itr, fid in enumerate([10.0, -1e6, float('nan'), float('inf'), 'x', 12.0]):
         detector.test(itr, {'FID': fid})
     assert detector.tests == [(0, 10.0), (5, 12.0)]
+
+
+def test_an_action_without_the_watch_is_refused(data_root, tmp_path, capsys):
+    """--on_collapse stop or rollback without --collapse_watch would never act: one line,
+    exit 2, before anything is written."""
+    for action in ('stop', 'rollback'):
+        with pytest.raises(SystemExit) as refused:
+            train.main(run_flags(data_root, str(tmp_path), NAME, '--on_collapse', action))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert refused.value.code == 2 and len(err) == 1 and '--collapse_watch' in err[0], err
+    assert not os.path.exists(tmp_path / 'logs') and not os.path.exists(tmp_path / 'weights')

@@ -404,8 +404,14 @@ def check_optimizer_state(optim, loaded, path):
     try:
         theirs = [len(group['params']) for group in loaded['param_groups']]
         states = dict(loaded['state'])
+        # torch pairs the file's parameter ids with ours by position, whatever the ids are.
+        ids = [i for group in loaded['param_groups'] for i in group['params']]
+        param_of = dict(zip(ids, params))
     except (TypeError, KeyError):
-        theirs, states = None, {}
+        theirs, states, ids, param_of = None, {}, [], {}
+    if len(param_of) != len(ids):
+        raise CheckpointError(f'{path}: its parameter groups name a parameter twice; the file '
+                              f'is damaged')
     if theirs != ours:
         raise CheckpointError(f'{path}: its parameter groups ({theirs}) do not fit the model '
                               f'built from these flags ({ours}); pass the flags the checkpoint '
@@ -416,18 +422,17 @@ def check_optimizer_state(optim, loaded, path):
                 raise CheckpointError(f'{path}: its {key} {theirs_group[key]!r:.60} is not an '
                                       f'optimizer setting like {value!r}; the file is damaged')
     for index, state in states.items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(
-                state, dict):
+        if not isinstance(index, int) or index not in param_of or not isinstance(state, dict):
             raise CheckpointError(f'{path}: optimizer state entry {index!r} names no parameter '
                                   f'of the model; the file is damaged')
         for key, value in state.items():
             # The release's Adam saved its step as a Python number; ours, a 0-d tensor.
             if isinstance(value, torch.Tensor) and value.dim() > 0:
-                if value.shape != params[index].shape:
+                if value.shape != param_of[index].shape:
                     raise CheckpointError(
                         f'{path}: optimizer state {key} of parameter {index} has shape '
                         f'{tuple(value.shape)}, not its parameter\'s '
-                        f'{tuple(params[index].shape)}; the file is damaged')
+                        f'{tuple(param_of[index].shape)}; the file is damaged')
             elif not (value is None or _like(value, 0.0)):
                 raise CheckpointError(f'{path}: optimizer state {key} of parameter {index} is '
                                       f'{value!r:.60}, not a count; the file is damaged')

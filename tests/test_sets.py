@@ -299,6 +299,10 @@ def first_state(key, value):
     ('G_optim', first_group('amsgrad', True), 'amsgrad'),
     ('G_optim', first_group('maximize', True), 'maximize'),
     ('G_optim', first_group('betas', (1.0, 0.999)), 'betas'),
+    # Parameter ids in another order (torch pairs them with ours by position) or twice.
+    ('G_optim', lambda obj: obj['param_groups'][0]['params'].reverse(), 'has shape'),
+    ('G_optim', lambda obj: obj['param_groups'][0].update(
+        params=[0] * len(obj['param_groups'][0]['params'])), 'twice'),
     # A record that vouches for no companion, or not for G.pth.
     ('state_dict', set_key('files', {}), 'not in the record'),
     ('state_dict', lambda obj: obj['files'].pop('G.pth'), 'G.pth'),

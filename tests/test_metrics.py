@@ -497,3 +497,28 @@ def test_per_class_moments_of_another_class_count_are_refused_at_start_up(tmp_pa
                                         weights_path=str(weights), n_classes=3)
     inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
                                     weights_path=str(weights), n_classes=2)
+
+
+@pytest.mark.parametrize('damage', ['nan_mu', 'asymmetric'])
+def test_damaged_per_class_moments_are_refused_at_start_up(tmp_path, monkeypatch, damage):
+    """Every class is read and checked when the metrics are prepared (before training), not
+    first at a test: a NaN mu or a non-symmetric sigma in class 1 fails now, naming it."""
+    import h5py
+
+    from helpers import FakeInception
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+    rows = np.random.default_rng(1).standard_normal((2, 20, 8))
+    with h5py.File(tmp_path / inception_utils.per_class_moments_filename('S32'), 'w') as h5:
+        h5.attrs['backend'] = 'torchvision'
+        h5['count'] = np.array([20, 20])
+        h5['mu'] = rows.mean(1)
+        h5['sigma'] = np.stack([np.cov(r, rowvar=False) for r in rows])
+        if damage == 'nan_mu':
+            h5['mu'][1, 2] = np.nan
+        else:
+            h5['sigma'][1, 0, 3] += 1.0
+    weights = tmp_path / 'w.pth'
+    weights.write_bytes(b'stand-in')
+    with pytest.raises(inception_utils.InceptionMomentsError, match='class 1'):
+        inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
+                                        weights_path=str(weights), n_classes=2)

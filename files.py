@@ -286,6 +286,28 @@ def _gb(nbytes):
     return f'{gb:.1f} GB' if gb >= 1 else f'{gb:.2f} GB'
 
 
+def check_fits(nbytes, what, advice):
+    """Refuse (ConfigError, one line) what flags ask to hold at once (a model of their widths,
+    a batch of their size) when it alone exceeds the memory available: found before anything
+    is allocated rather than by the allocator, after logs were written."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise ConfigError(f'{what} take {_gb(nbytes)}, more than the {_gb(avail)} of memory '
+                          f'available; {advice}')
+
+
+def check_disk(nbytes, folder, what, advice):
+    """Refuse (ConfigError, one line) writing nbytes into folder (which may not exist yet: its
+    disk is its nearest existing parent's) when its disk has less free space."""
+    existing = os.path.abspath(folder)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if nbytes > free:
+        raise ConfigError(f'{what} need {_gb(nbytes)} free in {folder}, which has {_gb(free)}; '
+                          f'{advice}')
+
+
 def check_memory(nbytes, what):
     """Say how much memory --load_in_mem takes, and refuse with one line when it is not there.
 

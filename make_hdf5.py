@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import datasets as dset
 import flags
-from files import atomic_path, check_writable, open_regular
+from files import atomic_path, check_disk, check_fits, check_writable, open_regular
 
 
 class BadImageError(flags.ConfigError):
@@ -320,6 +320,14 @@ def run(config):
         n = len(folder)
         batches = folder_batches(folder.paths, folder.labels, res, config)
     check_writable(os.path.dirname(os.path.abspath(path)), 'the output folder')
+    # Before any image is decoded: the loader's batches in flight (prefetched four deep per
+    # worker) must fit in memory, and an uncompressed file on the output's disk.
+    in_flight = config['batch_size'] * max(1, 4 * config['num_workers'])
+    check_fits(in_flight * 3 * res * res, f'{in_flight} decoded images of {res} x {res}',
+               'lower --resolution, --batch_size or --num_workers')
+    if not config['compression']:
+        check_disk(n * 3 * res * res, os.path.dirname(os.path.abspath(path)),
+                   f'{n} images of {res} x {res}', 'free space or pass --compression')
     start = time.time()
     count, bad = write_hdf5(path, batches, n, res, config)
     took = time.time() - start

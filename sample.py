@@ -4,7 +4,6 @@
 """
 import functools
 import os
-import shutil
 import zipfile
 
 import numpy as np
@@ -15,7 +14,7 @@ from tqdm import trange
 import flags
 import utils
 from checkpoints import load_weights
-from files import atomic_open, remove_stale_temps, scratch_folder
+from files import atomic_open, check_disk, remove_stale_temps, scratch_folder
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
 # this run happens (paths, device, metrics), which describe the run rather than the model.
@@ -41,15 +40,9 @@ def config_from_checkpoint(config):
 def check_npz_room(num, resolution, root):
     """Refuse --sample_num_npz when samples.npz would not fit on root's disk: its images and
     labels are written twice (the memory-mapped parts, then the zip) before the parts go."""
-    needed = 2 * num * (3 * resolution * resolution + 8)
-    existing = os.path.abspath(root)
-    while not os.path.isdir(existing):  # root may not exist yet: its disk is its parent's
-        existing = os.path.dirname(existing)
-    free = shutil.disk_usage(existing).free
-    if needed > free:
-        raise utils.ConfigError(f'--sample_num_npz {num} needs {needed / 2**30:.4g} GiB free in '
-                                f'{root}, which has {free / 2**30:.4g} GiB; sample fewer images '
-                                f'or free space')
+    check_disk(2 * num * (3 * resolution * resolution + 8), root,
+               f'--sample_num_npz {num} ({resolution} x {resolution} images)',
+               'sample fewer images or free space')
 
 
 def save_npz(sample, num, path, truncation=0.0):

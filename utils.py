@@ -44,7 +44,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
-from files import available_memory, check_name
+from files import check_fits, check_name
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 from step_helpers import (  # noqa: F401
     amp_dtype,
@@ -87,11 +87,18 @@ def weights_nbytes(config, nets=('Generator',)):
 def check_model_fits(config, source, nets=('Generator',)):
     """Refuse, in one line naming source (the flags or the file a config came from), a model
     whose weights alone would not fit in memory: widths and class counts are unbounded flags."""
-    nbytes, avail = weights_nbytes(config, nets), available_memory()
-    if avail is not None and nbytes > avail:
-        raise ConfigError(f"a {' and '.join(nets)} of {nbytes / 2**30:.4g} GiB of weights "
-                          f'({source}), more than the {avail / 2**30:.4g} GiB of memory '
-                          f'available; check --G_ch, --D_ch, --n_classes and --resolution')
+    check_fits(weights_nbytes(config, nets), f"the weights of the {' and '.join(nets)} "
+               f'({source})', 'check --G_ch, --D_ch, --n_classes and --resolution')
+
+
+def check_batch_fits(config):
+    """Refuse batch sizes whose images alone (float32 3 x res x res, with their z and label)
+    would not fit in memory: the fixed sampling batch is allocated at start-up."""
+    n = max(config.get('G_batch_size') or 0, config['batch_size'])
+    res = config['resolution']
+    check_fits(n * (4 * 3 * res * res + 4 * config['dim_z'] + 8),
+               f'{n} images of {res} x {res} (--batch_size / --G_batch_size {n})',
+               'use a smaller --batch_size or --G_batch_size')
 
 
 def prepare_config(config):
@@ -112,6 +119,7 @@ def prepare_config(config):
     if config['resolution'] not in (32, 64, 128, 256, 512):
         raise ConfigError(f"resolution {config['resolution']} has no architecture: use 32, 64, "
                           f'128, 256 or 512')
+    check_batch_fits(config)
     if config.get('resume'):
         config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     # The release printed a note for an unknown init and kept PyTorch's default init.

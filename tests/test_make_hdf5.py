@@ -230,3 +230,20 @@ def test_output_names(dataset, res, name):
     assert make_hdf5.output_path(config, res) == os.path.join('data', name)
     if dataset + '_hdf5' in dset.DATASETS and res == dset.DATASETS[dataset].resolution:
         assert dset.DATASETS[dataset + '_hdf5'].root == name
+
+
+@pytest.mark.parametrize('extra, expect', [
+    (['--resolution', '100000'], 'decoded images of 100000 x 100000'),   # 30 GB an image
+    (['--resolution', '8192', '--batch_size', '1'], 'free in')])          # 200 MB an image
+def test_sizes_the_flags_ask_for_are_checked_before_decoding(folder, capsys, monkeypatch,
+                                                             extra, expect):
+    """A --resolution whose decoded batches exceed memory, or whose uncompressed file exceeds
+    the output disk (here a disk of 1 GB free), is refused in one line before any image is
+    decoded; nothing is written."""
+    import shutil
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage(p)._replace(free=2 ** 30))
+    with pytest.raises(SystemExit) as info:
+        _convert(folder, '--num_workers', '0', *extra)
+    assert expect in _exit_line(info, capsys)
+    assert sorted(os.listdir(folder)) == ['ImageNet']

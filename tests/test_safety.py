@@ -247,7 +247,8 @@ def test_config_from_name_refuses_poisoned_state(data_root, run_dir, tmp_path, c
 
 
 @pytest.mark.parametrize('key,value,expect', [
-    ('G_ch', 10 ** 6, 'GiB of weights'), ('n_classes', 10 ** 9, 'GiB of weights'),
+    ('G_ch', 10 ** 6, 'the weights of the Generator'),
+    ('n_classes', 10 ** 9, 'the weights of the Generator'),
     ('G_attn', 64, 'G_attn=64'), ('G_lr', 'fast', "G_lr='fast'"), ('ema', 1, 'ema=1'),
     ('dim_z', 2.5, 'dim_z=2.5')])
 def test_stored_config_of_wrong_types_or_sizes(data_root, run_dir, capsys, key, value, expect):
@@ -268,7 +269,19 @@ def test_stored_config_of_wrong_types_or_sizes(data_root, run_dir, capsys, key, 
 def test_a_model_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path, capsys):
     out = tmp_path / 'out'
     argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', '--G_ch', str(10 ** 6))
-    assert 'GiB of weights (from the flags)' in exits_with_one_line(train.main, argv, capsys)
+    assert '(from the flags) take' in exits_with_one_line(train.main, argv, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('flag', ['--G_batch_size', '--batch_size'])
+def test_a_batch_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path, capsys,
+                                                             flag):
+    """A sampling batch of 10^9 images of 32 x 32 (12 TB: allocated at start-up for the fixed
+    z) is refused in one line before anything is written."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', flag, str(10 ** 9))
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert '1000000000 images of 32 x 32' in line and 'more than the' in line
     assert not out.exists()
 
 
@@ -277,7 +290,7 @@ def test_an_npz_larger_than_the_disk_is_refused_at_start_up(data_root, run_dir, 
     shutil.rmtree(samples, ignore_errors=True)
     line = exits_with_one_line(sample.main, sample_argv(
         data_root, run_dir, '--sample_npz', '--sample_num_npz', str(10 ** 15)), capsys)
-    assert '--sample_num_npz 1000000000000000 needs' in line
+    assert '--sample_num_npz 1000000000000000 (32 x 32 images) need' in line
     assert not samples.exists()
 
 

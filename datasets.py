@@ -331,6 +331,11 @@ class ImageFolder(data.Dataset):
         if (labels.ndim != 1 or labels.dtype.kind not in 'iu' or len(labels) != len(paths)
                 or (len(labels) and not 0 <= labels.min() <= labels.max() < len(classes))):
             return None
+        # What the listing implies, the index must say: each image once, labelled by the
+        # class folder it is in (swapped labels or repeated paths would train silently).
+        if len(set(paths)) != len(paths) or any(
+                p.split(os.sep, 1)[0] != classes[y] for p, y in zip(paths, labels)):
+            return None
         return classes, paths, labels.astype(np.int64)
 
     def _write_index(self, sig, nested, classes, rel, labels):

@@ -1554,6 +1554,29 @@ def test_statistics_members_of_another_shape(tmp_path, member):
         evaluate.load_statistics(str(tmp_path / 'stats.npz'), 'torchvision')
 
 
+
+@pytest.mark.parametrize('edit', ['swap_labels', 'one_path'])
+def test_image_index_that_contradicts_its_listing(tmp_path, edit):
+    """A cached index rewritten with its signature kept, its labels swapped or every path made
+    one image (make_hdf5.py then wrote wrong labels or one image six times): rebuilt from the
+    folder, since the listing says which class folder each image is in."""
+    import numpy as np
+
+    import datasets
+    make_images(str(tmp_path))
+    truth = datasets.ImageFolder(str(tmp_path / 'images'))
+    index = tmp_path / 'images' / 'imagenet_imgs.npz'
+    with np.load(index) as f:
+        arrays = dict(f)
+    if edit == 'swap_labels':
+        arrays['labels'] = arrays['labels'].max() - arrays['labels']
+    else:
+        arrays['paths'] = np.array([arrays['paths'][0]] * len(arrays['paths']))
+    np.savez(index, **arrays)
+    ds = datasets.ImageFolder(str(tmp_path / 'images'))
+    assert ds.paths == truth.paths and list(ds.labels) == list(truth.labels)
+
+
 if __name__ == '__main__':
     if sys.argv[1] == '--worker':
         worker(sys.argv[2].split(','), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

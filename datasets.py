@@ -426,8 +426,6 @@ def open_hdf5(path):
             # Each read takes one image whole: its declared size must fit in memory.
             check_declared(imgs.dtype.itemsize * int(np.prod(imgs.shape[1:])), 'one image',
                            path)
-            check_hdf5_stored(imgs, path, "'imgs'")
-            check_hdf5_stored(labels, path, "'labels'")
         except ConfigError:
             f.close()
             raise
@@ -515,6 +513,8 @@ class ILSVRC_HDF5(data.Dataset):
                 check_memory(imgs.dtype.itemsize * int(np.prod(imgs.shape)),
                              f'the {len(imgs)} images of {self.root}')
             self.labels = read_labels(labels, self.root)
+            check_hdf5_stored(labels, self.root, "'labels'")
+            check_hdf5_stored(imgs, self.root, "'imgs'")
             # Images per chunk (1 for a contiguous dataset), and whether chunks go through
             # filters (compression) that make a read decompress the whole chunk.
             self.chunk_len = imgs.chunks[0] if imgs.chunks else 1

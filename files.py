@@ -468,24 +468,30 @@ def read_lines(path, what='log', max_line=1 << 20):
 
 # What reading a damaged .npz raises besides FileError: zipfile's errors (a bad CRC, an
 # unsupported compression or flag), zlib's, and numpy's ValueError for a bad .npy header.
-def hdf5_dataset(f, name, path):
+def hdf5_dataset(f, name, path, advice='write the file again with make_hdf5.py'):
     """f[name] when it is stored in the open HDF5 file f itself (None when f has no name):
     a soft or external link, a dataset whose data lies in external raw files or a virtual
     dataset would make h5py open other files on read (a FIFO among them blocks it forever,
-    any file of the machine would be read as pixels), so those are refused (FileError)."""
+    any file of the machine would be read as pixels), so those are refused, as is a damaged
+    object header (FileError ending with advice)."""
     import h5py
-    link = f.get(name, getlink=True)
-    if link is None:
-        return None
-    if not isinstance(link, h5py.HardLink):
+    try:
+        link = f.get(name, getlink=True)
+        if link is None:
+            return None
+        hard = isinstance(link, h5py.HardLink)
+        obj = f[name] if hard else None
+        elsewhere = isinstance(obj, h5py.Dataset) and bool(obj.external or obj.is_virtual)
+    except (KeyError, RuntimeError, OSError, ValueError) as e:
+        raise FileError(f"{path}: '{name}' cannot be read ({one_line(e)[:120]}); the file is "
+                        f'damaged: {advice}') from None
+    if not hard:
         raise FileError(f"{path}: '{name}' is a {type(link).__name__} to another place; "
-                        f'datasets are read only from the file itself: write the file with '
-                        f'make_hdf5.py')
-    obj = f[name]
-    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+                        f'datasets are read only from the file itself: {advice}')
+    if elsewhere:
         raise FileError(f"{path}: '{name}' keeps its data in other files (external or "
                         f'virtual storage); datasets are read only from the file itself: '
-                        f'write the file with make_hdf5.py')
+                        f'{advice}')
     return obj
 
 

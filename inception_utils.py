@@ -672,7 +672,8 @@ class PerClassMoments:
         self.path = path
         try:
             self.h5 = h5py.File(open_regular(path, 'per-class Inception moments'), 'r')
-            count, mu, sigma = (hdf5_dataset(self.h5, key, path)
+            count, mu, sigma = (hdf5_dataset(self.h5, key, path, 'recompute them with '
+                                             'calculate_inception_moments.py --per_class')
                                 for key in ('count', 'mu', 'sigma'))
             file_backend = self.h5.attrs.get('backend')
         except (OSError, KeyError, ValueError, TypeError) as err:

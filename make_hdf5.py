@@ -31,7 +31,14 @@ from tqdm import tqdm
 
 import datasets as dset
 import flags
-from files import atomic_path, check_disk, check_fits, check_writable, open_regular
+from files import (
+    atomic_path,
+    check_disk,
+    check_fits,
+    check_hdf5_stored,
+    check_writable,
+    open_regular,
+)
 
 
 class BadImageError(flags.ConfigError):
@@ -183,6 +190,7 @@ def hdf5_source(path):
     """(image count, resolution) of an HDF5 file to rewrite, refusing one that is not ours."""
     with dset.open_hdf5(path) as f:
         shape, dtype = f['imgs'].shape, f['imgs'].dtype
+        check_hdf5_stored(f['imgs'], path, "'imgs'")
     if dtype != np.uint8:
         # The writer stores uint8: other values would wrap (uint16 300 -> 44), not convert.
         raise flags.ConfigError(f"{path} holds {dtype} images; make_hdf5.py rewrites uint8 "

@@ -46,8 +46,10 @@ METRIC_IMAGES=${METRIC_IMAGES:-1000}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 # 1. The class histogram, from the data path's own index (datasets.ImageFolder, whose
-# check_layout refuses a folder that cannot train). Its last line is the root to train from,
-# the class count and where the Inception weights are looked for, tab-separated.
+# check_layout refuses a folder that cannot train; NAME goes through the project's name check,
+# so the view and files named after it stay under their roots). Its last line says whether
+# the folder is flat, then the class count and where the Inception weights are looked for,
+# tab-separated; the paths this script uses are its own, never read back from that line.
 listing=$("$PYTHON" - "$FOLDER" "$NAME" "$DATA_ROOT" "$INCEPTION_BACKEND" <<'EOF'
 import argparse
 import os
@@ -55,11 +57,13 @@ import os
 import flags
 import inception_utils
 from datasets import DatasetError, ImageFolder, is_image_file
+from files import check_name
 
 
 def run(config):
-    folder, name = config['folder'], config['name']
+    folder, name = config['folder'], check_name(config['name'], 'NAME')
     index = f'{name}_imgs.npz'
+    flat = False
     try:
         images = ImageFolder(folder, index_filename=index)
     except DatasetError:
@@ -74,7 +78,7 @@ def run(config):
             os.symlink(os.path.abspath(folder), link)
         images = ImageFolder(view, index_filename=index)
         print(f'1 class: {len(images)} images')
-        folder = view
+        flat = True
     else:
         counts = [0] * len(images.classes)
         for label in images.labels:
@@ -84,7 +88,7 @@ def run(config):
         for cls, count in zip(images.classes, counts):
             print(f'  {cls:<{width}}  {count}')
     weights = inception_utils.default_weights_path(config['backend'])
-    print(f'{folder}\t{len(images.classes)}\t{weights}')
+    print(f"{'flat' if flat else 'classes'}\t{len(images.classes)}\t{weights}")
 
 
 parser = argparse.ArgumentParser()
@@ -96,7 +100,9 @@ flags.run_cli(run, parser)
 EOF
 )
 printf '%s\n' "$listing" | sed '$d'
-IFS=$'\t' read -r ROOT N_CLASSES DEFAULT_WEIGHTS < <(printf '%s\n' "$listing" | tail -n 1)
+IFS=$'\t' read -r LAYOUT N_CLASSES DEFAULT_WEIGHTS < <(printf '%s\n' "$listing" | tail -n 1)
+ROOT=$FOLDER
+if [ "$LAYOUT" = flat ]; then ROOT="$DATA_ROOT/${NAME}_1class"; fi
 
 # 2. The HDF5 file: make_hdf5.py stops at an unreadable image, naming it.
 HDF5="$DATA_ROOT/${NAME}${RESOLUTION}.hdf5"

@@ -48,11 +48,13 @@ def launch(tmp_path, folder, *flags, **env):
 
 def test_folder_to_sample_sheets(tmp_path):
     """Histogram first, metrics off in one line, an RGB HDF5 file of the centre-cropped images,
-    a checkpoint at the tiny budget and a class sheet with one row per class."""
-    pixels = make_folder(tmp_path / 'my_images', CLASSES)
+    a checkpoint at the tiny budget and a class sheet with one row per class. The folder sits
+    under a parent named with a tab, which no path handed between the script's steps splits."""
+    folder = tmp_path / 'tab\there' / 'my_images'
+    pixels = make_folder(folder, CLASSES)
     # 18 images, fewer than one step of the demo's batch 32 takes: a smaller batch, as a user
     # with a folder this small would give.
-    run = launch(tmp_path, tmp_path / 'my_images', '--seed', '3', '--batch_size', '8')
+    run = launch(tmp_path, folder, '--seed', '3', '--batch_size', '8')
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[:4] == ['3 classes, 18 images:', '  circles  5', '  gray     6',
@@ -83,17 +85,30 @@ def test_folder_to_sample_sheets(tmp_path):
 def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
     """A folder without class subfolders is one class here (train.py refuses it); an unreadable
     image then stops make_hdf5.py with one line naming it, before any training."""
-    make_folder(tmp_path / 'flat', {'': ('L', 4)})
-    (tmp_path / 'flat' / 'broken.jpg').write_bytes(b'not an image')
+    flat = tmp_path / 'flat'
+    make_folder(flat, {'': ('L', 4)})
+    (flat / 'broken.jpg').write_bytes(b'not an image')
     with pytest.raises(datasets.DatasetError, match='no class subfolders'):
-        datasets.ImageFolder(str(tmp_path / 'flat'))
-    run = launch(tmp_path, tmp_path / 'flat')
+        datasets.ImageFolder(str(flat))
+    run = launch(tmp_path, flat)
     assert run.returncode == 2
     assert run.stdout.splitlines()[0] == '1 class: 5 images'
     errors = run.stderr.strip().splitlines()
     assert len(errors) == 1 and 'broken.jpg' in errors[0] and errors[0].startswith('error:')
     assert not (tmp_path / 'weights').exists()
     assert not (tmp_path / 'data' / 'flat32.hdf5').exists()
+
+
+@pytest.mark.parametrize('name', ['../escape', 'a\tb'])
+def test_a_name_that_is_no_plain_name_is_refused(tmp_path, name):
+    """NAME (or the folder's own name, its default) goes through files.check_name before the
+    script creates anything: '../escape' wrote a view and a symlink beside DATA_ROOT."""
+    make_folder(tmp_path / 'flat', {'': ('RGB', 2)})
+    run = launch(tmp_path, tmp_path / 'flat', NAME=name)
+    assert run.returncode == 2 and run.stdout == ''
+    errors = run.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f'error: NAME {name!r}'), errors
+    assert sorted(os.listdir(tmp_path)) == ['flat']
 
 
 @pytest.mark.parametrize('b_images', [0, 1])

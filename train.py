@@ -62,8 +62,8 @@ def stop_on_signal(enabled=True):
         if requested:
             raise KeyboardInterrupt(signum)
         requested.append(signum)
-        print(f'\nsignal {signum}: stopping after this iteration (with a checkpoint)',
-              file=sys.stderr)
+        print(f'\nsignal {signum}: stopping after this iteration (with a checkpoint); send it '
+              f'again to stop now, without one', file=sys.stderr)
     sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
     previous = {sig: signal.signal(sig, handler) for sig in sigs}
     try:

@@ -315,7 +315,7 @@ CIFAR = ('CIFAR-10: no network here to --download it, and its files are checked 
 RUNS = {
     ('README.md', 0): {'env': SHORT, 'out': DEMO_OUT},
     ('README.md', 1): {'env': {**SHORT, 'METRIC_IMAGES': '10'}, 'out': OWN_OUT,
-                       'stdout': ['5 classes, 20 images:', 'FID']},
+                       'stdout': ['5 classes, 40 images:', 'FID']},
     ('README.md', 2): {'env': {**SHORT, **METRICS_OFF}, 'out': ['data/my_images64.hdf5'],
                        'stdout': ['metrics are off']},
     ('README.md', 3): {'out': ['data/my_images32.hdf5']},
@@ -350,6 +350,8 @@ RUNS = {
     ('docs/benchmarks.md', 8): {'skip': "a timing benchmark of the demo's training, 80 "
                                         'iterations x 3 reps x 2 modes; below 12 iterations '
                                         '(10 are warm-up) it fails with an IndexError'},
+    ('docs/benchmarks.md', 9): {'skip': 'trains a classifier on real S32 and draws 1,000 samples '
+                                        'per class: minutes here'},
     ('docs/collapse.md', 0): {'subst': {'...': COLLAPSE_RUN}, 'out': ['weights/exp/G_ema.pth']},
     ('docs/collapse.md', 1): {'subst': {'...': COLLAPSE_RUN}},
     ('docs/collapse.md', 2): {'subst': {'...': COLLAPSE_RUN}},
@@ -494,7 +496,7 @@ def hdf5_file(path, n, res, n_classes):
 
 # Each page's data, made in its folder before its commands run.
 def readme_data(folder, data_root, inception_home):
-    image_folder(folder / 'my_images', 5, 4)  # 20 images: the script's batch is 16
+    image_folder(folder / 'my_images', 5, 8)  # 40 images: the script's batch is 32
     (folder / 'data').mkdir()
     os.symlink(os.path.join(data_root, 'S32'), folder / 'data' / 'S32')
 
@@ -507,7 +509,7 @@ def s32_data(folder, data_root, inception_home):
 def data_data(folder, data_root, inception_home):
     image_folder(folder / 'data' / 'ImageNet', 1000, 2, size=(6, 5))
     image_folder(folder / 'pets', 37, 2)
-    image_folder(folder / 'my_images', 5, 4)
+    image_folder(folder / 'my_images', 5, 8)
 
 
 def metrics_data(folder, data_root, inception_home):

@@ -564,13 +564,13 @@ def run_command(folder, tokens, env):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get('DOCS_RUN') != '1',
+                    reason='set DOCS_RUN=1 to run the documented commands (minutes of CPU)')
 @pytest.mark.parametrize('page', sorted({page for page, _ in RUNS}))
 def test_documented_commands_run(page, forkserver, inception_home, data_root, tmp_path):
     """Each command of the page, in order, with its row's overrides: exit status 0 and the
     outputs the row names. An identical command run before on the page is not run again.
     Opt-in (DOCS_RUN=1): all pages take minutes of CPU, beyond the suite's budget."""
-    if os.environ.get('DOCS_RUN') != '1':
-        pytest.skip('set DOCS_RUN=1 to run the documented commands (minutes of CPU)')
     sock, shim = forkserver
     folder = page_folder(tmp_path, page, shim, data_root, inception_home)
     env = {**os.environ, 'PATH': f"{folder / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",

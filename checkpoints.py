@@ -624,9 +624,10 @@ def complete_sets(folder, names, intact=False):
     return [s for s in sets if _set_is_intact(folder, s)] if intact else sets
 
 
-def sets_hint(folder, names):
-    """'; intact sets there: ...' naming the sets of folder that load, or advice to train."""
-    sets = complete_sets(folder, names, intact=True)
+def sets_hint(folder, names, refused=None):
+    """'; intact sets there: ...' naming the sets of folder that load (not the one being
+    refused: suffix refused), or advice to train."""
+    sets = [s for s in complete_sets(folder, names, intact=True) if s != refused]
     listed = ', '.join(f"'{s}'" if s else "'' (the latest)" for s in sets)
     example = sets[-1] if sets and sets[-1] else "''"
     return (f'; complete sets there: {listed} (pass --load_weights SUFFIX, e.g. '
@@ -651,13 +652,15 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     if load_optim:
         needed += [name + '_optim' for name in needed if name != 'G_ema']
     needed.append('state_dict')
+    # What a refusal suggests instead: the other sets of the folder that load.
+    hint = functools.partial(sets_hint, folder, needed, name_suffix or '')
     missing = [name for name in needed if not os.path.isfile(path(name))]
     if missing:
         files = ', '.join(os.path.basename(path(n)) for n in missing)
         which = f' (--load_weights {name_suffix})' if name_suffix else ''
         what = 'no checkpoint' if len(missing) == len(needed) else 'an incomplete checkpoint'
         raise CheckpointError(f'{what} at {folder}{which}: missing {files}'
-                              f'{sets_hint(folder, needed)}')
+                              f'{hint()}')
     loaded = {'state_dict': torch_load(path('state_dict'))}
     check_kind(loaded['state_dict'], path('state_dict'), 'state_dict')
     check_training_state(loaded['state_dict'], path('state_dict'))
@@ -672,7 +675,7 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         raise CheckpointError(f'mixed checkpoint set{which}: {os.path.join(folder, bad[0])} '
                               f'({bad[1]}) is '
                               f'not the file {os.path.basename(path("state_dict"))} was saved '
-                              f'with (a save was interrupted){sets_hint(folder, needed)}')
+                              f'with (a save was interrupted){hint()}')
     for name in needed[:-1]:
         loaded[name] = torch_load(path(name))
         check_kind(loaded[name], path(name), name)
@@ -681,7 +684,7 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     if bad is not None:
         raise CheckpointError(f"{path(bad.split('.')[0])}: {bad} holds NaN or Inf, which no "
                               f'checkpoint of this project is saved with; the file is damaged'
-                              f'{sets_hint(folder, needed)}')
+                              f'{hint()}')
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             check_shapes(net, loaded[name], path(name), strict)

@@ -45,12 +45,21 @@ INCEPTION_BACKEND=${INCEPTION_BACKEND:-torchvision}
 METRIC_IMAGES=${METRIC_IMAGES:-1000}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
+# NAME and the roots become flag values of the commands below, where a leading '-' would read
+# as a flag.
+for var in NAME DATA_ROOT WEIGHTS_ROOT LOGS_ROOT SAMPLES_ROOT; do
+  if [[ ${!var} == -* ]]; then
+    echo "error: $var '${!var}' starts with '-', which the commands this script runs would read as a flag; choose another" >&2
+    exit 2
+  fi
+done
+
 # 1. The class histogram, from the data path's own index (datasets.ImageFolder, whose
 # check_layout refuses a folder that cannot train; NAME goes through the project's name check,
 # so the view and files named after it stay under their roots). Its last line says whether
 # the folder is flat, then the class count and where the Inception weights are looked for,
 # tab-separated; the paths this script uses are its own, never read back from that line.
-listing=$("$PYTHON" - "$FOLDER" "$NAME" "$DATA_ROOT" "$INCEPTION_BACKEND" <<'EOF'
+listing=$("$PYTHON" - -- "$FOLDER" "$NAME" "$DATA_ROOT" "$INCEPTION_BACKEND" <<'EOF'
 import argparse
 import os
 

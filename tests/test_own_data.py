@@ -99,15 +99,20 @@ def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
     assert not (tmp_path / 'data' / 'flat32.hdf5').exists()
 
 
-@pytest.mark.parametrize('name', ['../escape', 'a\tb'])
-def test_a_name_that_is_no_plain_name_is_refused(tmp_path, name):
+@pytest.mark.parametrize('var, name', [('NAME', '../escape'), ('NAME', 'a\tb'),
+                                       ('NAME', '--resume'), ('DATA_ROOT', '--x'),
+                                       ('LOGS_ROOT', '-l')])
+def test_a_name_that_is_no_plain_name_is_refused(tmp_path, var, name):
     """NAME (or the folder's own name, its default) goes through files.check_name before the
-    script creates anything: '../escape' wrote a view and a symlink beside DATA_ROOT."""
+    script creates anything ('../escape' wrote a view and a symlink beside DATA_ROOT), and
+    neither it nor a root may start with '-' (the commands the script runs read it as a flag:
+    argparse's usage text instead of one line)."""
     make_folder(tmp_path / 'flat', {'': ('RGB', 2)})
-    run = launch(tmp_path, tmp_path / 'flat', NAME=name)
+    run = launch(tmp_path, tmp_path / 'flat', **{var: name})
     assert run.returncode == 2 and run.stdout == ''
     errors = run.stderr.strip().splitlines()
-    assert len(errors) == 1 and errors[0].startswith(f'error: NAME {name!r}'), errors
+    assert len(errors) == 1 and (errors[0].startswith(f'error: NAME {name!r}') or errors[0]
+                                 .startswith(f"error: {var} '{name}' starts with '-'")), errors
     assert sorted(os.listdir(tmp_path)) == ['flat']
 
 

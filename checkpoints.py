@@ -428,6 +428,11 @@ def check_optimizer_state(optim, loaded, path):
         for key, value in state.items():
             # The release's Adam saved its step as a Python number; ours, a 0-d tensor.
             if isinstance(value, torch.Tensor) and value.dim() > 0:
+                # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s.
+                if not value.is_floating_point():
+                    raise CheckpointError(
+                        f'{path}: optimizer state {key} of parameter {index} is {value.dtype}, '
+                        f'not floating point; the file is damaged')
                 if value.shape != param_of[index].shape:
                     raise CheckpointError(
                         f'{path}: optimizer state {key} of parameter {index} has shape '
@@ -436,6 +441,23 @@ def check_optimizer_state(optim, loaded, path):
             elif not (value is None or _like(value, 0.0)):
                 raise CheckpointError(f'{path}: optimizer state {key} of parameter {index} is '
                                       f'{value!r:.60}, not a count; the file is damaged')
+
+
+def check_settings_agree(optim_state, state, name, path):
+    """Refuse an optimizer file whose lr, betas or eps differ from what state_dict.pth's
+    optim_settings recorded for it: both are written from one optimizer at one save, so a
+    difference means one was changed afterwards, and a resume would take the group's
+    silently. The release's sets have no optim_settings."""
+    recorded = state.get('optim_settings', {}).get(name)
+    if recorded is None:
+        return
+    group = optim_state['param_groups'][0]
+    have = {'lr': group.get('lr'), 'betas': tuple(group.get('betas', ())), 'eps': group.get('eps')}
+    want = {'lr': recorded.get('lr'), 'betas': tuple(recorded.get('betas', ())),
+            'eps': recorded.get('eps')}
+    if have != want:
+        raise CheckpointError(f'{path}: its settings {have} contradict the {want} state_dict.pth '
+                              f'recorded for {name}; the file was changed after saving')
 
 
 def _setting_ok(key, value, ours):
@@ -690,6 +712,8 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
             check_shapes(net, loaded[name], path(name), strict)
             if name + '_optim' in loaded:
                 check_optimizer_state(net.optim, loaded[name + '_optim'], path(name + '_optim'))
+                check_settings_agree(loaded[name + '_optim'], loaded['state_dict'], name,
+                                     path(name + '_optim'))
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             net.load_state_dict(loaded[name], strict=strict)

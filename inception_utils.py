@@ -486,6 +486,15 @@ def load_inception_moments(dataset, data_root='data', backend='torchvision',
     return {**out, 'path': path}
 
 
+def _image_count(count, path):
+    """A moments file's image count: a 0-d integer array (a float one would be cast: inf
+    overflows, 1e300 and 2.5 become counts no one took)."""
+    if count.ndim != 0 or count.dtype.kind not in 'iu':
+        raise InceptionMomentsError(f'Inception moments {path}: the image count is '
+                                    f'{count.dtype} {count.shape}, not one integer')
+    return int(count)
+
+
 def read_moments_file(path, backend, command, feats=True):
     """{'mu', 'sigma' (float64), 'count' (None when unrecorded), 'feats' (None when absent or
     not asked for)} of a moments or statistics .npz, read without unpickling anything, only
@@ -503,9 +512,14 @@ def read_moments_file(path, backend, command, feats=True):
                     f'Inception moments {path} were computed with the {file_backend} backend, '
                     f'not {backend}; pass --inception_backend {file_backend} or recompute them '
                     f'with: {command}')
+            for key in ('mu', 'sigma'):
+                if data[key].dtype.kind != 'f':  # bool or integer moments: no one's statistics
+                    raise InceptionMomentsError(f'Inception moments {path}: {key} is '
+                                                f'{data[key].dtype}, not floating point; '
+                                                f'recompute them with: {command}')
             out = {'mu': data['mu'].astype(np.float64),
                    'sigma': data['sigma'].astype(np.float64),
-                   'count': int(data['count']) if 'count' in data else None,
+                   'count': _image_count(data['count'], path) if 'count' in data else None,
                    'feats': data['feats'] if feats and 'feats' in data else None}
     except InceptionMomentsError:
         raise  # already says what is wrong (a ValueError too, as every ConfigError)

@@ -16,6 +16,7 @@ re-exports the release's names from here.
 import numpy as np
 import torch
 
+from files import check_fits
 from flags import ConfigError
 
 
@@ -339,6 +340,7 @@ def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
     # Subsets come from a seeded numpy generator so that they do not depend
     # on the device.
     rng = np.random.default_rng(seed)
+    check_fits(8 * num_subsets, f'{num_subsets} KID subsets\' scores', 'lower --kid_subsets')
     scores = np.empty(num_subsets)
     off = m * (m - 1)
     for i in range(num_subsets):

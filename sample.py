@@ -14,7 +14,7 @@ from tqdm import trange
 import flags
 import utils
 from checkpoints import load_weights
-from files import atomic_open, check_disk, remove_stale_temps, scratch_folder
+from files import atomic_open, check_disk, check_fits, remove_stale_temps, scratch_folder
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
 # this run happens (paths, device, metrics), which describe the run rather than the model.
@@ -93,6 +93,8 @@ def truncation_values(spec):
     if start <= 0 or step <= 0 or end < start:
         raise utils.ConfigError('--sample_trunc_curves needs start > 0, step > 0 and '
                                 f'end >= start, got {spec!r}')
+    check_fits(8 * (int((end - start) / step) + 2), f'--sample_trunc_curves {spec}\'s values',
+               'take a larger step')
     return [float(v) for v in np.arange(start, end + step, step)]  # the release's range
 
 

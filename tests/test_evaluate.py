@@ -176,3 +176,18 @@ def test_sizes_that_cannot_fit_are_refused_before_any_inception_pass(sources, tm
              ([folder, npz, '--metrics', 'PRDC', '--prdc_k', '25'], '25 fake'),
              ([tmp_path / 'stats.npz', npz, '--metrics', 'PRDC'], 'hold none')]
     exits_with_one_line_each(cases, capsys)
+
+
+def test_counts_that_ask_for_more_memory_than_there_is_are_refused(monkeypatch):
+    """10^15 KID subsets (their scores alone 8 PB) and a truncation curve of 10^12 values are
+    refused in one line before anything is allocated (files.check_fits)."""
+    import files
+    import sample
+    import utils
+    monkeypatch.setattr(files, 'available_memory', lambda: 2 ** 30)
+    feats = np.random.default_rng(0).standard_normal((10, 4))
+    with pytest.raises(utils.ConfigError, match='KID subsets'):
+        metrics.calculate_kid(feats, feats, num_subsets=10 ** 15, subset_size=5)
+    with pytest.raises(utils.ConfigError, match='sample_trunc_curves'):
+        sample.truncation_values('0.000000000001_0.000000000001_1.0')
+    assert len(sample.truncation_values('0.05_0.05_1.0')) == 20  # the release's curve

@@ -1535,7 +1535,8 @@ def test_per_class_moments_of_the_wrong_layout(tmp_path, edit):
     assert isinstance(error, (type(None), inception_utils.InceptionMomentsError, ValueError))
 
 
-@pytest.mark.parametrize('member', ['count', 'backend'])
+@pytest.mark.parametrize('member', ['count', 'backend', 'count_inf', 'count_fraction',
+                                    'mu_bool'])
 def test_statistics_members_of_another_shape(tmp_path, member):
     """evaluate.py statistics whose count is an array, or whose backend entry was renamed to
     mu (a string array): one InceptionMomentsError, as every moments file."""
@@ -1547,6 +1548,12 @@ def test_statistics_members_of_another_shape(tmp_path, member):
     members = {'mu': a.mean(0), 'sigma': np.cov(a, rowvar=False), 'count': np.int64(8)}
     if member == 'count':
         members['count'] = np.array([8, 8])
+    elif member == 'count_inf':  # int() of it overflowed: a traceback
+        members['count'] = np.float64('inf')
+    elif member == 'count_fraction':  # recorded as 2 images
+        members['count'] = np.float64(2.5)
+    elif member == 'mu_bool':  # FID 4.7e24 printed
+        members['mu'] = members['mu'] > 0
     else:
         members['mu'] = np.array('torchvision')
     np.savez(tmp_path / 'stats.npz', **members)

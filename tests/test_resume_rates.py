@@ -105,9 +105,11 @@ def test_launch_values_keep_lowered_rate(run3, data_root, tmp_path, monkeypatch,
     for group in optim['param_groups']:
         group['lr'] = 7e-6
     torch.save(optim, folder / 'G_optim.pth')
-    # Keep the set's own record of its files true, as a save with the lowered rate would.
+    # Keep the set's own records true (its files' digests, its optimizers' settings), as a
+    # save with the lowered rate would.
     state = load(folder / 'state_dict.pth')
     state['files']['G_optim.pth'] = file_digest(folder / 'G_optim.pth')
+    state['optim_settings']['G']['lr'] = 7e-6
     torch.save(state, folder / 'state_dict.pth')
     G_opt, D_opt = resumed_optims(data_root, out, monkeypatch)
     assert [g['lr'] for g in G_opt.param_groups] == [7e-6] * len(G_opt.param_groups)

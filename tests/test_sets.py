@@ -299,6 +299,10 @@ def first_state(key, value):
     ('G_optim', first_group('amsgrad', True), 'amsgrad'),
     ('G_optim', first_group('maximize', True), 'maximize'),
     ('G_optim', first_group('betas', (1.0, 0.999)), 'betas'),
+    # A group's rate that contradicts the optim_settings saved with it (a resume took it).
+    ('G_optim', first_group('lr', 7.0), 'contradict'),
+    # A moment of another dtype: torch would cast a bool one to 0s and 1s.
+    ('G_optim', first_state('exp_avg', lambda v: v > 0), 'not floating point'),
     # Parameter ids in another order (torch pairs them with ours by position) or twice.
     ('G_optim', lambda obj: obj['param_groups'][0]['params'].reverse(), 'has shape'),
     ('G_optim', lambda obj: obj['param_groups'][0].update(

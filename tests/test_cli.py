@@ -125,8 +125,9 @@ def test_release_script_args_parse(row):
 
 STUB = r"""#!/bin/bash
 # Stands in for python: records its arguments (and CUDA_VISIBLE_DEVICES), runs nothing.
-{ printf '%s\x1f' "${CUDA_VISIBLE_DEVICES+CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES}" "$@"
-  printf '\x1e'; } >> "$STUB_LOG"
+# One write per record: a script's background jobs append at the same time.
+record=$(printf '%s\x1f' "${CUDA_VISIBLE_DEVICES+CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES}" "$@")
+printf '%s\x1e' "$record" >> "$STUB_LOG"
 prev=""
 for a in "$@"; do  # a demo looks for the sheets a run leaves: pretend there are some
   if [ "$prev" = --experiment_name ]; then mkdir -p "samples/$a/1"; fi

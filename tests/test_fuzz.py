@@ -612,27 +612,34 @@ def hdf5_write(path, rng=None):
     return kind
 
 
-def hdf5_base(folder):
-    hdf5_write(os.path.join(folder, 'data.hdf5'))
-    with open(os.path.join(folder, 'data.hdf5'), 'rb') as f:
-        return f.read()
+def hdf5_file_format(filename, write, rewrites):
+    """(base, mutate) of a one-file HDF5 format: the base is write(path)'s file; a mutant is
+    write(path, rng)'s rewrite through h5py (a share `rewrites` of them) or the base's bytes
+    mutated, intact when h5py still opens it."""
+    def base(folder):
+        write(os.path.join(folder, filename))
+        with open(os.path.join(folder, filename), 'rb') as f:
+            return f.read()
+
+    def mutate(rng, base, folder):
+        import h5py
+        path = os.path.join(folder, filename)
+        if rng.random() < rewrites:
+            kind = 'h5py-' + write(path, rng)
+        else:
+            data, kind = mutate_bytes(rng, base)
+            with open(path, 'wb') as f:
+                f.write(data)
+        try:
+            h5py.File(path, 'r').close()
+            intact = True
+        except Exception:
+            intact = False
+        return kind, intact
+    return base, mutate
 
 
-def hdf5_mutate(rng, base, folder):
-    import h5py
-    path = os.path.join(folder, 'data.hdf5')
-    if rng.random() < 0.6:
-        kind = 'h5py-' + hdf5_write(path, rng)
-    else:
-        data, kind = mutate_bytes(rng, base)
-        with open(path, 'wb') as f:
-            f.write(data)
-    try:
-        h5py.File(path, 'r').close()
-        intact = True
-    except Exception:
-        intact = False
-    return kind, intact
+hdf5_base, hdf5_mutate = hdf5_file_format('data.hdf5', hdf5_write, 0.6)
 
 
 def read_hdf5(folder, load_in_mem=False):
@@ -773,27 +780,7 @@ def per_class_write(path, rng=None):
     return kind
 
 
-def per_class_base(folder):
-    per_class_write(os.path.join(folder, 'per_class.hdf5'))
-    with open(os.path.join(folder, 'per_class.hdf5'), 'rb') as f:
-        return f.read()
-
-
-def per_class_mutate(rng, base, folder):
-    import h5py
-    path = os.path.join(folder, 'per_class.hdf5')
-    if rng.random() < 0.7:
-        kind = 'h5py-' + per_class_write(path, rng)
-    else:
-        data, kind = mutate_bytes(rng, base)
-        with open(path, 'wb') as f:
-            f.write(data)
-    try:
-        h5py.File(path, 'r').close()
-        intact = True
-    except Exception:
-        intact = False
-    return kind, intact
+per_class_base, per_class_mutate = hdf5_file_format('per_class.hdf5', per_class_write, 0.7)
 
 
 def read_per_class(folder):

@@ -188,6 +188,15 @@ def folder_signature(root):
     return hashlib.sha1('\n'.join(parts).encode()).hexdigest()
 
 
+def index_digest(sig, classes, paths, labels):
+    """sha256 binding an image index's listing to the folder signature it was made under."""
+    h = hashlib.sha256(str(sig).encode())
+    for part in (classes, paths):
+        h.update('\0'.join(map(str, part)).encode() + b'\1')
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
 def _nested_image_dirs(class_dir):
     """Subfolders of class_dir that hold images, and whether class_dir holds any directly."""
     direct, nested = False, []
@@ -317,6 +326,10 @@ class ImageFolder(data.Dataset):
                     if os.stat(os.path.join(self.root, *_components(folder))).st_mtime_ns != mtime:
                         return None
                 classes, paths, labels = list(f['classes']), list(f['paths']), f['labels']
+                # An index edited after it was written (entries dropped) no longer matches
+                # the digest of what was listed.
+                if str(f['digest']) != index_digest(sig, classes, paths, labels):
+                    return None
         except ConfigError:
             return None  # check_npz: declared sizes beyond the file or memory
         except NPZ_ERRORS as e:
@@ -343,6 +356,7 @@ class ImageFolder(data.Dataset):
         mtimes = [os.stat(os.path.join(self.root, f)).st_mtime_ns for f in nested]
         try:
             _atomic_savez(self.index_path, signature=np.array(sig),
+                          digest=np.array(index_digest(sig, classes, rel, labels)),
                           nested=np.array(nested, dtype=str),
                           nested_mtimes=np.array(mtimes, dtype=np.int64),
                           classes=np.array(classes, dtype=str),

@@ -7,7 +7,7 @@ import math
 import re
 import signal
 import sys
-from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, ArgumentTypeError
 
 
 class ConfigError(ValueError):
@@ -484,6 +484,49 @@ PATTERNS = {
                  'one %-format of a number such as %3.3e (width and precision up to 2 digits), '
                  'pickle, npz or mat'),
 }
+
+
+# Flags that act only through another one: flag -> (what it acts through, whether that is on).
+# Given alone they change nothing, which train.py says in one note each, as the release's
+# launch scripts may pass them unconditionally.
+ACTS_THROUGH = {
+    'LC_start': ('--LC > 0', lambda c: c['LC'] > 0),
+    'LC_ema_decay': ('--LC > 0', lambda c: c['LC'] > 0),
+    'R1_every': ('--R1 > 0', lambda c: c['R1'] > 0),
+    'CR_augment': ('--CR > 0', lambda c: c['CR'] > 0),
+    'ema_decay': ('--ema', lambda c: c['ema']),
+    'ema_start': ('--ema', lambda c: c['ema']),
+    'use_ema': ('--ema', lambda c: c['ema']),
+    'collapse_lr_scale': ('--collapse_watch --on_collapse rollback',
+                          lambda c: c['collapse_watch'] and c['on_collapse'] == 'rollback'),
+    'max_rollbacks': ('--collapse_watch --on_collapse rollback',
+                      lambda c: c['collapse_watch'] and c['on_collapse'] == 'rollback'),
+}
+
+
+def inert_flags(config):
+    """One note per flag of ACTS_THROUGH given a value other than its default while what it
+    acts through is off."""
+    notes = []
+    for key, (through, on) in ACTS_THROUGH.items():
+        default = FLAGS[f'--{key}'].get('default')
+        if key in config and config[key] != default and not on(config):
+            given = f'--{key}' if config[key] is True else f'--{key} {config[key]}'
+            notes.append(f'note: {given} has no effect without {through}')
+    return notes
+
+
+def bounded(kind, domain):
+    """An argparse type: kind (int or float) parsed, then held to a DOMAINS-style bound, so
+    the tools refuse a count they cannot use with argparse's one line, exit status 2."""
+    def parse(text):
+        value = kind(text)
+        if not in_domain(value, domain):
+            raise ArgumentTypeError(f'must be {domain}, got {text}')
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its 'invalid value' line
+    parse.domain = domain
+    return parse
 
 
 def _value_types(spec):

@@ -887,6 +887,12 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
                 f'per-class Inception moments {per_class.path} hold {len(per_class.counts)} '
                 f'classes, but the dataset has {n_classes}; recompute them with '
                 f'{moments_command(dataset, data_root, backend)} --per_class')
+        left_out = np.flatnonzero(per_class.counts < 2)
+        if len(left_out):
+            # Said once at start-up: the intraFID logged is over fewer classes than G draws.
+            print(f'note: per-class moments {per_class.path} hold {len(left_out)} class(es) of '
+                  f"fewer than 2 images (class {', '.join(map(str, left_out[:10]))}"
+                  f"{', ...' if len(left_out) > 10 else ''}): intraFID leaves them out")
     weights_path = weights_path or default_weights_path(backend)
     stamp = metrics_protocol(names, dataset, backend, weights_path, moments, per_class,
                              kid_subset_size, kid_subsets, prdc_k, intra_fid_per_class)

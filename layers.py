@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn import Parameter as P
 
+from flags import ConfigError
+
 # ----------------------------------------------------------------------------
 # Spectral norm by power iteration.
 
@@ -131,6 +133,12 @@ class SNEmbedding(nn.Embedding, SN):
 class Attention(nn.Module):
     def __init__(self, ch, which_conv=SNConv2d, name='attention'):
         super().__init__()
+        if ch < 8:
+            # ch // 8 query and key channels: fewer than 8 leaves none, and the first
+            # forward fails on an empty reshape.
+            raise ConfigError(f'self-attention needs at least 8 channels where it sits, got '
+                              f'{ch}: raise --G_ch/--D_ch or leave that resolution out of '
+                              f'--G_attn/--D_attn')
         self.ch = ch
         self.which_conv = which_conv
         self.theta = self.which_conv(self.ch, self.ch // 8, kernel_size=1, padding=0, bias=False)

@@ -15,6 +15,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import collapse
+import flags
 import step_helpers
 import train_fns
 import utils
@@ -116,6 +117,9 @@ def run(config):
                                 f'--collapse_watch detects: add --collapse_watch')
     experiment_name = utils.experiment_name(config)
     rank, world_size, device = setup_distributed(config)
+    if rank == 0:
+        for note in flags.inert_flags(config):
+            print(note)
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     # --tensorboard: rank 0 mirrors its logs and sheets to logs_root/experiment_name/tb.

@@ -88,17 +88,22 @@ def check_model_fits(config, source, nets=('Generator',)):
     """Refuse, in one line naming source (the flags or the file a config came from), a model
     whose weights alone would not fit in memory: widths and class counts are unbounded flags."""
     check_fits(weights_nbytes(config, nets), f"the weights of the {' and '.join(nets)} "
-               f'({source})', 'check --G_ch, --D_ch, --n_classes and --resolution')
+               f'({source})', 'check --G_ch, --D_ch, --dim_z, --shared_dim, --n_classes and '
+               '--resolution')
 
 
 def check_batch_fits(config):
     """Refuse batch sizes whose images alone (float32 3 x res x res, with their z and label)
     would not fit in memory: the fixed sampling batch is allocated at start-up."""
     n = max(config.get('G_batch_size') or 0, config['batch_size'])
-    res = config['resolution']
-    check_fits(n * (4 * 3 * res * res + 4 * config['dim_z'] + 8),
-               f'{n} images of {res} x {res} (--batch_size / --G_batch_size {n})',
-               'use a smaller --batch_size or --G_batch_size')
+    res, dim_z = config['resolution'], config['dim_z']
+    # The advice names the larger of the two, so following it helps.
+    what, advice = ((f'{n} images of {res} x {res}', 'a smaller --batch_size or --G_batch_size')
+                    if 3 * res * res >= dim_z else (f'{n} latent vectors of {dim_z}', 'a '
+                                                    'smaller --dim_z (here or in the stored '
+                                                    'config)'))
+    check_fits(n * (4 * 3 * res * res + 4 * dim_z + 8),
+               f'{what} (--batch_size / --G_batch_size {n}, --dim_z {dim_z})', f'use {advice}')
 
 
 def prepare_config(config):

@@ -1549,11 +1549,12 @@ def test_statistics_members_of_another_shape(tmp_path, member):
 
 
 
-@pytest.mark.parametrize('edit', ['swap_labels', 'one_path'])
+@pytest.mark.parametrize('edit', ['swap_labels', 'one_path', 'drop_entry', 'drop_class_entries'])
 def test_image_index_that_contradicts_its_listing(tmp_path, edit):
     """A cached index rewritten with its signature kept, its labels swapped or every path made
-    one image (make_hdf5.py then wrote wrong labels or one image six times): rebuilt from the
-    folder, since the listing says which class folder each image is in."""
+    one image (make_hdf5.py then wrote wrong labels or one image six times), or with entries
+    dropped (one image, or all but one of a class, silently left out of the dataset): rebuilt
+    from the folder, since the index no longer matches the listing it was written from."""
     import numpy as np
 
     import datasets
@@ -1564,8 +1565,12 @@ def test_image_index_that_contradicts_its_listing(tmp_path, edit):
         arrays = dict(f)
     if edit == 'swap_labels':
         arrays['labels'] = arrays['labels'].max() - arrays['labels']
-    else:
+    elif edit == 'one_path':
         arrays['paths'] = np.array([arrays['paths'][0]] * len(arrays['paths']))
+    else:
+        keep = (slice(0, -1) if edit == 'drop_entry'
+                else np.r_[0, np.flatnonzero(arrays['labels'] != arrays['labels'][0])])
+        arrays['paths'], arrays['labels'] = arrays['paths'][keep], arrays['labels'][keep]
     np.savez(index, **arrays)
     ds = datasets.ImageFolder(str(tmp_path / 'images'))
     assert ds.paths == truth.paths and list(ds.labels) == list(truth.labels)

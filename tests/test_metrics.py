@@ -522,3 +522,25 @@ def test_damaged_per_class_moments_are_refused_at_start_up(tmp_path, monkeypatch
     with pytest.raises(inception_utils.InceptionMomentsError, match='class 1'):
         inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
                                         weights_path=str(weights), n_classes=2)
+
+
+def test_classes_that_intra_fid_leaves_out_are_named_at_start_up(tmp_path, monkeypatch, capsys):
+    """A class of fewer than 2 images has no covariance, so intraFID averages over the others:
+    the start-up says which (a count edited to 0 left one out silently)."""
+    import h5py
+
+    from helpers import FakeInception
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: FakeInception())
+    rows = np.random.default_rng(1).standard_normal((3, 20, 8))
+    with h5py.File(tmp_path / inception_utils.per_class_moments_filename('S32'), 'w') as h5:
+        h5.attrs['backend'] = 'torchvision'
+        h5['count'] = np.array([20, 0, 1])
+        h5['mu'] = rows.mean(1)
+        h5['sigma'] = np.stack([np.cov(r, rowvar=False) for r in rows])
+    weights = tmp_path / 'w.pth'
+    weights.write_bytes(b'stand-in')
+    capsys.readouterr()
+    inception_utils.prepare_metrics('S32', metrics='intraFID', data_root=str(tmp_path),
+                                    weights_path=str(weights), n_classes=3)
+    assert ('hold 2 class(es) of fewer than 2 images (class 1, 2): intraFID leaves them out'
+            in capsys.readouterr().out)

@@ -285,6 +285,17 @@ def test_a_batch_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path
     assert not out.exists()
 
 
+def test_a_latent_too_wide_for_memory_names_dim_z(data_root, tmp_path, capsys):
+    """64 z of 10^9 floats (256 GB) are the size, not the 64 images of 32 x 32 (786 KB): the
+    advice names --dim_z (it named the batch size, which could not help)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', '--batch_size', '64',
+                     '--dim_z', str(10 ** 9))
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert '64 latent vectors of 1000000000' in line and 'use a smaller --dim_z' in line
+    assert not out.exists()
+
+
 def test_an_npz_larger_than_the_disk_is_refused_at_start_up(data_root, run_dir, capsys):
     samples = run_dir / 'samples'
     shutil.rmtree(samples, ignore_errors=True)
@@ -815,3 +826,91 @@ def test_make_hdf5_refuses_a_fifo_named_like_an_image(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
     assert len(errors) == 1 and 'x.png' in errors[0] and 'not a regular file' in errors[0]
     assert not glob.glob(str(tmp_path / 'out' / '*.hdf5'))
+
+
+@pytest.mark.parametrize('flag,where', [('--G', '32'), ('--D', '16')])
+def test_attention_on_too_few_channels_is_refused_before_writing(data_root, tmp_path, capsys,
+                                                                 flag, where):
+    """At 32 px every stage has 4 x ch channels, so ch 1 leaves attention 4 channels, and 4 // 8
+    query channels: nothing to attend with (the first forward failed on an empty reshape)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + [
+        f'{flag}_ch', '1', f'{flag}_attn', where]
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert 'self-attention needs at least 8 channels where it sits, got 4' in line
+    assert not out.exists()
+
+
+# (flags given, the flags that switch on what they act through, as the note names them) --
+# written out here, not read from flags.py.
+ROLLBACK = ['--collapse_watch', '--on_collapse', 'rollback']
+INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
+         (['--LC_ema_decay', '0.5'], ['--LC', '0.1'], '--LC > 0'),
+         (['--R1_every', '4'], ['--R1', '1'], '--R1 > 0'),
+         (['--CR_augment', 'translation'], ['--CR', '1'], '--CR > 0'),
+         (['--ema_decay', '0.9'], ['--ema'], '--ema'),
+         (['--ema_start', '7'], ['--ema'], '--ema'),
+         (['--use_ema'], ['--ema'], '--ema'),
+         (['--max_rollbacks', '1'], ROLLBACK, ' '.join(ROLLBACK)),
+         (['--collapse_lr_scale', '0.25'], ROLLBACK, ' '.join(ROLLBACK))]
+
+
+@pytest.mark.parametrize('given,through,named', INERT, ids=[g[0] for g, _, _ in INERT])
+def test_a_flag_that_acts_through_an_off_flag_is_named(given, through, named):
+    """Given without what it acts through, a flag changes nothing: one note names it; with
+    that flag on, or at its default, there is no note."""
+    parse = utils.prepare_parser().parse_args
+    assert flags.inert_flags(vars(parse(given))) == [
+        f"note: {' '.join(given)} has no effect without {named}"]
+    assert flags.inert_flags(vars(parse(given + through))) == []
+    assert flags.inert_flags(vars(parse([]))) == []
+
+
+def test_train_prints_the_note_of_an_inert_flag(data_root, tmp_path, capsys):
+    train.main(run_flags(data_root, str(tmp_path / 'out'), NAME, '--total_itrs', '1',
+                         '--save_every', '0', '--R1_every', '4'))
+    assert 'note: --R1_every 4 has no effect without --R1 > 0' in capsys.readouterr().out
+
+
+TOOLS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'tools', '*.py')))
+
+
+class Captured(Exception):
+    """Raised in place of parse_args, carrying the parser a tool built."""
+
+
+def tool_parser(name, monkeypatch):
+    """The argparse parser tools/<name>.py builds, captured as it starts to parse."""
+    import argparse
+    import importlib
+    module = importlib.import_module(f'tools.{name}')
+
+    def capture(self, *args, **kwargs):
+        raise Captured(self)
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', capture)
+    monkeypatch.setattr(sys, 'argv', [name])
+    with pytest.raises(Captured) as info:
+        (getattr(module, 'prepare_parser', None) or module.main)().parse_args()
+    return info.value.args[0]
+
+
+@pytest.mark.parametrize('name', [t for t in TOOLS if t != '__init__'])
+def test_every_count_a_tool_takes_is_held_to_a_domain(name, monkeypatch, capsys):
+    """Each number a tool's own flags take (not train.py's, which check_flags holds) has a
+    bound or a list of choices, and a value outside it is argparse's one line and exit status
+    2, not a traceback later (--itrs 5 of bench_finite_check.py was an IndexError after its
+    runs)."""
+    parser = tool_parser(name, monkeypatch)
+    monkeypatch.undo()
+    shared = {spec.get('dest', flag[2:]) for flag, spec in flags.FLAGS.items()}
+    own = [a for a in parser._actions if a.dest not in shared and not a.choices
+           and a.type in (int, float) or getattr(a.type, 'domain', None)]
+    for action in own:
+        assert getattr(action.type, 'domain', None), (name, action.option_strings)
+        low = bad_value(action.type.domain)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            n = action.nargs if isinstance(action.nargs, int) else 1
+            parser.parse_args([action.option_strings[0]] + [low] * n)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and f'must be {action.type.domain}' in err[-1], err

@@ -20,6 +20,7 @@ import scipy.linalg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import inception_utils
+from flags import bounded  # noqa: E402
 
 
 def random_cov(dim, cond, rng):
@@ -63,11 +64,11 @@ def timed_interleaved(fns, args, repeats):
 def main():
     """Run the benchmark and print one line per condition number."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dim', type=int, default=2048)
-    parser.add_argument('--conds', type=float, nargs='+',
+    parser.add_argument('--dim', type=bounded(int, '>= 1'), default=2048)
+    parser.add_argument('--conds', type=bounded(float, '>= 1'), nargs='+',
                         default=[1e1, 1e3, 1e5])
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--repeats', type=int, default=3,
+    parser.add_argument('--seed', type=bounded(int, '[0, 4294967295]'), default=0)
+    parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=3,
                         help='timing rounds (each method\'s best is kept)')
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)

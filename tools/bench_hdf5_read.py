@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import datasets as dset
 import make_hdf5
+from flags import bounded  # noqa: E402
 
 # The release's chunk length (spelled out, so the script also runs on older versions of the
 # project, for before-and-after figures).
@@ -150,17 +150,18 @@ def cell(rates):
 def main():
     """Write the files, read each every way, print a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--n_images', type=int, default=20000)
-    parser.add_argument('--res', type=int, default=128)
-    parser.add_argument('--batch_size', type=int, default=32)
+    parser.add_argument('--n_images', type=bounded(int, '>= 1'), default=20000)
+    parser.add_argument('--res', type=bounded(int, '>= 1'), default=128)
+    parser.add_argument('--batch_size', type=bounded(int, '>= 1'), default=32)
     parser.add_argument('--workers', default='1,2', help='comma-separated worker counts')
     parser.add_argument('--compressions', default='none,lzf,gzip')
     parser.add_argument('--layouts', default='release,default',
                         help='release (500 images per chunk) and/or default (make_hdf5.py now)')
-    parser.add_argument('--chunk_window', type=int, default=16,
+    parser.add_argument('--chunk_window', type=bounded(int, '>= 0'), default=16,
                         help='window of the chunk-aware rows (files with big compressed chunks '
                              'only); 0 skips them')
-    parser.add_argument('--seconds', type=float, default=5.0, help='timed reading per figure')
+    parser.add_argument('--seconds', type=bounded(float, '> 0'), default=5.0,
+                        help='timed reading per figure')
     parser.add_argument('--dir', default=None, help='folder for the files (default: a temporary '
                                                     'one, removed afterwards)')
     args = parser.parse_args()

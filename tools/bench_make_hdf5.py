@@ -36,9 +36,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import datasets as dset
 import make_hdf5
+from flags import bounded  # noqa: E402
 
 
 def make_folder(root, n_images, n_classes, sizes=(250, 500), seed=0):
@@ -191,21 +191,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--folder', default=None,
                         help='existing class-folder root to use instead of generating')
-    parser.add_argument('--n_images', type=int, default=2000)
-    parser.add_argument('--n_classes', type=int, default=10)
-    parser.add_argument('--sizes', type=int, nargs=2, default=[250, 500],
+    parser.add_argument('--n_images', type=bounded(int, '>= 1'), default=2000)
+    parser.add_argument('--n_classes', type=bounded(int, '>= 1'), default=10)
+    parser.add_argument('--sizes', type=bounded(int, '>= 1'), nargs=2, default=[250, 500],
                         help='range of the generated images\' sides in pixels')
-    parser.add_argument('--res', type=int, default=128)
-    parser.add_argument('--batch_size', type=int, default=256)
-    parser.add_argument('--num_workers', type=int, default=2)
+    parser.add_argument('--res', type=bounded(int, '>= 1'), default=128)
+    parser.add_argument('--batch_size', type=bounded(int, '>= 1'), default=256)
+    parser.add_argument('--num_workers', type=bounded(int, '>= 0'), default=2)
     parser.add_argument('--compression', action='store_true',
                         help='compress both files as the release\'s --compression (LZF)')
-    parser.add_argument('--repeats', type=int, default=2,
+    parser.add_argument('--repeats', type=bounded(int, '>= 0'), default=2,
                         help='runs of each approach, alternating; the best counts '
                              '(0: only --stages and --main_loop)')
-    parser.add_argument('--stages', type=int, default=0, metavar='N',
+    parser.add_argument('--stages', type=bounded(int, '>= 0'), default=0, metavar='N',
                         help='first time each per-image step on N images (default: off)')
-    parser.add_argument('--main_loop', type=int, default=0, metavar='B',
+    parser.add_argument('--main_loop', type=bounded(int, '>= 0'), default=0, metavar='B',
                         help='also time each main-process loop alone on B ready-made '
                              'batches (default: off)')
     args = parser.parse_args()

@@ -19,6 +19,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from flags import bounded  # noqa: E402
 
 
 def prdc_package_need(n_real, n_fake, itemsize=4):
@@ -123,13 +125,13 @@ def row(r, note=''):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--n', type=int, default=10000)
-    parser.add_argument('--n_large', type=int, default=50000, help='0: skip')
-    parser.add_argument('--dim', type=int, default=2048)
-    parser.add_argument('--k', type=int, default=5)
+    parser.add_argument('--n', type=bounded(int, '>= 2'), default=10000)
+    parser.add_argument('--n_large', type=bounded(int, '>= 0'), default=50000, help='0: skip')
+    parser.add_argument('--dim', type=bounded(int, '>= 1'), default=2048)
+    parser.add_argument('--k', type=bounded(int, '>= 1'), default=5)
     parser.add_argument('--device', type=str, default='cpu',
                         help="ours only (the prdc package is numpy's)")
-    parser.add_argument('--large_timeout', type=float, default=None,
+    parser.add_argument('--large_timeout', type=bounded(float, '> 0'), default=None,
                         help='Stop the --n_large run after this many seconds and report its '
                              'peak memory so far and the time projected from --n (O(N^2))')
     parser.add_argument('--child', type=str, default='', help=argparse.SUPPRESS)

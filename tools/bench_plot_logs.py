@@ -22,6 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import plot_logs  # noqa: E402
+from flags import bounded  # noqa: E402
 
 
 def write_logs(logs_root, name, points, n_G=41, n_D=23, every=2000):
@@ -52,8 +53,8 @@ def median_time(fn, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--points', type=int, default=67)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--points', type=bounded(int, '>= 1'), default=67)
+    parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as logs_root:
         write_logs(logs_root, 'run', args.points)

@@ -45,6 +45,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from flags import bounded  # noqa: E402
 
 CONFIGS = {
     's32': ['--dataset', 'S32', '--G_ch', '32', '--D_ch', '32', '--batch_size', '32',
@@ -189,16 +190,22 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default='s32', choices=sorted(CONFIGS))
     p.add_argument('--modes', default=DEFAULT_MODES, help='comma-separated (default: %(default)s)')
-    p.add_argument('--warmup', type=int, default=2, help='untimed iterations per mode')
-    p.add_argument('--reps', type=int, default=5, help='timed repetitions per mode')
-    p.add_argument('--itrs', type=int, default=1, help='iterations per repetition')
-    p.add_argument('--batch_size', type=int, default=0, help='override the config\'s batch')
-    p.add_argument('--num_D_steps', type=int, default=0, help='override the config\'s D steps')
-    p.add_argument('--ch', type=int, default=0, help='override G_ch and D_ch (e.g. a dry run)')
-    p.add_argument('--budget', type=float, default=0,
+    p.add_argument('--warmup', type=bounded(int, '>= 0'), default=2,
+                   help='untimed iterations per mode')
+    p.add_argument('--reps', type=bounded(int, '>= 1'), default=5,
+                   help='timed repetitions per mode')
+    p.add_argument('--itrs', type=bounded(int, '>= 1'), default=1, help='iterations per repetition')
+    p.add_argument('--batch_size', type=bounded(int, '>= 0'), default=0,
+                   help='override the config\'s batch')
+    p.add_argument('--num_D_steps', type=bounded(int, '>= 0'), default=0,
+                   help='override the config\'s D steps')
+    p.add_argument('--ch', type=bounded(int, '>= 0'), default=0,
+                   help='override G_ch and D_ch (e.g. a dry run)')
+    p.add_argument('--budget', type=bounded(float, '>= 0'), default=0,
                    help='seconds for all modes together; a mode gets what is left (0: no limit)')
     p.add_argument('--device', default='', help='cuda, cpu, ... (default: CUDA if available)')
-    p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s)')
+    p.add_argument('--threads', type=bounded(int, '>= 0'), default=0,
+                   help='torch threads (default: torch\'s)')
     p.add_argument('--json', default='', help='also write the results to this file')
     p.add_argument('--mode', help=argparse.SUPPRESS)  # internal: run one mode (child process)
     args = p.parse_args()

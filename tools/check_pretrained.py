@@ -27,18 +27,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from conftest import hf_standin, load_as_sample, save_hf  # noqa: E402
+from flags import bounded  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512])
-    parser.add_argument('--channel_width', type=int, default=128)
-    parser.add_argument('--z_dim', type=int, default=128)
-    parser.add_argument('--num_classes', type=int, default=1000)
-    parser.add_argument('--truncations', type=float, nargs='+', default=[0.4, 0.123, 0.56, 1.0])
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512],
+                        choices=(128, 256, 512))
+    parser.add_argument('--channel_width', type=bounded(int, '>= 1'), default=128)
+    parser.add_argument('--z_dim', type=bounded(int, '>= 1'), default=128)
+    parser.add_argument('--num_classes', type=bounded(int, '>= 1'), default=1000)
+    parser.add_argument('--truncations', type=bounded(float, '> 0'),
+                        nargs='+', default=[0.4, 0.123, 0.56, 1.0])
+    parser.add_argument('--batch', type=bounded(int, '>= 1'), default=2)
+    parser.add_argument('--seed', type=bounded(int, '[0, 4294967295]'), default=0)
+    parser.add_argument('--threads', type=bounded(int, '>= 1'), default=1)
     parser.add_argument('--float64', action='store_true', help="also HF's float32 noise floor")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

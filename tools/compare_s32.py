@@ -26,6 +26,7 @@ import datasets  # noqa: E402
 import files  # noqa: E402
 import inception_utils  # noqa: E402
 import utils  # noqa: E402
+from flags import bounded  # noqa: E402
 
 INCEPTION_FILE = 'inception_tf_fid_random.pth'
 CLASSIFIER_FILE = 'classifier.pth'
@@ -39,15 +40,15 @@ def prepare_parser():
                         help='Folder for the Inception weights, classifier and table')
     parser.add_argument('--runs', type=str, default='',
                         help='evaluate: comma-separated experiment names under --weights_root')
-    parser.add_argument('--fid_images', type=int, default=2000,
+    parser.add_argument('--fid_images', type=bounded(int, '>= 2'), default=2000,
                         help='evaluate: G_ema samples per FID (default: %(default)s)')
-    parser.add_argument('--acc_images', type=int, default=10000,
+    parser.add_argument('--acc_images', type=bounded(int, '>= 1'), default=10000,
                         help='evaluate: G_ema samples per classifier accuracy '
                              '(default: %(default)s)')
-    parser.add_argument('--holdout', type=int, default=5000,
+    parser.add_argument('--holdout', type=bounded(int, '>= 1'), default=5000,
                         help='prepare: real images kept out of the classifier\'s training '
                              '(default: %(default)s)')
-    parser.add_argument('--classifier_epochs', type=int, default=1,
+    parser.add_argument('--classifier_epochs', type=bounded(int, '>= 1'), default=1,
                         help='prepare: passes over the real images (default: %(default)s)')
     return parser
 

@@ -34,7 +34,7 @@ import checkpoints  # noqa: E402
 import files  # noqa: E402
 import sample as sample_py  # noqa: E402
 import utils  # noqa: E402
-from flags import StopRun  # noqa: E402
+from flags import StopRun, bounded  # noqa: E402
 from s32 import S32_CLASSES, make_s32  # noqa: E402
 from tools import compare_s32  # noqa: E402
 
@@ -53,15 +53,15 @@ def prepare_parser():
     parser = utils.add_sample_parser(utils.prepare_parser())
     parser.add_argument('--out', type=str, default='variety',
                         help='Folder for the classifier, the table, the json and the sheet')
-    parser.add_argument('--images_per_class', type=int, default=1000,
+    parser.add_argument('--images_per_class', type=bounded(int, '>= 2'), default=1000,
                         help='Samples and real images per class (default: %(default)s)')
-    parser.add_argument('--real_seed', type=int, default=1,
+    parser.add_argument('--real_seed', type=bounded(int, '[0, 4294967295]'), default=1,
                         help='make_s32 seed of the real reference images; the training set '
                              'is seed 0 (default: %(default)s)')
-    parser.add_argument('--holdout', type=int, default=5000,
+    parser.add_argument('--holdout', type=bounded(int, '>= 1'), default=5000,
                         help='Real training images kept out of the classifier\'s training '
                              '(default: %(default)s)')
-    parser.add_argument('--classifier_epochs', type=int, default=1,
+    parser.add_argument('--classifier_epochs', type=bounded(int, '>= 1'), default=1,
                         help='Classifier passes over the real images (default: %(default)s)')
     return parser
 

@@ -95,6 +95,11 @@ class ReleaseParser(ArgumentParser):
     matches exactly one of the release's flags keeps meaning that flag.
     """
 
+    def error(self, message):
+        """One line and exit status 2, as every other refusal: argparse's usage text first
+        would be 59 lines for train.py's flags."""
+        self.exit(2, f'error: {" ".join(message.split())} (see --help)\n')
+
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args([self._release_prefix(a) for a in args], namespace)

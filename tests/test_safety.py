@@ -914,3 +914,24 @@ def test_every_count_a_tool_takes_is_held_to_a_domain(name, monkeypatch, capsys)
             parser.parse_args([action.option_strings[0]] + [low] * n)
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and f'must be {action.type.domain}' in err[-1], err
+
+
+# Each entry point: what it requires, and one of its integer flags.
+ENTRY_POINTS = {'train': ([], '--seed'), 'sample': ([], '--seed'), 'evaluate': (['x'], '--seed'),
+                'make_hdf5': ([], '--batch_size'), 'calculate_inception_moments': ([], '--seed'),
+                'plot_logs': (['--experiment_name', 'x'], '--smooth'),
+                'convert_pretrained': (['--hf_dir', 'x'], '--resolution')}
+
+
+@pytest.mark.parametrize('name', sorted(ENTRY_POINTS))
+@pytest.mark.parametrize('wrong', ['unknown flag', 'wrong type'])
+def test_a_command_line_argparse_refuses_is_one_line(name, wrong, capsys):
+    """What argparse itself refuses (an unknown flag, a value of the wrong type) is one line
+    and exit status 2 from every entry point, as every other refusal: not argparse's usage
+    text (59 lines for train.py's flags) before it."""
+    import importlib
+    required, int_flag = ENTRY_POINTS[name]
+    argv, why = ((['--no_such_flag'], 'unrecognized arguments: --no_such_flag')
+                 if wrong == 'unknown flag' else ([int_flag, 'abc'], "invalid int value: 'abc'"))
+    line = exits_with_one_line(importlib.import_module(name).main, required + argv, capsys)
+    assert line.startswith('error: ') and why in line and line.endswith('(see --help)')

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import layers
 from DiffAugment_pytorch import DiffAugment
+from flags import ConfigError
 
 # Channel multipliers of G_ch / D_ch per resolution: G stages go in[i] -> out[i], upsampling x2.
 G_CHANNELS = {
@@ -128,8 +129,16 @@ class Generator(nn.Module):
         self.init = G_init
         self.fp16 = False
         self.arch = self.make_arch(self.ch, self.attention)[resolution]
+        if hier and not G_shared:
+            # The BNs take z's chunks joined to the shared class embedding; without one, the
+            # labels themselves would be joined to z, and the first forward fails.
+            raise ConfigError('--hier joins z to the shared class embedding: add --G_shared')
 
         self.num_slots, self.z_chunk_size = self.z_slots()
+        if self.num_slots > 1 and not self.z_chunk_size:
+            raise ConfigError(f'--dim_z {dim_z} is fewer than the {self.num_slots} chunks '
+                              f'--hier splits z into at {resolution} px: use --dim_z '
+                              f'{self.num_slots} or more')
         if self.z_chunk_size:
             self.dim_z = self.z_chunk_size * self.num_slots  # e.g. 120 stays 120 at 128px
 

@@ -32,7 +32,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     scratch_folder,
     temp_path,
 )
-from flags import ConfigError, StopRun, check_types, one_line
+from flags import FLOAT32_MAX, ConfigError, StopRun, check_types, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 # The collapse watch's sets (collapse.py): a checkpoint on probation, and the last one that
@@ -370,16 +370,18 @@ def torch_load(path, map_location='cpu'):
                                   f'loaded)') from None
         raise CheckpointError(f'cannot load {path} ({load_error_reason(e)}); it is truncated, '
                               f'damaged or not a checkpoint of tensors and plain data') from None
-    check_tensor_extents(obj, path)
+    check_loaded_tensors(obj, path)
     if isinstance(obj, dict):
         # numpy scalars become floats, so the state can be saved again as plain data.
         obj = {k: v.item() if isinstance(v, np.generic) else v for k, v in obj.items()}
     return obj
 
 
-def check_tensor_extents(obj, path):
-    """Refuse a tensor declaring more elements than its storage holds (a stride-0 view of a
-    few bytes standing for 10^12 elements), which every later full read would materialise."""
+def check_loaded_tensors(obj, path):
+    """Refuse a tensor no checkpoint is saved with, before anything reads it: one that is not
+    dense (sparse: no optimizer or layer takes it), has no data (meta), or declares more
+    elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
+    elements, which every later full read would materialise)."""
     stack = [obj]  # iterative: a crafted file can nest containers deeper than the stack
     while stack:
         item = stack.pop()
@@ -387,7 +389,11 @@ def check_tensor_extents(obj, path):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
-        elif isinstance(item, torch.Tensor) and item.layout == torch.strided:
+        elif isinstance(item, torch.Tensor):
+            if item.layout != torch.strided or item.is_meta or item.is_quantized:
+                raise CheckpointError(f'{path} holds a {item.layout} {item.device.type} tensor '
+                                      f'of shape {tuple(item.shape)}, not a dense one with '
+                                      f'data; the file is crafted or damaged')
             needed = item.numel() * item.element_size()
             held = item.untyped_storage().nbytes()
             if needed > held:
@@ -425,22 +431,44 @@ def check_optimizer_state(optim, loaded, path):
         if not isinstance(index, int) or index not in param_of or not isinstance(state, dict):
             raise CheckpointError(f'{path}: optimizer state entry {index!r} names no parameter '
                                   f'of the model; the file is damaged')
-        for key, value in state.items():
-            # The release's Adam saved its step as a Python number; ours, a 0-d tensor.
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s.
-                if not value.is_floating_point():
-                    raise CheckpointError(
-                        f'{path}: optimizer state {key} of parameter {index} is {value.dtype}, '
-                        f'not floating point; the file is damaged')
-                if value.shape != param_of[index].shape:
-                    raise CheckpointError(
-                        f'{path}: optimizer state {key} of parameter {index} has shape '
-                        f'{tuple(value.shape)}, not its parameter\'s '
-                        f'{tuple(param_of[index].shape)}; the file is damaged')
-            elif not (value is None or _like(value, 0.0)):
-                raise CheckpointError(f'{path}: optimizer state {key} of parameter {index} is '
-                                      f'{value!r:.60}, not a count; the file is damaged')
+        check_adam_entry(state, param_of[index], optim.param_groups[0].get('amsgrad'),
+                         f'{path}: optimizer state of parameter {index}')
+
+
+def check_adam_entry(state, param, amsgrad, where):
+    """Refuse one parameter's Adam state unless it is what torch's Adam writes after a step:
+    exactly step, exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad); the step a count (the
+    release's a Python number, torch's a 0-d float tensor); each moment floating point, of the
+    parameter's shape, in its own storage, the second moments non-negative. Anything else
+    fails inside the first step, or trains silently on a restarted or impossible state."""
+    moments = ['exp_avg', 'exp_avg_sq'] + (['max_exp_avg_sq'] if amsgrad else [])
+    if sorted(state) != sorted(['step'] + moments):
+        raise CheckpointError(f"{where} holds {sorted(map(str, state))}, not Adam's "
+                              f"{['step'] + moments}; the file is damaged")
+    step = state['step']
+    if isinstance(step, torch.Tensor) and (step.dim() or not step.is_floating_point()):
+        raise CheckpointError(f'{where}: its step is a {step.dtype} tensor of shape '
+                              f'{tuple(step.shape)}, not a 0-d float count; the file is damaged')
+    if not _like(step, 0.0) or float(step) != int(float(step)):
+        raise CheckpointError(f'{where}: its step {step!r:.60} is not a count; the file is '
+                              f'damaged')
+    storages = set()
+    for key in moments:
+        value = state[key]
+        # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s.
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise CheckpointError(f'{where}: its {key} is {getattr(value, "dtype", value)!r:.60}'
+                                  f', not floating point; the file is damaged')
+        if value.shape != param.shape:
+            raise CheckpointError(f"{where}: its {key} has shape {tuple(value.shape)}, not its "
+                                  f"parameter's {tuple(param.shape)}; the file is damaged")
+        storages.add(value.untyped_storage().data_ptr())
+        if key != 'exp_avg' and value.numel() and bool((value < 0).any()):
+            raise CheckpointError(f'{where}: its {key} holds negative values, which a second '
+                                  f'moment cannot; the file is damaged')
+    if len(storages) < len(moments) and param.numel():
+        raise CheckpointError(f'{where}: its moments share one storage, which Adam never '
+                              f'saves; the file is damaged')
 
 
 def check_settings_agree(optim_state, state, name, path):
@@ -466,9 +494,13 @@ def _setting_ok(key, value, ours):
     ...: how the algorithm runs, which the flags fix, and which needs state of its own) equal
     to ours."""
     if key == 'betas':
-        return _like(value, ours) and all(float(b) < 1 for b in value)
+        return (_like(value, ours) and all(not isinstance(b, torch.Tensor) and float(b) < 1
+                                           for b in value))
     if isinstance(ours, (int, float)) and not isinstance(ours, bool):
-        return _like(value, ours)
+        # A plain number within float32's range: Adam's fused and foreach paths take no
+        # tensor lr, and a larger one overflows in the first step.
+        return (not isinstance(value, torch.Tensor) and _like(value, ours)
+                and value <= FLOAT32_MAX)
     return type(value) is type(ours) and value == ours
 
 

@@ -571,6 +571,13 @@ def in_domain(value, domain):
     return value >= float(bound) if op == '>=' else value > float(bound)
 
 
+# The largest float32: the models and optimizers compute in float32, so a float flag above it
+# (a learning rate of 1e308) overflows in the first step.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT_FLAGS = [spec.get('dest', name[2:]) for name, spec in FLAGS.items()
+               if spec.get('type') is float]
+
+
 def check_flags(config):
     """Refuse a flag value outside its domain, naming the flag and the allowed values.
 
@@ -579,6 +586,10 @@ def check_flags(config):
     for key, domain in DOMAINS.items():
         if key in config and config[key] is not None and not in_domain(config[key], domain):
             raise ConfigError(f'--{key} must be {domain}, got {config[key]!r}')
+    for key in FLOAT_FLAGS:
+        if isinstance(config.get(key), (int, float)) and abs(config[key]) > FLOAT32_MAX:
+            raise ConfigError(f'--{key} {config[key]!r} is beyond float32, in which the models '
+                              f'compute: at most {FLOAT32_MAX:.4g}')
     for key, choices in CHOICES.items():
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} must be one of {', '.join(choices)}, got {config[key]!r}")

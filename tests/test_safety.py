@@ -935,3 +935,24 @@ def test_a_command_line_argparse_refuses_is_one_line(name, wrong, capsys):
                  if wrong == 'unknown flag' else ([int_flag, 'abc'], "invalid int value: 'abc'"))
     line = exits_with_one_line(importlib.import_module(name).main, required + argv, capsys)
     assert line.startswith('error: ') and why in line and line.endswith('(see --help)')
+
+
+@pytest.mark.parametrize('extra,why', [
+    (['--no_G_shared', '--dim_z', '16'], '--hier joins z to the shared class embedding: add '
+                                         '--G_shared'),
+    (['--hier', '--G_shared', '--dim_z', '3'], '--dim_z 3 is fewer than the 4 chunks --hier '
+                                               'splits z into at 32 px'),
+    (['--G_lr', '1e308'], '--G_lr 1e+308 is beyond float32'),
+    (['--SN_eps', '1e39'], '--SN_eps 1e+39 is beyond float32')])
+def test_a_model_the_flags_cannot_run_is_refused_before_writing(data_root, tmp_path, capsys,
+                                                                extra, why):
+    """Flags that build a G whose first forward fails (--hier without a shared embedding to
+    join z to, or z cut into chunks of 0) or values beyond float32, in which every layer
+    and optimizer computes (an IndexError, a split error or an overflow in the first step,
+    after metalog.txt was written)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + extra
+    if '--no_G_shared' in argv:  # the tiny flags share the embedding
+        argv = [a for a in argv if a not in ('--no_G_shared', '--G_shared')]
+    assert why in exits_with_one_line(train.main, argv, capsys)
+    assert not out.exists()

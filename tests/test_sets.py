@@ -310,6 +310,23 @@ def first_state(key, value):
     # A record that vouches for no companion, or not for G.pth.
     ('state_dict', set_key('files', {}), 'not in the record'),
     ('state_dict', lambda obj: obj['files'].pop('G.pth'), 'G.pth'),
+    # An Adam entry that is not what Adam writes (the outside attacker's round 5): a key
+    # missing (a KeyError in the first step) or all of them, a step that is no 0-d float
+    # count, a rate as a tensor or beyond float32, a negative second moment, two moments in
+    # one storage, a moment without data or not dense.
+    ('G_optim', lambda obj: obj['state'][0].pop('step'), "not Adam's"),
+    ('G_optim', lambda obj: obj['state'][0].pop('exp_avg'), "not Adam's"),
+    ('G_optim', lambda obj: obj['state'].update({0: {}}), "not Adam's"),
+    ('G_optim', first_state('step', lambda v: torch.tensor(2)), 'not a 0-d float count'),
+    ('G_optim', first_state('step', lambda v: torch.tensor(2.5)), 'not a count'),
+    ('G_optim', first_group('lr', torch.tensor(5e-5)), 'its lr tensor'),
+    ('G_optim', first_group('lr', 1e300), r'its lr 1e\+300'),
+    ('G_optim', first_state('exp_avg_sq', lambda v: -v.abs() - 1), 'negative'),
+    ('G_optim', lambda obj: obj['state'][0].update(exp_avg_sq=obj['state'][0]['exp_avg'].abs_()),
+     'share one storage'),
+    ('G_optim', first_state('exp_avg', lambda v: torch.empty_like(v, device='meta')),
+     'not a dense one with data'),
+    ('G_optim', first_state('exp_avg', lambda v: v.to_sparse()), 'not a dense one with data'),
 ])
 def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
                                                                    expect):
@@ -330,6 +347,24 @@ def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, nam
     assert torch.equal(torch.get_rng_state(), rng)
     # The advice never offers the refused set itself (the only one here) as one that loads.
     assert "'' (the latest)" not in str(refused.value)
+
+
+def test_an_adam_state_as_the_release_wrote_it_loads_and_steps(tmp_path):
+    """The release's torch saved Adam's step as a Python int; such an entry is Adam's and
+    loads (the control of the refusals above), and the next step runs on it."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = stepped_models(config)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+    corrupt_state(root, 'G_optim', lambda obj: [entry.update(step=int(entry['step']))
+                                                for entry in obj['state'].values()])
+    G2, D2, E2 = tiny_models(config, seed=9)
+    checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
+    steps = {float(entry['step']) for entry in G2.optim.state.values()}
+    assert steps == {float(e['step']) for e in G.optim.state_dict()['state'].values()}
+    G2.optim.zero_grad()
+    sum(p.sum() for p in G2.parameters()).backward()
+    G2.optim.step()
+    assert {float(entry['step']) for entry in G2.optim.state.values()} == {s + 1 for s in steps}
 
 
 @pytest.mark.parametrize('dtype', [torch.bool, torch.int64, torch.complex64, torch.float16])

@@ -138,11 +138,17 @@ class Detector(object):
         self.events = []
 
     def losses(self, itr, values):
+        # Only losses a step can give are evidence: finite, D's (hinge or DCGAN) >= 0. A run
+        # stops at a non-finite loss anyway; a log holding one is damaged.
         if all(k in values for k in LOSSES):
-            self.window.append((itr,) + tuple(float(values[k]) for k in LOSSES))
+            row = tuple(float(values[k]) for k in LOSSES)
+            if all(map(math.isfinite, row)) and min(row[1:]) >= 0:
+                self.window.append((itr,) + row)
 
     def svs(self, itr, values):
-        values = {k: float(v) for k, v in values.items() if SV0.match(k)}
+        # A singular value is finite and >= 0.
+        values = {k: float(v) for k, v in values.items() if SV0.match(k)
+                  and math.isfinite(float(v)) and float(v) >= 0}
         if values:
             self.sv.append((itr, values))
 

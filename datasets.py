@@ -35,6 +35,7 @@ from files import (  # noqa: F401  (release-era names, kept importable from here
     hdf5_dataset,
     item_nbytes,
     open_regular,
+    read_hdf5,
 )
 from flags import ConfigError, one_line
 from s32 import S32_CLASSES, S32_DEFAULT_PER_CLASS, S32_RES, make_s32  # noqa: F401
@@ -460,7 +461,7 @@ def read_labels(labels, path):
     check_declared(labels.dtype.itemsize * n, f'its {n} labels', path,
                          limit=os.path.getsize(path) if unfiltered else None)
     check_declared((labels.dtype.itemsize + 8) * n, f'its {n} labels', path)
-    return labels[:].astype(np.int64)
+    return read_hdf5(labels, slice(None), path).astype(np.int64)
 
 
 def normalize(img):
@@ -535,7 +536,7 @@ class ILSVRC_HDF5(data.Dataset):
             self.chunk_nbytes = imgs.dtype.itemsize * int(np.prod(imgs.chunks or imgs.shape[1:]))
             self.compressed = imgs.id.get_create_plist().get_nfilters() > 0
             self.compression = imgs.compression  # 'lzf', 'gzip', ... or None
-            self.data = imgs[:] if load_in_mem else None
+            self.data = read_hdf5(imgs, slice(None), self.root) if load_in_mem else None
         self.targets = self.labels
         self.num_imgs = len(self.labels)
         self.cache = {}

@@ -495,6 +495,17 @@ def hdf5_dataset(f, name, path, advice='write the file again with make_hdf5.py')
     return obj
 
 
+def read_hdf5(dataset, index, path, advice='write the file again with make_hdf5.py'):
+    """dataset[index], a read that fails (a chunk whose checksum or filter fails, a filter
+    this machine lacks) as one line naming the file and the dataset (FileError ending with
+    advice), not h5py's bare message."""
+    try:
+        return dataset[index]
+    except (OSError, RuntimeError, ValueError) as e:
+        raise FileError(f"{path}: '{dataset.name.lstrip('/')}' cannot be read "
+                        f'({one_line(e)[:120]}); the file is damaged: {advice}') from None
+
+
 def check_hdf5_stored(dataset, path, what):
     """Refuse (FileError) an HDF5 dataset that declares more than it stores: h5py reads a
     chunk never written, or a contiguous dataset never allocated, as its fill value (black

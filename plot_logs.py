@@ -48,6 +48,14 @@ MAX_LOGS = 1024
 # Finite values larger than this are no loss or score: matplotlib's ranges and ticks overflow
 # on them. NaN and inf are kept (drawn as gaps), as the loggers may write them.
 VALUE_LIMIT = 1e100
+# The values a test's result can take, by record key: an IS is exp of a mean KL divergence
+# (>= 1), a FID a distance, a std a spread, precision, recall and coverage shares. A logged
+# value outside them (a FID of -20, an IS of inf) is a damaged log, so it is not drawn or
+# starred as the best, as train.py never logs one (inception_utils.valid_fid).
+POSSIBLE = {'IS_mean': (1 - 1e-6, math.inf), 'IS_std': (0, math.inf), 'FID': (0, math.inf),
+            'KID_mean': (-math.inf, math.inf), 'KID_std': (0, math.inf),
+            'precision': (0, 1), 'recall': (0, 1), 'density': (0, math.inf),
+            'coverage': (0, 1), 'intraFID': (0, math.inf)}
 
 
 def prepare_parser():
@@ -141,7 +149,7 @@ def read_jsonl(path, protocols=False):
     """{key: array} of a MetricsLogger file's numeric fields (itr, IS_mean, IS_std, FID, _stamp,
     KID_mean, ...), NaN where a record lacks a key; records without itr are skipped. With
     protocols, also the list of each kept record's protocol_key."""
-    records, beyond = [], 0
+    records, beyond, impossible = [], 0, 0
     for line in complete_lines(path):
         try:
             record = json.loads(line)
@@ -162,9 +170,17 @@ def read_jsonl(path, protocols=False):
                 or not all(plottable(v) for v in record.values() if isinstance(v, float))):
             beyond += 1
             continue
+        for key, (low, high) in POSSIBLE.items():
+            value = record.get(key)
+            if isinstance(value, float) and not (math.isfinite(value) and low <= value <= high):
+                record[key] = math.nan
+                impossible += 1
         records.append(record)
     skipped_notice(path, beyond, f'with a number beyond {VALUE_LIMIT:g} or an iteration that '
                                  f'is not an int64 count')
+    if impossible:
+        print(f'{path}: left out {impossible} value{"s" * (impossible > 1)} no test can give '
+              f'(a FID below 0, an IS below 1, a share outside [0, 1], NaN or inf)')
     keys = sorted({k for r in records for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and len(k) <= MAX_KEY})
@@ -205,7 +221,8 @@ def save_every(logs_root, name):
     if not os.path.isfile(path):
         return 0
     for line in complete_lines(path):
-        found = re.search(r"'save_every': (\d+)", line)
+        # The whole number as the run's config repr wrote it (not the 10 of 10**30).
+        found = re.search(r"'save_every': (\d+)[,}]", line)
         if line.startswith('config:') and found:
             return int(found[1])
     return 0

@@ -3,6 +3,7 @@
 line and the jsonl record, found again by the offline scan), stop (exit status 3), rollback
 (the healthy set reloaded bit for bit, both learning rates scaled and kept by a relaunch)."""
 import json
+import math
 import os
 
 import numpy as np
@@ -494,3 +495,30 @@ def test_an_action_without_the_watch_is_refused(data_root, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert refused.value.code == 2 and len(err) == 1 and '--collapse_watch' in err[0], err
     assert not os.path.exists(tmp_path / 'logs') and not os.path.exists(tmp_path / 'weights')
+
+
+def test_losses_and_singular_values_no_step_gives_are_no_evidence():
+    """A loss that is not finite, a D loss below 0 (hinge and DCGAN losses are >= 0) or a
+    singular value that is not finite or below 0 (a damaged or crafted log) never enters the
+    rule, online or offline (both go through Detector.losses and Detector.svs): a G loss of
+    inf throughout was judged 'D wins'."""
+    import collapse
+    detector = collapse.Detector()
+    rows = [(1.0, 0.5, 0.5), (math.inf, 0.5, 0.5), (1.0, -math.inf, 0.5), (1.0, 0.5, -0.1),
+            (math.nan, 0.5, 0.5), (-2.0, 0.0, 0.0)]
+    for itr, row in enumerate(rows):
+        detector.losses(itr, dict(zip(collapse.LOSSES, row)))
+        detector.svs(itr, {'G_linear_sv0': [1.5, math.inf, -1.0, math.nan, 0.0, 2.0][itr]})
+    assert [r[0] for r in detector.window] == [0, 5]
+    assert [itr for itr, _ in detector.sv] == [0, 4, 5]
+
+
+def test_a_save_every_no_run_writes_is_unknown(tmp_path):
+    """metalog.txt's save_every read as the whole number a config repr writes: 10**30 or
+    1e308 (no run writes either) are unknown, not 10 or 1 (which named checkpoints that do not
+    exist)."""
+    os.makedirs(tmp_path / 'run')
+    for text, want in [('100', 100), ('10**30', 0), ('1e308', 0), ('7}', 7)]:
+        (tmp_path / 'run' / 'metalog.txt').write_text(
+            f"datetime: x\nconfig: {{'save_every': {text}, 'seed': 0}}\n")
+        assert plot_logs.save_every(str(tmp_path), 'run') == want, text

@@ -851,6 +851,10 @@ INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
          (['--ema_decay', '0.9'], ['--ema'], '--ema'),
          (['--ema_start', '7'], ['--ema'], '--ema'),
          (['--use_ema'], ['--ema'], '--ema'),
+         (['--G_depth', '3'], ['--model', 'BigGANdeep'], '--model BigGANdeep'),
+         (['--shared_dim', '7'], ['--G_shared'], '--G_shared'),
+         (['--num_standing_accumulations', '5'], ['--accumulate_stats'], '--accumulate_stats'),
+         (['--G_fp16'], ['--amp', 'fp16'], '--amp fp16 (here --amp bf16)'),
          (['--max_rollbacks', '1'], ROLLBACK, ' '.join(ROLLBACK)),
          (['--collapse_lr_scale', '0.25'], ROLLBACK, ' '.join(ROLLBACK))]
 
@@ -859,10 +863,11 @@ INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
 def test_a_flag_that_acts_through_an_off_flag_is_named(given, through, named):
     """Given without what it acts through, a flag changes nothing: one note names it; with
     that flag on, or at its default, there is no note."""
+    context = ['--amp', 'bf16'] if given == ['--G_fp16'] else []  # what turns it off
     parse = utils.prepare_parser().parse_args
-    assert flags.inert_flags(vars(parse(given))) == [
+    assert flags.inert_flags(vars(parse(given + context))) == [
         f"note: {' '.join(given)} has no effect without {named}"]
-    assert flags.inert_flags(vars(parse(given + through))) == []
+    assert flags.inert_flags(vars(parse(given + context + through))) == []
     assert flags.inert_flags(vars(parse([]))) == []
 
 

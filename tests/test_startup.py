@@ -466,3 +466,26 @@ def test_an_hdf5_read_error_names_the_file_and_image(tmp_path):
         ds[63]
     assert str(e.value).startswith(f'{path}: image 63 cannot be read (')
     assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('what,load_in_mem', [('labels', False), ('imgs', True)])
+def test_a_damaged_chunk_read_at_start_up_names_the_file(tmp_path, what, load_in_mem):
+    """A chunk whose checksum fails (fletcher32, one byte flipped), read whole at start-up
+    (the labels; the images with --load_in_mem), is one line naming the file and the dataset
+    with what to do, not h5py's bare 'filter returned failure during read'."""
+    path = str(tmp_path / 'I32.hdf5')
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', data=np.zeros((8, 3, 32, 32), np.uint8), chunks=(2, 3, 32, 32),
+                         fletcher32=what == 'imgs')
+        f.create_dataset('labels', data=np.arange(8) % 2, chunks=(2,),
+                         fletcher32=what == 'labels')
+    with h5py.File(path, 'r') as f:
+        offset = f[what].id.get_chunk_info(1).byte_offset
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(datasets.FileError, match=rf"I32.hdf5: '{what}' cannot be read \(.*"
+                                                 r"filter.*\); the file is damaged: write"):
+        datasets.ILSVRC_HDF5(path, load_in_mem=load_in_mem)

@@ -525,3 +525,24 @@ def test_duplicate_roots_and_refusals(tmp_path):
     assert not (tmp_path / 'w' / 'c').exists()
     (tmp_path / 'l' / 'c_log.jsonl').unlink()
     assert tree(tmp_path) == before
+
+
+def test_test_results_no_metric_can_give_are_left_out(tmp_path, capsys):
+    """A jsonl FID below 0 or an IS of inf (a damaged log; train.py never logs one) is left
+    out of the figures with a note, not drawn or starred as the best; the record's other
+    values stay."""
+    import json
+    os.makedirs(tmp_path / 'run')
+    records = [{'itr': 100, 'IS_mean': 2.0, 'IS_std': 0.1, 'FID': 50.0},
+               {'itr': 200, 'IS_mean': float('inf'), 'IS_std': 0.1, 'FID': -20.0},
+               {'itr': 300, 'IS_mean': 3.0, 'IS_std': 0.1, 'FID': 40.0, 'precision': 1.5}]
+    with open(tmp_path / 'run_log.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    tests = plot_logs.read_jsonl(str(tmp_path / 'run_log.jsonl'))
+    assert 'left out 3 values no test can give' in capsys.readouterr().out
+    assert tests['itr'].tolist() == [100, 200, 300]
+    assert np.isnan(tests['IS_mean'][1]) and np.isnan(tests['FID'][1])
+    assert np.isnan(tests['precision']).all() and tests['IS_std'].tolist() == [0.1] * 3
+    fig = plot_logs.figure_IS_FID({'name': 'run', 'tests': tests})
+    assert fig.axes[1].lines[1].get_label() == 'best 40 at itr 300'
+    plot_logs.pyplot().close('all')

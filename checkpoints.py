@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import step_helpers
 from distributed import all_gather_objects, get_rank, get_world_size
 from files import (  # noqa: F401  (release-facing names; new code imports from files)
     atomic_link,
@@ -553,6 +554,12 @@ def check_training_state(state, path):
                 and all(b < 1 for b in settings['betas']) and settings['eps'] > 0):
             raise CheckpointError(f'{path}: its optim_settings for {net} ({settings!r:.80}) are '
                                   f'not learning rates, betas and an eps; the file is damaged')
+    # The step's own saved state: the LeCam anchors, the fp16 loss scales.
+    for key, check in [('ema_losses', step_helpers.ema_losses.check_state_dict),
+                       ('amp', step_helpers.Precision.check_state_dict)]:
+        problem = check(state[key]) if key in state else None
+        if problem:
+            raise CheckpointError(f'{path}: its {key} {problem}; the file is damaged')
     if 'rng' in state:
         here = get_rng_state()
         try:

@@ -9,6 +9,7 @@
 - the memory probe behind --load_in_mem.
 """
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -94,6 +95,38 @@ def check_writable(folder, what):
                       f'writable folder')
 
 
+# What a writer raises when the disk is full or a size limit is reached: an OSError with its
+# errno, or the RuntimeError torch.save and h5py raise around one, whose text says it.
+FULL_ERRNOS = {errno.ENOSPC: 'the disk is full', errno.EFBIG: 'a file size limit is reached',
+               errno.EDQUOT: 'the disk quota is reached'}
+
+
+def write_failure(error):
+    """Why a write failed, when it is a full disk or a size limit (FULL_ERRNOS), else None."""
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+        return FULL_ERRNOS[error.errno]
+    text = str(error)
+    for number, reason in FULL_ERRNOS.items():
+        if os.strerror(number) in text or f'errno = {number},' in text:
+            return reason
+    return None
+
+
+@contextlib.contextmanager
+def full_disk_named(path):
+    """Turn a write that fails on a full disk or a size limit, inside the block, into one
+    line naming path (FileError): the OSError says only 'File too large', torch.save and h5py
+    a RuntimeError around it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise FileError(f'cannot write {path}: {reason}; nothing was replaced: free space '
+                        f'there (or raise the limit) and run again') from None
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write path's content to; once the block ends it is synced
@@ -106,7 +139,8 @@ def atomic_path(path):
     # this name cannot redirect the write; writers then open this regular file.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
     try:
-        yield tmp
+        with full_disk_named(path):
+            yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -126,7 +160,8 @@ def scratch_folder(name):
     folder = temp_path(name)
     os.makedirs(folder)
     try:
-        yield folder
+        with full_disk_named(name):
+            yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -281,8 +316,10 @@ def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
 
 
 def _gb(nbytes):
-    """Bytes as GB with one decimal (two below 1 GB)."""
+    """Bytes as GB with one decimal (two below 1 GB, kB below 10 MB)."""
     gb = nbytes / 1e9
+    if gb < 0.01:
+        return f'{nbytes / 1e3:.0f} kB'
     return f'{gb:.1f} GB' if gb >= 1 else f'{gb:.2f} GB'
 
 
@@ -306,6 +343,12 @@ def check_disk(nbytes, folder, what, advice):
     if nbytes > free:
         raise ConfigError(f'{what} need {_gb(nbytes)} free in {folder}, which has {_gb(free)}; '
                           f'{advice}')
+    # The process's file size limit (ulimit -f): a file past it fails in its last writes.
+    import resource
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and nbytes > limit:
+        raise ConfigError(f'{what} need files of {_gb(nbytes)}, past this process\'s file '
+                          f'size limit of {_gb(limit)} (ulimit -f); raise it, or {advice}')
 
 
 def check_memory(nbytes, what):

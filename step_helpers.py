@@ -3,6 +3,7 @@ scaling for --amp), the EMA of G's weights, the LeCam anchors (the EMA of D's ou
 reg and toggle_grad. utils.py and train_fns.py re-export the names their users import.
 """
 import contextlib
+import math
 
 import torch
 
@@ -48,6 +49,32 @@ class Precision(object):
             return {}
         return {'amp': {'G_scaler': self.G_scaler.state_dict(),
                         'D_scaler': self.D_scaler.state_dict(), 'skipped': dict(self.skipped)}}
+
+    @staticmethod
+    def check_state_dict(state):
+        """What is wrong with a saved state_dict()['amp'], or None: each scaler's scale finite
+        and > 0, growth above 1, backoff in (0, 1), intervals and counts non-negative ints (a
+        NaN or negative scale would be kept and saved again, every step skipped or ascending)."""
+        def count(v, low=0):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not isinstance(state, dict) or set(state) != {'G_scaler', 'D_scaler', 'skipped'}:
+            return 'is not the G_scaler, D_scaler and skipped of --amp fp16'
+        for name in ('G_scaler', 'D_scaler'):
+            sc = state[name]
+            if not (isinstance(sc, dict) and number(sc.get('scale')) and sc['scale'] > 0
+                    and number(sc.get('growth_factor')) and sc['growth_factor'] > 1
+                    and number(sc.get('backoff_factor')) and 0 < sc['backoff_factor'] < 1
+                    and count(sc.get('growth_interval'), 1)
+                    and count(sc.get('_growth_tracker'))):
+                return f'has a {name} ({sc!r:.80}) that is not a loss scaler\'s state'
+        skipped = state['skipped']
+        if not (isinstance(skipped, dict) and set(skipped) == {'G', 'D'}
+                and all(count(v) for v in skipped.values())):
+            return f'has skipped step counts {skipped!r:.60} that are not counts'
+        return None
 
     def load_state_dict(self, state):
         """Restore what state_dict()['amp'] held, so an fp16 run resumes with its scales."""
@@ -131,6 +158,19 @@ class ema_losses(object):
     def state_dict(self):
         """The averages as plain floats, for state_dict.pth."""
         return {key: float(getattr(self, key)) for key in self.KEYS}
+
+    @classmethod
+    def check_state_dict(cls, state):
+        """What is wrong with a saved state_dict(), or None: each of KEYS a finite number (a
+        NaN anchor makes every later LeCam term NaN, and is saved again)."""
+        if not isinstance(state, dict) or set(state) != set(cls.KEYS):
+            return f"does not hold exactly {', '.join(cls.KEYS)}"
+        for key in cls.KEYS:
+            value = state[key]
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                return f'has {key} {value!r:.40}, not a finite number'
+        return None
 
     def load_state_dict(self, state):
         for key in self.KEYS:

@@ -263,10 +263,11 @@ def test_plot_logs_skips_numbers_it_cannot_draw(tmp_path, capsys):
     itr, values = plot_logs.read_metric_log(str(run / 'G_loss.log'))
     assert itr.tolist() == [i for i, _ in good] and values.tolist() == [v for _, v in good]
     tests = plot_logs.read_jsonl(str(tmp_path / 'run_log.jsonl'))
-    # 1e400 parses as inf, which is kept (a gap in the figure) like a logged inf.
+    # 1e400 parses as inf, an IS no test gives: left out (NaN, a gap), the record kept.
     assert tests['itr'].tolist() == [1, 5, 9] and tests['FID'].tolist() == [3, 9, 7]
-    assert np.isinf(tests['IS_mean'][0])
+    assert np.isnan(tests['IS_mean'][0])
     out = capsys.readouterr().out
+    assert 'left out 1 value no test can give' in out
     assert out.count('skipped 3 lines') == 2
     for x in ('itr', 'time'):
         paths = plot_logs.run(vars(plot_logs.prepare_parser().parse_args(

@@ -961,3 +961,43 @@ def test_a_model_the_flags_cannot_run_is_refused_before_writing(data_root, tmp_p
         argv = [a for a in argv if a not in ('--no_G_shared', '--G_shared')]
     assert why in exits_with_one_line(train.main, argv, capsys)
     assert not out.exists()
+
+
+def run_limited(argv, limit_kb):
+    """An entry point in a child under `ulimit -f limit_kb`: (exit status, stderr lines)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kb * 1024, limit_kb * 1024))
+    done = subprocess.run([sys.executable] + argv, cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+    return done.returncode, done.stderr.strip().splitlines()
+
+
+def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir, tmp_path):
+    """Writes that a full disk or a size limit (ulimit -f) stops: refused up front where
+    the size is known (sample.py's npz, make_hdf5.py's uncompressed file: make_hdf5 ended in
+    h5py's traceback and a segfault), or one line naming the file when a write fails (the S32
+    cache: '[Errno 27] File too large'), exit 2, nothing left behind."""
+    from PIL import Image
+    for c in 'ab':
+        (tmp_path / 'imgs' / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new('RGB', (40, 40), (60 * i, 9, 9)).save(tmp_path / 'imgs' / c / f'{i}.png')
+    fresh = tmp_path / 'fresh'
+    cases = [
+        (['sample.py'] + sample_argv(data_root, run_dir, '--sample_npz', '--sample_num_npz',
+                                     '64', '--samples_root', str(tmp_path / 's')),
+         'past this process\'s file size limit', tmp_path / 's'),
+        (['make_hdf5.py', '--dataset', 'mine', '--dataset_root', str(tmp_path / 'imgs'),
+          '--resolution', '64', '--n_classes', '2', '--data_root', str(tmp_path / 'h'),
+          '--num_workers', '0'], 'past this process\'s file size limit', tmp_path / 'h'),
+        (run_flags(str(fresh / 'data'), str(fresh), NAME, '--total_itrs', '1'),
+         f"cannot write {fresh / 'data' / 'S32' / 'S32_seed0.npz'}: a file size limit is "
+         f'reached', fresh / 'weights')]
+    for argv, why, untouched in cases:
+        if argv[0] not in ('sample.py', 'make_hdf5.py'):
+            argv = ['train.py'] + argv
+        code, err = run_limited(argv, 20)
+        assert code == 2 and len(err) == 1 and why in err[0], (argv[0], code, err[-3:])
+        assert not untouched.exists() or not any(untouched.rglob('*.*')), argv[0]

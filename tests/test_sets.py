@@ -10,6 +10,7 @@ import torch
 import checkpoints
 import convert_pretrained
 import files
+import step_helpers
 from flags import StopRun
 from helpers import hf_standin, load_as_sample, save_hf, tiny_config, tiny_models
 
@@ -281,6 +282,28 @@ def first_state(key, value):
     return change
 
 
+ANCHORS = {'G_loss': 1.0, 'D_loss_real': 0.5, 'D_loss_fake': 0.5, 'D_real': 0.2, 'D_fake': -0.2}
+
+
+def scales(scale):
+    """A saved --amp fp16 state with G's loss scale at scale."""
+    scaler = {'scale': 65536.0, 'growth_factor': 2.0, 'backoff_factor': 0.5,
+              'growth_interval': 2000, '_growth_tracker': 0}
+    return {'G_scaler': dict(scaler, scale=scale), 'D_scaler': scaler,
+            'skipped': {'G': 0, 'D': 0}}
+
+
+def test_the_step_states_the_refusals_start_from_are_valid():
+    """The intact anchors and scales the cases below damage pass the same checks, and they
+    are what the step itself saves."""
+    assert step_helpers.ema_losses.check_state_dict(ANCHORS) is None
+    assert step_helpers.Precision.check_state_dict(scales(65536.0)) is None
+    saved = step_helpers.Precision({'amp': 'fp16'}, 'cpu').state_dict()['amp']
+    assert set(saved) == set(scales(1.0)) and step_helpers.Precision.check_state_dict(
+        saved) is None
+    assert set(step_helpers.ema_losses().state_dict()) == set(ANCHORS)
+
+
 @pytest.mark.parametrize('name,change,expect', [
     ('state_dict', set_key('config', [1, 2]), 'config'),
     ('state_dict', set_key('itr', -5), 'itr'),
@@ -327,6 +350,13 @@ def first_state(key, value):
     ('G_optim', first_state('exp_avg', lambda v: torch.empty_like(v, device='meta')),
      'not a dense one with data'),
     ('G_optim', first_state('exp_avg', lambda v: v.to_sparse()), 'not a dense one with data'),
+    # The step's saved state: a NaN or non-number LeCam anchor, a NaN or negative fp16 scale
+    # (kept and saved again by the resumed run).
+    ('state_dict', set_key('ema_losses', dict(ANCHORS, D_real=float('nan'))),
+     'ema_losses has D_real nan'),
+    ('state_dict', set_key('ema_losses', dict(ANCHORS, D_fake='x')), "ema_losses has D_fake 'x'"),
+    ('state_dict', set_key('amp', scales(float('nan'))), 'amp has a G_scaler'),
+    ('state_dict', set_key('amp', scales(-4096.0)), 'amp has a G_scaler'),
 ])
 def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
                                                                    expect):

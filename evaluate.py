@@ -240,7 +240,7 @@ def run(config):
                                 f'features, and statistics {spec} hold none; make them with '
                                 f'evaluate.py SOURCE --save_stats')
         if 'KID' in names:
-            metrics.check_kid_sizes(config['kid_subset_size'], *rows)
+            metrics.check_kid_sizes(config['kid_subset_size'], *rows, config['kid_subsets'])
         if 'PRDC' in names:
             metrics.check_prdc_k(config['prdc_k'], *rows)
     backend = config['inception_backend']

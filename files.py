@@ -84,6 +84,11 @@ def check_writable(folder, what):
     writable or can be created; creates nothing."""
     parent = os.path.abspath(folder)
     while not os.path.exists(parent):
+        if os.path.islink(parent):
+            # makedirs cannot create what a dangling link names ('File exists').
+            raise ConfigError(f'{what} {folder} cannot be created: {parent} is a symbolic '
+                              f'link to {os.readlink(parent)}, which does not exist; create '
+                              f'that folder or pass another')
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         reason = f'{parent} is a file'
@@ -414,6 +419,33 @@ def check_name(name, what):
 
 # ----------------------------------------------------------------------------
 # Reading untrusted files: regular files only, every declared size bounded.
+
+def open_append(path, what='log'):
+    """open(path, 'a') for a log this process appends to, created if missing; a symlink in
+    its place (which would carry the lines to a file outside the roots), a FIFO or a device
+    is refused with one line (FileError). The check is made on the open descriptor."""
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0)
+             | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0))
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FileError(f'{what} {path} is a symbolic link; logs are written only to '
+                            f'files of their own: remove the link') from None
+        if e.errno == errno.ENXIO:  # a FIFO nothing reads, opened without blocking
+            raise FileError(f'{what} {path} is not a regular file (a FIFO); remove it') from None
+        raise FileError(f'{what} {path} cannot be opened for appending ({e.strerror})') from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileError(f'{what} {path} is not a regular file (a FIFO or device); remove '
+                            f'it')
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, 'a')
+    except BaseException:
+        os.close(fd)
+        raise
+
 
 def open_regular(path, what='file', mode='rb'):
     """open() path for reading, refusing anything but a regular file (FIFOs, devices, sockets,

@@ -871,7 +871,7 @@ def prepare_metrics(dataset, parallel=False, no_fid=False, backend='torchvision'
     real = 0 if moments is None or 'feats' not in moments else len(moments['feats'])
     fakes = real if num_images is None else num_images
     if 'KID' in names:
-        check_kid_sizes(kid_subset_size, real, fakes)
+        check_kid_sizes(kid_subset_size, real, fakes, kid_subsets)
     if 'PRDC' in names and not 1 <= prdc_k < min(real, fakes):
         raise ConfigError(f'--prdc_k {prdc_k} needs more samples: below both the real '
                           f'features ({real}) and the fakes ({fakes})')

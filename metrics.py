@@ -309,12 +309,14 @@ def _poly_kernel(x, y):
     return (x @ y.T / x.shape[1] + 1) ** 3
 
 
-def check_kid_sizes(subset_size, n1, n2):
-    """Refuse a KID subset larger than either sample count, or smaller than two rows.
+def check_kid_sizes(subset_size, n1, n2, num_subsets=1):
+    """Refuse a KID subset larger than either sample count, or smaller than two rows, and a
+    count of subsets whose scores would not fit in memory: checked before any Inception pass.
 
     Subsets of a few rows give the noisy (even negative) KIDs reported from tiny sets, so a
     subset never silently shrinks to fit.
     """
+    check_fits(8 * num_subsets, f'{num_subsets} KID subsets\' scores', 'lower --kid_subsets')
     if subset_size < 2:
         raise MetricsError(f'KID subset size {subset_size} is below 2; raise --kid_subset_size')
     if subset_size > min(n1, n2):
@@ -336,11 +338,10 @@ def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
     x_all = torch.as_tensor(as_float64(feats1), device=device)
     y_all = torch.as_tensor(as_float64(feats2), device=device)
     m = subset_size
-    check_kid_sizes(m, len(x_all), len(y_all))
+    check_kid_sizes(m, len(x_all), len(y_all), num_subsets)
     # Subsets come from a seeded numpy generator so that they do not depend
     # on the device.
     rng = np.random.default_rng(seed)
-    check_fits(8 * num_subsets, f'{num_subsets} KID subsets\' scores', 'lower --kid_subsets')
     scores = np.empty(num_subsets)
     off = m * (m - 1)
     for i in range(num_subsets):

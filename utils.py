@@ -44,7 +44,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
-from files import check_fits, check_name
+from files import check_fits, check_name, open_append
 from flags import ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 from step_helpers import (  # noqa: F401
     amp_dtype,
@@ -298,7 +298,7 @@ class MetricsLogger(object):
         record = dict(record or {})
         record.update(kwargs)
         record['_stamp'] = time.time()
-        with open(self.fname, 'a') as f:
+        with open_append(self.fname) as f:
             f.write(json.dumps(record, ensure_ascii=True) + '\n')
 
 
@@ -325,7 +325,7 @@ class MyLogger(object):
                 self.metrics.append(arg)
             if self.logstyle in ('pickle', 'mat'):
                 continue  # unsupported in the release too
-            with open(f'{self.root}/{arg}.log', 'a') as f:
+            with open_append(f'{self.root}/{arg}.log') as f:
                 f.write(f'{itr}: {self.logstyle % kwargs[arg]}\n')
 
 

@@ -174,7 +174,10 @@ def test_sizes_that_cannot_fit_are_refused_before_any_inception_pass(sources, tm
     cases = [([folder, npz, '--metrics', 'KID', '--kid_subset_size', '26'], '25 rows'),
              ([npz, folder, '--metrics', 'FID,KID', '--kid_subset_size', '26'], '25 and 30'),
              ([folder, npz, '--metrics', 'PRDC', '--prdc_k', '25'], '25 fake'),
-             ([tmp_path / 'stats.npz', npz, '--metrics', 'PRDC'], 'hold none')]
+             ([tmp_path / 'stats.npz', npz, '--metrics', 'PRDC'], 'hold none'),
+             # Subsets' scores beyond memory (8 PB): refused before the pass, not after it.
+             ([folder, npz, '--metrics', 'KID', '--kid_subset_size', '5', '--kid_subsets',
+               str(10 ** 15)], 'KID subsets')]
     exits_with_one_line_each(cases, capsys)
 
 

@@ -1001,3 +1001,43 @@ def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir,
         code, err = run_limited(argv, 20)
         assert code == 2 and len(err) == 1 and why in err[0], (argv[0], code, err[-3:])
         assert not untouched.exists() or not any(untouched.rglob('*.*')), argv[0]
+
+
+def test_a_dangling_link_as_a_root_is_one_line(data_root, tmp_path, capsys):
+    """--weights_root a symlink to a folder that does not exist: makedirs said only
+    '[Errno 17] File exists'; now the line names the link and its target, nothing written."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'weights').symlink_to(tmp_path / 'nowhere')
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1')
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert f"{out / 'weights'} is a symbolic link to {tmp_path / 'nowhere'}" in line
+    assert sorted(os.listdir(out)) == ['weights'] and not (tmp_path / 'nowhere').exists()
+
+
+def test_a_log_replaced_by_a_link_is_not_written_through(data_root, run_dir, tmp_path, capsys):
+    """A resumed run's log replaced by a symlink to a file outside the roots: lines were
+    appended through it. Now the run stops with one line naming the link, and the file it
+    points to is unchanged; so do both loggers, and a FIFO in a log's place is refused, not
+    waited on."""
+    where = run_dir / 'logs' / NAME / 'G_loss.log'
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep\n')
+    where.unlink()
+    where.symlink_to(victim)
+    argv = run_flags(data_root, str(run_dir), NAME, '--resume', '--total_itrs', '4')
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert f'{where} is a symbolic link' in line and victim.read_text() == 'keep\n'
+    (tmp_path / 'logs').mkdir()
+    (tmp_path / 'logs' / 'm.jsonl').symlink_to(victim)
+    (tmp_path / 'logs' / 'x.log').symlink_to(victim)
+    os.mkfifo(tmp_path / 'logs' / 'y.log')
+    for log, why in [(lambda: utils.MetricsLogger(str(tmp_path / 'logs' / 'm.jsonl')).log(itr=1),
+                      'is a symbolic link'),
+                     (lambda: utils.MyLogger(str(tmp_path / 'logs')).log(1, x=1.0),
+                      'is a symbolic link'),
+                     (lambda: utils.MyLogger(str(tmp_path / 'logs')).log(1, y=1.0),
+                      'is not a regular file')]:
+        with pytest.raises(files.FileError, match=why):
+            log()
+    assert victim.read_text() == 'keep\n'

@@ -352,6 +352,9 @@ RUNS = {
                                         '(10 are warm-up) it fails with an IndexError'},
     ('docs/benchmarks.md', 9): {'skip': 'trains a classifier on real S32 and draws 1,000 samples '
                                         'per class: minutes here'},
+    ('docs/benchmarks.md', 10): {'env': SHORT, 'out': ['weights/ttur/G_ema.pth']},
+    ('docs/benchmarks.md', 11): {'skip': 'trains a classifier on real S32 (as command 9): '
+                                         'minutes here'},
     ('docs/collapse.md', 0): {'subst': {'...': COLLAPSE_RUN}, 'out': ['weights/exp/G_ema.pth']},
     ('docs/collapse.md', 1): {'subst': {'...': COLLAPSE_RUN}},
     ('docs/collapse.md', 2): {'subst': {'...': COLLAPSE_RUN}},

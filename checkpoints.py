@@ -20,6 +20,7 @@ import torch.nn as nn
 import step_helpers
 from distributed import all_gather_objects, get_rank, get_world_size
 from files import (  # noqa: F401  (release-facing names; new code imports from files)
+    FileError,
     atomic_link,
     atomic_open,
     atomic_path,
@@ -179,7 +180,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     try:
         os.makedirs(root, exist_ok=True)
         atomic_save_set(items)
-    except (OSError, RuntimeError) as e:  # torch.save reports write errors as RuntimeError
+    except (OSError, RuntimeError, FileError) as e:  # torch.save's write errors: RuntimeError
         raise StopRun(f"could not write the checkpoint for iteration {state_dict['itr']} to "
                       f'{root} ({one_line(e)}); the previous checkpoint there is whole and no '
                       f'partial file is left') from e
@@ -426,14 +427,24 @@ def check_optimizer_state(optim, loaded, path):
     for group, theirs_group in zip(optim.param_groups, loaded['param_groups']):
         for key, value in group.items():
             if key != 'params' and not _setting_ok(key, theirs_group.get(key, value), value):
-                raise CheckpointError(f'{path}: its {key} {theirs_group[key]!r:.60} is not an '
-                                      f'optimizer setting like {value!r}; the file is damaged')
+                raise CheckpointError(f'{path}: its {key} {shown(theirs_group[key])!r:.60} is '
+                                      f'not an optimizer setting like {value!r}; the file is '
+                                      f'damaged')
     for index, state in states.items():
         if not isinstance(index, int) or index not in param_of or not isinstance(state, dict):
             raise CheckpointError(f'{path}: optimizer state entry {index!r} names no parameter '
                                   f'of the model; the file is damaged')
         check_adam_entry(state, param_of[index], optim.param_groups[0].get('amsgrad'),
                          f'{path}: optimizer state of parameter {index}')
+
+
+def shown(value):
+    """A value as a refusal prints it: a tensor as 'tensor(<its number>)' or its dtype and
+    shape, never through torch's repr (which imports modules lazily, and prints whole arrays)."""
+    if isinstance(value, torch.Tensor):
+        return (f'tensor({value.item()!r})' if value.numel() == 1 and not value.is_meta
+                else f'a {value.dtype} tensor of shape {tuple(value.shape)}')
+    return value
 
 
 def check_adam_entry(state, param, amsgrad, where):
@@ -443,16 +454,18 @@ def check_adam_entry(state, param, amsgrad, where):
     parameter's shape, in its own storage, the second moments non-negative. Anything else
     fails inside the first step, or trains silently on a restarted or impossible state."""
     moments = ['exp_avg', 'exp_avg_sq'] + (['max_exp_avg_sq'] if amsgrad else [])
-    if sorted(state) != sorted(['step'] + moments):
+    if set(state) != set(['step'] + moments):
         raise CheckpointError(f"{where} holds {sorted(map(str, state))}, not Adam's "
                               f"{['step'] + moments}; the file is damaged")
     step = state['step']
-    if isinstance(step, torch.Tensor) and (step.dim() or not step.is_floating_point()):
+    if isinstance(step, torch.Tensor) and (step.dim() or step.dtype not in (torch.float32,
+                                                                           torch.float64)):
         raise CheckpointError(f'{where}: its step is a {step.dtype} tensor of shape '
-                              f'{tuple(step.shape)}, not a 0-d float count; the file is damaged')
+                              f'{tuple(step.shape)}, not a 0-d float32 or float64 count (as '
+                              f'Adam keeps it); the file is damaged')
     if not _like(step, 0.0) or float(step) != int(float(step)):
-        raise CheckpointError(f'{where}: its step {step!r:.60} is not a count; the file is '
-                              f'damaged')
+        raise CheckpointError(f'{where}: its step {shown(step)!r:.60} is not a count; the file '
+                              f'is damaged')
     storages = set()
     for key in moments:
         value = state[key]
@@ -554,9 +567,11 @@ def check_training_state(state, path):
                 and all(b < 1 for b in settings['betas']) and settings['eps'] > 0):
             raise CheckpointError(f'{path}: its optim_settings for {net} ({settings!r:.80}) are '
                                   f'not learning rates, betas and an eps; the file is damaged')
-    # The step's own saved state: the LeCam anchors, the fp16 loss scales.
+    # The step's own saved state: the LeCam anchors, the fp16 loss scales; the collapse
+    # watch's count of rollbacks done.
     for key, check in [('ema_losses', step_helpers.ema_losses.check_state_dict),
-                       ('amp', step_helpers.Precision.check_state_dict)]:
+                       ('amp', step_helpers.Precision.check_state_dict),
+                       ('collapse', _check_collapse_state)]:
         problem = check(state[key]) if key in state else None
         if problem:
             raise CheckpointError(f'{path}: its {key} {problem}; the file is damaged')
@@ -569,6 +584,17 @@ def check_training_state(state, path):
                                   f'process can restore; the file is damaged') from None
         finally:
             set_rng_state(here)
+
+
+def _check_collapse_state(state):
+    """What is wrong with a saved state_dict['collapse'], or None: the rollbacks done, a
+    count (a negative one would allow more rollbacks than --max_rollbacks)."""
+    if not isinstance(state, dict) or set(state) != {'rollbacks'}:
+        return f'{state!r:.60} is not a count of rollbacks'
+    done = state['rollbacks']
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        return f'{state!r:.60} is not a count of rollbacks'
+    return None
 
 
 def _refused_global(error):

@@ -283,8 +283,13 @@ def write_hdf5(path, batches, n, res, config):
             for imgs, labels, bad in batches:
                 if bad and not config['skip_bad']:
                     bad_path, err = bad[0]
+                    # A listed image that is gone: the folder changed under its index
+                    # (mtimes put back), which only a new listing brings back.
+                    gone = ('does not exist' in str(err) and f'; if the folder changed since it '
+                            f"was indexed, delete its {config['dataset']}_imgs.npz to list it "
+                            f'again' or '')
                     raise BadImageError(f'cannot read image {bad_path} ({err}); '
-                                        f'fix or remove it, or pass --skip_bad')
+                                        f'fix or remove it, or pass --skip_bad{gone}')
                 bad_all += bad
                 writer.add(imgs, labels)
                 bar.update(len(labels) + len(bad))

@@ -137,7 +137,9 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     """
     # The slot advances before writing, so the saved save_num names the *next* copy slot and a
     # resumed run keeps rotating (the release saved the old number and overwrote its newest copy).
-    slot = state_dict['save_num']
+    # The slot is held within --num_save_copies: a resume may lower it, or its state_dict.pth
+    # hold any count (10**20 wrote a _copy100000000000000000000 set rotation never replaced).
+    slot = state_dict['save_num'] % max(config['num_save_copies'], 1)
     if config['num_save_copies'] > 0:
         state_dict['save_num'] = (slot + 1) % config['num_save_copies']
     save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
@@ -197,7 +199,7 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     # State advances before the write, so the best copy (and any later checkpoint) carries it.
     improved = update_best(state_dict, metrics, config['which_best'])
     if improved and config['num_best_copies'] > 0:
-        slot = state_dict['save_best_num']
+        slot = state_dict['save_best_num'] % config['num_best_copies']
         state_dict['save_best_num'] = (slot + 1) % config['num_best_copies']
         save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                      f'best{slot}', G_ema if config['ema'] else None)

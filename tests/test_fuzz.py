@@ -327,6 +327,130 @@ def make_legacy_checkpoint(path):
     torch.save(base_checkpoint(), path, _use_new_zipfile_serialization=False)
 
 
+# A training state: the set a resume loads (G, D, both optimizers, G_ema, state_dict with the
+# LeCam anchors and the fp16 scales), mutated in its structure rather than its bytes: one
+# value anywhere in one file swapped for an odd one, the set's record refreshed (as anyone who
+# can write the files can), so each mutant reaches the checks behind the record. What loads
+# must also step: the attacker's round 5 found entries that loaded and failed in the first
+# Adam step.
+STATE_FILES = ['G_optim', 'D_optim', 'state_dict', 'G', 'D']
+
+
+def training_state_config():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from helpers import tiny_config
+    return tiny_config()
+
+
+def training_state_base(folder):
+    import checkpoints
+    import step_helpers
+    from helpers import tiny_models
+    config = training_state_config()
+    G, D, G_ema = tiny_models(config, seed=1)
+    scaler = {'scale': 65536.0, 'growth_factor': 2.0, 'backoff_factor': 0.5,
+              'growth_interval': 2000, '_growth_tracker': 0}
+    state = {'itr': 3, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0.0,
+             'best_FID': 999999.0, 'config': config,
+             'ema_losses': step_helpers.ema_losses().state_dict(),
+             'amp': {'G_scaler': dict(scaler), 'D_scaler': dict(scaler),
+                     'skipped': {'G': 0, 'D': 0}}}
+    checkpoints.save_weights(G, D, state, folder, 'exp', None, G_ema)
+    return os.path.join(folder, 'exp')
+
+
+def leaves(obj, path=()):
+    """(path, value) of every value in nested dicts and lists, tensors counted as values."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from leaves(v, path + (i,))
+    else:
+        yield path, obj
+
+
+def odd_tensor(rng, t):
+    """A tensor like t but wrong in one way: dtype, shape, values, layout or storage."""
+    import torch
+    kind = rng.choice(['int', 'bool', 'half', 'shape', 'scalar', 'nan', 'negative', 'huge',
+                       'sparse', 'meta', 'empty'])
+    t = t.detach().clone().float() if t.is_floating_point() else t.detach().clone()
+    out = {'int': lambda: t.long(), 'bool': lambda: t != 0, 'half': lambda: t.half(),
+           'shape': lambda: t.reshape(-1)[:max(t.numel() - 1, 0)],
+           'scalar': lambda: torch.tensor(float(rng.choice([2.5, -1, 1e40, 0]))),
+           'nan': lambda: torch.full_like(t, float('nan'), dtype=torch.float32),
+           'negative': lambda: -t.float().abs() - 1, 'huge': lambda: t.float() * 1e38,
+           'sparse': lambda: t.float().reshape(t.shape or (1,)).to_sparse(),
+           'meta': lambda: torch.empty(t.shape, device='meta'),
+           'empty': lambda: torch.empty(0)}[kind]()
+    return out, kind
+
+
+def training_state_mutate(rng, base, folder):
+    import torch
+
+    import files
+    shutil.rmtree(folder)
+    shutil.copytree(base, os.path.join(folder, 'exp'))
+    name = rng.choice(STATE_FILES)
+    path = os.path.join(folder, 'exp', name + '.pth')
+    obj = torch.load(path, weights_only=True)
+    spots = list(leaves(obj))
+    where, value = spots[rng.randrange(len(spots))]
+    parent = obj
+    for key in where[:-1]:
+        parent = parent[key]
+    action = rng.choice(['swap', 'swap', 'swap', 'delete', 'add'])
+    if action == 'delete' and where:
+        del parent[where[-1]]
+        kind = 'delete'
+    elif action == 'add' and isinstance(parent, dict):
+        parent[rng.choice(['x', 'max_exp_avg_sq', 'step', 0, 10 ** 6])] = swap_value(rng, 1.0)
+        kind = 'add'
+    elif isinstance(value, torch.Tensor):
+        parent[where[-1]], kind = odd_tensor(rng, value)
+    elif where:
+        parent[where[-1]] = swap_value(rng, value)
+        kind = 'swap'
+    else:
+        kind = 'none'
+    torch.save(obj, path)
+    if name != 'state_dict' and rng.random() < 0.8:
+        state_path = os.path.join(folder, 'exp', 'state_dict.pth')
+        saved = torch.load(state_path, weights_only=True)
+        saved['files'][name + '.pth'] = files.file_digest(path)
+        torch.save(saved, state_path)
+    return f'{kind}-{name}', True
+
+
+def read_training_state(folder):
+    """What a resume does with the set: load it, then take an Adam step on both nets, restore
+    the fp16 scales and the LeCam anchors, and check what the step left is finite."""
+    import torch
+
+    import checkpoints
+    import step_helpers
+    from helpers import tiny_models
+    config = training_state_config()
+    G, D, G_ema = tiny_models(config, seed=9)
+    state = {'itr': -1, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+             'best_FID': 999999, 'config': config}
+    checkpoints.load_weights(G, D, state, folder, 'exp', None, G_ema)
+    for net in (G, D):
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        net.optim.step()
+        assert all(torch.isfinite(p).all() for p in net.parameters()), 'a step gave NaN'
+    precision = step_helpers.Precision({'amp': 'fp16'}, 'cpu')
+    precision.load_state_dict(state['amp'])
+    assert 0 < precision.G_scaler.get_scale() < float('inf'), 'an impossible loss scale'
+    anchors = step_helpers.lecam_anchors({'LC': 0.1, 'LC_ema_decay': 0.9, 'LC_start': 0}, state)
+    anchors.update(0.5, 'D_real', 1)
+    assert all(map(__import__('math').isfinite, anchors.state_dict().values())), 'NaN anchor'
+
+
 # HF: a tiny BigGAN-deep whose SN vectors satisfy u = normalize(W v), so the base converts.
 
 def hf_config():
@@ -1108,6 +1232,8 @@ FORMATS = {
     'logs': Format('logs', logs_base, logs_mutate, read_logs, None,
                    lambda folder, out: [os.path.join(ROOT, 'plot_logs.py'), '--experiment_name',
                                         'run', '--logs_root', folder]),
+    'training_state': Format('training_state', training_state_base, training_state_mutate,
+                             read_training_state, None, None),
     'images': Format('images', images_base, images_mutate, read_images, None,
                      lambda folder, out: [os.path.join(ROOT, 'make_hdf5.py'), '--dataset',
                                           'I128', '--dataset_root',
@@ -1286,7 +1412,7 @@ def worker(names, seed, count, cli_dir, only=None):
 # The tests.
 
 # Two fuzzing processes, one a core, with about equal work.
-GROUPS = [['hf', 'logs', 'checkpoint_zip', 'checkpoint_legacy', 'eval_npz'],
+GROUPS = [['hf', 'logs', 'checkpoint_zip', 'checkpoint_legacy', 'eval_npz', 'training_state'],
           ['tf_bundle', 'images', 'moments', 'hdf5', 'per_class']]
 
 

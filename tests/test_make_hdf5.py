@@ -247,3 +247,21 @@ def test_sizes_the_flags_ask_for_are_checked_before_decoding(folder, capsys, mon
         _convert(folder, '--num_workers', '0', *extra)
     assert expect in _exit_line(info, capsys)
     assert sorted(os.listdir(folder)) == ['ImageNet']
+
+
+def test_an_image_gone_behind_its_index_says_how_to_relist(folder, capsys):
+    """An indexed image removed with its folder's mtime put back (the index is trusted while
+    mtimes are unchanged): the line's advice now includes deleting the index, which brings
+    the folder's real listing back (fixing or --skip_bad could not)."""
+    _convert(folder)
+    gone, cls = folder / 'ImageNet' / 'c' / '2.bmp', folder / 'ImageNet' / 'c'
+    stamp = os.stat(cls).st_mtime_ns
+    gone.unlink()
+    os.utime(cls, ns=(stamp, stamp))
+    with pytest.raises(SystemExit) as info:
+        _convert(folder)
+    index = f'I{RES}_imgs.npz'
+    assert f'delete its {index} to list it again' in _exit_line(info, capsys)
+    os.remove(folder / 'ImageNet' / index)
+    with h5py.File(_convert(folder), 'r') as f:
+        assert len(f['labels']) == len(IMAGES) - 1

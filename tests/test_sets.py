@@ -340,9 +340,10 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', lambda obj: obj['state'][0].pop('step'), "not Adam's"),
     ('G_optim', lambda obj: obj['state'][0].pop('exp_avg'), "not Adam's"),
     ('G_optim', lambda obj: obj['state'].update({0: {}}), "not Adam's"),
-    ('G_optim', first_state('step', lambda v: torch.tensor(2)), 'not a 0-d float count'),
+    ('G_optim', first_state('step', lambda v: torch.tensor(2)), 'not a 0-d float32 or'),
+    ('G_optim', first_state('step', lambda v: v.half()), 'not a 0-d float32 or'),
     ('G_optim', first_state('step', lambda v: torch.tensor(2.5)), 'not a count'),
-    ('G_optim', first_group('lr', torch.tensor(5e-5)), 'its lr tensor'),
+    ('G_optim', first_group('lr', torch.tensor(5e-5)), r"its lr 'tensor\(4.99"),
     ('G_optim', first_group('lr', 1e300), r'its lr 1e\+300'),
     ('G_optim', first_state('exp_avg_sq', lambda v: -v.abs() - 1), 'negative'),
     ('G_optim', lambda obj: obj['state'][0].update(exp_avg_sq=obj['state'][0]['exp_avg'].abs_()),
@@ -357,6 +358,7 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('state_dict', set_key('ema_losses', dict(ANCHORS, D_fake='x')), "ema_losses has D_fake 'x'"),
     ('state_dict', set_key('amp', scales(float('nan'))), 'amp has a G_scaler'),
     ('state_dict', set_key('amp', scales(-4096.0)), 'amp has a G_scaler'),
+    ('state_dict', set_key('collapse', {'rollbacks': -1}), 'not a count of rollbacks'),
 ])
 def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
                                                                    expect):

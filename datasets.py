@@ -270,6 +270,9 @@ class ImageFolder(data.Dataset):
                  loader=default_loader, load_in_mem=False,
                  index_filename='imagenet_imgs.npz', n_classes=None, **kwargs):
         self.root = os.path.expanduser(str(root))
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise DatasetError(f'image folder {self.root} is a file, not a folder; give the '
+                               f'folder of class folders')
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f'image folder {self.root} does not exist')
         self.transform = transform
@@ -957,6 +960,11 @@ class MultiEpochSampler(Sampler):
 
     def __len__(self):
         return max(self._total() // self.world_size - self.start_itr * self.batch_size, 0)
+
+
+# The least a data-loader worker process takes of its own (a forked Python with torch, before
+# it decodes anything): what --num_workers asks for is held to memory through it.
+WORKER_NBYTES = 50 << 20
 
 
 def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,

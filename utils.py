@@ -31,6 +31,7 @@ import layers
 from checkpoints import atomic_open, check_writable, load_weights, save_weights, torch_load  # noqa: F401
 from datasets import (  # noqa: F401
     DATASETS,
+    WORKER_NBYTES,
     CenterCropLongEdge,
     MultiEpochSampler,
     RandomCropLongEdge,
@@ -125,6 +126,9 @@ def prepare_config(config):
         raise ConfigError(f"resolution {config['resolution']} has no architecture: use 32, 64, "
                           f'128, 256 or 512')
     check_batch_fits(config)
+    check_fits(config.get('num_workers', 0) * WORKER_NBYTES,
+               f"{config.get('num_workers')} data-loader worker processes (--num_workers)",
+               'lower --num_workers')
     if config.get('resume'):
         config['skip_init'] = True  # the checkpoint overwrites every weight anyway
     # The release printed a note for an unknown init and kept PyTorch's default init.

@@ -55,5 +55,14 @@ echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (st
 # "$@" follows the model flags here as for train.py, so an override (e.g. --G_ch 16) reaches
 # both and the checkpoint still matches.
 "$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random "$@"
-last=$(ls -d "samples/$EXPERIMENT"/[0-9]* | sort -t/ -k3 -n | tail -n 1)
-echo "last class sheet: $last/samples0.jpg (sample.py's: samples/$EXPERIMENT/-1/samples0.jpg)"
+# The samples root the commands used: the last --samples_root among the extra flags wins.
+SAMPLES=samples
+args=("$@")
+for i in "${!args[@]}"; do
+  case ${args[i]} in
+    --samples_root=*) SAMPLES=${args[i]#--samples_root=} ;;
+    --samples_root) SAMPLES=${args[i+1]:-$SAMPLES} ;;
+  esac
+done
+last=$(ls -d "$SAMPLES/$EXPERIMENT"/[0-9]* | awk -F/ '{print $NF "\t" $0}' | sort -n | tail -n 1 | cut -f2)
+echo "last class sheet: $last/samples0.jpg (sample.py's: $SAMPLES/$EXPERIMENT/-1/samples0.jpg)"

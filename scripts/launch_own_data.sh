@@ -21,7 +21,8 @@
 # folder's name: the dataset and experiment name), DATA_ROOT (data: the HDF5 file and moments),
 # WEIGHTS_ROOT (weights), LOGS_ROOT (logs), SAMPLES_ROOT (samples), INCEPTION_BACKEND
 # (torchvision), INCEPTION_WEIGHTS (the backend's file in the torch hub cache),
-# METRIC_IMAGES (1000: samples for sample.py's IS/FID).
+# METRIC_IMAGES (1000: samples for sample.py's IS/FID), SKIP_BAD (0; 1 skips unreadable
+# images, which otherwise stop the script with one line naming the first).
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then
@@ -76,6 +77,8 @@ def run(config):
     try:
         images = ImageFolder(folder, index_filename=index)
     except DatasetError:
+        if not os.path.isdir(folder):
+            raise
         entries = list(os.scandir(folder))
         if any(e.is_dir() for e in entries) or not any(is_image_file(e.name) for e in entries):
             raise
@@ -113,13 +116,17 @@ IFS=$'\t' read -r LAYOUT N_CLASSES DEFAULT_WEIGHTS < <(printf '%s\n' "$listing" 
 ROOT=$FOLDER
 if [ "$LAYOUT" = flat ]; then ROOT="$DATA_ROOT/${NAME}_1class"; fi
 
-# 2. The HDF5 file: make_hdf5.py stops at an unreadable image, naming it.
+# 2. The HDF5 file: make_hdf5.py stops at an unreadable image, naming it; SKIP_BAD=1 skips
+# such images instead (its --skip_bad, which its line names as this script's variable).
 HDF5="$DATA_ROOT/${NAME}${RESOLUTION}.hdf5"
 DATA_FLAGS=(--dataset "$NAME" --dataset_root "$HDF5" --resolution "$RESOLUTION"
             --n_classes "$N_CLASSES" --data_root "$DATA_ROOT")
-"$PYTHON" make_hdf5.py --dataset "$NAME" --dataset_root "$ROOT" --resolution "$RESOLUTION" \
-  --n_classes "$N_CLASSES" --data_root "$DATA_ROOT" --output "$HDF5" --num_workers 2 \
-  --no_progress
+SKIP=()
+if [ "${SKIP_BAD:-0}" = 1 ]; then SKIP=(--skip_bad); fi
+{ "$PYTHON" make_hdf5.py --dataset "$NAME" --dataset_root "$ROOT" --resolution "$RESOLUTION" \
+    --n_classes "$N_CLASSES" --data_root "$DATA_ROOT" --output "$HDF5" --num_workers 2 \
+    --no_progress ${SKIP[@]+"${SKIP[@]}"} 2>&1 1>&3 3>&- \
+    | sed 's/or pass --skip_bad/or run this script with SKIP_BAD=1/' >&2; } 3>&1
 
 # 3. Inception moments, for sample.py's IS and FID, when the weights are here.
 INCEPTION_WEIGHTS=${INCEPTION_WEIGHTS:-$DEFAULT_WEIGHTS}

@@ -95,8 +95,47 @@ def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
     assert run.stdout.splitlines()[0] == '1 class: 5 images'
     errors = run.stderr.strip().splitlines()
     assert len(errors) == 1 and 'broken.jpg' in errors[0] and errors[0].startswith('error:')
+    # Its advice is this script's (make_hdf5.py's --skip_bad is not among the flags it passes).
+    assert errors[0].endswith('or run this script with SKIP_BAD=1')
     assert not (tmp_path / 'weights').exists()
     assert not (tmp_path / 'data' / 'flat32.hdf5').exists()
+    # Following it: the image is skipped and the HDF5 file holds the other four.
+    skipped = launch(tmp_path, flat, '--batch_size', '4', TOTAL_ITRS='1',
+                     SKIP_BAD='1')
+    with h5py.File(tmp_path / 'data' / 'flat32.hdf5', 'r') as f:
+        assert len(f['labels']) == 4, skipped.stderr[-2000:]
+
+
+def test_a_file_as_the_folder_is_named_as_a_file(tmp_path):
+    (tmp_path / 'afile.png').write_bytes(b'x')
+    run = launch(tmp_path, tmp_path / 'afile.png')
+    assert run.returncode == 2 and run.stderr.strip() == (
+        f"error: image folder {tmp_path / 'afile.png'} is a file, not a folder; give the folder "
+        f'of class folders')
+
+
+def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
+    """launch_demo.sh with --samples_root among its extra flags: the samples land there and
+    its last line names them there (its closing ls looked in samples/ and failed). A stand-in
+    python plays train.py and sample.py."""
+    stub = tmp_path / 'python'
+    stub.write_text('#!' + sys.executable + '\n'
+                    'import argparse, os, sys\n'
+                    'p = argparse.ArgumentParser()\n'
+                    'p.add_argument("--samples_root"); p.add_argument("--experiment_name")\n'
+                    'a, _ = p.parse_known_args(sys.argv[2:])\n'
+                    'for itr in ("2", "10", "-1"):\n'
+                    '    os.makedirs(os.path.join(a.samples_root, a.experiment_name, itr),\n'
+                    '                exist_ok=True)\n')
+    stub.chmod(0o755)
+    out = tmp_path / 'elsewhere'
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
+                          '--samples_root', str(out)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, 'PYTHON': str(stub)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (
+        f'last class sheet: {out}/s32_demo/10/samples0.jpg (sample.py\'s: '
+        f'{out}/s32_demo/-1/samples0.jpg)')
 
 
 @pytest.mark.parametrize('var, name', [('NAME', '../escape'), ('NAME', 'a\tb'),

@@ -1055,3 +1055,14 @@ def test_a_copy_slot_from_the_state_stays_within_the_copies(data_root, run_dir, 
     names = os.listdir(run_dir / 'weights' / NAME)
     assert {n.split('_copy')[1][0] for n in names if '_copy' in n} == {'0', '1'}
     assert not [n for n in names if '_copy1000' in n]
+
+
+def test_more_workers_than_memory_holds_are_refused(data_root, tmp_path, capsys):
+    """--num_workers 100000 (torch warned, then forked for minutes): each worker is a process
+    of its own, at least datasets.WORKER_NBYTES, so the count is held to memory at start-up."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + ['--num_workers',
+                                                                        '100000']
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert '100000 data-loader worker processes' in line and 'lower --num_workers' in line
+    assert not out.exists()

@@ -128,8 +128,8 @@ def full_disk_named(path):
         reason = write_failure(e)
         if reason is None:
             raise
-        if isinstance(e, OSError) and e.strerror:
-            reason += f' ({e.strerror})'
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            reason += f' ({os.strerror(e.errno)})'
         raise FileError(f'cannot write {path}: {reason}; nothing was replaced: free space '
                         f'there (or raise the limit) and run again') from None
 

@@ -359,4 +359,14 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        # A write that failed (a full disk) leaves the HDF5 library holding the file, and its
+        # clean-up at interpreter exit then crashes (a segfault after the one line): leave
+        # without it; the temporary file is already removed.
+        if h5py.h5f.get_obj_ids():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.code if isinstance(stop.code, int) else 2)
+        raise

@@ -980,10 +980,12 @@ def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir,
     h5py's traceback and a segfault), or one line naming the file when a write fails (the S32
     cache: '[Errno 27] File too large'), exit 2, nothing left behind."""
     from PIL import Image
+    noise = np.random.default_rng(0)
     for c in 'ab':
         (tmp_path / 'imgs' / c).mkdir(parents=True)
-        for i in range(4):
-            Image.new('RGB', (40, 40), (60 * i, 9, 9)).save(tmp_path / 'imgs' / c / f'{i}.png')
+        for i in range(4):  # noise: compressed, the file still outgrows the limit
+            Image.fromarray(noise.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / 'imgs' / c / f'{i}.png')
     fresh = tmp_path / 'fresh'
     cases = [
         (['sample.py'] + sample_argv(data_root, run_dir, '--sample_npz', '--sample_num_npz',
@@ -992,6 +994,13 @@ def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir,
         (['make_hdf5.py', '--dataset', 'mine', '--dataset_root', str(tmp_path / 'imgs'),
           '--resolution', '64', '--n_classes', '2', '--data_root', str(tmp_path / 'h'),
           '--num_workers', '0'], 'past this process\'s file size limit', tmp_path / 'h'),
+        # Compressed, its size is known only as it is written: the write fails, and the line
+        # names the file (then h5py's clean-up at exit crashed: rc 139).
+        (['make_hdf5.py', '--dataset', 'mine', '--dataset_root', str(tmp_path / 'imgs'),
+          '--resolution', '128', '--n_classes', '2', '--data_root', str(tmp_path / 'hc'),
+          '--num_workers', '0', '--compression', '--no_progress'],
+         f"cannot write {tmp_path / 'hc' / 'ILSVRC128.hdf5'}: a file size limit is reached",
+         tmp_path / 'hc'),
         (run_flags(str(fresh / 'data'), str(fresh), NAME, '--total_itrs', '1'),
          f"cannot write {fresh / 'data' / 'S32' / 'S32_seed0.npz'}: a file size limit is "
          f'reached', fresh / 'weights')]

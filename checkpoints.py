@@ -447,6 +447,9 @@ def shown(value):
     return value
 
 
+MOMENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_adam_entry(state, param, amsgrad, where):
     """Refuse one parameter's Adam state unless it is what torch's Adam writes after a step:
     exactly step, exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad); the step a count (the
@@ -469,8 +472,9 @@ def check_adam_entry(state, param, amsgrad, where):
     storages = set()
     for key in moments:
         value = state[key]
-        # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s.
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s; the
+        # float8 kinds have no arithmetic on CPU.
+        if not isinstance(value, torch.Tensor) or value.dtype not in MOMENT_DTYPES:
             raise CheckpointError(f'{where}: its {key} is {getattr(value, "dtype", value)!r:.60}'
                                   f', not floating point; the file is damaged')
         if value.shape != param.shape:

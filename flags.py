@@ -453,7 +453,10 @@ def add_sample_parser(parser):
 # The domain of every numeric flag, checked once before anything runs. Bounds read
 # '>= 1', '> 0' or an interval '[0, 1)'.
 DOMAINS = {
-    'num_workers': '>= 0', 'G_ch': '>= 1', 'D_ch': '>= 1', 'G_depth': '>= 1', 'D_depth': '>= 1',
+    'num_workers': '>= 0', 'G_ch': '>= 1', 'D_ch': '>= 1',
+    # Blocks per stage: sizing the model builds each one (on the meta device), so a depth of
+    # 10^8 would take minutes before any refusal; BigGAN-deep's own are 2.
+    'G_depth': '[1, 1000]', 'D_depth': '[1, 1000]',
     'shared_dim': '>= 0', 'dim_z': '>= 1', 'z_var': '> 0', 'seed': '[0, 4294967295]',
     'G_lr': '>= 0', 'D_lr': '>= 0', 'G_B1': '[0, 1)', 'D_B1': '[0, 1)', 'G_B2': '[0, 1)',
     'D_B2': '[0, 1)', 'batch_size': '>= 1', 'G_batch_size': '>= 0',

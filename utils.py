@@ -88,7 +88,11 @@ def weights_nbytes(config, nets=('Generator',)):
 def check_model_fits(config, source, nets=('Generator',)):
     """Refuse, in one line naming source (the flags or the file a config came from), a model
     whose weights alone would not fit in memory: widths and class counts are unbounded flags."""
-    check_fits(weights_nbytes(config, nets), f"the weights of the {' and '.join(nets)} "
+    try:
+        nbytes = weights_nbytes(config, nets)
+    except (RuntimeError, OverflowError):  # a size beyond int64 ('Storage size ... overflowed')
+        nbytes = math.inf
+    check_fits(nbytes, f"the weights of the {' and '.join(nets)} "
                f'({source})', 'check --G_ch, --D_ch, --dim_z, --shared_dim, --n_classes and '
                '--resolution')
 

@@ -432,7 +432,7 @@ def bad_value(domain):
     """A value just outside a flags.DOMAINS bound."""
     if domain[0] in '[(':
         low, high = (float(v) for v in domain[1:-1].split(','))
-        return str(-1 if low == 0 and high > 1e6 else high + 0.5 if domain.endswith(']')
+        return str(-1 if low == 0 and high > 1e6 else int(high) + 1 if domain.endswith(']')
                    else high)
     op, bound = domain.split()
     bound = float(bound)
@@ -1074,4 +1074,18 @@ def test_more_workers_than_memory_holds_are_refused(data_root, tmp_path, capsys)
                                                                         '100000']
     line = exits_with_one_line(train.main, argv, capsys)
     assert '100000 data-loader worker processes' in line and 'lower --num_workers' in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('extra,why', [
+    (['--model', 'BigGANdeep', '--G_depth', '100000000'], '--G_depth must be [1, 1000]'),
+    (['--shared_dim', '9223372036854775807'], 'take inf GB'),
+])
+def test_a_model_too_deep_or_wide_to_even_size_is_refused_at_once(data_root, tmp_path, capsys,
+                                                                  extra, why):
+    """A depth of 10^8 (sizing it built 10^8 blocks on the meta device: no output for minutes)
+    and a width past int64 (torch's 'Storage size calculation overflowed' traceback)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + extra
+    assert why in exits_with_one_line(train.main, argv, capsys)
     assert not out.exists()

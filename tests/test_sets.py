@@ -351,6 +351,8 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_state('exp_avg', lambda v: torch.empty_like(v, device='meta')),
      'not a dense one with data'),
     ('G_optim', first_state('exp_avg', lambda v: v.to_sparse()), 'not a dense one with data'),
+    ('G_optim', first_state('exp_avg_sq', lambda v: v.to(torch.float8_e4m3fn)),
+     'float8_e4m3fn, not floating point'),
     # The step's saved state: a NaN or non-number LeCam anchor, a NaN or negative fp16 scale
     # (kept and saved again by the resumed run).
     ('state_dict', set_key('ema_losses', dict(ANCHORS, D_real=float('nan'))),

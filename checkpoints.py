@@ -430,12 +430,13 @@ def check_optimizer_state(optim, loaded, path):
                 raise CheckpointError(f'{path}: its {key} {shown(theirs_group[key])!r:.60} is '
                                       f'not an optimizer setting like {value!r}; the file is '
                                       f'damaged')
+    storages = {}  # every moment's storage: one for two moments is an alias, across entries too
     for index, state in states.items():
         if not isinstance(index, int) or index not in param_of or not isinstance(state, dict):
             raise CheckpointError(f'{path}: optimizer state entry {index!r} names no parameter '
                                   f'of the model; the file is damaged')
         check_adam_entry(state, param_of[index], optim.param_groups[0].get('amsgrad'),
-                         f'{path}: optimizer state of parameter {index}')
+                         f'{path}: optimizer state of parameter {index}', storages)
 
 
 def shown(value):
@@ -450,7 +451,7 @@ def shown(value):
 MOMENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_adam_entry(state, param, amsgrad, where):
+def check_adam_entry(state, param, amsgrad, where, storages=None):
     """Refuse one parameter's Adam state unless it is what torch's Adam writes after a step:
     exactly step, exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad); the step a count (the
     release's a Python number, torch's a 0-d float tensor); each moment floating point, of the
@@ -469,7 +470,7 @@ def check_adam_entry(state, param, amsgrad, where):
     if not _like(step, 0.0) or float(step) != int(float(step)):
         raise CheckpointError(f'{where}: its step {shown(step)!r:.60} is not a count; the file '
                               f'is damaged')
-    storages = set()
+    storages = {} if storages is None else storages
     for key in moments:
         value = state[key]
         # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s; the
@@ -480,13 +481,16 @@ def check_adam_entry(state, param, amsgrad, where):
         if value.shape != param.shape:
             raise CheckpointError(f"{where}: its {key} has shape {tuple(value.shape)}, not its "
                                   f"parameter's {tuple(param.shape)}; the file is damaged")
-        storages.add(value.untyped_storage().data_ptr())
+        if value.numel():
+            ptr = value.untyped_storage().data_ptr()
+            if ptr in storages:
+                raise CheckpointError(f'{where}: its {key} shares its storage with '
+                                      f'{storages[ptr]}, which Adam never saves; the file is '
+                                      f'damaged')
+            storages[ptr] = f'{where.rsplit(": ", 1)[-1]} {key}'
         if key != 'exp_avg' and value.numel() and bool((value < 0).any()):
             raise CheckpointError(f'{where}: its {key} holds negative values, which a second '
                                   f'moment cannot; the file is damaged')
-    if len(storages) < len(moments) and param.numel():
-        raise CheckpointError(f'{where}: its moments share one storage, which Adam never '
-                              f'saves; the file is damaged')
 
 
 def check_settings_agree(optim_state, state, name, path):

@@ -282,6 +282,18 @@ def first_state(key, value):
     return change
 
 
+def alias_across(states):
+    """The later of the first two parameters of one shape takes the earlier's exp_avg."""
+    seen = {}
+    for index, entry in sorted(states.items()):
+        shape = tuple(entry['exp_avg'].shape)
+        if shape in seen:
+            entry['exp_avg'] = states[seen[shape]]['exp_avg']
+            return
+        seen[shape] = index
+    raise AssertionError('no two parameters of one shape')
+
+
 ANCHORS = {'G_loss': 1.0, 'D_loss_real': 0.5, 'D_loss_fake': 0.5, 'D_real': 0.2, 'D_fake': -0.2}
 
 
@@ -347,7 +359,10 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_group('lr', 1e300), r'its lr 1e\+300'),
     ('G_optim', first_state('exp_avg_sq', lambda v: -v.abs() - 1), 'negative'),
     ('G_optim', lambda obj: obj['state'][0].update(exp_avg_sq=obj['state'][0]['exp_avg'].abs_()),
-     'share one storage'),
+     'shares its storage with'),
+    # ... or one parameter's moment in another's storage (round 6).
+    ('G_optim', lambda obj: alias_across(obj['state']), 'shares its storage with optimizer '
+                                                        'state of parameter'),
     ('G_optim', first_state('exp_avg', lambda v: torch.empty_like(v, device='meta')),
      'not a dense one with data'),
     ('G_optim', first_state('exp_avg', lambda v: v.to_sparse()), 'not a dense one with data'),

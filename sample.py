@@ -33,6 +33,12 @@ def config_from_checkpoint(config):
                          load_optim=False) or {}
     for item, value in saved.items():
         if item in config and item not in KEEP_FROM_COMMAND_LINE and not item.startswith('sample_'):
+            given = config[item]
+            default = flags.FLAGS.get(f'--{item}', {}).get('default', given)
+            if given != value and given != default:
+                # A model flag given on the command line loses to the checkpoint's: say so.
+                print(f'note: --{item} {given} is the checkpoint\'s {value} under '
+                      f'--config_from_name (model flags come from the checkpoint)')
             config[item] = value
     return config
 

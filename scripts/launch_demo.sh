@@ -19,6 +19,11 @@ SAVE_EVERY=${SAVE_EVERY:-200}
 EXPERIMENT=${EXPERIMENT:-s32_demo}
 # Two cores, often shared: idle OpenMP threads should sleep, not spin.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
+if ! [[ $SAVE_EVERY =~ ^[0-9]+$ ]] || [ "$SAVE_EVERY" -lt 1 ]; then
+  echo "error: SAVE_EVERY '$SAVE_EVERY' must be a positive number of iterations (the sheets are drawn from the last checkpoint)" >&2
+  exit 2
+fi
 
 # Model flags, shared by train.py and sample.py so the checkpoint loads. G_ch/D_ch 8 (32
 # channels at every stage): 16 is ~3x slower per step here. Batch 32: 1.6x batch 16's time

@@ -45,6 +45,11 @@ SAMPLES_ROOT=${SAMPLES_ROOT:-samples}
 INCEPTION_BACKEND=${INCEPTION_BACKEND:-torchvision}
 METRIC_IMAGES=${METRIC_IMAGES:-1000}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
+if ! [[ $SAVE_EVERY =~ ^[0-9]+$ ]] || [ "$SAVE_EVERY" -lt 1 ]; then
+  echo "error: SAVE_EVERY '$SAVE_EVERY' must be a positive number of iterations (the sheets are drawn from the last checkpoint)" >&2
+  exit 2
+fi
 
 # NAME and the roots become flag values of the commands below, where a leading '-' would read
 # as a flag.

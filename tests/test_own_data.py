@@ -195,3 +195,16 @@ def test_starts_from_the_demos_settings():
         own.pop(differ, None)
         theirs.pop(differ, None)
     assert own == theirs
+
+
+@pytest.mark.parametrize('script', ['launch_own_data.sh', 'launch_demo.sh'])
+def test_a_budget_without_saves_is_refused_up_front(tmp_path, script):
+    """SAVE_EVERY=0: train.py saves nothing, so the sheets had no checkpoint to come from
+    (exit 2 after the training was spent); now one line before anything runs."""
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, 'SAVE_EVERY': '0', 'PYTHON': 'false'})
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "error: SAVE_EVERY '0' must be a positive number of iterations (the sheets are drawn "
+        'from the last checkpoint)']
+    assert os.listdir(tmp_path) == []

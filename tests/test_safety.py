@@ -1093,3 +1093,11 @@ def test_a_model_too_deep_or_wide_to_even_size_is_refused_at_once(data_root, tmp
     argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1') + extra
     assert why in exits_with_one_line(train.main, argv, capsys)
     assert not out.exists()
+
+
+def test_a_model_flag_the_checkpoint_overrides_is_named(data_root, run_dir, capsys):
+    """sample.py --config_from_name --G_ch 16 on a G_ch 4 run: the checkpoint's 4 is used, as
+    documented, and a note now says the 16 given was not (it was silent)."""
+    sample.main(sample_argv(data_root, run_dir, '--config_from_name', '--G_ch', '16'))
+    assert ("note: --G_ch 16 is the checkpoint's 4 under --config_from_name"
+            in capsys.readouterr().out)

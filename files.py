@@ -449,6 +449,20 @@ def open_append(path, what='log'):
         raise
 
 
+def hold_lock(path, what):
+    """An exclusive lock on path (created), held while the returned file stays open: a second
+    process asking for it gets one line (FileError) instead of writing the same files at once."""
+    import fcntl
+    f = open_append(path, 'lock file')
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise FileError(f'{what} is in use by another process (it holds {path}); wait for it '
+                        f'to finish, or use another name') from None
+    return f
+
+
 def open_regular(path, what='file', mode='rb'):
     """open() path for reading, refusing anything but a regular file (FIFOs, devices, sockets,
     folders) with one line; symlinks are followed to what they name, which must be regular.

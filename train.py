@@ -22,7 +22,7 @@ import utils
 from checkpoints import check_finite_step, initial_state, load_weights, set_rng_state
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
-from files import remove_stale_temps
+from files import hold_lock, remove_stale_temps
 
 
 def build_models(config, device):
@@ -171,6 +171,11 @@ def run(config):
     test_log = train_log = None
     if rank == 0:
         utils.prepare_root(config)
+        # One training per experiment at a time: a second would interleave the logs and
+        # checkpoints (held until this process ends).
+        os.makedirs(f"{config['logs_root']}/{experiment_name}", exist_ok=True)
+        run_lock = hold_lock(f"{config['logs_root']}/{experiment_name}/.train.lock",  # noqa: F841
+                             f'experiment {experiment_name}')
         for root in ('weights_root', 'logs_root', 'samples_root'):
             # Only this run's own folders: the name is one checked component.
             remove_stale_temps(os.path.join(config[root], experiment_name), recursive=True)

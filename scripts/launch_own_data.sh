@@ -45,6 +45,12 @@ SAMPLES_ROOT=${SAMPLES_ROOT:-samples}
 INCEPTION_BACKEND=${INCEPTION_BACKEND:-torchvision}
 METRIC_IMAGES=${METRIC_IMAGES:-1000}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# train.py has architectures at these resolutions only: refused before make_hdf5.py writes.
+case $RESOLUTION in
+  32|64|128|256|512) ;;
+  *) echo "error: RESOLUTION '$RESOLUTION' has no architecture: use 32, 64, 128, 256 or 512" >&2
+     exit 2 ;;
+esac
 # A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
 if ! [[ $SAVE_EVERY =~ ^[0-9]+$ ]] || [ "$SAVE_EVERY" -lt 1 ]; then
   echo "error: SAVE_EVERY '$SAVE_EVERY' must be a positive number of iterations (the sheets are drawn from the last checkpoint)" >&2

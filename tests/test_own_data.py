@@ -208,3 +208,13 @@ def test_a_budget_without_saves_is_refused_up_front(tmp_path, script):
         "error: SAVE_EVERY '0' must be a positive number of iterations (the sheets are drawn "
         'from the last checkpoint)']
     assert os.listdir(tmp_path) == []
+
+
+def test_a_resolution_without_an_architecture_is_refused_before_the_hdf5(tmp_path):
+    """RESOLUTION=48: train.py refused it only after make_hdf5.py had written the file."""
+    run = subprocess.run(['bash', SCRIPT, str(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, 'RESOLUTION': '48',
+                                                     'PYTHON': 'false'})
+    assert run.returncode == 2 and run.stderr.strip() == (
+        "error: RESOLUTION '48' has no architecture: use 32, 64, 128, 256 or 512")
+    assert os.listdir(tmp_path) == []

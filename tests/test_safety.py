@@ -1101,3 +1101,19 @@ def test_a_model_flag_the_checkpoint_overrides_is_named(data_root, run_dir, caps
     sample.main(sample_argv(data_root, run_dir, '--config_from_name', '--G_ch', '16'))
     assert ("note: --G_ch 16 is the checkpoint's 4 under --config_from_name"
             in capsys.readouterr().out)
+
+
+def test_a_second_training_of_the_same_experiment_is_refused(data_root, run_dir, capsys):
+    """Two train.py on one experiment at once interleaved its logs (the second's reset wiped
+    the first's lines) and checkpoints; the experiment's lock, held by the first for its whole
+    run, now refuses the second with one line before it touches a file."""
+    lock = run_dir / 'logs' / NAME / '.train.lock'
+    held = files.hold_lock(str(lock), 'the first run')  # stands for a run in progress
+    before = tree(run_dir)
+    try:
+        line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    finally:
+        held.close()
+    assert f'experiment {NAME} is in use by another process (it holds {lock})' in line
+    assert tree(run_dir) == before
+    train.main(resume_argv(data_root, run_dir))  # released: the run goes on

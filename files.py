@@ -449,6 +449,9 @@ def open_append(path, what='log'):
         raise
 
 
+_HELD = []  # the locks hold_lock gave out, for release_locks
+
+
 def hold_lock(path, what):
     """An exclusive lock on path (created), held while the returned file stays open: a second
     process asking for it gets one line (FileError) instead of writing the same files at once."""
@@ -460,7 +463,15 @@ def hold_lock(path, what):
         f.close()
         raise FileError(f'{what} is in use by another process (it holds {path}); wait for it '
                         f'to finish, or use another name') from None
+    _HELD.append(f)
     return f
+
+
+def release_locks():
+    """Release every lock hold_lock gave out in this process (its runs have ended, also one
+    that failed, whose frames a kept traceback may hold)."""
+    while _HELD:
+        _HELD.pop().close()
 
 
 def open_regular(path, what='file', mode='rb'):

@@ -22,7 +22,7 @@ import utils
 from checkpoints import check_finite_step, initial_state, load_weights, set_rng_state
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
-from files import hold_lock, remove_stale_temps
+from files import hold_lock, release_locks, remove_stale_temps
 
 
 def build_models(config, device):
@@ -110,6 +110,7 @@ def training_batches(loader, state_dict, config, rank):
 
 
 def run(config):
+    release_locks()  # one run at a time in a process: an earlier one's lock is stale
     config = utils.prepare_config(config)
     if config['on_collapse'] != 'warn' and not config['collapse_watch']:
         # Without the watch nothing detects a collapse, so the action would silently not act.
@@ -174,8 +175,8 @@ def run(config):
         # One training per experiment at a time: a second would interleave the logs and
         # checkpoints (held until this process ends).
         os.makedirs(f"{config['logs_root']}/{experiment_name}", exist_ok=True)
-        run_lock = hold_lock(f"{config['logs_root']}/{experiment_name}/.train.lock",  # noqa: F841
-                             f'experiment {experiment_name}')
+        hold_lock(f"{config['logs_root']}/{experiment_name}/.train.lock",
+                  f'experiment {experiment_name}')
         for root in ('weights_root', 'logs_root', 'samples_root'):
             # Only this run's own folders: the name is one checked component.
             remove_stale_temps(os.path.join(config[root], experiment_name), recursive=True)
@@ -295,11 +296,15 @@ def run(config):
     tb.close()
     if world_size > 1:
         torch.distributed.destroy_process_group()
+    release_locks()
     return state_dict
 
 
 def main(argv=None):
-    utils.run_cli(run, utils.prepare_parser(), argv)
+    try:
+        utils.run_cli(run, utils.prepare_parser(), argv)
+    finally:
+        release_locks()
 
 
 if __name__ == '__main__':

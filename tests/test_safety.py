@@ -1108,12 +1108,20 @@ def test_a_second_training_of_the_same_experiment_is_refused(data_root, run_dir,
     the first's lines) and checkpoints; the experiment's lock, held by the first for its whole
     run, now refuses the second with one line before it touches a file."""
     lock = run_dir / 'logs' / NAME / '.train.lock'
-    held = files.hold_lock(str(lock), 'the first run')  # stands for a run in progress
-    before = tree(run_dir)
+    # Another process holds the experiment's lock, as a run in progress does.
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import fcntl, sys, time\n'
+        'f = open(sys.argv[1], "a")\n'
+        'fcntl.flock(f, fcntl.LOCK_EX)\n'
+        'print("held", flush=True)\n'
+        'time.sleep(120)\n'), str(lock)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == 'held'
+        before = tree(run_dir)
         line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
     finally:
-        held.close()
+        holder.kill()
+        holder.wait()
     assert f'experiment {NAME} is in use by another process (it holds {lock})' in line
     assert tree(run_dir) == before
     train.main(resume_argv(data_root, run_dir))  # released: the run goes on

@@ -160,6 +160,9 @@ def run(config):
     # Labels and image shapes are checked now: at the first step, after the logs were reset,
     # they would crash the run (or, as float pixels, train on unnormalised images).
     check_training_set(loader.dataset, config)
+    if not len(loader.dataset):
+        raise utils.ConfigError(f"the training set of --dataset {config['dataset']} holds no "
+                                f'images: make it again (make_hdf5.py) from a folder of images')
     if len(loader.dataset) // world_size < D_batch_size:
         n = len(loader.dataset)
         raise utils.ConfigError(

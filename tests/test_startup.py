@@ -489,3 +489,19 @@ def test_a_damaged_chunk_read_at_start_up_names_the_file(tmp_path, what, load_in
     with pytest.raises(datasets.FileError, match=rf"I32.hdf5: '{what}' cannot be read \(.*"
                                                  r"filter.*\); the file is damaged: write"):
         datasets.ILSVRC_HDF5(path, load_in_mem=load_in_mem)
+
+
+def test_an_empty_training_set_says_so(data_root, tmp_path, capsys):
+    """An HDF5 file of 0 images: the line said to lower the batch flags, which no value can
+    make trainable; it now says the set is empty and how to make it."""
+    path = str(tmp_path / 'I32.hdf5')
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', shape=(0, 3, 32, 32), dtype=np.uint8)
+        f.create_dataset('labels', shape=(0,), dtype=np.int64)
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--dataset', 'I32_hdf5', '--dataset_root',
+                     path, '--n_classes', '10', '--total_itrs', '1')
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    assert 'holds no images: make it again (make_hdf5.py)' in capsys.readouterr().err
+    assert not out.exists()

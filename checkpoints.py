@@ -34,7 +34,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     scratch_folder,
     temp_path,
 )
-from flags import FLOAT32_MAX, ConfigError, StopRun, check_types, one_line
+from flags import FLOAT32_MAX, ConfigError, StopRun, check_types, is_count, one_line
 
 CHECKPOINT_FILES = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 # The collapse watch's sets (collapse.py): a checkpoint on probation, and the last one that
@@ -451,12 +451,13 @@ def shown(value):
 MOMENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_adam_entry(state, param, amsgrad, where, storages=None):
+def check_adam_entry(state, param, amsgrad, where, storages):
     """Refuse one parameter's Adam state unless it is what torch's Adam writes after a step:
     exactly step, exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad); the step a count (the
     release's a Python number, torch's a 0-d float tensor); each moment floating point, of the
-    parameter's shape, in its own storage, the second moments non-negative. Anything else
-    fails inside the first step, or trains silently on a restarted or impossible state."""
+    parameter's shape, in its own storage (storages: {data_ptr: which moment} of the entries
+    checked so far), the second moments non-negative. Anything else fails inside the first
+    step, or trains silently on a restarted or impossible state."""
     moments = ['exp_avg', 'exp_avg_sq'] + (['max_exp_avg_sq'] if amsgrad else [])
     if set(state) != set(['step'] + moments):
         raise CheckpointError(f"{where} holds {sorted(map(str, state))}, not Adam's "
@@ -470,7 +471,6 @@ def check_adam_entry(state, param, amsgrad, where, storages=None):
     if not _like(step, 0.0) or float(step) != int(float(step)):
         raise CheckpointError(f'{where}: its step {shown(step)!r:.60} is not a count; the file '
                               f'is damaged')
-    storages = {} if storages is None else storages
     for key in moments:
         value = state[key]
         # torch casts a moment to its parameter's dtype: a bool one becomes 0s and 1s; the
@@ -561,7 +561,7 @@ def check_training_state(state, path):
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                   and not math.isnan(value))
         elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = is_count(value)
         else:
             ok = isinstance(value, kind)
         if not ok:
@@ -597,12 +597,9 @@ def check_training_state(state, path):
 def _check_collapse_state(state):
     """What is wrong with a saved state_dict['collapse'], or None: the rollbacks done, a
     count (a negative one would allow more rollbacks than --max_rollbacks)."""
-    if not isinstance(state, dict) or set(state) != {'rollbacks'}:
-        return f'{state!r:.60} is not a count of rollbacks'
-    done = state['rollbacks']
-    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
-        return f'{state!r:.60} is not a count of rollbacks'
-    return None
+    if isinstance(state, dict) and set(state) == {'rollbacks'} and is_count(state['rollbacks']):
+        return None
+    return f'{state!r:.60} is not a count of rollbacks'
 
 
 def _refused_global(error):

@@ -437,13 +437,19 @@ def open_append(path, what='log'):
         if e.errno == errno.ENXIO:  # a FIFO nothing reads, opened without blocking
             raise FileError(f'{what} {path} is not a regular file (a FIFO); remove it') from None
         raise FileError(f'{what} {path} cannot be opened for appending ({e.strerror})') from None
+    return _regular(fd, 'a', f'{what} {path} is not a regular file (a FIFO or device); remove '
+                             f'it')
+
+
+def _regular(fd, mode, refusal):
+    """fd (opened without blocking) as a file object in mode once fstat says it is a regular
+    file, blocking again; else FileError(refusal). fd is closed on any failure."""
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileError(f'{what} {path} is not a regular file (a FIFO or device); remove '
-                            f'it')
+            raise FileError(refusal)
         if hasattr(os, 'set_blocking'):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, 'a')
+        return os.fdopen(fd, mode)
     except BaseException:
         os.close(fd)
         raise
@@ -487,17 +493,8 @@ def open_regular(path, what='file', mode='rb'):
         raise FileError(f'{what} {path} is a folder, not a file') from None
     except OSError as e:
         raise FileError(f'{what} {path} cannot be opened ({e.strerror})') from None
-    try:
-        kind = os.fstat(fd).st_mode
-        if not stat.S_ISREG(kind):
-            raise FileError(f'{what} {path} is not a regular file (a FIFO, device or '
-                            f'folder); give a file')
-        if hasattr(os, 'set_blocking'):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
+    return _regular(fd, mode, f'{what} {path} is not a regular file (a FIFO, device or '
+                              f'folder); give a file')
 
 
 def file_size(f):

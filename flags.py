@@ -575,6 +575,17 @@ def check_types(config, source):
                               f'release')
 
 
+def is_count(value, low=0):
+    """Whether a value read from a file is an int (not a bool) of at least low."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_finite_number(value):
+    """Whether a value read from a file is a finite int or float (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def in_domain(value, domain):
     """Whether a number lies in a DOMAINS bound."""
     if not math.isfinite(value):

@@ -3,11 +3,11 @@ scaling for --amp), the EMA of G's weights, the LeCam anchors (the EMA of D's ou
 reg and toggle_grad. utils.py and train_fns.py re-export the names their users import.
 """
 import contextlib
-import math
 
 import torch
 
 from distributed import pick_device
+from flags import is_count, is_finite_number
 
 # ----------------------------------------------------------------------------
 # Precision.
@@ -55,24 +55,19 @@ class Precision(object):
         """What is wrong with a saved state_dict()['amp'], or None: each scaler's scale finite
         and > 0, growth above 1, backoff in (0, 1), intervals and counts non-negative ints (a
         NaN or negative scale would be kept and saved again, every step skipped or ascending)."""
-        def count(v, low=0):
-            return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-        def number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         if not isinstance(state, dict) or set(state) != {'G_scaler', 'D_scaler', 'skipped'}:
             return 'is not the G_scaler, D_scaler and skipped of --amp fp16'
         for name in ('G_scaler', 'D_scaler'):
             sc = state[name]
-            if not (isinstance(sc, dict) and number(sc.get('scale')) and sc['scale'] > 0
-                    and number(sc.get('growth_factor')) and sc['growth_factor'] > 1
-                    and number(sc.get('backoff_factor')) and 0 < sc['backoff_factor'] < 1
-                    and count(sc.get('growth_interval'), 1)
-                    and count(sc.get('_growth_tracker'))):
+            if not (isinstance(sc, dict) and is_finite_number(sc.get('scale')) and sc['scale'] > 0
+                    and is_finite_number(sc.get('growth_factor')) and sc['growth_factor'] > 1
+                    and is_finite_number(sc.get('backoff_factor')) and 0 < sc['backoff_factor'] < 1
+                    and is_count(sc.get('growth_interval'), 1)
+                    and is_count(sc.get('_growth_tracker'))):
                 return f'has a {name} ({sc!r:.80}) that is not a loss scaler\'s state'
         skipped = state['skipped']
         if not (isinstance(skipped, dict) and set(skipped) == {'G', 'D'}
-                and all(count(v) for v in skipped.values())):
+                and all(is_count(v) for v in skipped.values())):
             return f'has skipped step counts {skipped!r:.60} that are not counts'
         return None
 
@@ -166,10 +161,8 @@ class ema_losses(object):
         if not isinstance(state, dict) or set(state) != set(cls.KEYS):
             return f"does not hold exactly {', '.join(cls.KEYS)}"
         for key in cls.KEYS:
-            value = state[key]
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value)):
-                return f'has {key} {value!r:.40}, not a finite number'
+            if not is_finite_number(state[key]):
+                return f'has {key} {state[key]!r:.40}, not a finite number'
         return None
 
     def load_state_dict(self, state):

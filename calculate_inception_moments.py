@@ -14,6 +14,9 @@ one class per HDF5 chunk, read one class at a time).
 Example:
   python calculate_inception_moments.py --dataset I128_hdf5 --data_root data [--per_class]
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import contextlib
 import os
 
@@ -22,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import flags
 import inception_utils
 from datasets import check_dataset, check_training_set, get_data_loaders, nclass_dict, to_float
 from distributed import pick_device

@@ -16,6 +16,9 @@ state_dict.pth, for sample.py --config_from_name) and print the sample.py comman
 Neither needs HuggingFace's package or TensorFlow: plain JSON, checkpoints.torch_load
 and tf_bundle's reader.
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import functools
 import glob
 import json
@@ -27,7 +30,6 @@ import shlex
 import torch
 
 import BigGAN
-import flags
 import layers
 import utils
 from checkpoints import (

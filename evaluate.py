@@ -18,6 +18,9 @@ JSON record with its protocol stamp. --save_stats writes a source's mu, sigma, i
 backend and up to --kid_feats features, as pytorch-fid's --save-stats does. Bad input: one
 line, exit status 2, nothing written.
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import json
 import os
 
@@ -25,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import flags
 import inception_utils
 import metrics
 import utils

@@ -55,6 +55,21 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
+def _quiet_interrupt(kind, error, tb, report=sys.excepthook):
+    """sys.excepthook: a Ctrl-C that no run_cli catches (it came during an entry point's
+    imports, before run_cli) is the same one line; the interpreter still exits as by SIGINT."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f'stopped by signal {int(signal.SIGINT)}', file=sys.stderr)
+    else:
+        report(kind, error, tb)
+
+
+# Entry points import this module first (their heavy imports take seconds); an interactive
+# session keeps its tracebacks.
+if not hasattr(sys, 'ps1') and not sys.flags.interactive:
+    sys.excepthook = _quiet_interrupt
+
+
 def one_line(error):
     """An exception's message on one line."""
     return ' '.join(str(error).split()) or type(error).__name__
@@ -522,7 +537,34 @@ ACTS_THROUGH = {
                           lambda c: c['collapse_watch'] and c['on_collapse'] == 'rollback'),
     'max_rollbacks': ('--collapse_watch --on_collapse rollback',
                       lambda c: c['collapse_watch'] and c['on_collapse'] == 'rollback'),
+    # What only a test computes, and the metrics' own settings.
+    'metrics': ('--test_every > 0', lambda c: c['test_every'] > 0),
+    'kid': ('--test_every > 0', lambda c: c['test_every'] > 0),
+    'no_fid': ('--test_every > 0', lambda c: c['test_every'] > 0),
+    'inception_backend': ('--test_every > 0', lambda c: c['test_every'] > 0),
+    'inception_weights': ('--test_every > 0', lambda c: c['test_every'] > 0),
+    'kid_subset_size': ('KID among the metrics (--kid) and --test_every > 0',
+                        lambda c: _tested(c, 'KID')),
+    'kid_subsets': ('KID among the metrics (--kid) and --test_every > 0',
+                    lambda c: _tested(c, 'KID')),
+    'prdc_k': ('PRDC among --metrics and --test_every > 0', lambda c: _tested(c, 'PRDC')),
+    'intra_fid_per_class': ('intraFID among --metrics and --test_every > 0',
+                            lambda c: _tested(c, 'intraFID')),
+    'chunk_window': ('an HDF5 training set', lambda c: _reads_hdf5(c)),
 }
+
+
+def _tested(config, metric):
+    """Whether the run's tests compute metric."""
+    from inception_utils import select_metrics  # the metrics' home; torch is loaded by now
+    return config['test_every'] > 0 and metric in select_metrics(
+        config['metrics'], config['no_fid'], config['kid'])
+
+
+def _reads_hdf5(config):
+    """Whether the run trains from an HDF5 file."""
+    from datasets import ILSVRC_HDF5, dataset_source
+    return dataset_source(config)[0] is ILSVRC_HDF5
 
 
 def inert_flags(config):

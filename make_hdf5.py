@@ -17,6 +17,9 @@ release: 500 images), so that reading an image in shuffled order decompresses li
 than that image.
 """
 
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import os
 import re
 import sys
@@ -30,7 +33,6 @@ from torch.utils import data
 from tqdm import tqdm
 
 import datasets as dset
-import flags
 from files import (
     atomic_path,
     check_disk,

@@ -19,6 +19,9 @@ through files.read_lines only: anything but a regular file (a FIFO, a device) is
 line, as is a line longer than MAX_LINE; lines whose numbers no figure can hold (an iteration
 beyond int64, a finite value beyond VALUE_LIMIT) are skipped with a notice.
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import fnmatch
 import json
 import math
@@ -29,7 +32,6 @@ import numpy as np
 
 import collapse
 import files
-import flags
 
 FIGURES = {'IS_FID': 'IS_FID.png', 'metrics': 'metrics.png', 'losses': 'losses.png',
            'G_sv': 'G_singular_values.png', 'D_sv': 'D_singular_values.png'}

@@ -2,6 +2,9 @@
 
     python sample.py <the training flags> --experiment_name NAME --sample_sheets --sample_npz
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import functools
 import os
 import zipfile
@@ -11,7 +14,6 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import trange
 
-import flags
 import utils
 from checkpoints import load_weights
 from files import atomic_open, check_disk, check_fits, remove_stale_temps, scratch_folder

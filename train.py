@@ -2,6 +2,9 @@
 
     python train.py --dataset S32 --G_ch 32 --D_ch 32 --batch_size 32 ...  (see scripts/)
 """
+import flags  # first: a Ctrl-C during the slow imports below is one line (flags.py)
+
+# isort: split
 import contextlib
 import functools
 import importlib
@@ -15,7 +18,6 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import collapse
-import flags
 import step_helpers
 import train_fns
 import utils

@@ -844,6 +844,7 @@ def test_attention_on_too_few_channels_is_refused_before_writing(data_root, tmp_
 # (flags given, the flags that switch on what they act through, as the note names them) --
 # written out here, not read from flags.py.
 ROLLBACK = ['--collapse_watch', '--on_collapse', 'rollback']
+KID = 'KID among the metrics (--kid) and --test_every > 0'
 INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
          (['--LC_ema_decay', '0.5'], ['--LC', '0.1'], '--LC > 0'),
          (['--R1_every', '4'], ['--R1', '1'], '--R1 > 0'),
@@ -860,7 +861,21 @@ INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
          (['--which_best', 'FID', '--test_every', '0'], ['--test_every', '5'],
           '--test_every > 0'),
          (['--max_rollbacks', '1'], ROLLBACK, ' '.join(ROLLBACK)),
-         (['--collapse_lr_scale', '0.25'], ROLLBACK, ' '.join(ROLLBACK))]
+         (['--collapse_lr_scale', '0.25'], ROLLBACK, ' '.join(ROLLBACK)),
+         (['--metrics', 'IS', '--test_every', '0'], ['--test_every', '5'], '--test_every > 0'),
+         (['--kid', '--test_every', '0'], ['--test_every', '5'], '--test_every > 0'),
+         (['--no_fid', '--test_every', '0'], ['--test_every', '5'], '--test_every > 0'),
+         (['--inception_backend', 'tf_fid', '--test_every', '0'], ['--test_every', '5'],
+          '--test_every > 0'),
+         (['--inception_weights', 'w.pth', '--test_every', '0'], ['--test_every', '5'],
+          '--test_every > 0'),
+         (['--kid_subsets', '50'], ['--kid'], KID),
+         (['--kid_subset_size', '50'], ['--metrics', 'FID,KID'], KID),
+         (['--prdc_k', '3'], ['--metrics', 'PRDC'], 'PRDC among --metrics and --test_every > 0'),
+         (['--intra_fid_per_class', '3'], ['--metrics', 'IS,intraFID'],
+          'intraFID among --metrics and --test_every > 0'),
+         (['--chunk_window', '4', '--dataset', 'C10'], ['--dataset_root', 'my.hdf5'],
+          'an HDF5 training set')]
 
 
 @pytest.mark.parametrize('given,through,named', INERT, ids=[g[0] for g, _, _ in INERT])
@@ -869,8 +884,9 @@ def test_a_flag_that_acts_through_an_off_flag_is_named(given, through, named):
     that flag on, or at its default, there is no note."""
     context = ['--amp', 'bf16'] if given == ['--G_fp16'] else []  # what turns it off
     parse = utils.prepare_parser().parse_args
+    flag = given[:1] if len(given) == 1 or given[1].startswith('--') else given[:2]
     assert flags.inert_flags(vars(parse(given + context))) == [
-        f"note: {' '.join(given[:2])} has no effect without {named}"]
+        f"note: {' '.join(flag)} has no effect without {named}"]
     assert flags.inert_flags(vars(parse(given + context + through))) == []
     assert flags.inert_flags(vars(parse([]))) == []
 
@@ -944,6 +960,20 @@ def test_a_command_line_argparse_refuses_is_one_line(name, wrong, capsys):
                  if wrong == 'unknown flag' else ([int_flag, 'abc'], "invalid int value: 'abc'"))
     line = exits_with_one_line(importlib.import_module(name).main, required + argv, capsys)
     assert line.startswith('error: ') and why in line and line.endswith('(see --help)')
+
+
+@pytest.mark.parametrize('name', sorted(ENTRY_POINTS))
+def test_a_ctrl_c_during_the_imports_is_one_line(name, tmp_path):
+    """Ctrl-C while an entry point's imports load (seconds, before run_cli can catch it) is
+    the one line a run's Ctrl-C gives, and the process still ends as by SIGINT: not a
+    50-line traceback from inside torch's import. The interrupt comes from a numpy that
+    sends SIGINT as it is imported, ahead on the path of the real one."""
+    (tmp_path / 'numpy.py').write_text('import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n')
+    done = subprocess.run([sys.executable, os.path.join(ROOT, f'{name}.py'), '--help'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    assert (done.returncode, done.stderr, done.stdout) == (-signal.SIGINT,
+                                                           'stopped by signal 2\n', '')
 
 
 @pytest.mark.parametrize('extra,why', [

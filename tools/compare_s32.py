@@ -95,6 +95,9 @@ def accuracy(net, x, y, batch=500):
 
 def train_classifier(config, out):
     """Train on S32 less a seeded held-out part; save weights and held-out accuracy."""
+    # A minute or more on a small CPU, with nothing else printed until it ends.
+    print(f"training the S32 classifier into {out} ({config['classifier_epochs']} epoch(s); "
+          f'once per folder)', flush=True)
     x, y = s32_tensors(config)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config['seed']))
     held, train = order[:config['holdout']], order[config['holdout']:]

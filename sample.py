@@ -24,7 +24,8 @@ KEEP_FROM_COMMAND_LINE = ['z_var', 'base_root', 'batch_size', 'G_batch_size', 'u
                           'G_eval_mode', 'device', 'experiment_name', 'load_weights',
                           'weights_root', 'logs_root', 'samples_root', 'data_root', 'parallel',
                           'amp', 'channels_last', 'compile', 'accumulate_stats',
-                          'num_standing_accumulations', 'truncation', *flags.MEASUREMENT_FLAGS]
+                          'num_standing_accumulations', 'truncation', 'config_from_name',
+                          *flags.MEASUREMENT_FLAGS]
 
 
 def config_from_checkpoint(config):

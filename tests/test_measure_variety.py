@@ -105,3 +105,25 @@ def test_a_short_draw_and_bad_flags_are_refused(tmp_path, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.count('\n') == 1
     assert not os.path.exists(tmp_path / 'v')
+
+
+def test_the_draw_notes_no_flag_the_user_did_not_give(tiny_run, data_root, tmp_path, monkeypatch,
+                                                      capsys):
+    """measure_variety --config_from_name on a run, no model flag given: sample.py's draw
+    printed 'note: --resolution 128 is the checkpoint's 32' and three more (a prepared
+    config's table values and --config_from_name itself read as flags the user gave)."""
+    class Drawn(Exception):
+        pass
+
+    def draw_then_stop(config):
+        real_run(config)
+        raise Drawn
+    real_run = mv.sample_py.run
+    monkeypatch.setattr(mv.sample_py, 'run', draw_then_stop)
+    monkeypatch.setattr(mv, 'load_classifier', lambda config: (None, {}))
+    with pytest.raises(Drawn):
+        mv.main(['--config_from_name', '--experiment_name', 'exp', '--use_ema',
+                 '--images_per_class', '2', '--data_root', data_root,
+                 '--weights_root', str(tiny_run / 'weights'), '--out', str(tmp_path / 'v')])
+    out = capsys.readouterr().out
+    assert 'Experiment name is exp' in out and 'note:' not in out

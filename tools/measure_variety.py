@@ -215,14 +215,16 @@ def sheet(fake, real, path, n=10):
 
 
 def run(config):
-    config = utils.prepare_config(config)
+    # sample.py gets the flags as given: prepared, a table's resolution and class count would
+    # read as model flags the checkpoint overrides.
+    given, config = dict(config), utils.prepare_config(config)
     per_class, n_classes = config['images_per_class'], len(S32_CLASSES)
     if per_class < 2:
         raise utils.ConfigError(f'--images_per_class must be at least 2, got {per_class}')
     os.makedirs(config['out'], exist_ok=True)
     classifier, held = load_classifier(config)
     # Classes are drawn uniformly: 25% more than needed leaves every class enough.
-    x, y = draw_samples(config, math.ceil(1.25 * per_class * n_classes))
+    x, y = draw_samples(given, math.ceil(1.25 * per_class * n_classes))
     fake = by_class(x, y, n_classes, per_class)
     imgs, labels = make_s32(per_class, config['real_seed'])
     real = by_class(imgs, labels, n_classes, per_class)

@@ -104,6 +104,21 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(torch.tensor(state['cuda'], dtype=torch.uint8))
 
 
+def in_dtypes_of(net, loaded):
+    """A weights file's or optimizer state's floating tensors in the dtypes loading them into
+    net (a module, or the module whose optimizer state it is) gives them."""
+    if 'state' in loaded and 'param_groups' in loaded:  # as torch casts an optimizer's state
+        dtype = next(net.parameters()).dtype
+        return {'state': {i: {k: v.to(dtype) if (k != 'step' and torch.is_tensor(v)
+                                                  and v.is_floating_point()) else v
+                              for k, v in entry.items()} if isinstance(entry, dict) else entry
+                          for i, entry in loaded['state'].items()}}
+    target = net.state_dict()
+    return {k: v.to(target[k].dtype) if (torch.is_tensor(v) and v.is_floating_point()
+                                         and k in target and target[k].is_floating_point())
+            else v for k, v in loaded.items()}
+
+
 def first_nonfinite(named):
     """The name of the first floating tensor in named ({name: tensor or nested dict/list})
     holding NaN or Inf, or None. One host sync for all of them."""
@@ -771,12 +786,6 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
     for name in needed[:-1]:
         loaded[name] = torch_load(path(name))
         check_kind(loaded[name], path(name), name)
-    # save_weights never writes NaN or Inf, so a set holding them was damaged after saving.
-    bad = first_nonfinite({name: loaded[name] for name in needed[:-1]})
-    if bad is not None:
-        raise CheckpointError(f"{path(bad.split('.')[0])}: {bad} holds NaN or Inf, which no "
-                              f'checkpoint of this project is saved with; the file is damaged'
-                              f'{hint()}')
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             check_shapes(net, loaded[name], path(name), strict)
@@ -784,6 +793,16 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                 check_optimizer_state(net.optim, loaded[name + '_optim'], path(name + '_optim'))
                 check_settings_agree(loaded[name + '_optim'], loaded['state_dict'], name,
                                      path(name + '_optim'))
+    # save_weights never writes NaN or Inf, so a set holding them was damaged after saving.
+    # Checked, once their structure is, as the nets will hold them: float64 1e300 is finite,
+    # and Inf in float32.
+    nets = {'G': G, 'D': D, 'G_ema': G_ema}
+    bad = first_nonfinite({name: in_dtypes_of(nets[name.replace('_optim', '')], loaded[name])
+                           for name in needed[:-1]})
+    if bad is not None:
+        raise CheckpointError(f"{path(bad.split('.')[0])}: {bad} holds NaN or Inf (in the "
+                              f"model's dtype), which no checkpoint of this project is saved "
+                              f'with; the file is damaged{hint()}')
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             net.load_state_dict(loaded[name], strict=strict)

@@ -994,7 +994,9 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
         sampler = EpochSampler(train_set, shuffle, seed, rank, world_size, chunk_window)
     # A private generator keeps worker seeding off the global RNG that training draws from.
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                        # Pinned pages serve only copies to an accelerator.
+                        num_workers=num_workers, drop_last=drop_last,
+                        pin_memory=pin_memory and torch.accelerator.is_available(),
                         generator=torch.Generator().manual_seed(seed),
                         persistent_workers=False)
     return [loader]

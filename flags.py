@@ -6,6 +6,7 @@ Nothing here imports the project's other modules, so every file can use it.
 import math
 import re
 import signal
+import struct
 import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, ArgumentTypeError
 
@@ -550,7 +551,18 @@ ACTS_THROUGH = {
     'prdc_k': ('PRDC among --metrics and --test_every > 0', lambda c: _tested(c, 'PRDC')),
     'intra_fid_per_class': ('intraFID among --metrics and --test_every > 0',
                             lambda c: _tested(c, 'intraFID')),
-    'chunk_window': ('an HDF5 training set', lambda c: _reads_hdf5(c)),
+    'chunk_window': ('an HDF5 training set, shuffled (--shuffle or --use_multiepoch_sampler)',
+                     lambda c: (c['shuffle'] or c['use_multiepoch_sampler']) and _reads_hdf5(c)),
+}
+
+# Free-form strings the release read by one value, any other falling back to a meaning
+# (kept, since launch scripts may carry them): flag -> (the values read as named, the
+# fallback's meaning).
+RELEASE_READINGS = {
+    'pbar': (('mine', 'tqdm'), 'tqdm bar'),
+    'G_param': (('SN', 'plain'), 'plain layers, without spectral norm'),
+    'D_param': (('SN', 'plain'), 'plain layers, without spectral norm'),
+    'which_train_fn': (('GAN',), 'dummy step, which trains nothing'),
 }
 
 
@@ -568,14 +580,19 @@ def _reads_hdf5(config):
 
 
 def inert_flags(config):
-    """One note per flag of ACTS_THROUGH given a value other than its default while what it
-    acts through is off."""
+    """One note per flag that does not do what a user would read in it: a flag of
+    ACTS_THROUGH given a value other than its default while what it acts through is off, a
+    RELEASE_READINGS string outside the values it names."""
     notes = []
     for key, (through, on) in ACTS_THROUGH.items():
         default = FLAGS[f'--{key}'].get('default')
         if key in config and config[key] != default and not on(config):
             given = f'--{key}' if config[key] is True else f'--{key} {config[key]}'
             notes.append(f'note: {given} has no effect without {through}')
+    for key, (named, fallback) in RELEASE_READINGS.items():
+        if key in config and config[key] not in named:
+            notes.append(f"note: --{key} {config[key]!r} is none of {', '.join(named)}: read "
+                         f'as the {fallback}, as the release read any other value')
     return notes
 
 
@@ -647,6 +664,11 @@ FLOAT_FLAGS = [spec.get('dest', name[2:]) for name, spec in FLAGS.items()
                if spec.get('type') is float]
 
 
+def float32(value):
+    """value rounded to float32, as a Python float."""
+    return struct.unpack('f', struct.pack('f', value))[0]
+
+
 def check_flags(config):
     """Refuse a flag value outside its domain, naming the flag and the allowed values.
 
@@ -659,6 +681,13 @@ def check_flags(config):
         if isinstance(config.get(key), (int, float)) and abs(config[key]) > FLOAT32_MAX:
             raise ConfigError(f'--{key} {config[key]!r} is beyond float32, in which the models '
                               f'compute: at most {FLOAT32_MAX:.4g}')
+        # In float32 a positive value under its smallest subnormal is 0: an --adam_eps of
+        # 1e-46 divides 0 by 0 in the first step.
+        value = config.get(key)
+        if (isinstance(value, (int, float)) and value > 0 and key in DOMAINS
+                and float32(value) == 0 and not in_domain(0.0, DOMAINS[key])):
+            raise ConfigError(f'--{key} {value!r} is 0 in float32, in which the models '
+                              f'compute: it must be {DOMAINS[key]} there, at least 1.4e-45')
     for key, choices in CHOICES.items():
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} must be one of {', '.join(choices)}, got {config[key]!r}")

@@ -219,10 +219,7 @@ def run(config):
     if config['which_train_fn'] == 'GAN':
         train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config,
                                                 precision, ema_losses=anchors)
-    else:
-        # The release's debugging switch: any other value runs a step that trains nothing.
-        print(f"note: --which_train_fn {config['which_train_fn']!r} is not 'GAN': running the "
-              f"release's dummy step, which trains nothing")
+    else:  # the release's debugging switch, noted at start-up (flags.RELEASE_READINGS)
         train = train_fns.dummy_training_function()
     sample = functools.partial(utils.sample, G=train_fns.which_G(G, G_ema, config), z_=z_, y_=y_,
                                config=config)

@@ -845,6 +845,7 @@ def test_attention_on_too_few_channels_is_refused_before_writing(data_root, tmp_
 # written out here, not read from flags.py.
 ROLLBACK = ['--collapse_watch', '--on_collapse', 'rollback']
 KID = 'KID among the metrics (--kid) and --test_every > 0'
+HDF5_SHUFFLED = 'an HDF5 training set, shuffled (--shuffle or --use_multiepoch_sampler)'
 INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
          (['--LC_ema_decay', '0.5'], ['--LC', '0.1'], '--LC > 0'),
          (['--R1_every', '4'], ['--R1', '1'], '--R1 > 0'),
@@ -874,8 +875,11 @@ INERT = [(['--LC_start', '5'], ['--LC', '0.1'], '--LC > 0'),
          (['--prdc_k', '3'], ['--metrics', 'PRDC'], 'PRDC among --metrics and --test_every > 0'),
          (['--intra_fid_per_class', '3'], ['--metrics', 'IS,intraFID'],
           'intraFID among --metrics and --test_every > 0'),
-         (['--chunk_window', '4', '--dataset', 'C10'], ['--dataset_root', 'my.hdf5'],
-          'an HDF5 training set')]
+         (['--chunk_window', '4', '--dataset', 'C10', '--shuffle'], ['--dataset_root', 'my.hdf5'],
+          HDF5_SHUFFLED),
+         (['--chunk_window', '4', '--dataset_root', 'my.hdf5'], ['--shuffle'], HDF5_SHUFFLED),
+         (['--chunk_window', '4', '--dataset_root', 'my.hdf5'], ['--use_multiepoch_sampler'],
+          HDF5_SHUFFLED)]
 
 
 @pytest.mark.parametrize('given,through,named', INERT, ids=[g[0] for g, _, _ in INERT])
@@ -889,6 +893,37 @@ def test_a_flag_that_acts_through_an_off_flag_is_named(given, through, named):
         f"note: {' '.join(flag)} has no effect without {named}"]
     assert flags.inert_flags(vars(parse(given + context + through))) == []
     assert flags.inert_flags(vars(parse([]))) == []
+
+
+@pytest.mark.parametrize('flag,named,reading', [
+    ('--pbar', ['mine', 'tqdm'], 'the tqdm bar'),
+    ('--G_param', ['SN', 'plain'], 'the plain layers, without spectral norm'),
+    ('--D_param', ['SN', 'plain'], 'the plain layers, without spectral norm'),
+    ('--which_train_fn', ['GAN'], 'the dummy step, which trains nothing')])
+def test_a_release_string_outside_its_values_is_named(flag, named, reading):
+    """The release read these strings by one or two values and any other as a fallback (a
+    typo, --pbar foo, ran silently with tqdm): a note says which, and the run goes on as the
+    release's did; the values named give no note."""
+    parse = utils.prepare_parser().parse_args
+    assert flags.inert_flags(vars(parse([flag, 'foo']))) == [
+        f"note: {flag} 'foo' is none of {', '.join(named)}: read as {reading}, as the release "
+        f'read any other value']
+    assert all(flags.inert_flags(vars(parse([flag, v]))) == [] for v in named)
+
+
+@pytest.mark.parametrize('value,refused', [('1e-46', True), ('7e-46', True), ('1e-45', False),
+                                           ('1e-300', True)])
+def test_a_positive_flag_that_is_0_in_float32_is_refused(value, refused):
+    """--adam_eps 1e-46 passed the '> 0' domain in float64 and is 0 in float32, in which
+    Adam divides by it: NaN at the first step. The boundary is numpy's float32 rounding."""
+    assert (np.float32(float(value)) == 0) == refused  # the independent rounding
+    config = {'adam_eps': float(value)}
+    if refused:
+        with pytest.raises(utils.ConfigError, match=f'--adam_eps {float(value)!r} is 0 in '
+                                                    'float32'):
+            flags.check_flags(config)
+    else:
+        flags.check_flags(config)
 
 
 def test_train_prints_the_note_of_an_inert_flag(data_root, tmp_path, capsys):
@@ -982,7 +1017,8 @@ def test_a_ctrl_c_during_the_imports_is_one_line(name, tmp_path):
     (['--hier', '--G_shared', '--dim_z', '3'], '--dim_z 3 is fewer than the 4 chunks --hier '
                                                'splits z into at 32 px'),
     (['--G_lr', '1e308'], '--G_lr 1e+308 is beyond float32'),
-    (['--SN_eps', '1e39'], '--SN_eps 1e+39 is beyond float32')])
+    (['--SN_eps', '1e39'], '--SN_eps 1e+39 is beyond float32'),
+    (['--adam_eps', '1e-46'], '--adam_eps 1e-46 is 0 in float32')])
 def test_a_model_the_flags_cannot_run_is_refused_before_writing(data_root, tmp_path, capsys,
                                                                 extra, why):
     """Flags that build a G whose first forward fails (--hier without a shared embedding to

@@ -376,6 +376,11 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('state_dict', set_key('amp', scales(float('nan'))), 'amp has a G_scaler'),
     ('state_dict', set_key('amp', scales(-4096.0)), 'amp has a G_scaler'),
     ('state_dict', set_key('collapse', {'rollbacks': -1}), 'not a count of rollbacks'),
+    # Finite in the file, Inf in the float32 nets (round 7): a float64 weight or moment.
+    ('G', lambda obj: obj.__setitem__('linear.weight', obj['linear.weight'].double() * 1e300),
+     r"linear.weight holds NaN or Inf \(in the model's dtype\)"),
+    ('G_optim', first_state('exp_avg', lambda v: v.double() + 1e300),
+     r"exp_avg holds NaN or Inf \(in the model's dtype\)"),
 ])
 def test_a_damaged_training_state_is_refused_before_anything_loads(tmp_path, name, change,
                                                                    expect):

@@ -12,18 +12,19 @@
 # samples/$EXPERIMENT/<itr>/samples0.jpg, beside fixed_samples<itr>.jpg.
 set -euo pipefail
 
+. "$(dirname -- "${BASH_SOURCE[0]}")/utils/launch_common.sh"
+
 PYTHON=${PYTHON:-python}
-TOTAL_ITRS=${TOTAL_ITRS:-1500}       # ~570 s on a quiet 2-core CPU (docs/benchmarks.md#demo-variety)
+TOTAL_ITRS=${TOTAL_ITRS:-1500}       # 469 s on a quiet 2-core CPU (docs/benchmarks.md#a-fresh-clone)
 TRAIN_SECONDS=${TRAIN_SECONDS:-750}  # cap; leaves time for start-up and sample.py
 SAVE_EVERY=${SAVE_EVERY:-200}
 EXPERIMENT=${EXPERIMENT:-s32_demo}
 # Two cores, often shared: idle OpenMP threads should sleep, not spin.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+check_count TOTAL_ITRS iterations
+check_count TRAIN_SECONDS seconds
 # A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
-if ! [[ $SAVE_EVERY =~ ^[0-9]+$ ]] || [ "$SAVE_EVERY" -lt 1 ]; then
-  echo "error: SAVE_EVERY '$SAVE_EVERY' must be a positive number of iterations (the sheets are drawn from the last checkpoint)" >&2
-  exit 2
-fi
+check_count SAVE_EVERY 'iterations (the sheets are drawn from the last checkpoint)'
 
 # Model flags, shared by train.py and sample.py so the checkpoint loads. G_ch/D_ch 8 (32
 # channels at every stage): 16 is ~3x slower per step here. Batch 32: 1.6x batch 16's time
@@ -60,14 +61,7 @@ echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (st
 # "$@" follows the model flags here as for train.py, so an override (e.g. --G_ch 16) reaches
 # both and the checkpoint still matches.
 "$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random "$@"
-# The samples root the commands used: the last --samples_root among the extra flags wins.
-SAMPLES=samples
-args=("$@")
-for i in "${!args[@]}"; do
-  case ${args[i]} in
-    --samples_root=*) SAMPLES=${args[i]#--samples_root=} ;;
-    --samples_root) SAMPLES=${args[i+1]:-$SAMPLES} ;;
-  esac
-done
-last=$(ls -d "$SAMPLES/$EXPERIMENT"/[0-9]* | awk -F/ '{print $NF "\t" $0}' | sort -n | tail -n 1 | cut -f2)
-echo "last class sheet: $last/samples0.jpg (sample.py's: $SAMPLES/$EXPERIMENT/-1/samples0.jpg)"
+# Where the commands wrote: extra flags override the script's samples root and name.
+SAMPLES=$(last_flag --samples_root samples "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")
+last=$(ls -d "$SAMPLES"/[0-9]* | awk -F/ '{print $NF "\t" $0}' | sort -n | tail -n 1 | cut -f2)
+echo "last class sheet: $last/samples0.jpg (sample.py's: $SAMPLES/-1/samples0.jpg)"

@@ -25,6 +25,8 @@
 # images, which otherwise stop the script with one line naming the first).
 set -euo pipefail
 
+. "$(dirname -- "${BASH_SOURCE[0]}")/utils/launch_common.sh"
+
 if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then
   echo "usage: bash scripts/launch_own_data.sh FOLDER [flags for train.py and sample.py...]" >&2
   exit 2
@@ -51,11 +53,11 @@ case $RESOLUTION in
   *) echo "error: RESOLUTION '$RESOLUTION' has no architecture: use 32, 64, 128, 256 or 512" >&2
      exit 2 ;;
 esac
+check_count TOTAL_ITRS iterations
+check_count TRAIN_SECONDS seconds
+check_count METRIC_IMAGES images
 # A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
-if ! [[ $SAVE_EVERY =~ ^[0-9]+$ ]] || [ "$SAVE_EVERY" -lt 1 ]; then
-  echo "error: SAVE_EVERY '$SAVE_EVERY' must be a positive number of iterations (the sheets are drawn from the last checkpoint)" >&2
-  exit 2
-fi
+check_count SAVE_EVERY 'iterations (the sheets are drawn from the last checkpoint)'
 
 # NAME and the roots become flag values of the commands below, where a leading '-' would read
 # as a flag.
@@ -184,4 +186,6 @@ echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (st
 # 5. Sample sheets (and IS/FID when the moments were made) from the checkpoint's G_ema.
 "$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random \
   ${METRIC_FLAGS[@]+"${METRIC_FLAGS[@]}"} "$@"
-echo "class sheets: $SAMPLES_ROOT/$NAME/-1/samples*.jpg (one row per class); checkpoints: $WEIGHTS_ROOT/$NAME/; logs: $LOGS_ROOT/$NAME/"
+# Where the commands wrote: extra flags override the script's roots and name.
+RUN=$(last_flag --experiment_name "$NAME" "$@")
+echo "class sheets: $(last_flag --samples_root "$SAMPLES_ROOT" "$@")/$RUN/-1/samples*.jpg (one row per class); checkpoints: $(last_flag --weights_root "$WEIGHTS_ROOT" "$@")/$RUN/; logs: $(last_flag --logs_root "$LOGS_ROOT" "$@")/$RUN/"

@@ -136,6 +136,14 @@ def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
     assert run.stdout.strip().splitlines()[-1] == (
         f'last class sheet: {out}/s32_demo/10/samples0.jpg (sample.py\'s: '
         f'{out}/s32_demo/-1/samples0.jpg)')
+    # And an --experiment_name among them (the sheet was looked for under s32_demo: exit 2).
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
+                          '--experiment_name', 'L3', f'--samples_root={out}'], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, 'PYTHON': str(stub)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (
+        f"last class sheet: {out}/L3/10/samples0.jpg (sample.py's: {out}/L3/-1/samples0.jpg)")
 
 
 @pytest.mark.parametrize('var, name', [('NAME', '../escape'), ('NAME', 'a\tb'),
@@ -197,16 +205,30 @@ def test_starts_from_the_demos_settings():
     assert own == theirs
 
 
+# (variable, value, its unit as the refusal names it): SAVE_EVERY=0 saved nothing, so the
+# sheets had no checkpoint to come from (exit 2 after the training was spent); a 20-digit
+# SAVE_EVERY was bash's 'integer expression expected' and then a run; TRAIN_SECONDS=abc was
+# three lines of `timeout` and status 125 (the outside attacker's round 7).
+SAVES = 'iterations (the sheets are drawn from the last checkpoint)'
+BAD_COUNTS = [('SAVE_EVERY', '0', SAVES), ('SAVE_EVERY', '99999999999999999999', SAVES),
+              ('SAVE_EVERY', '-3', SAVES), ('TRAIN_SECONDS', 'abc', 'seconds'),
+              ('TRAIN_SECONDS', '1e3', 'seconds'), ('TOTAL_ITRS', '0', 'iterations'),
+              ('TOTAL_ITRS', ' 5', 'iterations')]
+
+
 @pytest.mark.parametrize('script', ['launch_own_data.sh', 'launch_demo.sh'])
-def test_a_budget_without_saves_is_refused_up_front(tmp_path, script):
-    """SAVE_EVERY=0: train.py saves nothing, so the sheets had no checkpoint to come from
-    (exit 2 after the training was spent); now one line before anything runs."""
+@pytest.mark.parametrize('var,value,unit', BAD_COUNTS + [('METRIC_IMAGES', 'x', 'images')],
+                         ids=[f'{v}={x}' for v, x, _ in BAD_COUNTS] + ['METRIC_IMAGES=x'])
+def test_a_count_from_the_environment_is_checked_up_front(tmp_path, script, var, value, unit):
+    """Each count the scripts take from the environment is a positive whole number, or one
+    line and exit 2 before anything runs (PYTHON=false: nothing may be started)."""
+    if var == 'METRIC_IMAGES' and script == 'launch_demo.sh':
+        pytest.skip('the demo computes no metrics')
     run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), str(tmp_path)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, 'SAVE_EVERY': '0', 'PYTHON': 'false'})
-    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-        "error: SAVE_EVERY '0' must be a positive number of iterations (the sheets are drawn "
-        'from the last checkpoint)']
+                         env={**os.environ, var: value, 'PYTHON': 'false'})
+    assert (run.returncode, run.stderr.strip().splitlines()) == (2, [
+        f"error: {var} '{value}' must be a positive whole number of {unit}, at most 999999999"])
     assert os.listdir(tmp_path) == []
 
 

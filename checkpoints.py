@@ -27,11 +27,13 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     atomic_save_all,
     atomic_save_set,
     check_declared,
+    check_disk,
     check_name,
     check_writable,
     file_digest,
     remove_stale_temps,
     scratch_folder,
+    size_limit,
     temp_path,
 )
 from flags import FLOAT32_MAX, ConfigError, StopRun, check_types, is_count, one_line
@@ -165,6 +167,20 @@ def last_checkpoint(weights_root, experiment_name):
         return f'none (no complete checkpoint in {os.path.dirname(path)})'
 
 
+def check_room(G, D, G_ema, weights_root, experiment_name):
+    """Refuse, before training, a checkpoint set the disk or the file size limit (ulimit -f)
+    cannot take: found at the first save, it cost the iterations before it."""
+    def nbytes(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors)
+    sizes = []
+    for net in (G, D):
+        sizes += [nbytes(net.state_dict().values()), 2 * nbytes(net.parameters())]  # + Adam's
+    if G_ema is not None:
+        sizes.append(nbytes(G_ema.state_dict().values()))
+    check_disk(sum(sizes), os.path.join(weights_root, experiment_name), 'checkpoints',
+               'free space there or pass another --weights_root', largest=max(sizes))
+
+
 def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None):
     """Write G, G_optim, D, D_optim, G_ema and state_dict as one atomic set.
 
@@ -196,9 +212,11 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         os.makedirs(root, exist_ok=True)
         atomic_save_set(items)
     except (OSError, RuntimeError, FileError) as e:  # torch.save's write errors: RuntimeError
+        before = ('the previous checkpoint there is whole' if os.path.isfile(path('state_dict'))
+                  else 'there was no checkpoint there before')
         raise StopRun(f"could not write the checkpoint for iteration {state_dict['itr']} to "
-                      f'{root} ({one_line(e)}); the previous checkpoint there is whole and no '
-                      f'partial file is left') from e
+                      f'{root} ({one_line(e)}{size_limit()}); {before} and no partial file '
+                      f'is left') from e
 
 
 def copy_set(weights_root, experiment_name, source, target):

@@ -85,7 +85,15 @@ def check_writable(folder, what):
     parent = os.path.abspath(folder)
     while not os.path.exists(parent):
         if os.path.islink(parent):
-            # makedirs cannot create what a dangling link names ('File exists').
+            # makedirs cannot create what a dangling link names ('File exists'), nor follow
+            # links that lead back to themselves.
+            try:
+                os.stat(parent)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ConfigError(f'{what} {folder} cannot be created: {parent} is a '
+                                      f'symbolic link in a loop of links, which leads to no '
+                                      f'folder; replace it by a folder or pass another') from None
             raise ConfigError(f'{what} {folder} cannot be created: {parent} is a symbolic '
                               f'link to {os.readlink(parent)}, which does not exist; create '
                               f'that folder or pass another')
@@ -340,9 +348,11 @@ def check_fits(nbytes, what, advice):
                           f'available; {advice}')
 
 
-def check_disk(nbytes, folder, what, advice):
+def check_disk(nbytes, folder, what, advice, largest=None):
     """Refuse (ConfigError, one line) writing nbytes into folder (which may not exist yet: its
-    disk is its nearest existing parent's) when its disk has less free space."""
+    disk is its nearest existing parent's) when its disk has less free space, or when the
+    largest file (default: all nbytes in one) is past the process's file size limit."""
+    largest = nbytes if largest is None else largest
     existing = os.path.abspath(folder)
     while not os.path.isdir(existing):
         existing = os.path.dirname(existing)
@@ -353,9 +363,18 @@ def check_disk(nbytes, folder, what, advice):
     # The process's file size limit (ulimit -f): a file past it fails in its last writes.
     import resource
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and nbytes > limit:
-        raise ConfigError(f'{what} need files of {_gb(nbytes)}, past this process\'s file '
+    if limit != resource.RLIM_INFINITY and largest > limit:
+        raise ConfigError(f'{what} need files of {_gb(largest)}, past this process\'s file '
                           f'size limit of {_gb(limit)} (ulimit -f); raise it, or {advice}')
+
+
+def size_limit():
+    """', under a file size limit of N (ulimit -f)' when this process has one, else '': a write
+    past it fails with EFBIG, which torch.save's own message does not say."""
+    import resource
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return '' if limit == resource.RLIM_INFINITY else (f', under a file size limit of '
+                                                       f'{_gb(limit)} (ulimit -f)')
 
 
 def check_memory(nbytes, what):

@@ -21,7 +21,7 @@ import collapse
 import step_helpers
 import train_fns
 import utils
-from checkpoints import check_finite_step, initial_state, load_weights, set_rng_state
+from checkpoints import check_finite_step, check_room, initial_state, load_weights, set_rng_state
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
 from files import hold_lock, release_locks, remove_stale_temps
@@ -143,6 +143,7 @@ def run(config):
 
     # Construct networks.
     model, G, D, G_ema, ema = build_models(config, device)
+    check_room(G, D, G_ema, config['weights_root'], experiment_name)
     if rank == 0:
         # Users find their weights, logs and samples (and --hashname runs) from this line.
         print(f'Experiment name is {experiment_name}')

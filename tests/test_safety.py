@@ -656,9 +656,14 @@ def test_nan_in_ema_only_is_never_saved(data_root, tmp_path, capsys, monkeypatch
     assert checkpoints.torch_load(str(out / 'weights' / NAME / 'state_dict.pth'))['itr'] == 2
 
 
-def test_full_disk_during_save(data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize('failing,before', [
+    (9, 'the previous checkpoint there is whole'),
+    # The first set: the line said so too, of a checkpoint that was never there (round 7).
+    (3, 'there was no checkpoint there before')])
+def test_full_disk_during_save(data_root, tmp_path, capsys, monkeypatch, failing, before):
     """ENOSPC while writing the second checkpoint: the first stays whole and loadable, no
-    partial file is left, the run stops with one line."""
+    partial file is left, the run stops with one line that says which; or while writing the
+    first, and the line says there was none."""
     out = tmp_path / 'out'
     argv = run_flags(data_root, str(out), NAME, '--save_every', '2', '--total_itrs', '6',
                      '--num_save_copies', '0')
@@ -666,15 +671,20 @@ def test_full_disk_during_save(data_root, tmp_path, capsys, monkeypatch):
 
     def full_disk(obj, f, *args, **kwargs):
         calls.append(f)
-        if len(calls) == 9:  # the second set, its third file
+        if len(calls) == failing:  # the third file of the set
             with open(f, 'wb') as half:
                 half.write(b'\0' * 100)
             raise OSError(errno.ENOSPC, 'No space left on device')
         return real(obj, f, *args, **kwargs)
     monkeypatch.setattr(torch, 'save', full_disk)
     line = exits_with_one_line(train.main, argv, capsys)
-    assert 'No space left on device' in line and 'iteration 4' in line
+    assert 'No space left on device' in line and before in line
     monkeypatch.undo()
+    if failing == 3:
+        folder = out / 'weights' / NAME
+        assert 'iteration 2' in line and (not folder.exists() or os.listdir(folder) == [])
+        return
+    assert 'iteration 4' in line
     folder = out / 'weights' / NAME
     assert sorted(os.listdir(folder)) == sorted(f'{n}.pth' for n in CHECKPOINT_FILES)
     G, D, G_ema = tiny_models(tiny_config('--ema'), 0)
@@ -1073,11 +1083,15 @@ def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir,
          tmp_path / 'hc'),
         (run_flags(str(fresh / 'data'), str(fresh), NAME, '--total_itrs', '1'),
          f"cannot write {fresh / 'data' / 'S32' / 'S32_seed0.npz'}: a file size limit is "
-         f'reached', fresh / 'weights')]
-    for argv, why, untouched in cases:
+         f'reached', fresh / 'weights', 10_000),  # a checkpoint fits, the cache does not
+        # A checkpoint set past the limit: refused before training, not at the first save
+        # (the outside attacker's round 7: 'unexpected pos 9408 vs 9302' after the steps).
+        (run_flags(data_root, str(tmp_path / 'c'), NAME, '--total_itrs', '1'),
+         'checkpoints need files of', tmp_path / 'c')]
+    for argv, why, untouched, *limit in cases:
         if argv[0] not in ('sample.py', 'make_hdf5.py'):
             argv = ['train.py'] + argv
-        code, err = run_limited(argv, 20)
+        code, err = run_limited(argv, limit[0] if limit else 20)
         assert code == 2 and len(err) == 1 and why in err[0], (argv[0], code, err[-3:])
         assert not untouched.exists() or not any(untouched.rglob('*.*')), argv[0]
 
@@ -1092,6 +1106,20 @@ def test_a_dangling_link_as_a_root_is_one_line(data_root, tmp_path, capsys):
     line = exits_with_one_line(train.main, argv, capsys)
     assert f"{out / 'weights'} is a symbolic link to {tmp_path / 'nowhere'}" in line
     assert sorted(os.listdir(out)) == ['weights'] and not (tmp_path / 'nowhere').exists()
+
+
+def test_a_loop_of_links_as_a_root_is_named_a_loop(data_root, tmp_path, capsys):
+    """--weights_root a link in a loop (w -> w2 -> w): the line said 'a symbolic link to w2,
+    which does not exist; create that folder', which cannot be done (the outside attacker's
+    round 7)."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'weights').symlink_to(out / 'w2')
+    (out / 'w2').symlink_to(out / 'weights')
+    line = exits_with_one_line(train.main, run_flags(data_root, str(out), NAME, '--total_itrs',
+                                                     '1'), capsys)
+    assert f"{out / 'weights'} is a symbolic link in a loop of links" in line
+    assert sorted(os.listdir(out)) == ['w2', 'weights']
 
 
 def test_a_log_replaced_by_a_link_is_not_written_through(data_root, run_dir, tmp_path, capsys):

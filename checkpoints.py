@@ -412,17 +412,31 @@ def torch_load(path, map_location='cpu'):
     return obj
 
 
+# Entries a loaded checkpoint may hold, counting a shared container each time it is reached:
+# every reader walks the file's objects as a tree, and a pickle's shared references make a
+# 23 KB file (L = [L, L], 90 levels) a tree of 2^90 entries. A release or project checkpoint
+# holds a few thousand.
+MAX_ENTRIES = 1_000_000
+
+
 def check_loaded_tensors(obj, path):
     """Refuse a tensor no checkpoint is saved with, before anything reads it: one that is not
     dense (sparse: no optimizer or layer takes it), has no data (meta), or declares more
     elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
-    elements, which every later full read would materialise)."""
-    stack = [obj]  # iterative: a crafted file can nest containers deeper than the stack
+    elements, which every later full read would materialise); and a file whose objects, as
+    a tree, hold more than MAX_ENTRIES entries (so that every later walk is bounded)."""
+    stack, seen = [obj], 0  # iterative: a crafted file can nest containers deeper than the stack
     while stack:
         item = stack.pop()
+        seen += 1
+        if seen > MAX_ENTRIES:
+            raise CheckpointError(f'{path} holds more than {MAX_ENTRIES} entries (a container '
+                                  f'counted each time it is referenced), which no checkpoint is '
+                                  f'saved with; the file is crafted or damaged')
         if isinstance(item, dict):
+            stack.extend(item.keys())  # a key can be a tuple of shared tuples
             stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
         elif isinstance(item, torch.Tensor):
             if item.layout != torch.strided or item.is_meta or item.is_quantized:

@@ -276,6 +276,15 @@ def first_group(key, value):
     return change
 
 
+def shared_dag(levels, kind=list):
+    """A container of two references to one container of two references ... levels deep: a
+    few bytes per level pickled, 2^levels entries walked as a tree."""
+    node = kind()
+    for _ in range(levels):
+        node = kind((node, node))
+    return node
+
+
 def first_state(key, value):
     def change(obj):
         obj['state'][0][key] = value(obj['state'][0][key])
@@ -376,6 +385,14 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('state_dict', set_key('amp', scales(float('nan'))), 'amp has a G_scaler'),
     ('state_dict', set_key('amp', scales(-4096.0)), 'amp has a G_scaler'),
     ('state_dict', set_key('collapse', {'rollbacks': -1}), 'not a count of rollbacks'),
+    # Shared references: 23 KB that every walk of the objects read as 2^90 entries (a hang
+    # at the resume, round 7), in a key of its own, the config, the RNG state, the collapse
+    # watch's state (whose own check never ran).
+    ('state_dict', set_key('bomb', shared_dag(90)), 'more than 1000000 entries'),
+    ('state_dict', lambda obj: obj['config'].update(zz_extra=shared_dag(90)), 'more than'),
+    ('state_dict', lambda obj: obj['rng'][0].update(extra=shared_dag(90)), 'more than'),
+    ('state_dict', set_key('collapse', shared_dag(90, lambda pair=(): dict(zip('ab', pair)))),
+     'more than'),
     # Finite in the file, Inf in the float32 nets (round 7): a float64 weight or moment.
     ('G', lambda obj: obj.__setitem__('linear.weight', obj['linear.weight'].double() * 1e300),
      r"linear.weight holds NaN or Inf \(in the model's dtype\)"),

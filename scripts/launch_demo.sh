@@ -48,15 +48,8 @@ TRAIN_FLAGS=(
   --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
 
-start=$(date +%s)
-rc=0
-timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" \
-  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@" || rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
-  echo "train.py failed with exit status $rc" >&2
-  exit "$rc"
-fi
-echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (stopped by the TRAIN_SECONDS cap)')"
+train_capped "$(last_flag --weights_root weights "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")" \
+  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@"
 
 # "$@" follows the model flags here as for train.py, so an override (e.g. --G_ch 16) reaches
 # both and the checkpoint still matches.

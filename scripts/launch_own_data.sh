@@ -173,15 +173,8 @@ TRAIN_FLAGS=(
   --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
 
-start=$(date +%s)
-rc=0
-timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" \
-  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@" || rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
-  echo "train.py failed with exit status $rc" >&2
-  exit "$rc"
-fi
-echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (stopped by the TRAIN_SECONDS cap)')"
+train_capped "$(last_flag --weights_root "$WEIGHTS_ROOT" "$@")/$(last_flag --experiment_name "$NAME" "$@")" \
+  "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@"
 
 # 5. Sample sheets (and IS/FID when the moments were made) from the checkpoint's G_ema.
 "$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random \

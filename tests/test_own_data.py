@@ -118,16 +118,7 @@ def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
     """launch_demo.sh with --samples_root among its extra flags: the samples land there and
     its last line names them there (its closing ls looked in samples/ and failed). A stand-in
     python plays train.py and sample.py."""
-    stub = tmp_path / 'python'
-    stub.write_text('#!' + sys.executable + '\n'
-                    'import argparse, os, sys\n'
-                    'p = argparse.ArgumentParser()\n'
-                    'p.add_argument("--samples_root"); p.add_argument("--experiment_name")\n'
-                    'a, _ = p.parse_known_args(sys.argv[2:])\n'
-                    'for itr in ("2", "10", "-1"):\n'
-                    '    os.makedirs(os.path.join(a.samples_root, a.experiment_name, itr),\n'
-                    '                exist_ok=True)\n')
-    stub.chmod(0o755)
+    stub = stand_in(tmp_path)
     out = tmp_path / 'elsewhere'
     run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
                           '--samples_root', str(out)], cwd=tmp_path, capture_output=True,
@@ -144,6 +135,52 @@ def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == (
         f"last class sheet: {out}/L3/10/samples0.jpg (sample.py's: {out}/L3/-1/samples0.jpg)")
+    # And abbreviated, as argparse takes them (the sheet was looked for under samples/).
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
+                          '--experiment_n', 'L4', '--samples_ro', str(out)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, 'PYTHON': str(stub)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (
+        f"last class sheet: {out}/L4/10/samples0.jpg (sample.py's: {out}/L4/-1/samples0.jpg)")
+
+
+def stand_in(folder, train_seconds=0):
+    """A python that plays train.py (a checkpoint after train_seconds) and sample.py (sheet
+    folders), reading the flags as argparse does."""
+    stub = folder / 'python'
+    stub.write_text('#!' + sys.executable + '\n'
+                    'import argparse, os, sys, time\n'
+                    'p = argparse.ArgumentParser()\n'
+                    'for f in ("--samples_root", "--weights_root", "--experiment_name"):\n'
+                    '    p.add_argument(f)\n'
+                    'a, _ = p.parse_known_args(sys.argv[2:])\n'
+                    'if sys.argv[1] == "train.py":\n'
+                    f'    time.sleep({train_seconds})\n'
+                    '    run = os.path.join(a.weights_root, a.experiment_name)\n'
+                    '    os.makedirs(run, exist_ok=True)\n'
+                    '    open(os.path.join(run, "state_dict.pth"), "w").close()\n'
+                    'for itr in ("2", "10", "-1"):\n'
+                    '    os.makedirs(os.path.join(a.samples_root, a.experiment_name, itr),\n'
+                    '                exist_ok=True)\n')
+    stub.chmod(0o755)
+    return stub
+
+
+def test_the_cap_before_the_first_checkpoint_stops_the_demo_in_one_line(tmp_path):
+    """TRAIN_SECONDS up before train.py's first checkpoint (SIGINT in its start-up): the
+    script said 'training took 6s (stopped by the TRAIN_SECONDS cap)' and ran sample.py on a
+    run that was not there (the outside attacker's round 7). Now one line, exit 2, no
+    sampling."""
+    stub = stand_in(tmp_path, train_seconds=30)
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh')],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, 'PYTHON': str(stub), 'TRAIN_SECONDS': '1'})
+    # The stub's own traceback comes first.
+    assert (run.returncode, run.stderr.strip().splitlines()[-1]) == (2, (
+        'error: train.py left no checkpoint in weights/s32_demo: the TRAIN_SECONDS cap (1 s) '
+        'came first; raise TRAIN_SECONDS'))
+    assert not (tmp_path / 'samples').exists()
 
 
 @pytest.mark.parametrize('var, name', [('NAME', '../escape'), ('NAME', 'a\tb'),

@@ -11,17 +11,38 @@ check_count() {
   fi
 }
 
-# last_flag FLAG DEFAULT ARGS...: the value the commands take for FLAG from ARGS (the last
-# one given wins, as in argparse; --flag value and --flag=value), else DEFAULT.
+# last_flag FLAG DEFAULT ARGS...: the value the commands take for FLAG from ARGS, else
+# DEFAULT: as argparse reads them, the last one given wins, as --flag value or --flag=value,
+# the flag or a prefix of it (one that names another flag too makes the commands refuse).
 last_flag() {
-  local flag=$1 value=$2 args i
+  local flag=$1 value=$2 args i name
   shift 2
   args=("$@")
   for i in "${!args[@]}"; do
-    case ${args[i]} in
-      "$flag"=*) value=${args[i]#"$flag"=} ;;
-      "$flag") value=${args[i+1]:-$value} ;;
-    esac
+    name=${args[i]%%=*}
+    if [[ $name == --?* && $flag == "$name"* ]]; then
+      if [[ ${args[i]} == *=* ]]; then value=${args[i]#*=}; else value=${args[i+1]:-$value}; fi
+    fi
   done
   printf '%s\n' "$value"
+}
+
+# train_capped WEIGHTS_DIR COMMAND...: run the training COMMAND under the TRAIN_SECONDS cap
+# (SIGINT: train.py finishes its iteration and saves); stop the script, with one line, when
+# it failed or when the cap came before its first checkpoint in WEIGHTS_DIR, so that nothing
+# samples a run that is not there.
+train_capped() {
+  local weights=$1 start rc=0
+  shift
+  start=$(date +%s)
+  timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" "$@" || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
+    echo "train.py failed with exit status $rc" >&2
+    exit "$rc"
+  fi
+  if [ ! -f "$weights/state_dict.pth" ]; then
+    echo "error: train.py left no checkpoint in $weights: the TRAIN_SECONDS cap ($TRAIN_SECONDS s) came first; raise TRAIN_SECONDS" >&2
+    exit 2
+  fi
+  echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (stopped by the TRAIN_SECONDS cap)')"
 }

@@ -608,7 +608,7 @@ def check_training_state(state, path):
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                   and not math.isnan(value))
         elif kind is int:
-            ok = is_count(value)
+            ok = is_count(value) and value < 2 ** 63  # torch's and the logs' int64
         else:
             ok = isinstance(value, kind)
         if not ok:

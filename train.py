@@ -154,6 +154,12 @@ def run(config):
     if config['resume']:
         load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                      config['load_weights'] or None, G_ema if config['ema'] else None)
+        if config['total_itrs'] and state_dict['itr'] >= config['total_itrs']:
+            # A relaunch of a finished run (a scheduler's requeue): say so, write nothing.
+            if rank == 0:
+                print(f"nothing to train: the checkpoint is at iteration {state_dict['itr']}, "
+                      f"--total_itrs {config['total_itrs']}")
+            return
 
     # Load training set: D consumes batch_size images per accumulation and per D step.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']

@@ -9,6 +9,7 @@ import convert_pretrained
 import files
 import sample
 import train
+import utils
 from helpers import TINY_FLAGS
 
 PIECES = ['a', 'run', '.', '..', '/', '\x00', '\n', '\t', '\x7f', '\x1b', 'b.c', '']
@@ -110,3 +111,20 @@ def test_sweep_stays_in_the_experiment(tmp_path):
     files.remove_stale_temps(str(root / 'run1'), recursive=True)
     assert not os.path.exists(own)  # the sweep does work on the run's own folder
     assert all(os.path.exists(p) for p in (parent, sibling, above))
+
+
+def test_an_empty_root_is_refused_and_base_root_says_what_it_replaces(capsys):
+    """--data_root '' joined to paths in the current folder (the 154 MB S32 cache landed in
+    the source tree); --base_root replaced an explicit --data_root silently (a second cache
+    under base_root/data). The outside attacker's round 7."""
+    parse = utils.prepare_parser().parse_args
+    for key in ('data_root', 'weights_root', 'logs_root', 'samples_root'):
+        with pytest.raises(utils.ConfigError, match=f'--{key} is empty'):
+            utils.update_config_roots(vars(parse([f'--{key}', ''])))
+    config = utils.update_config_roots(vars(parse(['--base_root', 'b', '--data_root', 'mine'])))
+    assert (config['data_root'], config['weights_root']) == ('b/data', 'b/weights')
+    assert capsys.readouterr().out.splitlines() == [
+        "note: --data_root mine is replaced by b/data under --base_root (the release's rule: "
+        'every root under it)']
+    utils.update_config_roots(vars(parse(['--base_root', 'b'])))  # the defaults: no note
+    assert capsys.readouterr().out == ''

@@ -1108,6 +1108,16 @@ def test_a_dangling_link_as_a_root_is_one_line(data_root, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ['weights'] and not (tmp_path / 'nowhere').exists()
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing(data_root, run_dir, capsys):
+    """--resume --total_itrs 2 of a run at iteration 3: exit 0 with no line at all, which a
+    user (or a requeued job's log) cannot tell from a run that trained."""
+    before = tree(run_dir)
+    train.main(run_flags(data_root, str(run_dir), NAME, '--resume', '--total_itrs', '2'))
+    assert 'nothing to train: the checkpoint is at iteration 3, --total_itrs 2' in (
+        capsys.readouterr().out)
+    assert tree(run_dir) == before
+
+
 def test_a_loop_of_links_as_a_root_is_named_a_loop(data_root, tmp_path, capsys):
     """--weights_root a link in a loop (w -> w2 -> w): the line said 'a symbolic link to w2,
     which does not exist; create that folder', which cannot be done (the outside attacker's

@@ -329,6 +329,7 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('state_dict', set_key('config', [1, 2]), 'config'),
     ('state_dict', set_key('itr', -5), 'itr'),
     ('state_dict', set_key('itr', '2'), 'itr'),
+    ('state_dict', set_key('itr', 2 ** 70), 'its itr is 1180591620717411303424, not a count'),
     ('state_dict', set_key('best_FID', float('nan')), 'best_FID'),
     ('state_dict', set_key('rng', {'torch': 'x'}), 'rng'),
     ('state_dict', set_key('optim_settings', {'G': {'lr': float('nan'), 'betas': [0, 0.9],

@@ -24,8 +24,9 @@ class CollapseStop(StopRun):
     exit_status = 3
 
 
-def run_cli(run, parser, argv=None):
-    """Parse argv (default: the command line) and call run(config).
+def run_cli(run, parser, argv=None, namespace=False):
+    """Parse argv (default: the command line) and call run(config) (run(args), the argparse
+    namespace, with namespace: the tools').
 
     Bad input (a ConfigError), a run that cannot go on (StopRun) or a failing file system (an
     OSError: missing file, full disk, no permission) gets one line on stderr and exit status 2
@@ -33,7 +34,7 @@ def run_cli(run, parser, argv=None):
     status 3. SIGTERM unwinds the stack like Ctrl-C, so temporary files are removed on the way
     out; either ends the process with 128 + the signal number, as the shell reports a signal.
     """
-    config = vars(parser.parse_args(argv))
+    config = parser.parse_args(argv) if namespace else vars(parser.parse_args(argv))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run(config)
@@ -103,18 +104,21 @@ MEASUREMENT_FLAGS = ('inception_backend', 'inception_weights', 'num_inception_im
                      'intra_fid_per_class')
 
 
-class ReleaseParser(ArgumentParser):
+class ToolParser(ArgumentParser):
+    """ArgumentParser whose refusals are one line and exit status 2, as every other refusal:
+    argparse's usage text first would be 59 lines for train.py's flags."""
+
+    def error(self, message):
+        self.exit(2, f'error: {" ".join(message.split())} (see --help)\n')
+
+
+class ReleaseParser(ToolParser):
     """ArgumentParser that reads abbreviated release flags as the release's parser did.
 
     argparse takes any unique prefix of a flag, and the flags added here make some of the
     release's unique prefixes ambiguous (--res: --resume or --resolution?). A prefix that
     matches exactly one of the release's flags keeps meaning that flag.
     """
-
-    def error(self, message):
-        """One line and exit status 2, as every other refusal: argparse's usage text first
-        would be 59 lines for train.py's flags."""
-        self.exit(2, f'error: {" ".join(message.split())} (see --help)\n')
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)

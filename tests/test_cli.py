@@ -130,7 +130,9 @@ record=$(printf '%s\x1f' "${CUDA_VISIBLE_DEVICES+CUDA_VISIBLE_DEVICES=$CUDA_VISI
 printf '%s\x1e' "$record" >> "$STUB_LOG"
 prev=""
 for a in "$@"; do  # a demo looks for the sheets a run leaves: pretend there are some
-  if [ "$prev" = --experiment_name ]; then mkdir -p "samples/$a/1"; fi
+  if [ "$prev" = --experiment_name ]; then
+    mkdir -p "samples/$a/1" "weights/$a" && : > "weights/$a/state_dict.pth"
+  fi
   prev=$a
 done
 """
@@ -161,9 +163,11 @@ def script_commands(path, tmp_path):
     return commands
 
 
-# Shell-only helpers run no python (test_watch.py tests duplicate.sh); launch_own_data.sh computes
-# its flags with python, so a stub cannot stand in for it (test_own_data.py runs it for real).
-SHELL_ONLY = {os.path.join('utils', 'duplicate.sh'), 'launch_own_data.sh'}
+# Shell-only helpers run no python (test_watch.py tests duplicate.sh, test_own_data.py the
+# launch scripts' launch_common.sh); launch_own_data.sh computes its flags with python, so a
+# stub cannot stand in for it (test_own_data.py runs it for real).
+SHELL_ONLY = {os.path.join('utils', 'duplicate.sh'), os.path.join('utils', 'launch_common.sh'),
+              'launch_own_data.sh'}
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, 'scripts', '**', '*.sh'), recursive=True)
                  if os.path.relpath(p, os.path.join(ROOT, 'scripts')) not in SHELL_ONLY)
 

@@ -944,6 +944,29 @@ def test_train_prints_the_note_of_an_inert_flag(data_root, tmp_path, capsys):
 
 TOOLS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'tools', '*.py')))
 
+# (tool, arguments, what its one line says): the outside attacker's round 7, each a
+# traceback, a run of minutes or argparse's usage text before.
+TOOL_REFUSALS = [
+    ('bench_make_hdf5', ['--sizes', '50', '10', '--n_images', '4'], 'the smallest side first'),
+    ('bench_metrics', ['--n', '4', '--k', str(2 ** 63 - 1), '--n_large', '0'], 'must be below'),
+    ('bench_plot_logs', ['--points', str(2 ** 40)], 'log points take'),
+    ('bench_hdf5_read', ['--workers', '0,-1'], 'must be worker counts'),
+    ('bench_fid', ['--dim', str(2 ** 31 - 1)], 'covariances take'),
+    ('benchmark', ['--itrs', '0'], 'must be >= 1'),
+    ('syncbn_error', ['--size', '0'], 'must be >= 1'),
+    ('measure_variety', ['--images_per_class', str(2 ** 31 - 1)], 'images take')]
+
+
+@pytest.mark.parametrize('tool,argv,why', TOOL_REFUSALS, ids=[t for t, _, _ in TOOL_REFUSALS])
+def test_a_tool_refuses_what_it_cannot_do_in_one_line(tool, argv, why, tmp_path):
+    """Every tool parses with flags.ToolParser and runs through flags.run_cli: a value it
+    cannot use is one line and exit status 2, and nothing is written."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', f'{tool}.py'), *argv],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert (done.returncode, len(err)) == (2, 1) and why in err[0], (done.returncode, err[-3:])
+    assert os.listdir(tmp_path) == []
+
 
 class Captured(Exception):
     """Raised in place of parse_args, carrying the parser a tool built."""

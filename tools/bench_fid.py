@@ -10,7 +10,6 @@ by a general non-symmetric solver, i.e. independently of our method).
 Run: .venv/bin/python tools/bench_fid.py [--dim 2048] [--conds 1e1 1e3 1e5]
      [--repeats 2]
 """
-import argparse
 import os
 import sys
 import time
@@ -20,7 +19,8 @@ import scipy.linalg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import inception_utils
-from flags import bounded  # noqa: E402
+from files import check_fits  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 
 def random_cov(dim, cond, rng):
@@ -63,14 +63,20 @@ def timed_interleaved(fns, args, repeats):
 
 def main():
     """Run the benchmark and print one line per condition number."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dim', type=bounded(int, '>= 1'), default=2048)
     parser.add_argument('--conds', type=bounded(float, '>= 1'), nargs='+',
                         default=[1e1, 1e3, 1e5])
     parser.add_argument('--seed', type=bounded(int, '[0, 4294967295]'), default=0)
     parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=3,
                         help='timing rounds (each method\'s best is kept)')
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
+    # Two covariances, their square roots and the methods' work arrays: ~12 of dim^2 float64.
+    check_fits(12 * 8 * args.dim ** 2, f'--dim {args.dim} covariances', 'use a smaller --dim')
     rng = np.random.default_rng(args.seed)
     worst_err, ratios = 0.0, []
     print(f'dim={args.dim} repeats={args.repeats} cpus={os.cpu_count()} '

@@ -6,7 +6,6 @@ and the check's own time per call.
 
     python tools/bench_finite_check.py --itrs 80 --reps 3
 """
-import argparse
 import os
 import statistics
 import sys
@@ -16,7 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 import utils  # noqa: E402
-from flags import bounded  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 DEMO = ('--dataset S32 --experiment_name bench --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 '
         '--G_shared --shared_dim 32 --hier --dim_z 64 --batch_size 16 --channels_last --ema '
@@ -51,11 +50,15 @@ def timed_run(data_root, itrs, check):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--itrs', type=bounded(int, '>= 12'), default=80)
     parser.add_argument('--reps', type=bounded(int, '>= 1'), default=3)
     parser.add_argument('--data_root', type=str, default='data')
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
     real, calls = train.check_finite_step, []
 
     def check(*a, **k):

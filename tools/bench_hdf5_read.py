@@ -25,7 +25,6 @@ The script also runs on the project's earlier versions (whose loaders gave float
 workers), for before-and-after figures.
 """
 
-import argparse
 import gc
 import os
 import resource
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets as dset
 import make_hdf5
-from flags import bounded  # noqa: E402
+from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
 
 # The release's chunk length (spelled out, so the script also runs on older versions of the
 # project, for before-and-after figures).
@@ -149,7 +148,7 @@ def cell(rates):
 
 def main():
     """Write the files, read each every way, print a markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--n_images', type=bounded(int, '>= 1'), default=20000)
     parser.add_argument('--res', type=bounded(int, '>= 1'), default=128)
     parser.add_argument('--batch_size', type=bounded(int, '>= 1'), default=32)
@@ -164,8 +163,18 @@ def main():
                         help='timed reading per figure')
     parser.add_argument('--dir', default=None, help='folder for the files (default: a temporary '
                                                     'one, removed afterwards)')
-    args = parser.parse_args()
-    workers = [int(w) for w in args.workers.split(',')]
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
+    try:
+        workers = [int(w) for w in args.workers.split(',')]
+    except ValueError:
+        workers = [-1]
+    if min(workers) < 0:
+        raise ConfigError(f'--workers {args.workers!r} must be worker counts of 0 or more, '
+                          f'comma-separated')
     raw = args.n_images * 3 * args.res ** 2
     print(f'{args.n_images} images of {args.res} px ({raw / 1e6:.0f} MB raw), batch '
           f'{args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '

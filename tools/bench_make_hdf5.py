@@ -20,7 +20,6 @@ image folder with CenterCropLongEdge + Resize + ToTensor + Normalize, then
 its datasets for every batch.
 """
 
-import argparse
 import os
 import resource
 import statistics
@@ -38,7 +37,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets as dset
 import make_hdf5
-from flags import bounded  # noqa: E402
+from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
 
 
 def make_folder(root, n_images, n_classes, sizes=(250, 500), seed=0):
@@ -188,7 +187,7 @@ def cpu_seconds():
 
 def main():
     """Generate the folder (unless given), time both converters, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--folder', default=None,
                         help='existing class-folder root to use instead of generating')
     parser.add_argument('--n_images', type=bounded(int, '>= 1'), default=2000)
@@ -208,8 +207,14 @@ def main():
     parser.add_argument('--main_loop', type=bounded(int, '>= 0'), default=0, metavar='B',
                         help='also time each main-process loop alone on B ready-made '
                              'batches (default: off)')
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
 
+
+def run(args):
+    """The tool on its parsed flags."""
+    if args.sizes[0] > args.sizes[1]:
+        raise ConfigError(f'--sizes {args.sizes[0]} {args.sizes[1]}: the smallest side first, '
+                          f'then the largest')
     with tempfile.TemporaryDirectory() as tmp:
         root = args.folder
         if root is None:

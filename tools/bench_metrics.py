@@ -20,7 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flags import bounded  # noqa: E402
+from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
 
 
 def prdc_package_need(n_real, n_fake, itemsize=4):
@@ -124,7 +124,7 @@ def row(r, note=''):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--n', type=bounded(int, '>= 2'), default=10000)
     parser.add_argument('--n_large', type=bounded(int, '>= 0'), default=50000, help='0: skip')
     parser.add_argument('--dim', type=bounded(int, '>= 1'), default=2048)
@@ -135,7 +135,14 @@ def main():
                         help='Stop the --n_large run after this many seconds and report its '
                              'peak memory so far and the time projected from --n (O(N^2))')
     parser.add_argument('--child', type=str, default='', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
+    if not args.k < args.n:
+        raise ConfigError(f'--k {args.k} must be below --n {args.n}: the k-NN balls need k '
+                          f'other points')
     if args.child:
         return child(args.child, args.n, args.dim, args.k, args.device)
     print(f'{os.cpu_count()} CPUs; features {args.dim}-d float32, nearest_k {args.k}, '

@@ -7,7 +7,6 @@ saved as PNG) and of the whole command in a fresh process (imports included).
 
 Run: .venv/bin/python tools/bench_plot_logs.py [--points 67] [--repeats 5]
 """
-import argparse
 import contextlib
 import io
 import json
@@ -22,7 +21,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import plot_logs  # noqa: E402
-from flags import bounded  # noqa: E402
+from files import check_fits  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 
 def write_logs(logs_root, name, points, n_G=41, n_D=23, every=2000):
@@ -52,10 +52,16 @@ def median_time(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--points', type=bounded(int, '>= 1'), default=67)
     parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=5)
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
+    check_fits(1000 * args.points, f'--points {args.points} log points',
+               'use fewer --points')  # each point: a few logs of a few numbers, read and drawn
     with tempfile.TemporaryDirectory() as logs_root:
         write_logs(logs_root, 'run', args.points)
         plot_logs.pyplot()  # imported once, outside the timings

@@ -45,7 +45,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flags import bounded  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 CONFIGS = {
     's32': ['--dataset', 'S32', '--G_ch', '32', '--D_ch', '32', '--batch_size', '32',
@@ -186,7 +186,7 @@ def fp16_supported(device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    p = ToolParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default='s32', choices=sorted(CONFIGS))
     p.add_argument('--modes', default=DEFAULT_MODES, help='comma-separated (default: %(default)s)')
@@ -208,7 +208,11 @@ def main():
                    help='torch threads (default: torch\'s)')
     p.add_argument('--json', default='', help='also write the results to this file')
     p.add_argument('--mode', help=argparse.SUPPRESS)  # internal: run one mode (child process)
-    args = p.parse_args()
+    run_cli(run, p, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
     if not args.device:
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'

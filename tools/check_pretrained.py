@@ -11,7 +11,6 @@ floor of any float32 reimplementation.
 Run: .venv/bin/python tools/check_pretrained.py [--sizes 128 256 512] [--channel_width 128]
      [--truncations 0.4 0.123 0.56 1.0] [--batch 2] [--float64]
 """
-import argparse
 import copy
 import os
 import subprocess
@@ -27,11 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from conftest import hf_standin, load_as_sample, save_hf  # noqa: E402
-from flags import bounded  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ToolParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512],
                         choices=(128, 256, 512))
     parser.add_argument('--channel_width', type=bounded(int, '>= 1'), default=128)
@@ -43,7 +42,11 @@ def main():
     parser.add_argument('--seed', type=bounded(int, '[0, 4294967295]'), default=0)
     parser.add_argument('--threads', type=bounded(int, '>= 1'), default=1)
     parser.add_argument('--float64', action='store_true', help="also HF's float32 noise floor")
-    args = parser.parse_args()
+    run_cli(run, parser, namespace=True)
+
+
+def run(args):
+    """The tool on its parsed flags."""
     torch.set_num_threads(args.threads)
     print('size  truncation  max |ours - HF|  HF f32 vs f64  HF params   our params  convert s')
     with tempfile.TemporaryDirectory() as tmp:

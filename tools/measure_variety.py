@@ -221,6 +221,9 @@ def run(config):
     per_class, n_classes = config['images_per_class'], len(S32_CLASSES)
     if per_class < 2:
         raise utils.ConfigError(f'--images_per_class must be at least 2, got {per_class}')
+    # The draw (1.25 x) and the real images as uint8, and the measures' float copies.
+    files.check_fits(12 * per_class * n_classes * 3 * 32 * 32,
+                     f'--images_per_class {per_class} images', 'use fewer --images_per_class')
     os.makedirs(config['out'], exist_ok=True)
     classifier, held = load_classifier(config)
     # Classes are drawn uniformly: 25% more than needed leaves every class enough.

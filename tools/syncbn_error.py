@@ -21,7 +21,6 @@ gradients by about 1/sqrt(numel) of a layer (1e-3 here) whatever the BN does. Th
 is one float32 process with cross_replica on (no process group) against the same reference: the
 float32 floor, max over the four measures.
 """
-import argparse
 import functools
 import importlib
 import os
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from flags import bounded  # noqa: E402
+from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 MEASURES = ('out', 'param_grad', 'input_grad', 'buffers')
 G_FLAGS = ['--dataset', 'S32', '--G_ch', '8', '--dim_z', '8', '--G_shared', '--shared_dim', '8',
@@ -254,13 +253,17 @@ def format_table(table):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=bounded(int, '>= 2'), default=8,
                         help='total batch of the layer cases')
     parser.add_argument('--channels', type=bounded(int, '>= 1'), default=16)
     parser.add_argument('--size', type=bounded(int, '>= 1'), default=16,
                         help='height = width of layer inputs')
-    args = parser.parse_args()
+    run_cli(report, parser, namespace=True)
+
+
+def report(args):
+    """The tool on its parsed flags."""
     torch.set_num_threads(1)
     print(format_table(measure(default_cases(args.batch, args.channels, args.size))))
 

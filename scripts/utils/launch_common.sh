@@ -41,7 +41,7 @@ train_capped() {
     exit "$rc"
   fi
   if [ ! -f "$weights/state_dict.pth" ]; then
-    echo "error: train.py left no checkpoint in $weights: the TRAIN_SECONDS cap ($TRAIN_SECONDS s) came first; raise TRAIN_SECONDS" >&2
+    echo "error: train.py left no checkpoint in $weights$([ "$rc" -eq 124 ] && echo ": the TRAIN_SECONDS cap ($TRAIN_SECONDS s) came first; raise TRAIN_SECONDS")" >&2
     exit 2
   fi
   echo "training took $(( $(date +%s) - start ))s$([ "$rc" -eq 124 ] && echo ' (stopped by the TRAIN_SECONDS cap)')"

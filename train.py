@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import checkpoints
 import collapse
 import step_helpers
 import train_fns
@@ -111,6 +112,34 @@ def training_batches(loader, state_dict, config, rank):
             return  # one pass of that sampler covers every epoch
 
 
+def keep_replaced_run(config, name):
+    """Move a run that a fresh start (no --resume) would overwrite to name.replacedN in each
+    root, and say so: the release started over in place, losing its checkpoints and logs."""
+    folders = {root: os.path.join(config[root], name)
+               for root in ('weights_root', 'logs_root', 'samples_root')}
+    jsonl = os.path.join(config['logs_root'], f'{name}_log.jsonl')
+    held = {root: [e for e in os.listdir(f) if e != '.train.lock'] if os.path.isdir(f) else []
+            for root, f in folders.items()}
+    if not any(held.values()) and not os.path.exists(jsonl):
+        return
+    n = 1
+    while any(os.path.lexists(os.path.join(config[root], f'{name}.replaced{n}'))
+              for root in folders):
+        n += 1
+    kept = f'{name}.replaced{n}'
+    itr = checkpoints.last_checkpoint(config['weights_root'], name)
+    for root, folder in folders.items():
+        if held[root]:
+            # The logs folder holds this run's lock, so its entries move, not the folder.
+            os.makedirs(os.path.join(config[root], kept))
+            for entry in held[root]:
+                os.rename(os.path.join(folder, entry), os.path.join(config[root], kept, entry))
+    if os.path.exists(jsonl):
+        os.rename(jsonl, os.path.join(config['logs_root'], f'{kept}_log.jsonl'))
+    print(f'note: experiment {name} held a run (last checkpoint: {itr}) and this one starts '
+          f'over (no --resume): that run is kept as experiment {kept} in every root')
+
+
 def run(config):
     release_locks()  # one run at a time in a process: an earlier one's lock is stale
     config = utils.prepare_config(config)
@@ -192,6 +221,8 @@ def run(config):
         for root in ('weights_root', 'logs_root', 'samples_root'):
             # Only this run's own folders: the name is one checked component.
             remove_stale_temps(os.path.join(config[root], experiment_name), recursive=True)
+        if not config['resume']:
+            keep_replaced_run(config, experiment_name)
         test_log = utils.MetricsLogger(f"{config['logs_root']}/{experiment_name}_log.jsonl",
                                        reinitialize=not config['resume'])
         train_log = utils.MyLogger(f"{config['logs_root']}/{experiment_name}",

@@ -1131,6 +1131,28 @@ def test_a_dangling_link_as_a_root_is_one_line(data_root, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ['weights'] and not (tmp_path / 'nowhere').exists()
 
 
+def test_a_fresh_start_over_a_run_keeps_that_run(data_root, run_dir, capsys):
+    """train.py without --resume on an experiment that holds a run: the release started over
+    in place (its checkpoints replaced, its logs reset; with --num_save_copies 0 nothing of it
+    was left), silently (the outside attacker's round 7). The fresh start still happens, and
+    the old run is moved whole, byte for byte, to exp.replaced1 in every root."""
+    before = tree(run_dir)
+    train.main(run_flags(data_root, str(run_dir), NAME, '--total_itrs', '1'))
+    assert ('note: experiment exp held a run (last checkpoint: '
+            f"{run_dir / 'weights' / NAME} (itr 3)) and this one starts over (no --resume): "
+            'that run is kept as experiment exp.replaced1 in every root') in (
+        capsys.readouterr().out)
+    after = tree(run_dir)
+    moved = {path.replace(f'{NAME}.replaced1', NAME, 1): data for path, data in after.items()
+             if f'{NAME}.replaced1' in path}
+    assert moved == before
+    state = {}
+    G, D, G_ema = tiny_models(tiny_config('--ema'), 0)
+    utils.load_weights(G, D, state, str(run_dir / 'weights'), f'{NAME}.replaced1', G_ema=G_ema)
+    assert state['itr'] == 3
+    assert checkpoints.torch_load(str(run_dir / 'weights' / NAME / 'state_dict.pth'))['itr'] == 1
+
+
 def test_resuming_a_finished_run_says_so_and_writes_nothing(data_root, run_dir, capsys):
     """--resume --total_itrs 2 of a run at iteration 3: exit 0 with no line at all, which a
     user (or a requeued job's log) cannot tell from a run that trained."""

@@ -40,6 +40,11 @@ _HOST = re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
 _TEMP = re.compile(r'^(?P<target>.+)\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)$')
 
 
+def is_temp(name):
+    """Whether a file name is a writer's temporary file (temp_path's form)."""
+    return _TEMP.match(name) is not None
+
+
 def temp_path(path):
     """The temporary name this process writes path under."""
     return f'{path}.tmp-{_HOST}-{os.getpid()}'

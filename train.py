@@ -25,7 +25,7 @@ import utils
 from checkpoints import check_finite_step, check_room, initial_state, load_weights, set_rng_state
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
-from files import hold_lock, release_locks, remove_stale_temps
+from files import hold_lock, is_temp, release_locks, remove_stale_temps
 
 
 def build_models(config, device):
@@ -118,9 +118,11 @@ def keep_replaced_run(config, name):
     folders = {root: os.path.join(config[root], name)
                for root in ('weights_root', 'logs_root', 'samples_root')}
     jsonl = os.path.join(config['logs_root'], f'{name}_log.jsonl')
-    held = {root: [e for e in os.listdir(f) if e != '.train.lock'] if os.path.isdir(f) else []
-            for root, f in folders.items()}
-    if not any(held.values()) and not os.path.exists(jsonl):
+    # Temporary files stay: a live writer's (another host's) are its own to rename.
+    held = {root: [e for e in os.listdir(f) if e != '.train.lock' and not is_temp(e)]
+            if os.path.isdir(f) else [] for root, f in folders.items()}
+    # A run is its checkpoints or logs; sheets alone are not one.
+    if not (held['weights_root'] or held['logs_root'] or os.path.exists(jsonl)):
         return
     n = 1
     while any(os.path.lexists(os.path.join(config[root], f'{name}.replaced{n}'))

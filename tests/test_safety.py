@@ -1206,17 +1206,17 @@ def test_a_log_replaced_by_a_link_is_not_written_through(data_root, run_dir, tmp
 
 
 def test_a_copy_slot_from_the_state_stays_within_the_copies(data_root, run_dir, capsys):
-    """state_dict.pth's save_num of 10**20 (a count like any other, so it loads) wrote a whole
-    _copy100000000000000000000 set that rotation never replaced; the slot is now held within
-    --num_save_copies (2 here: copy0 and copy1 only)."""
+    """state_dict.pth's save_num of 2**62 (a count like any other, so it loads) wrote a whole
+    _copy4611686018427387904 set that rotation never replaced; the slot is now held within
+    --num_save_copies (2 here: copy0 and copy1 only). (10**20, past int64, is refused.)"""
     path = run_dir / 'weights' / NAME / 'state_dict.pth'
     state = torch.load(path, weights_only=True)
-    state['save_num'] = 10 ** 20
+    state['save_num'] = 2 ** 62
     torch.save(state, path)
     train.main(resume_argv(data_root, run_dir, '--num_save_copies', '2'))
     names = os.listdir(run_dir / 'weights' / NAME)
     assert {n.split('_copy')[1][0] for n in names if '_copy' in n} == {'0', '1'}
-    assert not [n for n in names if '_copy1000' in n]
+    assert not [n for n in names if '_copy46' in n]
 
 
 def test_more_workers_than_memory_holds_are_refused(data_root, tmp_path, capsys):

@@ -909,7 +909,10 @@ def check_finite_step(metrics, nets, itr, weights_root, experiment_name):
     bad = first_nonfinite({name: net.state_dict() for name, net in nets.items()})
     if bad is not None:
         losses = ', '.join(f'{k} {v:g}' for k, v in metrics.items())
-        last = last_checkpoint(weights_root, experiment_name)
+        if os.path.isfile(checkpoint_path(weights_root, experiment_name, 'state_dict')):
+            advice = (f'the last checkpoint, {last_checkpoint(weights_root, experiment_name)}, '
+                      f'is left as it was: resume from it with lower learning rates')
+        else:
+            advice = 'no checkpoint was saved before it: start again with lower learning rates'
         raise StopRun(f'training diverged at iteration {itr} ({losses}; {bad} is NaN or Inf); '
-                      f'the last checkpoint, {last}, is left as it was: resume from it with '
-                      f'lower learning rates')
+                      f'{advice}')

@@ -493,6 +493,8 @@ DOMAINS = {
     'kid_subsets': '>= 1', 'R1': '>= 0', 'R1_every': '>= 1', 'collapse_lr_scale': '(0, 1]',
     'max_rollbacks': '>= 0', 'prdc_k': '>= 1', 'intra_fid_per_class': '>= 2',
 }
+# The root folders every path is built under (--base_root, '' for none, is not one).
+ROOTS = ('data_root', 'weights_root', 'logs_root', 'samples_root')
 # Flags whose value must be one of a list (the rest of the strings are free-form).
 # The release read any other --G_param as plain, --pbar as tqdm and --which_train_fn as the
 # dummy step, so those stay free-form.
@@ -692,6 +694,10 @@ def check_flags(config):
                 and float32(value) == 0 and not in_domain(0.0, DOMAINS[key])):
             raise ConfigError(f'--{key} {value!r} is 0 in float32, in which the models '
                               f'compute: it must be {DOMAINS[key]} there, at least 1.4e-45')
+    for key in ROOTS:
+        if config.get(key) == '':
+            # '' joins to paths in the working directory: the S32 cache landed in the tree.
+            raise ConfigError(f"--{key} is empty: give a folder ('.' for the current one)")
     for key, choices in CHOICES.items():
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} must be one of {', '.join(choices)}, got {config[key]!r}")

@@ -567,6 +567,7 @@ def plot_run(run, logs_root, x='itr', window=100, onsets=()):
 
 
 def run(config):
+    flags.check_flags(config)  # its own keys only: here the logs root
     pyplot()  # a missing matplotlib stops us before any reading
     if config['smooth'] < 1:
         raise flags.ConfigError(f"--smooth is a window of logged points, >= 1 (1: none), "

@@ -185,11 +185,15 @@ def run(config):
     if config['resume']:
         load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                      config['load_weights'] or None, G_ema if config['ema'] else None)
+        # A relaunch of a finished run (a scheduler's requeue): say so, write nothing.
+        done = None
         if config['total_itrs'] and state_dict['itr'] >= config['total_itrs']:
-            # A relaunch of a finished run (a scheduler's requeue): say so, write nothing.
+            done = f"iteration {state_dict['itr']}, --total_itrs {config['total_itrs']}"
+        elif state_dict['epoch'] >= config['num_epochs']:
+            done = f"epoch {state_dict['epoch']}, --num_epochs {config['num_epochs']}"
+        if done:
             if rank == 0:
-                print(f"nothing to train: the checkpoint is at iteration {state_dict['itr']}, "
-                      f"--total_itrs {config['total_itrs']}")
+                print(f'nothing to train: the checkpoint is at {done}')
             return
 
     # Load training set: D consumes batch_size images per accumulation and per D step.

@@ -46,7 +46,7 @@ from datasets import (  # noqa: F401
 )
 from distributed import pick_device
 from files import check_fits, check_name, open_append
-from flags import FLAGS, ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
+from flags import FLAGS, ROOTS, ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
 from step_helpers import (  # noqa: F401
     amp_dtype,
     autocast,
@@ -69,19 +69,14 @@ activation_dict = {'inplace_relu': nn.ReLU(inplace=True),
 
 def update_config_roots(config):
     """Peg every root folder under --base_root when it is given (the release's rule; a root
-    also given is noted, not silently replaced); refuse an empty root."""
-    roots = [f'{key}_root' for key in ('data', 'weights', 'logs', 'samples')]
+    also given is noted, not silently replaced)."""
     if config['base_root']:
-        for key in roots:
+        for key in ROOTS:
             pegged = f"{config['base_root']}/{key[:-5]}"
             if config.get(key, pegged) not in (pegged, FLAGS[f'--{key}'].get('default')):
                 print(f'note: --{key} {config[key]} is replaced by {pegged} under --base_root '
                       f'(the release\'s rule: every root under it)')
             config[key] = pegged
-    for key in roots:
-        if config.get(key) == '':
-            # '' joins to paths in the current folder: the S32 cache would land in the tree.
-            raise ConfigError(f"--{key} is empty: give a folder ('.' for the current one)")
     return config
 
 

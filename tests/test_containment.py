@@ -5,8 +5,11 @@ import random
 
 import pytest
 
+import calculate_inception_moments
 import convert_pretrained
 import files
+import make_hdf5
+import plot_logs
 import sample
 import train
 import utils
@@ -120,7 +123,16 @@ def test_an_empty_root_is_refused_and_base_root_says_what_it_replaces(capsys):
     parse = utils.prepare_parser().parse_args
     for key in ('data_root', 'weights_root', 'logs_root', 'samples_root'):
         with pytest.raises(utils.ConfigError, match=f'--{key} is empty'):
-            utils.update_config_roots(vars(parse([f'--{key}', ''])))
+            utils.prepare_config(vars(parse([f'--{key}', ''])))
+    # Every entry point checks its own roots so (make_hdf5.py wrote ./S32 and ./S32.hdf5, the
+    # outside attacker's round 8).
+    for main, argv in [(make_hdf5.main, ['--dataset', 'S32', '--data_root', '']),
+                       (calculate_inception_moments.main, ['--dataset', 'S32', '--data_root', '']),
+                       (plot_logs.main, ['--experiment_name', 'x', '--logs_root', ''])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert (e.value.code, capsys.readouterr().err) == (
+            2, f"error: {argv[-2]} is empty: give a folder ('.' for the current one)\n")
     config = utils.update_config_roots(vars(parse(['--base_root', 'b', '--data_root', 'mine'])))
     assert (config['data_root'], config['weights_root']) == ('b/data', 'b/weights')
     assert capsys.readouterr().out.splitlines() == [

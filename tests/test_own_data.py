@@ -3,8 +3,10 @@ training for a tiny iteration budget and sample sheets; a folder without class s
 class; refusals through the data path's own checks, in one line, before anything is written."""
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -165,6 +167,32 @@ def stand_in(folder, train_seconds=0):
                     '                exist_ok=True)\n')
     stub.chmod(0o755)
     return stub
+
+
+def test_a_signal_to_the_script_reaches_the_training(tmp_path):
+    """SIGTERM to launch_demo.sh ended the script and left train.py (under timeout) training
+    on for up to TRAIN_SECONDS, holding the experiment's lock (the outside attacker's round 8).
+    Now the training gets it (train.py saves and stops) and the script ends as by SIGTERM."""
+    stub = tmp_path / 'python'
+    stub.write_text('#!' + sys.executable + '\n'
+                    'import signal, sys, time\n'
+                    'def stop(*_):\n'
+                    '    open("train_got_term", "w").close()\n'
+                    '    sys.exit(0)\n'
+                    'signal.signal(signal.SIGTERM, stop)\n'
+                    'open("train_started", "w").close()\n'
+                    'time.sleep(60)\n')
+    stub.chmod(0o755)
+    script = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh')],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, 'PYTHON': str(stub)})
+    for _ in range(300):
+        if (tmp_path / 'train_started').exists():
+            break
+        time.sleep(0.1)
+    script.send_signal(signal.SIGTERM)
+    assert script.wait(timeout=30) == 143
+    assert (tmp_path / 'train_got_term').exists()
 
 
 def test_the_cap_before_the_first_checkpoint_stops_the_demo_in_one_line(tmp_path):

@@ -645,6 +645,18 @@ def test_nan_stops_run_and_keeps_last_checkpoint(data_root, tmp_path, capsys, mo
         assert checkpoints.first_nonfinite(weights) is None
 
 
+def test_a_divergence_before_any_checkpoint_advises_a_new_start(data_root, tmp_path, capsys,
+                                                                monkeypatch):
+    """Diverged at iteration 1: the line said 'the last checkpoint, none (...), is left as it
+    was: resume from it', from nothing (the outside attacker's round 8)."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--save_every', '2', '--total_itrs', '6')
+    monkeypatch.setattr(train.train_fns, 'GAN_training_function', poison_at(1, ['D']))
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert line.endswith('no checkpoint was saved before it: start again with lower learning '
+                         'rates') and 'resume' not in line
+
+
 def test_nan_in_ema_only_is_never_saved(data_root, tmp_path, capsys, monkeypatch):
     """Finite losses but a NaN G_ema: the save refuses and the run stops."""
     out = tmp_path / 'out'
@@ -951,8 +963,15 @@ TOOL_REFUSALS = [
     ('bench_metrics', ['--n', '4', '--k', str(2 ** 63 - 1), '--n_large', '0'], 'must be below'),
     ('bench_plot_logs', ['--points', str(2 ** 40)], 'log points take'),
     ('bench_hdf5_read', ['--workers', '0,-1'], 'must be worker counts'),
+    # A StopIteration traceback, or figures of 0 images/s (round 8).
+    ('bench_hdf5_read', ['--n_images', '8', '--res', '8'], 'leaves no timed batch'),
+    ('bench_hdf5_read', ['--n_images', '8', '--res', '8', '--batch_size', '4'],
+     'leaves no timed batch'),
     ('bench_fid', ['--dim', str(2 ** 31 - 1)], 'covariances take'),
-    ('benchmark', ['--itrs', '0'], 'must be >= 1'),
+    ('benchmark', ['--itrs', '0'], 'must be [1, 1000000], got 0'),
+    # Counts that cost only time, held to a ceiling (round 8: an OverflowError; 10 minutes).
+    ('benchmark', ['--budget', '3.5e38', '--itrs', '1'], 'must be [0, 86400]'),
+    ('bench_finite_check', ['--itrs', str(2 ** 63 - 1), '--reps', '1'], 'must be [12, 1000000]'),
     ('syncbn_error', ['--size', '0'], 'must be >= 1'),
     ('measure_variety', ['--images_per_class', str(2 ** 31 - 1)], 'images take')]
 
@@ -1159,6 +1178,16 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(data_root, run_dir, 
     before = tree(run_dir)
     train.main(run_flags(data_root, str(run_dir), NAME, '--resume', '--total_itrs', '2'))
     assert 'nothing to train: the checkpoint is at iteration 3, --total_itrs 2' in (
+        capsys.readouterr().out)
+    assert tree(run_dir) == before
+    # Or past its epochs (the outside attacker's round 8: epoch 100 of --num_epochs 100).
+    path = run_dir / 'weights' / NAME / 'state_dict.pth'
+    state = torch.load(path, weights_only=True)
+    state['epoch'] = 1000
+    torch.save(state, path)
+    before = tree(run_dir)
+    train.main(run_flags(data_root, str(run_dir), NAME, '--resume', '--total_itrs', '9'))
+    assert 'nothing to train: the checkpoint is at epoch 1000, --num_epochs 1000' in (
         capsys.readouterr().out)
     assert tree(run_dir) == before
 

@@ -68,7 +68,7 @@ def main():
     parser.add_argument('--conds', type=bounded(float, '>= 1'), nargs='+',
                         default=[1e1, 1e3, 1e5])
     parser.add_argument('--seed', type=bounded(int, '[0, 4294967295]'), default=0)
-    parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=3,
+    parser.add_argument('--repeats', type=bounded(int, '[1, 1000]'), default=3,
                         help='timing rounds (each method\'s best is kept)')
     run_cli(run, parser, namespace=True)
 

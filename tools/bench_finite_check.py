@@ -51,8 +51,8 @@ def timed_run(data_root, itrs, check):
 
 def main():
     parser = ToolParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--itrs', type=bounded(int, '>= 12'), default=80)
-    parser.add_argument('--reps', type=bounded(int, '>= 1'), default=3)
+    parser.add_argument('--itrs', type=bounded(int, '[12, 1000000]'), default=80)
+    parser.add_argument('--reps', type=bounded(int, '[1, 1000]'), default=3)
     parser.add_argument('--data_root', type=str, default='data')
     run_cli(run, parser, namespace=True)
 

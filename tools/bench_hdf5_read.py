@@ -159,7 +159,7 @@ def main():
     parser.add_argument('--chunk_window', type=bounded(int, '>= 0'), default=16,
                         help='window of the chunk-aware rows (files with big compressed chunks '
                              'only); 0 skips them')
-    parser.add_argument('--seconds', type=bounded(float, '> 0'), default=5.0,
+    parser.add_argument('--seconds', type=bounded(float, '(0, 3600]'), default=5.0,
                         help='timed reading per figure')
     parser.add_argument('--dir', default=None, help='folder for the files (default: a temporary '
                                                     'one, removed afterwards)')
@@ -175,6 +175,12 @@ def run(args):
     if min(workers) < 0:
         raise ConfigError(f'--workers {args.workers!r} must be worker counts of 0 or more, '
                           f'comma-separated')
+    # Each figure reads a batch per worker before its timing starts, then times at least one.
+    need = args.batch_size * (max(max(workers), 1) + 1)
+    if args.n_images < need:
+        raise ConfigError(f'--n_images {args.n_images} leaves no timed batch: each figure reads '
+                          f'--batch_size {args.batch_size} per worker first, so it needs '
+                          f'{need} or more')
     raw = args.n_images * 3 * args.res ** 2
     print(f'{args.n_images} images of {args.res} px ({raw / 1e6:.0f} MB raw), batch '
           f'{args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '

@@ -199,7 +199,7 @@ def main():
     parser.add_argument('--num_workers', type=bounded(int, '>= 0'), default=2)
     parser.add_argument('--compression', action='store_true',
                         help='compress both files as the release\'s --compression (LZF)')
-    parser.add_argument('--repeats', type=bounded(int, '>= 0'), default=2,
+    parser.add_argument('--repeats', type=bounded(int, '[0, 1000]'), default=2,
                         help='runs of each approach, alternating; the best counts '
                              '(0: only --stages and --main_loop)')
     parser.add_argument('--stages', type=bounded(int, '>= 0'), default=0, metavar='N',

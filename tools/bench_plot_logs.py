@@ -54,7 +54,7 @@ def median_time(fn, repeats):
 def main():
     parser = ToolParser(description=__doc__.split('\n')[0])
     parser.add_argument('--points', type=bounded(int, '>= 1'), default=67)
-    parser.add_argument('--repeats', type=bounded(int, '>= 1'), default=5)
+    parser.add_argument('--repeats', type=bounded(int, '[1, 1000]'), default=5)
     run_cli(run, parser, namespace=True)
 
 

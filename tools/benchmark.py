@@ -190,18 +190,19 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default='s32', choices=sorted(CONFIGS))
     p.add_argument('--modes', default=DEFAULT_MODES, help='comma-separated (default: %(default)s)')
-    p.add_argument('--warmup', type=bounded(int, '>= 0'), default=2,
+    p.add_argument('--warmup', type=bounded(int, '[0, 1000]'), default=2,
                    help='untimed iterations per mode')
-    p.add_argument('--reps', type=bounded(int, '>= 1'), default=5,
+    p.add_argument('--reps', type=bounded(int, '[1, 1000]'), default=5,
                    help='timed repetitions per mode')
-    p.add_argument('--itrs', type=bounded(int, '>= 1'), default=1, help='iterations per repetition')
+    p.add_argument('--itrs', type=bounded(int, '[1, 1000000]'), default=1,
+                   help='iterations per repetition')
     p.add_argument('--batch_size', type=bounded(int, '>= 0'), default=0,
                    help='override the config\'s batch')
     p.add_argument('--num_D_steps', type=bounded(int, '>= 0'), default=0,
                    help='override the config\'s D steps')
     p.add_argument('--ch', type=bounded(int, '>= 0'), default=0,
                    help='override G_ch and D_ch (e.g. a dry run)')
-    p.add_argument('--budget', type=bounded(float, '>= 0'), default=0,
+    p.add_argument('--budget', type=bounded(float, '[0, 86400]'), default=0,
                    help='seconds for all modes together; a mode gets what is left (0: no limit)')
     p.add_argument('--device', default='', help='cuda, cpu, ... (default: CUDA if available)')
     p.add_argument('--threads', type=bounded(int, '>= 0'), default=0,

@@ -35,7 +35,15 @@ train_capped() {
   local weights=$1 start rc=0
   shift
   start=$(date +%s)
-  timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" "$@" || rc=$?
+  # In the background, so that a TERM or INT sent to this script reaches the training (through
+  # timeout, which passes it on): a foreground child outlived the script, holding the
+  # experiment's lock. The script then waits for it to save and exits as by that signal.
+  timeout --signal=INT --kill-after=120 "$TRAIN_SECONDS" "$@" &
+  TRAINING=$!
+  trap 'kill -TERM "$TRAINING" 2>/dev/null; wait "$TRAINING"; exit 143' TERM
+  trap 'kill -INT "$TRAINING" 2>/dev/null; wait "$TRAINING"; exit 130' INT
+  wait "$TRAINING" || rc=$?
+  trap - TERM INT
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
     echo "train.py failed with exit status $rc" >&2
     exit "$rc"

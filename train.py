@@ -124,11 +124,17 @@ def keep_replaced_run(config, name):
     # A run is its checkpoints or logs; sheets alone are not one.
     if not (held['weights_root'] or held['logs_root'] or os.path.exists(jsonl)):
         return
+    def kept_name(n):
+        # A name near the file system's 255-byte limit is shortened to leave room for the tag
+        # (and the test log's _log.jsonl).
+        base = name
+        while len(f'{base}.replaced{n}_log.jsonl'.encode()) > 255:
+            base = base[:-1]
+        return f'{base}.replaced{n}'
     n = 1
-    while any(os.path.lexists(os.path.join(config[root], f'{name}.replaced{n}'))
-              for root in folders):
+    while any(os.path.lexists(os.path.join(config[root], kept_name(n))) for root in folders):
         n += 1
-    kept = f'{name}.replaced{n}'
+    kept = kept_name(n)
     itr = checkpoints.last_checkpoint(config['weights_root'], name)
     for root, folder in folders.items():
         if held[root]:

@@ -1172,6 +1172,20 @@ def test_a_fresh_start_over_a_run_keeps_that_run(data_root, run_dir, capsys):
     assert checkpoints.torch_load(str(run_dir / 'weights' / NAME / 'state_dict.pth'))['itr'] == 1
 
 
+def test_a_fresh_start_over_a_run_of_a_long_name_keeps_it_too(data_root, tmp_path, capsys):
+    """A 250-character experiment name trains; a fresh start over it failed on
+    'File name too long' for <name>.replaced1 (the outside attacker's round 9): the kept
+    name is shortened to fit 255 bytes."""
+    name = 'a' * 250
+    out = tmp_path / 'out'
+    for _ in range(2):
+        train.main(run_flags(data_root, str(out), name, '--total_itrs', '1'))
+    kept = 'a' * 235 + '.replaced1'  # room for the test log's _log.jsonl
+    assert f'that run is kept as experiment {kept} in every root' in capsys.readouterr().out
+    assert sorted(os.listdir(out / 'weights')) == sorted([name, kept])
+    assert checkpoints.torch_load(str(out / 'weights' / kept / 'state_dict.pth'))['itr'] == 1
+
+
 def test_resuming_a_finished_run_says_so_and_writes_nothing(data_root, run_dir, capsys):
     """--resume --total_itrs 2 of a run at iteration 3: exit 0 with no line at all, which a
     user (or a requeued job's log) cannot tell from a run that trained."""

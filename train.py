@@ -112,18 +112,28 @@ def training_batches(loader, state_dict, config, rank):
             return  # one pass of that sampler covers every epoch
 
 
+def holds_output(path):
+    """Whether path is, or is a folder holding, a file other than a writer's temporary one."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return not is_temp(os.path.basename(path))
+    return any(not is_temp(f) for _, _, names in os.walk(path) for f in names)
+
+
 def keep_replaced_run(config, name):
     """Move a run that a fresh start (no --resume) would overwrite to name.replacedN in each
-    root, and say so: the release started over in place, losing its checkpoints and logs."""
+    root, and say so: the release started over in place, losing its checkpoints, logs and
+    sheets. All of it moves or, when a move fails, none of it (one line)."""
     folders = {root: os.path.join(config[root], name)
                for root in ('weights_root', 'logs_root', 'samples_root')}
     jsonl = os.path.join(config['logs_root'], f'{name}_log.jsonl')
-    # Temporary files stay: a live writer's (another host's) are its own to rename.
-    held = {root: [e for e in os.listdir(f) if e != '.train.lock' and not is_temp(e)]
-            if os.path.isdir(f) else [] for root, f in folders.items()}
-    # A run is its checkpoints or logs; sheets alone are not one.
-    if not (held['weights_root'] or held['logs_root'] or os.path.exists(jsonl)):
+    # Temporary files stay (a live writer's, another host's, are its own to rename), and the
+    # lock this run holds.
+    held = {root: [e for e in os.listdir(f) if e != '.train.lock'
+                   and holds_output(os.path.join(f, e))] if os.path.isdir(f) else []
+            for root, f in folders.items()}
+    if not (any(held.values()) or os.path.exists(jsonl)):
         return
+
     def kept_name(n):
         # A name near the file system's 255-byte limit is shortened to leave room for the tag
         # (and the test log's _log.jsonl).
@@ -136,14 +146,27 @@ def keep_replaced_run(config, name):
         n += 1
     kept = kept_name(n)
     itr = checkpoints.last_checkpoint(config['weights_root'], name)
-    for root, folder in folders.items():
-        if held[root]:
-            # The logs folder holds this run's lock, so its entries move, not the folder.
-            os.makedirs(os.path.join(config[root], kept))
-            for entry in held[root]:
-                os.rename(os.path.join(folder, entry), os.path.join(config[root], kept, entry))
+    moves = [(os.path.join(folder, e), os.path.join(config[root], kept, e))
+             for root, folder in folders.items() for e in held[root]]
     if os.path.exists(jsonl):
-        os.rename(jsonl, os.path.join(config['logs_root'], f'{kept}_log.jsonl'))
+        moves.append((jsonl, os.path.join(config['logs_root'], f'{kept}_log.jsonl')))
+    done, made = [], []
+    try:
+        for src, dst in moves:
+            if not os.path.isdir(os.path.dirname(dst)):
+                os.makedirs(os.path.dirname(dst))
+                made.append(os.path.dirname(dst))
+            os.rename(src, dst)
+            done.append((src, dst))
+    except OSError as e:
+        for src, dst in reversed(done):
+            os.rename(dst, src)
+        for folder in made:
+            os.rmdir(folder)
+        raise utils.ConfigError(
+            f'experiment {name} holds a run that this fresh start (no --resume) would replace, '
+            f'and it cannot be set aside as {kept} ({e.strerror}: {e.filename}); nothing was '
+            f'moved: pass --resume, another --experiment_name, or move it yourself') from None
     print(f'note: experiment {name} held a run (last checkpoint: {itr}) and this one starts '
           f'over (no --resume): that run is kept as experiment {kept} in every root')
 

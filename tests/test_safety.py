@@ -1186,6 +1186,37 @@ def test_a_fresh_start_over_a_run_of_a_long_name_keeps_it_too(data_root, tmp_pat
     assert checkpoints.torch_load(str(out / 'weights' / kept / 'state_dict.pth'))['itr'] == 1
 
 
+def test_sheets_alone_are_kept_and_a_move_that_fails_moves_nothing(data_root, run_dir,
+                                                                   tmp_path, capsys,
+                                                                   monkeypatch):
+    """The outside attacker's round 9: sheets without checkpoints or logs were overwritten in
+    place; a move that failed part-way (an immutable sheet) left the run split across exp and
+    exp.replaced1. Now sheets alone are a run too, and a failed move is undone: one line, the
+    run where it was."""
+    out = tmp_path / 'out'
+    (out / 'samples' / NAME / '2').mkdir(parents=True)
+    (out / 'samples' / NAME / '2' / 'samples0.jpg').write_bytes(b'OLD')
+    train.main(run_flags(data_root, str(out), NAME, '--total_itrs', '1'))
+    assert (out / 'samples' / f'{NAME}.replaced1' / '2' / 'samples0.jpg').read_bytes() == b'OLD'
+    capsys.readouterr()
+    before = tree(run_dir)
+    real = os.rename
+
+    def immutable_sheets(src, dst, *args, **kwargs):
+        if f'{os.sep}samples{os.sep}' in str(src) and 'replaced' in str(dst):
+            raise PermissionError(errno.EPERM, 'Operation not permitted', str(src))
+        return real(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, 'rename', immutable_sheets)
+    line = exits_with_one_line(train.main, run_flags(data_root, str(run_dir), NAME,
+                                                     '--total_itrs', '1'), capsys)
+    assert 'cannot be set aside as exp.replaced1 (Operation not permitted' in line
+    assert 'nothing was moved' in line
+    monkeypatch.undo()
+    assert tree(run_dir) == before
+    assert not any((run_dir / root / f'{NAME}.replaced1').exists()
+                   for root in ('weights', 'logs', 'samples'))
+
+
 def test_resuming_a_finished_run_says_so_and_writes_nothing(data_root, run_dir, capsys):
     """--resume --total_itrs 2 of a run at iteration 3: exit 0 with no line at all, which a
     user (or a requeued job's log) cannot tell from a run that trained."""

@@ -51,13 +51,13 @@ TRAIN_FLAGS=(
   --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
 
-train_capped "$(last_flag --weights_root weights "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")" \
+train_capped "$(root_of weights weights "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")" \
   "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@"
 
 # "$@" follows the model flags here as for train.py, so an override (e.g. --G_ch 16) reaches
 # both and the checkpoint still matches.
 "$PYTHON" sample.py "${MODEL_FLAGS[@]}" --sample_sheets --sample_random "$@"
 # Where the commands wrote: extra flags override the script's samples root and name.
-SAMPLES=$(last_flag --samples_root samples "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")
+SAMPLES=$(root_of samples samples "$@")/$(last_flag --experiment_name "$EXPERIMENT" "$@")
 last=$(ls -d "$SAMPLES"/[0-9]* | awk -F/ '{print $NF "\t" $0}' | sort -n | tail -n 1 | cut -f2)
 echo "last class sheet: $last/samples0.jpg (sample.py's: $SAMPLES/-1/samples0.jpg)"

@@ -176,7 +176,7 @@ TRAIN_FLAGS=(
   --collapse_watch  # one line if the run collapses; keeps the last healthy set (docs/collapse.md)
 )
 
-train_capped "$(last_flag --weights_root "$WEIGHTS_ROOT" "$@")/$(last_flag --experiment_name "$NAME" "$@")" \
+train_capped "$(root_of weights "$WEIGHTS_ROOT" "$@")/$(last_flag --experiment_name "$NAME" "$@")" \
   "$PYTHON" train.py "${MODEL_FLAGS[@]}" "${TRAIN_FLAGS[@]}" "$@"
 
 # 5. Sample sheets (and IS/FID when the moments were made) from the checkpoint's G_ema.
@@ -184,4 +184,4 @@ train_capped "$(last_flag --weights_root "$WEIGHTS_ROOT" "$@")/$(last_flag --exp
   ${METRIC_FLAGS[@]+"${METRIC_FLAGS[@]}"} "$@"
 # Where the commands wrote: extra flags override the script's roots and name.
 RUN=$(last_flag --experiment_name "$NAME" "$@")
-echo "class sheets: $(last_flag --samples_root "$SAMPLES_ROOT" "$@")/$RUN/-1/samples*.jpg (one row per class); checkpoints: $(last_flag --weights_root "$WEIGHTS_ROOT" "$@")/$RUN/; logs: $(last_flag --logs_root "$LOGS_ROOT" "$@")/$RUN/"
+echo "class sheets: $(root_of samples "$SAMPLES_ROOT" "$@")/$RUN/-1/samples*.jpg (one row per class); checkpoints: $(root_of weights "$WEIGHTS_ROOT" "$@")/$RUN/; logs: $(root_of logs "$LOGS_ROOT" "$@")/$RUN/"

@@ -137,6 +137,14 @@ def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == (
         f"last class sheet: {out}/L3/10/samples0.jpg (sample.py's: {out}/L3/-1/samples0.jpg)")
+    # And under a --base_root, whose subfolders the commands use (round 9).
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
+                          '--base_root', str(out / 'br')], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, 'PYTHON': str(stub)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (
+        f"last class sheet: {out}/br/samples/s32_demo/10/samples0.jpg (sample.py's: "
+        f"{out}/br/samples/s32_demo/-1/samples0.jpg)")
     # And abbreviated, as argparse takes them (the sheet was looked for under samples/).
     run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
                           '--experiment_n', 'L4', '--samples_ro', str(out)], cwd=tmp_path,
@@ -154,9 +162,13 @@ def stand_in(folder, train_seconds=0):
     stub.write_text('#!' + sys.executable + '\n'
                     'import argparse, os, sys, time\n'
                     'p = argparse.ArgumentParser()\n'
-                    'for f in ("--samples_root", "--weights_root", "--experiment_name"):\n'
+                    'for f in ("--samples_root", "--weights_root", "--experiment_name",\n'
+                    '          "--base_root"):\n'
                     '    p.add_argument(f)\n'
                     'a, _ = p.parse_known_args(sys.argv[2:])\n'
+                    'if a.base_root:\n'
+                    '    a.samples_root = os.path.join(a.base_root, "samples")\n'
+                    '    a.weights_root = os.path.join(a.base_root, "weights")\n'
                     'if sys.argv[1] == "train.py":\n'
                     f'    time.sleep({train_seconds})\n'
                     '    run = os.path.join(a.weights_root, a.experiment_name)\n'

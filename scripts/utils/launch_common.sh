@@ -27,6 +27,15 @@ last_flag() {
   printf '%s\n' "$value"
 }
 
+# root_of KIND DEFAULT ARGS...: the folder the commands use for --KIND_root: under a
+# --base_root among ARGS, its KIND subfolder (the release's rule), else last_flag's.
+root_of() {
+  local kind=$1 default=$2 base
+  shift 2
+  base=$(last_flag --base_root '' "$@")
+  if [ -n "$base" ]; then printf '%s\n' "$base/$kind"; else last_flag "--${kind}_root" "$default" "$@"; fi
+}
+
 # train_capped WEIGHTS_DIR COMMAND...: run the training COMMAND under the TRAIN_SECONDS cap
 # (SIGINT: train.py finishes its iteration and saves); stop the script, with one line, when
 # it failed or when the cap came before its first checkpoint in WEIGHTS_DIR, so that nothing

@@ -99,8 +99,11 @@ def run(config):
         view = os.path.join(config['data_root'], f'{name}_1class')
         link = os.path.join(view, name)
         os.makedirs(view, exist_ok=True)
-        if not os.path.lexists(link):
-            os.symlink(os.path.abspath(folder), link)
+        target = os.path.abspath(folder)
+        if not (os.path.islink(link) and os.readlink(link) == target):
+            # Another folder of the same name had the view: it now shows this one.
+            os.symlink(target, link + '.new')
+            os.replace(link + '.new', link)
         images = ImageFolder(view, index_filename=index)
         print(f'1 class: {len(images)} images')
         flat = True

@@ -515,7 +515,10 @@ def check_adam_entry(state, param, amsgrad, where, storages):
         raise CheckpointError(f'{where}: its step is a {step.dtype} tensor of shape '
                               f'{tuple(step.shape)}, not a 0-d float32 or float64 count (as '
                               f'Adam keeps it); the file is damaged')
-    if not _like(step, 0.0) or float(step) != int(float(step)):
+    # Past 2^24 (float32) or 2^53 a step no longer counts: step + 1 == step, and Adam's bias
+    # correction stays where it was.
+    exact = 2 ** 24 if isinstance(step, torch.Tensor) and step.dtype == torch.float32 else 2 ** 53
+    if not _like(step, 0.0) or float(step) != int(float(step)) or not float(step) < exact:
         raise CheckpointError(f'{where}: its step {shown(step)!r:.60} is not a count; the file '
                               f'is damaged')
     for key in moments:

@@ -365,6 +365,10 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_state('step', lambda v: torch.tensor(2)), 'not a 0-d float32 or'),
     ('G_optim', first_state('step', lambda v: v.half()), 'not a 0-d float32 or'),
     ('G_optim', first_state('step', lambda v: torch.tensor(2.5)), 'not a count'),
+    # A step that no longer counts (round 9: 1e300 + 1 == 1e300, trained on silently).
+    ('G_optim', first_state('step', lambda v: torch.tensor(1e300, dtype=torch.float64)),
+     'not a count'),
+    ('G_optim', first_state('step', lambda v: torch.tensor(2.0 ** 24)), 'not a count'),
     ('G_optim', first_group('lr', torch.tensor(5e-5)), r"its lr 'tensor\(4.99"),
     ('G_optim', first_group('lr', 1e300), r'its lr 1e\+300'),
     ('G_optim', first_state('exp_avg_sq', lambda v: -v.abs() - 1), 'negative'),

@@ -111,13 +111,15 @@ def test_flat_folder_is_one_class_and_a_bad_image_stops_it(tmp_path):
 def test_two_flat_folders_of_one_name_are_each_their_own(tmp_path):
     """A/imgs, then B/imgs (flat, same name, same DATA_ROOT): the second run listed and
     converted A's images, through the view the first left (the outside attacker's round 9).
-    A broken image in each stops the script after its listing."""
+    The view A's run left is made by hand; a broken image stops B's run after its listing."""
     for folder, count in (('A', 2), ('B', 4)):
         make_folder(tmp_path / folder / 'imgs', {'': ('RGB', count)})
-        (tmp_path / folder / 'imgs' / 'broken.jpg').write_bytes(b'not an image')
-        run = launch(tmp_path, tmp_path / folder / 'imgs')
-        assert (run.returncode, run.stdout.splitlines()[0]) == (2, f'1 class: {count + 1} images')
-        assert 'broken.jpg' in run.stderr
+    (tmp_path / 'B' / 'imgs' / 'broken.jpg').write_bytes(b'not an image')
+    (tmp_path / 'data' / 'imgs_1class').mkdir(parents=True)
+    (tmp_path / 'data' / 'imgs_1class' / 'imgs').symlink_to(tmp_path / 'A' / 'imgs')
+    run = launch(tmp_path, tmp_path / 'B' / 'imgs')
+    assert (run.returncode, run.stdout.splitlines()[0]) == (2, '1 class: 5 images')
+    assert 'broken.jpg' in run.stderr
 
 
 def test_a_file_as_the_folder_is_named_as_a_file(tmp_path):

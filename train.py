@@ -17,12 +17,18 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import checkpoints
 import collapse
 import step_helpers
 import train_fns
 import utils
-from checkpoints import check_finite_step, check_room, initial_state, load_weights, set_rng_state
+from checkpoints import (
+    check_finite_step,
+    check_room,
+    initial_state,
+    last_checkpoint,
+    load_weights,
+    set_rng_state,
+)
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
 from files import hold_lock, is_temp, release_locks, remove_stale_temps
@@ -145,7 +151,7 @@ def keep_replaced_run(config, name):
     while any(os.path.lexists(os.path.join(config[root], kept_name(n))) for root in folders):
         n += 1
     kept = kept_name(n)
-    itr = checkpoints.last_checkpoint(config['weights_root'], name)
+    last = last_checkpoint(config['weights_root'], name)
     moves = [(os.path.join(folder, e), os.path.join(config[root], kept, e))
              for root, folder in folders.items() for e in held[root]]
     if os.path.exists(jsonl):
@@ -167,7 +173,7 @@ def keep_replaced_run(config, name):
             f'experiment {name} holds a run that this fresh start (no --resume) would replace, '
             f'and it cannot be set aside as {kept} ({e.strerror}: {e.filename}); nothing was '
             f'moved: pass --resume, another --experiment_name, or move it yourself') from None
-    print(f'note: experiment {name} held a run (last checkpoint: {itr}) and this one starts '
+    print(f'note: experiment {name} held a run (last checkpoint: {last}) and this one starts '
           f'over (no --resume): that run is kept as experiment {kept} in every root')
 
 

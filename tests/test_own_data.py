@@ -130,43 +130,32 @@ def test_a_file_as_the_folder_is_named_as_a_file(tmp_path):
         f'of class folders')
 
 
-def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path):
-    """launch_demo.sh with --samples_root among its extra flags: the samples land there and
-    its last line names them there (its closing ls looked in samples/ and failed). A stand-in
-    python plays train.py and sample.py."""
+# (extra flags, where the commands then write the sheets, relative to tmp_path/elsewhere): the
+# closing ls looked in samples/s32_demo whatever the flags said, and failed with exit 2.
+WHERE_SHEETS_GO = [
+    (['--samples_root', '{out}'], 's32_demo'),
+    (['--experiment_name', 'L3', '--samples_root={out}'], 'L3'),
+    # Under a --base_root, whose subfolders the commands use (round 9).
+    (['--base_root', '{out}/br'], 'br/samples/s32_demo'),
+    # Abbreviated, as argparse takes them.
+    (['--experiment_n', 'L4', '--samples_ro', '{out}'], 'L4')]
+
+
+@pytest.mark.parametrize('flags,where', WHERE_SHEETS_GO, ids=[w for _, w in WHERE_SHEETS_GO])
+def test_the_demo_names_its_last_sheet_under_the_samples_root_given(tmp_path, flags, where):
+    """launch_demo.sh with roots or a name among its extra flags: the samples land where the
+    commands take them, and its last line names them there. A stand-in python plays train.py
+    and sample.py."""
     stub = stand_in(tmp_path)
     out = tmp_path / 'elsewhere'
     run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
-                          '--samples_root', str(out)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env={**os.environ, 'PYTHON': str(stub)})
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == (
-        f'last class sheet: {out}/s32_demo/10/samples0.jpg (sample.py\'s: '
-        f'{out}/s32_demo/-1/samples0.jpg)')
-    # And an --experiment_name among them (the sheet was looked for under s32_demo: exit 2).
-    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
-                          '--experiment_name', 'L3', f'--samples_root={out}'], cwd=tmp_path,
+                          *(f.format(out=out) for f in flags)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, 'PYTHON': str(stub)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == (
-        f"last class sheet: {out}/L3/10/samples0.jpg (sample.py's: {out}/L3/-1/samples0.jpg)")
-    # And under a --base_root, whose subfolders the commands use (round 9).
-    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
-                          '--base_root', str(out / 'br')], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env={**os.environ, 'PYTHON': str(stub)})
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == (
-        f"last class sheet: {out}/br/samples/s32_demo/10/samples0.jpg (sample.py's: "
-        f"{out}/br/samples/s32_demo/-1/samples0.jpg)")
-    # And abbreviated, as argparse takes them (the sheet was looked for under samples/).
-    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'launch_demo.sh'),
-                          '--experiment_n', 'L4', '--samples_ro', str(out)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, 'PYTHON': str(stub)})
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == (
-        f"last class sheet: {out}/L4/10/samples0.jpg (sample.py's: {out}/L4/-1/samples0.jpg)")
+        f"last class sheet: {out}/{where}/10/samples0.jpg (sample.py's: "
+        f"{out}/{where}/-1/samples0.jpg)")
 
 
 def stand_in(folder, train_seconds=0):

@@ -206,7 +206,8 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                       f'checkpoint, {last}, is left as it was')
     items.append(({**state_dict, 'config': plain_config(state_dict['config']), 'rng': rng,
                    'optim_settings': {'G': optimizer_settings(G.optim),
-                                      'D': optimizer_settings(D.optim)}},
+                                      'D': optimizer_settings(D.optim)},
+                   'launch_optim': asked_settings(state_dict, state_dict['config'])},
                   path('state_dict')))
     try:
         os.makedirs(root, exist_ok=True)
@@ -596,7 +597,7 @@ def _like(value, ours):
 # The training state's own entries and their kinds (a release state_dict.pth has the first six).
 STATE_KINDS = {'itr': int, 'epoch': int, 'save_num': int, 'save_best_num': int,
                'best_IS': float, 'best_FID': float, 'config': dict, 'optim_settings': dict,
-               'files': dict, 'collapse': dict}
+               'files': dict, 'collapse': dict, 'launch_optim': dict}
 
 
 def check_training_state(state, path):
@@ -626,10 +627,11 @@ def check_training_state(state, path):
             raise CheckpointError(f'{path}: its optim_settings for {net} ({settings!r:.80}) are '
                                   f'not learning rates, betas and an eps; the file is damaged')
     # The step's own saved state: the LeCam anchors, the fp16 loss scales; the collapse
-    # watch's count of rollbacks done.
+    # watch's count of rollbacks done; the rates the run's launches asked for.
     for key, check in [('ema_losses', step_helpers.ema_losses.check_state_dict),
                        ('amp', step_helpers.Precision.check_state_dict),
-                       ('collapse', _check_collapse_state)]:
+                       ('collapse', _check_collapse_state),
+                       ('launch_optim', _check_launch_optim)]:
         problem = check(state[key]) if key in state else None
         if problem:
             raise CheckpointError(f'{path}: its {key} {problem}; the file is damaged')
@@ -650,6 +652,19 @@ def _check_collapse_state(state):
     if isinstance(state, dict) and set(state) == {'rollbacks'} and is_count(state['rollbacks']):
         return None
     return f'{state!r:.60} is not a count of rollbacks'
+
+
+def _check_launch_optim(asked):
+    """What is wrong with a saved state_dict['launch_optim'], or None: for some of
+    OPTIM_FLAGS, the distinct finite values the run's launches gave it."""
+    names = {flag for flag, *_ in OPTIM_FLAGS}
+    for flag, values in asked.items():
+        if not (flag in names and isinstance(values, list) and 0 < len(values) <= MAX_ASKED
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in values)):
+            return (f'has entry {flag!r:.40}: {values!r:.60}, not a list of the values a rate '
+                    f'flag was given')
+    return None
 
 
 def _refused_global(error):
@@ -779,7 +794,7 @@ def sets_hint(folder, names, refused=None):
 
 
 def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None, G_ema=None,
-                 strict=True, load_optim=True):
+                 strict=True, load_optim=True, notices=True):
     """Load what save_weights wrote (or the release wrote) into the given modules and dict.
 
     state_dict is updated in place except its 'config', which stays the current run's; an 'rng'
@@ -844,11 +859,13 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
             if name + '_optim' in loaded:
                 net.optim.load_state_dict(loaded[name + '_optim'])
     saved = loaded['state_dict']
-    if load_optim and isinstance(saved.get('config'), dict):
-        override_optimizer_settings(G, D, state_dict.get('config'), saved['config'])
+    asked = asked_settings(saved, saved.get('config'))
+    if load_optim:
+        override_optimizer_settings(G, D, state_dict.get('config'), asked, notices)
     for key, value in saved.items():
         if key not in ('config', 'files'):
             state_dict[key] = value
+    state_dict['launch_optim'] = asked
     return saved.get('config')
 
 
@@ -872,31 +889,59 @@ def set_optimizer_settings(optim, lr=None, betas=None, eps=None):
                 group[key] = tuple(value) if key == 'betas' else value
 
 
-def override_optimizer_settings(G, D, config, saved_config):
-    """Apply the flags whose value differs from the one the checkpointed run was launched with
-    to the resumed optimizers, printing a notice on rank 0 for each.
+# The most distinct values state_dict.pth records for one flag (a run is resumed a few times).
+MAX_ASKED = 1000
 
-    A flag left at its launch value keeps the checkpoint's effective setting, so relaunching
-    the original command does not undo a change made during the run.
+
+def asked_settings(state, config):
+    """The values each of OPTIM_FLAGS was given by the launches of a run (a launch and its
+    resumes), with config's added: state's launch_optim, or for a set saved without one (the
+    release's) the config it was saved with."""
+    asked = state.get('launch_optim')
+    if not isinstance(asked, dict):
+        saved_config = state.get('config')
+        asked = {flag: [saved_config[flag]] for flag, *_ in OPTIM_FLAGS
+                 if isinstance(saved_config, dict) and flag in saved_config}
+    asked = {flag: list(values) for flag, values in asked.items()}
+    for flag, *_ in OPTIM_FLAGS:
+        if isinstance(config, dict) and flag in config:
+            values = asked.setdefault(flag, [])
+            if config[flag] not in values:
+                values[:] = (values + [config[flag]])[-MAX_ASKED:]
+    return asked
+
+
+def override_optimizer_settings(G, D, config, asked, notices=True):
+    """Apply the flags whose value no launch of the checkpointed run gave (asked: the
+    values asked_settings records) to the resumed optimizers, with a notice on rank 0 for each.
+
+    A flag at a value some launch of the run gave keeps the checkpoint's effective setting, so
+    relaunching the original command, or an earlier resume's, does not undo a change made
+    since (a rate lowered at a resume, by the collapse watch); a notice names what is kept.
     """
     if not isinstance(config, dict):
         return
+    notices = notices and get_rank() == 0
     optims = {'G': G.optim if G is not None else None, 'D': D.optim if D is not None else None}
     for flag, which, key, index in OPTIM_FLAGS:
         optim = optims[which]
-        if optim is None or flag not in config or flag not in saved_config:
-            continue
-        if config[flag] == saved_config[flag]:
+        if optim is None or flag not in config or flag not in asked:
             continue
         current = optimizer_settings(optim)
         old = current[key] if index is None else current[key][index]
+        if config[flag] in asked[flag]:
+            if config[flag] != old and notices and (flag != 'adam_eps' or which == 'G'):
+                print(f"note: --{flag} {config[flag]} was given at an earlier launch of this "
+                      f"run; the checkpoint's {old}, set since, is kept (give another value "
+                      f'to change it)')
+            continue
         if key == 'betas':
             betas = list(current['betas'])
             betas[index] = config[flag]
             set_optimizer_settings(optim, betas=betas)
         else:
             set_optimizer_settings(optim, **{key: config[flag]})
-        if get_rank() == 0 and (flag != 'adam_eps' or which == 'G'):
+        if notices and (flag != 'adam_eps' or which == 'G'):
             print(f"--{flag} {config[flag]} overrides the checkpoint's {old}")
 
 

@@ -379,7 +379,7 @@ class Watch(object):
         """Every rank: reload the healthy set, lower both learning rates, and save the result as
         the latest set, so a relaunch of the same command resumes here with the lower rates
         (checkpoints.override_optimizer_settings keeps a checkpoint's rates when the flags
-        are the launch's).
+        are ones a launch of the run gave).
 
         The set's whole training state comes back as a --resume from it restores it (train.py):
         G, D, G_ema, both optimizers, the fp16 loss scales and the LeCam anchors. The
@@ -388,7 +388,7 @@ class Watch(object):
         config = self.config
         scratch = {'config': config}
         self.ckpt.load_weights(self.G, self.D, scratch, config['weights_root'], self.name,
-                               self.ckpt.HEALTHY_SET, self.G_ema)
+                               self.ckpt.HEALTHY_SET, self.G_ema, notices=False)
         if self.precision is not None and 'amp' in scratch:
             self.precision.load_state_dict(scratch['amp'])
             self.state_dict.update(self.precision.state_dict())

@@ -345,6 +345,11 @@ def run(config):
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)
+            # The losses are on the host already: a NaN stops the run before it is shown,
+            # logged or saved (under fp16 a skipped step's NaN loss is logged and training
+            # goes on: the weights are finite).
+            check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
+                              experiment_name)
             svs = {}
             if rank == 0:
                 train_log.log(itr=itr, **metrics)
@@ -357,9 +362,6 @@ def run(config):
                 tb.log_train(itr, metrics, svs, D_batch_size * world_size, G=G.optim, D=D.optim)
             if watch is not None:
                 watch.observe(itr, metrics, svs)
-            # The losses are on the host already: a NaN stops the run before it is saved.
-            check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
-                              experiment_name)
 
             testing = config['test_every'] > 0 and not itr % config['test_every']
             saving = config['save_every'] > 0 and not itr % config['save_every']

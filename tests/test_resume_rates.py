@@ -130,3 +130,46 @@ def test_betas_and_eps_override(run3, data_root, tmp_path, monkeypatch, capsys):
     assert "--G_B1 0.5 overrides the checkpoint's 0.0" in text
     assert "--D_B2 0.99 overrides the checkpoint's 0.999" in text
     assert "--adam_eps 1e-06 overrides the checkpoint's 1e-08" in text
+
+
+LATER = ['--total_itrs', '6']  # past the resumed run's 4
+
+
+def test_a_later_resume_without_the_flag_keeps_a_resumed_rate(run3, data_root, tmp_path,
+                                                               monkeypatch, capsys):
+    """Round 9's F: a rate set at one resume was undone by the next resume that left the flag
+    out (each resume recorded its own flags as the launch values). Every value a launch of the
+    run gave is recorded (launch_optim), and none of them undoes a change made since."""
+    out = copy_run(run3, tmp_path)
+    train_run(data_root, out, '--total_itrs', '4', '--resume', '--G_lr', '1e-5')
+    saved = load(out / 'weights' / NAME / 'state_dict.pth')
+    assert saved['launch_optim']['G_lr'] == [5e-5, 1e-5]
+    assert saved['launch_optim']['D_lr'] == [2e-4]
+    capsys.readouterr()
+    # Relaunching the original command (its 5e-05) and the first resume's (1e-05) keep 1e-05.
+    G_opt, _ = resumed_optims(data_root, out, monkeypatch, *LATER)
+    assert {g['lr'] for g in G_opt.param_groups} == {1e-5}
+    text = capsys.readouterr().out
+    assert "note: --G_lr 5e-05 was given at an earlier launch of this run; the checkpoint's " \
+           "1e-05, set since, is kept" in text and 'overrides' not in text
+    G_opt, _ = resumed_optims(data_root, out, monkeypatch, *LATER, '--G_lr', '1e-5')
+    assert {g['lr'] for g in G_opt.param_groups} == {1e-5}
+    assert capsys.readouterr().out.count('--G_lr') == 0
+    # A value no launch gave still overrides.
+    G_opt, _ = resumed_optims(data_root, out, monkeypatch, *LATER, '--G_lr', '3e-5')
+    assert {g['lr'] for g in G_opt.param_groups} == {3e-5}
+    assert "--G_lr 3e-05 overrides the checkpoint's 1e-05" in capsys.readouterr().out
+
+
+def test_a_set_saved_without_launch_optim_compares_with_its_config(run3, data_root, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A set without launch_optim (the release's, older ones): its config's values are the
+    launch values, as before."""
+    out = copy_run(run3, tmp_path)
+    folder = out / 'weights' / NAME
+    state = load(folder / 'state_dict.pth')
+    del state['launch_optim']
+    torch.save(state, folder / 'state_dict.pth')
+    G_opt, D_opt = resumed_optims(data_root, out, monkeypatch, '--D_lr', '3e-5')
+    assert G_opt.param_groups[0]['lr'] == 5e-5 and D_opt.param_groups[0]['lr'] == 3e-5
+    assert "--D_lr 3e-05 overrides the checkpoint's 0.0002" in capsys.readouterr().out

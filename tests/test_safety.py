@@ -657,6 +657,26 @@ def test_a_divergence_before_any_checkpoint_advises_a_new_start(data_root, tmp_p
                          'rates') and 'resume' not in line
 
 
+def test_a_diverged_step_is_neither_shown_nor_logged(data_root, tmp_path, capsys):
+    """Round 9's G: rates of 1e38 diverge at iteration 1, and the progress line and the loss
+    logs showed `nan` as that iteration's losses before the stop's line."""
+    out = tmp_path / 'out'
+    argv = run_flags(data_root, str(out), NAME, '--save_every', '1', '--total_itrs', '3',
+                     '--G_lr', '1e38', '--D_lr', '1e38')
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    captured = capsys.readouterr()
+    assert info.value.code == 2
+    assert 'training diverged at iteration 1' in captured.err
+    # Only the stop's own line names the losses.
+    others = [line for line in (captured.out + captured.err).splitlines()
+              if 'training diverged' not in line]
+    assert others and not [line for line in others if 'nan' in line.lower()]
+    logs = tree(out / 'logs')
+    assert logs and not [name for name, data in logs.items() if b'nan' in data.lower()]
+
+
 def test_nan_in_ema_only_is_never_saved(data_root, tmp_path, capsys, monkeypatch):
     """Finite losses but a NaN G_ema: the save refuses and the run stops."""
     out = tmp_path / 'out'

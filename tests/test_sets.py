@@ -390,6 +390,14 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('state_dict', set_key('amp', scales(float('nan'))), 'amp has a G_scaler'),
     ('state_dict', set_key('amp', scales(-4096.0)), 'amp has a G_scaler'),
     ('state_dict', set_key('collapse', {'rollbacks': -1}), 'not a count of rollbacks'),
+    # The rates a run's launches gave: only the rate flags, lists of finite numbers.
+    ('state_dict', set_key('launch_optim', {'G_lr': [float('inf')]}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'G_lr': 5e-5}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'G_lr': []}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'num_D_steps': [2]}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'G_lr': [True]}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'G_lr': [1e-4] * 1001}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', []), 'launch_optim is'),
     # Shared references: 23 KB that every walk of the objects read as 2^90 entries (a hang
     # at the resume, round 7), in a key of its own, the config, the RNG state, the collapse
     # watch's state (whose own check never ran).

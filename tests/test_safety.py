@@ -1069,7 +1069,13 @@ def test_a_command_line_argparse_refuses_is_one_line(name, wrong, capsys):
     assert line.startswith('error: ') and why in line and line.endswith('(see --help)')
 
 
-@pytest.mark.parametrize('name', sorted(ENTRY_POINTS))
+# The tools that import numpy (directly or through torch, scipy, h5py) before they parse.
+HEAVY_TOOLS = ['tools/bench_fid', 'tools/bench_finite_check', 'tools/bench_hdf5_read',
+               'tools/bench_make_hdf5', 'tools/bench_plot_logs', 'tools/check_pretrained',
+               'tools/compare_s32', 'tools/measure_variety', 'tools/syncbn_error']
+
+
+@pytest.mark.parametrize('name', sorted(ENTRY_POINTS) + HEAVY_TOOLS)
 def test_a_ctrl_c_during_the_imports_is_one_line(name, tmp_path):
     """Ctrl-C while an entry point's imports load (seconds, before run_cli can catch it) is
     the one line a run's Ctrl-C gives, and the process still ends as by SIGINT: not a

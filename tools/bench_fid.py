@@ -12,15 +12,19 @@ Run: .venv/bin/python tools/bench_fid.py [--dim 2048] [--conds 1e1 1e3 1e5]
 """
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
 import time
 
 import numpy as np
 import scipy.linalg
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import inception_utils
-from files import check_fits  # noqa: E402
-from flags import ToolParser, bounded, run_cli  # noqa: E402
+from files import check_fits
 
 
 def random_cov(dim, cond, rng):

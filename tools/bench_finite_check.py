@@ -7,15 +7,19 @@ and the check's own time per call.
     python tools/bench_finite_check.py --itrs 80 --reps 3
 """
 import os
-import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
+import statistics
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
-import utils  # noqa: E402
-from flags import ToolParser, bounded, run_cli  # noqa: E402
+import train
+import utils
 
 DEMO = ('--dataset S32 --experiment_name bench --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 '
         '--G_shared --shared_dim 32 --hier --dim_z 64 --batch_size 16 --channels_last --ema '

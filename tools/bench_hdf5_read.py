@@ -25,10 +25,16 @@ The script also runs on the project's earlier versions (whose loaders gave float
 workers), for before-and-after figures.
 """
 
-import gc
 import os
-import resource
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ConfigError, ToolParser, bounded, run_cli
+
+# isort: split
+import gc
+import resource
 import tempfile
 import time
 import zlib
@@ -38,10 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets as dset
 import make_hdf5
-from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
 
 # The release's chunk length (spelled out, so the script also runs on older versions of the
 # project, for before-and-after figures).

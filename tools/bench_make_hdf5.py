@@ -21,9 +21,15 @@ its datasets for every batch.
 """
 
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ConfigError, ToolParser, bounded, run_cli
+
+# isort: split
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
@@ -34,10 +40,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets as dset
 import make_hdf5
-from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
 
 
 def make_folder(root, n_images, n_classes, sizes=(250, 500), seed=0):

@@ -11,16 +11,19 @@ end of each run is printed with it (the machine may be shared).
 Run: .venv/bin/python tools/bench_metrics.py [--n 10000] [--n_large 50000] [--dim 2048]
      [--k 5] [--device cpu]
 """
-import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flags import ConfigError, ToolParser, bounded, run_cli  # noqa: E402
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ConfigError, ToolParser, bounded, run_cli
+
+# isort: split
+import argparse
+import json
+import subprocess
+import time
 
 
 def prdc_package_need(n_real, n_fake, itemsize=4):

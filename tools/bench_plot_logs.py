@@ -7,22 +7,26 @@ saved as PNG) and of the whole command in a fresh process (imports included).
 
 Run: .venv/bin/python tools/bench_plot_logs.py [--points 67] [--repeats 5]
 """
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
 import contextlib
 import io
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import plot_logs  # noqa: E402
-from files import check_fits  # noqa: E402
-from flags import ToolParser, bounded, run_cli  # noqa: E402
+import plot_logs
+from files import check_fits
 
 
 def write_logs(logs_root, name, points, n_G=41, n_D=23, every=2000):

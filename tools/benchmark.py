@@ -34,18 +34,21 @@ Configs (`--config`):
         embedding, ortho init, EMA) at a per-device batch of --batch_size (default 32) and
         1 accumulation (the launch script's 8x8 accumulations just repeat the same work)
 """
-import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flags import ToolParser, bounded, run_cli  # noqa: E402
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import time
 
 CONFIGS = {
     's32': ['--dataset', 'S32', '--G_ch', '32', '--D_ch', '32', '--batch_size', '32',

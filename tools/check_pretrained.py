@@ -11,10 +11,18 @@ floor of any float32 reimplementation.
 Run: .venv/bin/python tools/check_pretrained.py [--sizes 128 256 512] [--channel_width 128]
      [--truncations 0.4 0.123 0.56 1.0] [--batch 2] [--float64]
 """
-import copy
 import os
-import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
+import copy
+import subprocess
 import tempfile
 import time
 
@@ -22,11 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import truncnorm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from conftest import hf_standin, load_as_sample, save_hf  # noqa: E402
-from flags import ToolParser, bounded, run_cli  # noqa: E402
+from conftest import hf_standin, load_as_sample, save_hf
 
 
 def main():

@@ -12,21 +12,25 @@ FID against the moments in --data_root under that Inception, and the share of G_
 the classifier assigns to the class G was asked for. Both measures are comparable only among
 runs evaluated with the same files.
 """
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import bounded
+
+# isort: split
+import json
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoints  # noqa: E402
-import datasets  # noqa: E402
-import files  # noqa: E402
-import inception_utils  # noqa: E402
-import utils  # noqa: E402
-from flags import bounded  # noqa: E402
+import checkpoints
+import datasets
+import files
+import inception_utils
+import utils
 
 INCEPTION_FILE = 'inception_tf_fid_random.pth'
 CLASSIFIER_FILE = 'classifier.pth'

@@ -20,23 +20,27 @@ than half the most distinct pixel's difference. Area is the count of foreground 
 centroid their mean position. Real and fake images go through
 the same function.
 """
-import json
-import math
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import StopRun, bounded
+
+# isort: split
+import json
+import math
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoints  # noqa: E402
-import files  # noqa: E402
-import sample as sample_py  # noqa: E402
-import utils  # noqa: E402
-from flags import StopRun, bounded  # noqa: E402
-from s32 import S32_CLASSES, make_s32  # noqa: E402
-from tools import compare_s32  # noqa: E402
+import checkpoints
+import files
+import sample as sample_py
+import utils
+from s32 import S32_CLASSES, make_s32
+from tools import compare_s32
 
 # S32's foreground is at least 0.32 brighter than its background in some channel (value 0.7
 # and up against 0.3 plus a ramp of 0.08): a floor that G's noise on a flat image stays under.

@@ -21,10 +21,18 @@ gradients by about 1/sqrt(numel) of a layer (1e-3 here) whatever the BN does. Th
 is one float32 process with cross_replica on (no process group) against the same reference: the
 float32 floor, max over the four measures.
 """
-import functools
-import importlib
 import os
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+# First: a Ctrl-C during the slow imports below is one line (flags.py).
+from flags import ToolParser, bounded, run_cli
+
+# isort: split
+import functools
+import importlib
 import tempfile
 
 import torch
@@ -32,11 +40,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from flags import ToolParser, bounded, run_cli  # noqa: E402
 
 MEASURES = ('out', 'param_grad', 'input_grad', 'buffers')
 G_FLAGS = ['--dataset', 'S32', '--G_ch', '8', '--dim_z', '8', '--G_shared', '--shared_dim', '8',

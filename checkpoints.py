@@ -7,9 +7,11 @@ that builds only the few types such a file holds, for every pickle in the file.
 import codecs
 import collections
 import functools
+import io
 import math
 import os
 import pickle
+import pickletools
 import random
 import re
 
@@ -317,6 +319,7 @@ class ReleaseUnpickler(pickle.Unpickler):
 
     def __init__(self, file, *args, **kwargs):
         super().__init__(file, *args, **kwargs)
+        self._file = file
         try:
             self._left = os.fstat(file.fileno()).st_size - file.tell()
         except (AttributeError, OSError, ValueError):
@@ -353,6 +356,14 @@ class ReleaseUnpickler(pickle.Unpickler):
             return load(saved_id)
         pickle.Unpickler.__dict__['persistent_load'].__set__(self, checked)
 
+    def load(self):
+        """Unpickle, once check_pickle_hashing has read the pickle ahead and come back."""
+        file = self._file
+        start = file.tell()
+        check_pickle_hashing(file if self._left is None else _BoundedReader(file, self._left))
+        file.seek(start)
+        return super().load()
+
     def find_class(self, module, name):
         found = None
         if isinstance(module, str) and isinstance(name, str):
@@ -360,6 +371,143 @@ class ReleaseUnpickler(pickle.Unpickler):
         if found is None:
             raise RefusedName(module, name)
         return found
+
+
+# Entries the hashing of a pickle's keys may reach, counted each time: a dict key or set item
+# that is a tuple of tuples built from shared references (t = (t, t), 45 levels, 300 bytes)
+# hashes 2^45 entries inside the unpickler, before any check of what it built can run. A
+# project or release checkpoint hashes a few thousand (string keys, storage ids).
+MAX_HASH_WORK = 10_000_000
+
+
+class _Shape:
+    """What check_pickle_hashing knows of an object the pickle builds: the entries hashing
+    it reaches (h) and, for a container, its direct members."""
+    __slots__ = ('h', 'members')
+
+    def __init__(self, h=1, members=None):
+        self.h, self.members = h, members if members is not None else []
+
+
+def _reach(args):
+    """Entries that a call on args (REDUCE's set(list), OrderedDict(pairs), BUILD's state)
+    may hash: each argument, its members and theirs, as they are now."""
+    return sum(a.h + sum(m.h + sum(mm.h for mm in m.members) for m in a.members)
+               for a in args)
+
+
+class _BoundedReader:
+    """A file's read() that never asks for more bytes than are left: a declared length of
+    2^60 is then a short read, not an allocation."""
+
+    def __init__(self, file, left):
+        self.file, self.left = file, left
+
+    def read(self, n=-1):
+        data = self.file.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def readline(self):
+        line = self.file.readline(self.left)
+        self.left -= len(line)
+        return line
+
+
+def _pickle_ops(stream):
+    """(opcode, memo index or None) for each opcode of the pickle on stream, through STOP:
+    pickletools' readers read each argument, except that a line is read as bytes (a GLOBAL's
+    non-ASCII name is the unpickler's to refuse, not a reason to stop reading)."""
+    while True:
+        code = stream.read(1)
+        op = pickletools.code2op.get(code.decode('latin-1'))
+        if op is None:
+            raise pickle.UnpicklingError(f'opcode {code!r} unknown' if code
+                                         else 'the pickle ends before its STOP')
+        index = None
+        if op.arg is not None and op.arg.n == pickletools.UP_TO_NEWLINE:
+            lines = [stream.readline() for _ in range(2 if op.name in ('GLOBAL', 'INST') else 1)]
+            if not all(line.endswith(b'\n') for line in lines):
+                raise pickle.UnpicklingError(f'{op.name} has no newline')
+            if op.name in ('PUT', 'GET'):
+                index = int(lines[0])
+        elif op.arg is not None:
+            arg = op.arg.reader(stream)
+            index = arg if isinstance(arg, int) else None
+        yield op, index
+        if op.name == 'STOP':
+            return
+
+
+def check_pickle_hashing(stream):
+    """Refuse a pickle whose unpickling would hash more than MAX_HASH_WORK entries, before it
+    is unpickled: one linear pass over its opcodes that builds nothing and follows the stack,
+    the marks and the memo with _Shapes. Returns the entries counted (at least those the
+    unpickling hashes)."""
+    stack, marks, memo, work = [], [], {}, 0
+    mark = pickletools.markobject
+    try:
+        for op, index in _pickle_ops(stream):
+            name = op.name
+            if name == 'MARK':
+                marks.append(len(stack))
+            elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+                memo[len(memo) if name == 'MEMOIZE' else index] = stack[-1]
+            elif name in ('GET', 'BINGET', 'LONG_BINGET'):
+                stack.append(memo[index])
+            elif name == 'DUP':
+                stack.append(stack[-1])
+            elif name == 'POP' and marks and marks[-1] == len(stack):
+                marks.pop()  # as pickle's own POP does, a mark on top is dropped
+            else:
+                work += _shape_op(op, stack, marks, mark)
+                if work > MAX_HASH_WORK:
+                    raise pickle.UnpicklingError(
+                        f'unpickling it would hash more than {MAX_HASH_WORK} entries (shared '
+                        f'references repeat a tuple inside a key)')
+    except (IndexError, KeyError, ValueError) as e:  # what no unpickler could read either
+        raise pickle.UnpicklingError(f'a malformed pickle ({one_line(e)})') from None
+    return work
+
+
+def _shape_op(op, stack, marks, mark):
+    """Apply one opcode (not a memo or mark one) to check_pickle_hashing's stack; returns
+    the entries it hashes."""
+    name, before = op.name, op.stack_before
+    sliced = []
+    if mark in before:
+        start = marks.pop()
+        sliced, stack[start:] = stack[start:], []
+        count = before.index(mark)
+    else:
+        count = len(before)
+    if count > len(stack):
+        raise IndexError(f'{name} finds too few objects on the stack')
+    popped = stack[len(stack) - count:]
+    del stack[len(stack) - count:]
+    items = popped[1:] if name in ('APPEND', 'SETITEM') else sliced
+    work = 0
+    if name in ('SETITEM', 'SETITEMS', 'DICT'):
+        work = sum(k.h for k in items[::2])  # each key is hashed
+    elif name in ('ADDITEMS', 'FROZENSET'):
+        work = sum(i.h for i in items)
+    elif name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'BUILD', 'OBJ', 'INST'):
+        work = _reach(popped + sliced)
+    elif name in ('BINPERSID', 'PERSID'):
+        work = sum(p.h for p in popped)  # torch looks the storage key up
+    if name in ('APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS', 'BUILD'):
+        popped[0].members.extend(items)  # built in place: the object stays
+        stack.append(popped[0])
+    elif name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'FROZENSET'):
+        members = sliced or popped
+        stack.append(_Shape(1 + sum(m.h for m in members), members))
+    elif name in ('LIST', 'DICT'):
+        stack.append(_Shape(1, sliced))
+    elif name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'OBJ', 'INST'):
+        stack.append(_Shape(1 + work))  # frozenset(items) hashes as its items do
+    else:
+        stack.extend(_Shape() for _ in op.stack_after)
+    return work
 
 
 class release_pickle:
@@ -379,6 +527,16 @@ SAFE_GLOBALS = [nn.ReLU, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DTyp
                 getattr(np, '_core', getattr(np, 'core', None)).multiarray.scalar]
 
 
+def load_zip_checkpoint(path, map_location='cpu'):
+    """torch.load, weights_only, of a zip-format file whose pickle (its data.pkl, read by
+    torch's own zip reader) check_pickle_hashing passed; raises what loading raises."""
+    with open(path, 'rb') as f:
+        record = torch._C.PyTorchFileReader(f).get_record('data.pkl')
+    check_pickle_hashing(io.BytesIO(record))
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def torch_load(path, map_location='cpu'):
     """torch.load of tensors and plain data only, or CheckpointError naming the file.
 
@@ -391,8 +549,7 @@ def torch_load(path, map_location='cpu'):
         magic = f.read(2)
     try:
         if magic == b'PK':
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = load_zip_checkpoint(path, map_location)
         elif magic[:1] == b'\x80':  # a pickle: PyTorch 1.0-1.5's format
             obj = torch.load(path, map_location=map_location, weights_only=False,
                              pickle_module=release_pickle)

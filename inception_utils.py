@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from checkpoints import load_error_reason
+from checkpoints import load_error_reason, load_zip_checkpoint
 from distributed import is_distributed, pick_device
 from files import (
     NPZ_ERRORS,
@@ -331,7 +331,7 @@ def check_inception_weights(backend='torchvision', weights_path=None):
 def _load_state_dict_file(net, path, backend):
     """Load weights strictly, tolerating only missing num_batches_tracked."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = load_zip_checkpoint(path)
     except Exception as err:  # refused, truncated or not a torch file
         raise _weights_error(backend, path, f'unreadable ({load_error_reason(err)})') from None
     if not isinstance(state, dict):

@@ -1,6 +1,8 @@
 """The restricted unpickler resolves no name: only the exact pairs of its table come out."""
 import copyreg
 import io
+import os
+import pickle
 import random
 import struct
 import sys
@@ -12,6 +14,7 @@ import torch.nn as nn
 
 from checkpoints import CheckpointError, RefusedName, ReleaseUnpickler, torch_load
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = {'exec', 'compile', 'os.system', 'subprocess.Popen', 'pickle.find_class'}
 _events = []
 _watching = []
@@ -196,3 +199,156 @@ def test_real_legacy_files_still_load(tmp_path):
         assert list(weights) == list(model.state_dict())
         for key, value in model.state_dict().items():
             assert weights[key].dtype == value.dtype and torch.equal(weights[key], value)
+
+
+# ----------------------------------------------------------------------------
+# Hashing: a key built from shared references (t = (t, t)) is a tree of 2^levels entries,
+# which the unpickler hashes before any check of what it built can run.
+
+def tuple_dag(levels):
+    """Opcodes that leave t_levels on the stack: t_0 = (), t_k+1 = (t_k, t_k) from the memo."""
+    ops = b')q\x00'
+    for k in range(levels):
+        ops += b'h' + bytes([k]) + b'\x86' + b'q' + bytes([k + 1])
+    return ops
+
+
+# Every way a pickle makes its unpickler hash an object: (route, opcodes around t's).
+HASH_ROUTES = {
+    'SETITEM': lambda t: b'}' + t + b'K\x01s',
+    'SETITEMS': lambda t: b'}(' + t + b'K\x01u',
+    'DICT': lambda t: b'(' + t + b'K\x01d',
+    'FROZENSET': lambda t: b'(' + t + b'\x91',
+    'ADDITEMS': lambda t: b'\x8f(' + t + b'\x90',
+    'set(list)': lambda t: b'c__builtin__\nset\n]' + t + b'a\x85R',
+    'OrderedDict(pairs)': lambda t: b'ccollections\nOrderedDict\n]' + t + b'K\x01\x86a\x85R',
+    'storage key': lambda t: b'(X\x07\x00\x00\x00storage' + t + b'tQ',
+}
+
+
+@pytest.mark.parametrize('route', sorted(HASH_ROUTES))
+def test_a_key_of_shared_references_is_refused_before_it_is_hashed(route):
+    from checkpoints import MAX_HASH_WORK, check_pickle_hashing
+    data = b'\x80\x02' + HASH_ROUTES[route](tuple_dag(45)) + b'.'
+    with pytest.raises(pickle.UnpicklingError, match='would hash more than'):
+        check_pickle_hashing(io.BytesIO(data))
+    # 10 levels, 2^10 entries: counted, and below the bound.
+    small = b'\x80\x02' + HASH_ROUTES[route](tuple_dag(10)) + b'.'
+    assert 2 ** 10 <= check_pickle_hashing(io.BytesIO(small)) < MAX_HASH_WORK
+
+
+def test_one_key_repeated_from_the_memo_counts_each_time():
+    """A 2^12-entry key set 3,000 times (5 bytes each): 1.2e7 entries hashed, refused."""
+    from checkpoints import check_pickle_hashing
+    data = (b'\x80\x02}' + tuple_dag(12) + b'0(' + b'h\x0cK\x01' * 3000 + b'u.')
+    with pytest.raises(pickle.UnpicklingError, match='would hash more than'):
+        check_pickle_hashing(io.BytesIO(data))
+
+
+def tree_work(obj):
+    """The entries hashing obj visits, by walking it: a tuple or frozenset is itself plus
+    its members' (hash recomputes them every time), anything else one."""
+    if isinstance(obj, (tuple, frozenset)):
+        return 1 + sum(tree_work(m) for m in obj)
+    return 1
+
+
+def hashed_work(obj, seen=None):
+    """The entries unpickling obj hashes, walking what was built: every dict key and set
+    item, once each (each container is built once, however often it is referenced)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    work = 0
+    if isinstance(obj, dict):
+        work += sum(tree_work(k) for k in obj)
+        members = list(obj) + list(obj.values())
+    elif isinstance(obj, (set, frozenset)):
+        work += sum(tree_work(m) for m in obj)
+        members = list(obj)
+    elif isinstance(obj, (list, tuple)):
+        members = list(obj)
+    else:
+        members = []
+    return work + sum(hashed_work(m, seen) for m in members)
+
+
+def random_structure(rng):
+    """Plain data with shared references: tuples built from a pool of earlier ones, used as
+    dict keys, set items and list members."""
+    pool = [(), 'a', 1, 2.5, None, b'x']
+    for _ in range(rng.randrange(3, 30)):
+        pool.append(tuple(rng.choice(pool) for _ in range(rng.randrange(4))))
+        if rng.random() < 0.2:
+            pool.append(frozenset(rng.sample(pool, rng.randrange(min(len(pool), 4)))))
+    out = []
+    for _ in range(rng.randrange(1, 6)):
+        kind = rng.randrange(4)
+        if kind == 0:
+            out.append({rng.choice(pool): rng.choice(pool) for _ in range(rng.randrange(5))})
+        elif kind == 1:
+            out.append(set(rng.sample(pool, rng.randrange(min(len(pool), 5)))))
+        elif kind == 2:
+            out.append([rng.choice(pool) for _ in range(rng.randrange(5))])
+        else:
+            out.append(rng.choice(pool))
+    return out
+
+
+def test_the_count_is_never_below_what_unpickling_hashes():
+    """Seeded random plain data with shared tuples, pickled by pickle itself at protocols
+    2-5: the scan's count is at least the hashing a direct walk of the loaded objects finds."""
+    from checkpoints import check_pickle_hashing
+    rng = random.Random(45)
+    checked = 0
+    for _ in range(400):
+        obj = random_structure(rng)
+        data = pickle.dumps(obj, protocol=rng.randrange(2, 6))
+        counted = check_pickle_hashing(io.BytesIO(data))
+        assert counted >= hashed_work(pickle.loads(data)), obj
+        checked += hashed_work(obj) > 50
+    assert checked >= 10  # some draws hash deep keys
+
+
+def test_a_real_checkpoint_hashes_little(tmp_path):
+    """A BigGAN-128 state dict and its Adam state, saved by torch: far below the bound."""
+    import BigGAN
+    from checkpoints import MAX_HASH_WORK, check_pickle_hashing
+    G = BigGAN.Generator(resolution=128, G_ch=8, skip_init=True, no_optim=True)
+    optim = torch.optim.Adam(G.parameters())
+    for p in G.parameters():
+        p.grad = torch.zeros_like(p)
+    optim.step()
+    for name, obj in [('G', G.state_dict()), ('G_optim', optim.state_dict())]:
+        torch.save(obj, tmp_path / f'{name}.pth')
+        record = torch._C.PyTorchFileReader(str(tmp_path / f'{name}.pth')).get_record('data.pkl')
+        assert check_pickle_hashing(io.BytesIO(record)) < MAX_HASH_WORK // 100
+
+
+def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path):
+    """The file formats end to end, in a child (a hash of 2^45 entries would never return):
+    a zip G.pth whose data.pkl holds the key, and a legacy one (magic, protocol, sys info,
+    then the object), both refused in one line and at once."""
+    import subprocess
+    import zipfile
+    body = b'\x80\x02' + HASH_ROUTES['SETITEM'](tuple_dag(45)) + b'.'
+    with zipfile.ZipFile(tmp_path / 'zip.pth', 'w', zipfile.ZIP_STORED) as z:
+        z.writestr('archive/data.pkl', body)
+        z.writestr('archive/version', '3\n')
+        z.writestr('archive/byteorder', 'little')
+    header = b''.join(pickle.dumps(x, protocol=2) for x in (
+        0x1950a86a20f9469cfc6c, 1001, {'protocol_version': 1001, 'little_endian': True,
+                                       'type_sizes': {'short': 2, 'int': 4, 'long': 4}}))
+    (tmp_path / 'legacy.pth').write_bytes(header + body)
+    code = ('import sys, checkpoints\n'
+            'for path in sys.argv[1:]:\n'
+            '    try:\n'
+            '        checkpoints.torch_load(path)\n'
+            '    except checkpoints.CheckpointError as e:\n'
+            '        print(e)\n')
+    done = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'zip.pth'),
+                           str(tmp_path / 'legacy.pth')], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 and all('would hash more than' in line for line in lines), done

@@ -757,6 +757,9 @@ STATE_KINDS = {'itr': int, 'epoch': int, 'save_num': int, 'save_best_num': int,
                'files': dict, 'collapse': dict, 'launch_optim': dict}
 
 
+KIND_NAMES = {int: 'count', float: 'finite number >= 0'}
+
+
 def check_training_state(state, path):
     """Refuse a training state whose entries are not of their kinds (counts: non-negative
     ints; bests: numbers, not NaN), or whose random streams this process cannot restore: it
@@ -765,16 +768,16 @@ def check_training_state(state, path):
         if key not in state:
             continue
         value = state[key]
-        if kind is float:
+        if kind is float:  # a best IS or FID: a finite number >= 0 (FID is a distance)
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and not math.isnan(value))
+                  and math.isfinite(value) and value >= 0)
         elif kind is int:
             ok = is_count(value) and value < 2 ** 63  # torch's and the logs' int64
         else:
             ok = isinstance(value, kind)
         if not ok:
             raise CheckpointError(f'{path}: its {key} is {value!r:.60}, not a '
-                                  f'{"count" if kind is int else kind.__name__}; the file is '
+                                  f'{KIND_NAMES.get(kind, kind.__name__)}; the file is '
                                   f'damaged or not a state_dict.pth of this project')
     for net, settings in state.get('optim_settings', {}).items():
         if not (isinstance(settings, dict) and all(
@@ -814,11 +817,11 @@ def _check_collapse_state(state):
 def _check_launch_optim(asked):
     """What is wrong with a saved state_dict['launch_optim'], or None: for some of
     OPTIM_FLAGS, the distinct finite values the run's launches gave it."""
-    names = {flag for flag, *_ in OPTIM_FLAGS}
     for flag, values in asked.items():
-        if not (flag in names and isinstance(values, list) and 0 < len(values) <= MAX_ASKED
+        if not (flag in LAUNCH_DOMAINS and isinstance(values, list)
+                and 0 < len(values) <= MAX_ASKED
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and math.isfinite(v) for v in values)):
+                        and math.isfinite(v) and LAUNCH_DOMAINS[flag](v) for v in values)):
             return (f'has entry {flag!r:.40}: {values!r:.60}, not a list of the values a rate '
                     f'flag was given')
     return None
@@ -1010,6 +1013,13 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
         raise CheckpointError(f"{path(bad.split('.')[0])}: {bad} holds NaN or Inf (in the "
                               f"model's dtype), which no checkpoint of this project is saved "
                               f'with; the file is damaged{hint()}')
+    # A variance below 0 is no batch norm's: its square root is NaN in every image.
+    for name in needed[:-1]:
+        for key, value in loaded[name].items():
+            if (key.endswith(('running_var', 'stored_var')) and torch.is_tensor(value)
+                    and value.is_floating_point() and value.numel() and value.min() < 0):
+                raise CheckpointError(f'{path(name)}: {key} holds a negative variance, which '
+                                      f'no batch norm keeps; the file is damaged{hint()}')
     for name, net in [('G', G), ('D', D), ('G_ema', G_ema)]:
         if net is not None:
             net.load_state_dict(loaded[name], strict=strict)
@@ -1045,6 +1055,12 @@ def set_optimizer_settings(optim, lr=None, betas=None, eps=None):
             if value is not None:
                 group[key] = tuple(value) if key == 'betas' else value
 
+
+# What a launch can give each of OPTIM_FLAGS (flags.check_flags' domains).
+LAUNCH_DOMAINS = {'G_lr': lambda v: v >= 0, 'D_lr': lambda v: v >= 0,
+                  'G_B1': lambda v: 0 <= v < 1, 'G_B2': lambda v: 0 <= v < 1,
+                  'D_B1': lambda v: 0 <= v < 1, 'D_B2': lambda v: 0 <= v < 1,
+                  'adam_eps': lambda v: v > 0}
 
 # The most distinct values state_dict.pth records for one flag (a run is resumed a few times).
 MAX_ASKED = 1000

@@ -61,13 +61,19 @@ def save_npz(sample, num, path, truncation=0.0):
     The arrays are filled on disk through memory maps and stored uncompressed in the zip, so
     memory does not grow with num.
     """
+    # The first batch is checked before the progress bar starts, so a G that draws NaN ends
+    # in one line.
+    batch = sample()
+    utils.check_finite_images(batch[0], path)
     # The scratch folder is named like every temporary file, so a killed run's is cleaned up.
     with scratch_folder(path + '.parts') as tmp:
         x_map = y_map = None
         done = 0
         with trange(num, desc='npz', unit='img') as bar:
             while done < num:
-                images, labels = sample()
+                images, labels = batch if batch is not None else sample()
+                batch = None
+                utils.check_finite_images(images, path)
                 n = min(images.shape[0], num - done)
                 if x_map is None:
                     x_map = open_memmap(os.path.join(tmp, 'x.npy'), mode='w+', dtype=np.uint8,

@@ -46,7 +46,16 @@ from datasets import (  # noqa: F401
 )
 from distributed import pick_device
 from files import check_fits, check_name, open_append
-from flags import FLAGS, ROOTS, ConfigError, add_sample_parser, check_flags, prepare_parser, run_cli  # noqa: F401
+from flags import (  # noqa: F401
+    FLAGS,
+    ROOTS,
+    ConfigError,
+    StopRun,
+    add_sample_parser,
+    check_flags,
+    prepare_parser,
+    run_cli,
+)
 from step_helpers import (  # noqa: F401
     amp_dtype,
     autocast,
@@ -653,8 +662,20 @@ def sample(G, z_, y_, config, label=None):
     return run_G(G, z_, y_, config['parallel']).float(), y_
 
 
+def check_finite_images(images, path):
+    """Refuse to write images holding NaN or Inf (as pixels they would be silently black):
+    G's weights are checked finite at load, so a buffer no training leaves (a negative
+    batch-norm variance, a zero spectral-norm vector) made them."""
+    if not torch.isfinite(images).all():
+        raise StopRun(f'G drew NaN or Inf pixels, so {path} is not written: the checkpoint '
+                      f'holds a buffer no training leaves (a negative batch-norm variance, a '
+                      f'zero spectral-norm vector); it is damaged: use another set '
+                      f'(--load_weights copy0, ...) or train again')
+
+
 def save_image(images, path, nrow):
     """torchvision's min-max normalised grid, written atomically as JPEG."""
+    check_finite_images(images, path)
     with atomic_open(path) as f:
         torchvision.utils.save_image(images.float().cpu(), f, nrow=nrow, normalize=True,
                                      format='JPEG')

@@ -677,6 +677,27 @@ def test_a_diverged_step_is_neither_shown_nor_logged(data_root, tmp_path, capsys
     assert logs and not [name for name, data in logs.items() if b'nan' in data.lower()]
 
 
+def test_nan_pixels_from_finite_weights_are_never_written(data_root, run_dir, capsys):
+    """G_ema.pth with every spectral-norm vector zeroed (finite; the record updated): each
+    image was NaN, written as black pixels to samples.npz and the sheets, exit 0 (the outside
+    attacker's round 10). Now one line naming the file not written, and none is."""
+    folder = run_dir / 'weights' / NAME
+    weights = checkpoints.torch_load(str(folder / 'G_ema.pth'))
+    for key, value in weights.items():
+        if key.rsplit('.', 1)[-1].startswith('u') and key[-1].isdigit():
+            value.zero_()
+    torch.save(weights, folder / 'G_ema.pth')
+    record = checkpoints.torch_load(str(folder / 'state_dict.pth'))
+    record['files']['G_ema.pth'] = checkpoints.file_digest(str(folder / 'G_ema.pth'))
+    torch.save(record, folder / 'state_dict.pth')
+    before = tree(run_dir / 'samples')
+    line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir, '--use_ema',
+                                                        '--sample_npz', '--sample_num_npz',
+                                                        '8'), capsys)
+    assert line.startswith('error: G drew NaN or Inf pixels, so ') and 'damaged' in line
+    assert tree(run_dir / 'samples') == before
+
+
 def test_nan_in_ema_only_is_never_saved(data_root, tmp_path, capsys, monkeypatch):
     """Finite losses but a NaN G_ema: the save refuses and the run stops."""
     out = tmp_path / 'out'

@@ -339,6 +339,14 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_state('step', lambda v: torch.tensor(-1.0)), 'step'),
     ('G_optim', first_state('exp_avg_sq', lambda v: torch.full_like(v, float('nan'))), 'NaN'),
     ('D', lambda obj: obj[next(iter(obj))].fill_(float('inf')), 'NaN or Inf'),
+    # Finite, and no batch norm's: every image NaN (the outside attacker's round 10).
+    ('G_ema', lambda obj: next(v for k, v in obj.items() if k.endswith('stored_var')).fill_(-1),
+     'negative variance'),
+    # Bests no test can give (FID is a distance), and rates no launch can give.
+    ('state_dict', set_key('best_IS', float('inf')), 'not a finite number >= 0'),
+    ('state_dict', set_key('best_FID', -1.0), 'not a finite number >= 0'),
+    ('state_dict', set_key('launch_optim', {'G_lr': [-1.0]}), 'launch_optim has entry'),
+    ('state_dict', set_key('launch_optim', {'D_B1': [1.0]}), 'launch_optim has entry'),
     # Settings that change the algorithm (amsgrad needs state of its own; maximize ascends),
     # and a beta of 1 (Adam divides by 1 - beta^t): the outside attacker's round 3.
     ('G_optim', first_group('amsgrad', True), 'amsgrad'),

@@ -165,12 +165,33 @@ def make_dataset(dir, class_to_idx, folders=None):
     return images
 
 
+# Modes of more than 8 bits a channel whose range the file states: 16-bit greyscale.
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def to_rgb(img):
+    """An opened image's pixels as 8-bit RGB, decoded: PIL's convert('RGB'), which the release
+    used, except for pixels of more than 8 bits (convert saturates 16-bit greyscale at 255 and
+    draws floats black). 16-bit greyscale (a PNG's I;16, or its I) is scaled by 255/65535; 32-bit
+    integer and float pixels, whose range no file states, are refused (ValueError)."""
+    if img.mode == 'RGB':
+        img.load()  # convert('RGB') would only copy
+        return img
+    if img.mode in SIXTEEN_BIT_MODES or (img.mode == 'I' and img.format == 'PNG'):
+        pixels = np.asarray(img).astype(np.float64) * (255 / 65535)
+        return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)).convert('RGB')
+    if img.mode in ('I', 'F'):
+        kind = 'floating-point' if img.mode == 'F' else '32-bit integer'
+        raise ValueError(f'its pixels are {kind} ({img.mode} mode), whose range the file does '
+                         f'not state: convert it to 8 bits a channel')
+    return img.convert('RGB')
+
+
 def default_loader(path):
-    """Decode an image file to RGB exactly as the release does; a FIFO or device named like
+    """Decode an image file to RGB as the release does (to_rgb); a FIFO or device named like
     an image is refused (FileError) rather than waited on."""
     with open_regular(path, 'image') as f:
-        img = Image.open(f)
-        return img.convert('RGB')
+        return to_rgb(Image.open(f))
 
 
 def folder_signature(root):

@@ -121,17 +121,12 @@ def output_path(config, res):
 def load_square(path, res):
     """The release's pixels for one file: RGB, centre crop on the long edge, resize.
 
-    Same operations as Image.convert('RGB') + CenterCropLongEdge +
+    Same operations as Image.convert('RGB') (datasets.to_rgb) + CenterCropLongEdge +
     transforms.Resize(res) on a PIL image, minus torchvision's dispatch; returns
     uint8 3 x res x res.
     """
     with open_regular(path, 'image') as f:  # a FIFO or device named x.png would block or never end
-        img = Image.open(f)
-        # convert('RGB') on an RGB image is only a copy; load() decodes in place.
-        if img.mode == 'RGB':
-            img.load()
-        else:
-            img = img.convert('RGB')
+        img = dset.to_rgb(Image.open(f))
     w, h = img.size
     side = min(w, h)
     # torchvision's center_crop offsets (Python round, half to even).

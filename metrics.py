@@ -245,10 +245,14 @@ def numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     sigma1, sigma2 = as_float64(sigma1), as_float64(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError('Means and covariances must have matching shapes')
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-                 - 2 * _trace_sqrt_product_numpy(sigma1, sigma2))
+    # Finite moments of 1e200 overflow to inf here, silently: the callers refuse a FID that
+    # is no distance in one line (inception_utils.valid_fid), and numpy's warning would be two
+    # more lines before it.
+    with np.errstate(over='ignore', invalid='ignore'):
+        sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+        diff = mu1 - mu2
+        return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                     - 2 * _trace_sqrt_product_numpy(sigma1, sigma2))
 
 
 def _sqrt_psd_torch(a):

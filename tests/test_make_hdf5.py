@@ -57,7 +57,10 @@ def folder(tmp_path):
 def _release_pixels(path, res):
     """The release's pixels, from torchvision's own transforms on the PIL image."""
     with open(path, 'rb') as f:
-        img = Image.open(f).convert('RGB')
+        img = Image.open(f)
+        if img.mode.startswith('I;16'):  # the release saturated these at 255: scaled here
+            img = Image.fromarray(np.round(np.asarray(img) / 257).astype(np.uint8), 'L')
+        img = img.convert('RGB')
     img = TF.center_crop(img, min(img.size))
     img = T.Resize(res)(img)
     return np.asarray(img).transpose(2, 0, 1)
@@ -265,3 +268,17 @@ def test_an_image_gone_behind_its_index_says_how_to_relist(folder, capsys):
     os.remove(folder / 'ImageNet' / index)
     with h5py.File(_convert(folder), 'r') as f:
         assert len(f['labels']) == len(IMAGES) - 1
+
+
+@pytest.mark.parametrize('mode,kind', [('F', 'floating-point'), ('I', '32-bit integer')])
+def test_pixels_of_no_stated_range_are_refused_with_the_path(folder, capsys, mode, kind):
+    """A float TIFF was stored black and a 16-bit PNG saturated (the outside attacker's round
+    10); pixels whose range no file states stop the run in one line naming the file."""
+    path = folder / 'ImageNet' / 'a' / 'x.tif'
+    values = np.random.default_rng(0).random((20, 20))
+    Image.fromarray(values.astype(np.float32) if mode == 'F'
+                    else (values * 1000).astype(np.int32)).save(path)
+    with pytest.raises(SystemExit) as info:
+        _convert(folder, '--num_workers', '0')
+    line = _exit_line(info, capsys)
+    assert str(path) in line and kind in line and 'convert it to 8 bits' in line

@@ -544,3 +544,17 @@ def test_classes_that_intra_fid_leaves_out_are_named_at_start_up(tmp_path, monke
                                     weights_path=str(weights), n_classes=3)
     assert ('hold 2 class(es) of fewer than 2 images (class 1, 2): intraFID leaves them out'
             in capsys.readouterr().out)
+
+
+def test_moments_that_overflow_give_inf_without_a_warning():
+    """Finite means of 1e200 (the outside attacker's round 10): the distance overflows to inf,
+    which the callers refuse in one line; numpy's overflow warning printed two more lines and
+    the source line before it."""
+    import warnings
+    rng = np.random.default_rng(0)
+    sigma = np.cov(rng.normal(size=(64, 8)).T)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        fid = metrics.numpy_calculate_frechet_distance(np.full(8, 1e200), sigma, np.zeros(8),
+                                                       sigma)
+    assert fid == float('inf')

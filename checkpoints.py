@@ -1118,22 +1118,25 @@ def override_optimizer_settings(G, D, config, asked, notices=True):
             print(f"--{flag} {config[flag]} overrides the checkpoint's {old}")
 
 
-def check_finite_step(metrics, nets, itr, weights_root, experiment_name):
-    """Stop the run when a step's losses are NaN or Inf and the weights are too.
+def check_finite_step(metrics, nets, itr, weights_root, experiment_name, scaled=False):
+    """Stop the run when a step's losses are NaN or Inf, unless GradScaler skipped the step
+    (scaled: fp16, whose non-finite losses it skips, and the weights are still finite).
+    Returns whether the losses are finite: a skipped step's are neither shown nor logged.
 
     The losses are already on the host, so the common case costs nothing; only a non-finite
-    loss pays for a look at the weights (under fp16 GradScaler skips such steps and the
-    weights stay finite, so training goes on).
+    loss pays for a look at the weights.
     """
     if all(math.isfinite(v) for v in metrics.values()):
-        return
+        return True
     bad = first_nonfinite({name: net.state_dict() for name, net in nets.items()})
-    if bad is not None:
-        losses = ', '.join(f'{k} {v:g}' for k, v in metrics.items())
-        if os.path.isfile(checkpoint_path(weights_root, experiment_name, 'state_dict')):
-            advice = (f'the last checkpoint, {last_checkpoint(weights_root, experiment_name)}, '
-                      f'is left as it was: resume from it with lower learning rates')
-        else:
-            advice = 'no checkpoint was saved before it: start again with lower learning rates'
-        raise StopRun(f'training diverged at iteration {itr} ({losses}; {bad} is NaN or Inf); '
-                      f'{advice}')
+    if bad is None and scaled:
+        return False
+    losses = ', '.join(f'{k} {v:g}' for k, v in metrics.items())
+    # Without a GradScaler the step was taken: finite weights now are no healthy run.
+    what = f'{bad} is NaN or Inf' if bad is not None else 'the step was taken with them'
+    if os.path.isfile(checkpoint_path(weights_root, experiment_name, 'state_dict')):
+        advice = (f'the last checkpoint, {last_checkpoint(weights_root, experiment_name)}, '
+                  f'is left as it was: resume from it with lower learning rates')
+    else:
+        advice = 'no checkpoint was saved before it: start again with lower learning rates'
+    raise StopRun(f'training diverged at iteration {itr} ({losses}; {what}); {advice}')

@@ -129,8 +129,13 @@ def keep_replaced_run(config, name):
     """Move a run that a fresh start (no --resume) would overwrite to name.replacedN in each
     root, and say so: the release started over in place, losing its checkpoints, logs and
     sheets. All of it moves or, when a move fails, none of it (one line)."""
-    folders = {root: os.path.join(config[root], name)
-               for root in ('weights_root', 'logs_root', 'samples_root')}
+    # Roots that are one folder (--weights_root R --logs_root R ...) hold one run folder,
+    # moved once.
+    folders, seen = {}, set()
+    for root in ('weights_root', 'logs_root', 'samples_root'):
+        if os.path.realpath(config[root]) not in seen:
+            seen.add(os.path.realpath(config[root]))
+            folders[root] = os.path.join(config[root], name)
     jsonl = os.path.join(config['logs_root'], f'{name}_log.jsonl')
     # Temporary files stay (a live writer's, another host's, are its own to rename), and the
     # lock this run holds.
@@ -345,21 +350,23 @@ def run(config):
             if config['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
             metrics = train(x, y)
-            # The losses are on the host already: a NaN stops the run before it is shown,
-            # logged or saved (under fp16 a skipped step's NaN loss is logged and training
-            # goes on: the weights are finite).
-            check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
-                              experiment_name)
+            # The losses are on the host already: a NaN or Inf stops the run before it is
+            # shown, logged or saved (under fp16 GradScaler skipped the step: training goes on,
+            # and that step's losses are neither shown nor logged).
+            finite = check_finite_step(metrics, {'G': G, 'D': D}, itr, config['weights_root'],
+                                       experiment_name, scaled=precision.G_scaler.is_enabled())
+            shown = metrics if finite else {}
             svs = {}
             if rank == 0:
-                train_log.log(itr=itr, **metrics)
+                if shown:
+                    train_log.log(itr=itr, **shown)
+                    bar.set_postfix(shown)
                 # The watch reads them at its own cadence too, and logs what it reads.
                 if ((config['sv_log_interval'] > 0 and not itr % config['sv_log_interval'])
                         or (watch is not None and watch.due(itr))):
                     svs = utils.read_SVs({'G': G, 'D': D})
                     train_log.log(itr=itr, **svs)
-                bar.set_postfix(metrics)
-                tb.log_train(itr, metrics, svs, D_batch_size * world_size, G=G.optim, D=D.optim)
+                tb.log_train(itr, shown, svs, D_batch_size * world_size, G=G.optim, D=D.optim)
             if watch is not None:
                 watch.observe(itr, metrics, svs)
 

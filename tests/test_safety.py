@@ -677,6 +677,25 @@ def test_a_diverged_step_is_neither_shown_nor_logged(data_root, tmp_path, capsys
     assert logs and not [name for name, data in logs.items() if b'nan' in data.lower()]
 
 
+def test_an_inf_loss_with_finite_weights_stops_unless_a_scaler_skipped_it(tmp_path):
+    """fp32, rates of 3e38 after a run at 1e12: D_loss_real inf, the weights still finite;
+    the run went on, showing `+inf` and logging `9: inf` (the outside attacker's round 10).
+    Without a GradScaler the step was taken: the run stops. With one (fp16) the step was
+    skipped: training goes on, and the losses are not logged."""
+    nets = {'G': torch.nn.Linear(2, 2), 'D': torch.nn.Linear(2, 2)}
+    metrics = {'G_loss': 1.0, 'D_loss_real': float('inf'), 'D_loss_fake': 0.5}
+    root = str(tmp_path)
+    assert checkpoints.check_finite_step(dict(metrics, D_loss_real=2.0), nets, 9, root, NAME)
+    assert not checkpoints.check_finite_step(metrics, nets, 9, root, NAME, scaled=True)
+    with pytest.raises(checkpoints.StopRun, match='diverged at iteration 9 .*D_loss_real inf.*; '
+                                                  'the step was taken with them'):
+        checkpoints.check_finite_step(metrics, nets, 9, root, NAME)
+    with torch.no_grad():
+        nets['D'].weight[0, 0] = float('nan')
+    with pytest.raises(checkpoints.StopRun, match='D.weight is NaN or Inf'):
+        checkpoints.check_finite_step(metrics, nets, 9, root, NAME, scaled=True)
+
+
 def test_nan_pixels_from_finite_weights_are_never_written(data_root, run_dir, capsys):
     """G_ema.pth with every spectral-norm vector zeroed (finite; the record updated): each
     image was NaN, written as black pixels to samples.npz and the sheets, exit 0 (the outside
@@ -1231,6 +1250,23 @@ def test_a_fresh_start_over_a_run_of_a_long_name_keeps_it_too(data_root, tmp_pat
     assert f'that run is kept as experiment {kept} in every root' in capsys.readouterr().out
     assert sorted(os.listdir(out / 'weights')) == sorted([name, kept])
     assert checkpoints.torch_load(str(out / 'weights' / kept / 'state_dict.pth'))['itr'] == 1
+
+
+def test_a_fresh_start_over_a_run_in_one_folder_for_every_root_keeps_it(data_root, tmp_path,
+                                                                        capsys):
+    """--weights_root, --logs_root and --samples_root one folder: the run's folder was moved
+    for the first root, and the second's move then failed ('No such file or directory', the
+    outside attacker's round 10). It moves once."""
+    same = str(tmp_path / 'R')
+    argv = run_flags(data_root, str(tmp_path / 'out'), NAME, '--total_itrs', '1') + [
+        '--weights_root', same, '--logs_root', same, '--samples_root', same]
+    train.main(argv)
+    before = tree(tmp_path / 'R' / NAME)
+    train.main(argv)
+    assert 'that run is kept as experiment exp.replaced1 in every root' in (
+        capsys.readouterr().out)
+    assert tree(tmp_path / 'R' / f'{NAME}.replaced1') == before
+    assert checkpoints.torch_load(f'{same}/{NAME}/state_dict.pth')['itr'] == 1
 
 
 def test_sheets_alone_are_kept_and_a_move_that_fails_moves_nothing(data_root, run_dir,

@@ -870,9 +870,12 @@ def _same_kind(loaded, own):
 
 
 def check_shapes(module, loaded, path, strict=True):
-    """One clear error when a checkpoint does not fit the model built from the flags."""
+    """One clear error when a checkpoint does not fit the model built from the flags. Not
+    strict (sample.py's, as the release's), buffers may be missing or extra; a parameter
+    never may (it would keep its random start, silently)."""
     own = module.state_dict()
-    missing = [k for k in own if k not in loaded] if strict else []
+    params = {name for name, _ in module.named_parameters()}
+    missing = [k for k in own if k not in loaded and (strict or k in params)]
     unexpected = [k for k in loaded if k not in own] if strict else []
     wrong = [f'{k} {tuple(loaded[k].shape)} vs {tuple(own[k].shape)}'
              for k in own if k in loaded and loaded[k].shape != own[k].shape]

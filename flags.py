@@ -653,7 +653,7 @@ def is_finite_number(value):
 
 def in_domain(value, domain):
     """Whether a number lies in a DOMAINS bound."""
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int of any size is finite
         return False
     if domain[0] in '[(':
         low, high = (float(v) for v in domain[1:-1].split(','))

@@ -696,19 +696,55 @@ def test_an_inf_loss_with_finite_weights_stops_unless_a_scaler_skipped_it(tmp_pa
         checkpoints.check_finite_step(metrics, nets, 9, root, NAME, scaled=True)
 
 
+HUGE = '1' + '0' * 320  # an int past float range
+
+
+@pytest.mark.parametrize('main,argv,why', [
+    (train.main, ['--dataset', 'S32', '--batch_size', HUGE], 'take about 10^'),
+    (train.main, ['--dataset', 'S32', '--dim_z', HUGE], 'take about 10^'),
+    (train.main, ['--dataset', 'S32', '--num_epochs', HUGE, '--G_lr', '-1'], '--G_lr'),
+    (sample.main, ['--dataset', 'S32', '--sample_trunc_curves', '1_1_1e308'],
+     'take about 10^299 GB')])
+def test_a_count_past_float_range_is_one_line(main, argv, why, tmp_path, capsys):
+    """An int flag of 321 digits, or a size past float range: OverflowError tracebacks in
+    the flag check (math.isfinite on the int) and in the size's GB figure (the outside
+    attacker's round 10)."""
+    roots = ['--base_root', str(tmp_path)]
+    assert why in exits_with_one_line(main, argv + roots, capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def edit_in_set(folder, name, edit):
+    """edit(weights) on folder/name.pth, its digest in the set's record updated: the file
+    reaches the checks after the record's."""
+    weights = checkpoints.torch_load(str(folder / f'{name}.pth'))
+    edit(weights)
+    torch.save(weights, folder / f'{name}.pth')
+    record = checkpoints.torch_load(str(folder / 'state_dict.pth'))
+    record['files'][f'{name}.pth'] = checkpoints.file_digest(str(folder / f'{name}.pth'))
+    torch.save(record, folder / 'state_dict.pth')
+
+
+def test_a_missing_parameter_is_refused_where_buffers_may_be(data_root, run_dir, capsys):
+    """sample.py loads G_ema as the release did, not strictly (buffers may be missing), and
+    loaded one without a conv weight silently, which then kept its random start (the outside
+    attacker's round 10)."""
+    key = 'blocks.0.0.conv1.weight'
+    edit_in_set(run_dir / 'weights' / NAME, 'G_ema', lambda weights: weights.pop(key))
+    line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir, '--use_ema'),
+                               capsys)
+    assert f'missing keys: {key}' in line and 'G_ema.pth does not match' in line
+
+
 def test_nan_pixels_from_finite_weights_are_never_written(data_root, run_dir, capsys):
     """G_ema.pth with every spectral-norm vector zeroed (finite; the record updated): each
     image was NaN, written as black pixels to samples.npz and the sheets, exit 0 (the outside
     attacker's round 10). Now one line naming the file not written, and none is."""
-    folder = run_dir / 'weights' / NAME
-    weights = checkpoints.torch_load(str(folder / 'G_ema.pth'))
-    for key, value in weights.items():
-        if key.rsplit('.', 1)[-1].startswith('u') and key[-1].isdigit():
-            value.zero_()
-    torch.save(weights, folder / 'G_ema.pth')
-    record = checkpoints.torch_load(str(folder / 'state_dict.pth'))
-    record['files']['G_ema.pth'] = checkpoints.file_digest(str(folder / 'G_ema.pth'))
-    torch.save(record, folder / 'state_dict.pth')
+    def zero_sn_vectors(weights):
+        for key, value in weights.items():
+            if key.rsplit('.', 1)[-1].startswith('u') and key[-1].isdigit():
+                value.zero_()
+    edit_in_set(run_dir / 'weights' / NAME, 'G_ema', zero_sn_vectors)
     before = tree(run_dir / 'samples')
     line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir, '--use_ema',
                                                         '--sample_npz', '--sample_num_npz',

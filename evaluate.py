@@ -234,7 +234,12 @@ def run(config):
     if save and kinds[0] == 'statistics':
         raise flags.ConfigError(f'{sources[0]} already holds statistics')
     if not save and {'KID', 'PRDC'} & set(names):
-        # Sizes that cannot fit are refused before the sources' Inception passes, not after.
+        # Sizes that cannot fit are refused before the sources' Inception passes, not after;
+        # a statistics file's own checks (its features' shape) before its sizes, so the first
+        # refusal is the one to act on.
+        for spec, kind in zip(sources, kinds):
+            if kind == 'statistics':
+                load_statistics(spec, config['inception_backend'])
         rows = [source_rows(s, k, config) for s, k in zip(sources, kinds)]
         for spec, kind, n in zip(sources, kinds, rows):
             if kind == 'statistics' and n is None:

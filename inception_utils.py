@@ -38,7 +38,7 @@ from files import (
     hdf5_dataset,
     open_regular,
 )
-from flags import DEFAULT_KID_FEATS, ConfigError
+from flags import DEFAULT_KID_FEATS, FLOAT32_MAX, ConfigError
 
 # The math lives in metrics; the release's names for it stay importable from here.
 from metrics import (  # noqa: F401
@@ -552,8 +552,9 @@ def _is_psd(sigma):
 def check_moments(moments, path, command):
     """Refuse (InceptionMomentsError, one line ending with command) moments no FID can be
     computed from: mu not (D,) or sigma not (D, D), values not finite, sigma not symmetric or
-    not positive semi-definite (within SYMMETRY_TOL / PSD_TOL), KID features not (K, D) or not
-    finite. The FID of such moments would be NaN or negative, and be logged as a number."""
+    not positive semi-definite (within SYMMETRY_TOL / PSD_TOL), beyond what float32 features
+    give, KID features not (K, D) or not finite. The FID of such moments would be NaN or
+    negative, and be logged as a number."""
     mu, sigma = moments['mu'], moments['sigma']
     feats = moments.get('feats')
     problem = None
@@ -561,6 +562,12 @@ def check_moments(moments, path, command):
         problem = f'mu has shape {mu.shape} and sigma {sigma.shape}, not (D,) and (D, D)'
     elif not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         problem = 'mu or sigma holds NaN or Inf'
+    elif (np.abs(mu).max(initial=0) > FLOAT32_MAX
+          or np.abs(sigma).max(initial=0) > FLOAT32_MAX ** 2):
+        # Features are float32: no mean of them passes its largest value, no covariance its
+        # square.
+        problem = (f'mu or sigma holds values beyond what float32 features give (|mu| up to '
+                   f'{FLOAT32_MAX:.3g}, |sigma| up to {FLOAT32_MAX ** 2:.3g})')
     elif np.abs(sigma - sigma.T).max(initial=0) > SYMMETRY_TOL * np.abs(sigma).max(initial=0):
         problem = (f'sigma is not symmetric (entries differ from their transposes by up to '
                    f'{np.abs(sigma - sigma.T).max():.3g})')

@@ -127,7 +127,14 @@ def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
     np.savez(tmp_path / 'inf_feats.npz', mu=np.zeros(8), sigma=eye, feats=np.full((5, 8), np.inf))
     np.savez(tmp_path / 'objects.npz', x=np.array([{'a': 1}, None], dtype=object))
     np.savez(tmp_path / 'good.npz', mu=np.zeros(8), sigma=eye)
+    # The outside attacker's round 10: finite values no float32 features give (FID 2e203
+    # printed), and features of the wrong width, refused first as lower --kid_subset_size.
+    np.savez(tmp_path / 'huge.npz', mu=np.zeros(8), sigma=eye * 1e200)
+    np.savez(tmp_path / 'narrow.npz', mu=np.zeros(8), sigma=eye, feats=np.zeros((10, 7)))
     cases = [([tmp_path / 'nan.npz', npz], 'NaN or Inf'),
+             ([tmp_path / 'huge.npz', npz], 'beyond what float32 features give'),
+             ([tmp_path / 'narrow.npz', npz, '--metrics', 'KID'],
+              'KID features have shape (10, 7), not (K, 8)'),
              ([tmp_path / 'asym.npz', npz], 'not symmetric'),
              ([tmp_path / 'inf_feats.npz', npz, '--metrics', 'KID', '--kid_subset_size', '5'],
               'KID features hold NaN'),

@@ -1139,7 +1139,8 @@ def check_finite_step(metrics, nets, itr, weights_root, experiment_name, scaled=
     what = f'{bad} is NaN or Inf' if bad is not None else 'the step was taken with them'
     if os.path.isfile(checkpoint_path(weights_root, experiment_name, 'state_dict')):
         advice = (f'the last checkpoint, {last_checkpoint(weights_root, experiment_name)}, '
-                  f'is left as it was: resume from it with lower learning rates')
+                  f'is left as it was: resume from it with lower learning rates (--resume '
+                  f'--experiment_name {experiment_name} --G_lr ... --D_lr ...)')
     else:
         advice = 'no checkpoint was saved before it: start again with lower learning rates'
     raise StopRun(f'training diverged at iteration {itr} ({losses}; {what}); {advice}')

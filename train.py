@@ -223,6 +223,13 @@ def run(config):
     # Resume.
     state_dict = initial_state(config)
     if config['resume']:
+        folder = os.path.join(config['weights_root'], experiment_name)
+        if not config['experiment_name'] and not os.path.exists(folder):
+            # The built name holds the rates: resuming with lower ones looks in another folder.
+            raise utils.ConfigError(
+                f'nothing to resume at {folder}: without --experiment_name the name is built '
+                f'from the flags, learning rates included, so changed flags name another run; '
+                f'pass the run\'s own name (--experiment_name, its "Experiment name is" line)')
         load_weights(G, D, state_dict, config['weights_root'], experiment_name,
                      config['load_weights'] or None, G_ema if config['ema'] else None)
         # A relaunch of a finished run (a scheduler's requeue): say so, write nothing.

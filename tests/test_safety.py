@@ -638,11 +638,29 @@ def test_nan_stops_run_and_keeps_last_checkpoint(data_root, tmp_path, capsys, mo
     monkeypatch.setattr(train.train_fns, 'GAN_training_function', poison_at(3, ['D']))
     line = exits_with_one_line(train.main, argv, capsys)
     assert 'diverged at iteration 3' in line and f"{out / 'weights' / NAME} (itr 2)" in line
+    assert line.endswith(f'(--resume --experiment_name {NAME} --G_lr ... --D_lr ...)')
     saved = checkpoints.torch_load(str(out / 'weights' / NAME / 'state_dict.pth'))
     assert saved['itr'] == 2
     for name in ('G', 'D', 'G_ema'):
         weights = checkpoints.torch_load(str(out / 'weights' / NAME / f'{name}.pth'))
         assert checkpoints.first_nonfinite(weights) is None
+
+
+def test_a_resume_with_new_rates_of_a_built_name_says_to_name_the_run(data_root, tmp_path,
+                                                                       capsys):
+    """Without --experiment_name the name is built from the flags, rates included: the
+    advised --resume --G_lr looked in another folder and said 'train first' (the outside
+    attacker's round 10). It says why and what to pass; the divergence line names the run."""
+    out = tmp_path / 'out'
+    train.main(run_flags(data_root, str(out), '', '--total_itrs', '1'))
+    built = next(line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith('Experiment name is ')).split()[-1]
+    line = exits_with_one_line(train.main, run_flags(
+        data_root, str(out), '', '--total_itrs', '2', '--resume', '--G_lr', '1e-5'), capsys)
+    assert line.startswith('error: nothing to resume at ') and '--experiment_name' in line
+    train.main(run_flags(data_root, str(out), built, '--total_itrs', '2', '--resume',
+                         '--G_lr', '1e-5'))
+    assert "--G_lr 1e-05 overrides the checkpoint's" in capsys.readouterr().out
 
 
 def test_a_divergence_before_any_checkpoint_advises_a_new_start(data_root, tmp_path, capsys,

@@ -664,13 +664,13 @@ def sample(G, z_, y_, config, label=None):
 
 def check_finite_images(images, path):
     """Refuse to write images holding NaN or Inf (as pixels they would be silently black):
-    G's weights are checked finite at load, so a buffer no training leaves (a negative
-    batch-norm variance, a zero spectral-norm vector) made them."""
+    G's weights are checked finite at load, so values no training leaves made them (a weight
+    too large for float32 to compute through, a zero spectral-norm vector)."""
     if not torch.isfinite(images).all():
-        raise StopRun(f'G drew NaN or Inf pixels, so {path} is not written: the checkpoint '
-                      f'holds a buffer no training leaves (a negative batch-norm variance, a '
-                      f'zero spectral-norm vector); it is damaged: use another set '
-                      f'(--load_weights copy0, ...) or train again')
+        raise StopRun(f'G drew NaN or Inf pixels, so {path} is not written: its finite weights '
+                      f'hold values no training leaves (a weight too large for float32 to '
+                      f'compute through, a zero spectral-norm vector); the checkpoint is '
+                      f'damaged: use another set (--load_weights copy0, ...) or train again')
 
 
 def save_image(images, path, nrow):

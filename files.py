@@ -338,7 +338,7 @@ def available_memory(meminfo='/proc/meminfo', cgroup_root='/sys/fs/cgroup',
 def _gb(nbytes):
     """Bytes as GB with one decimal (two below 1 GB, kB below 10 MB; a size no machine has
     as its order of magnitude: a count of 10^320 bytes is past float range)."""
-    if nbytes >= 1e15:
+    if 1e15 <= nbytes != float('inf'):
         return f'about 10^{len(str(int(nbytes))) - 10} GB'
     gb = nbytes / 1e9
     if gb < 0.01:

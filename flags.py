@@ -668,6 +668,8 @@ def in_domain(value, domain):
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT_FLAGS = [spec.get('dest', name[2:]) for name, spec in FLAGS.items()
                if spec.get('type') is float]
+INT_FLAGS = [spec.get('dest', name[2:]) for name, spec in FLAGS.items()
+             if spec.get('type') is int]
 
 
 def float32(value):
@@ -683,6 +685,12 @@ def check_flags(config):
     for key, domain in DOMAINS.items():
         if key in config and config[key] is not None and not in_domain(config[key], domain):
             raise ConfigError(f'--{key} must be {domain}, got {config[key]!r}')
+    for key in INT_FLAGS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2 ** 63:
+            # torch's sizes, numpy's counts and the logs' iterations are int64.
+            raise ConfigError(f'--{key} ({len(str(abs(value)))} digits) is beyond int64, in '
+                              f'which torch counts: at most {2 ** 63 - 1}')
     for key in FLOAT_FLAGS:
         if isinstance(config.get(key), (int, float)) and abs(config[key]) > FLOAT32_MAX:
             raise ConfigError(f'--{key} {config[key]!r} is beyond float32, in which the models '

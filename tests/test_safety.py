@@ -718,15 +718,16 @@ HUGE = '1' + '0' * 320  # an int past float range
 
 
 @pytest.mark.parametrize('main,argv,why', [
-    (train.main, ['--dataset', 'S32', '--batch_size', HUGE], 'take about 10^'),
-    (train.main, ['--dataset', 'S32', '--dim_z', HUGE], 'take about 10^'),
-    (train.main, ['--dataset', 'S32', '--num_epochs', HUGE, '--G_lr', '-1'], '--G_lr'),
+    (train.main, ['--dataset', 'S32', '--batch_size', HUGE], 'beyond int64'),
+    (train.main, ['--dataset', 'S32', '--dim_z', HUGE], 'beyond int64'),
+    (train.main, ['--dataset', 'S32', '--G_ch', HUGE], '--G_ch (321 digits) is beyond int64'),
+    (train.main, ['--dataset', 'S32', '--total_itrs', str(2 ** 63)], 'is beyond int64'),
     (sample.main, ['--dataset', 'S32', '--sample_trunc_curves', '1_1_1e308'],
      'take about 10^299 GB')])
 def test_a_count_past_float_range_is_one_line(main, argv, why, tmp_path, capsys):
     """An int flag of 321 digits, or a size past float range: OverflowError tracebacks in
     the flag check (math.isfinite on the int) and in the size's GB figure (the outside
-    attacker's round 10)."""
+    attacker's round 10); a --G_ch past int64 reached torch's sizes (TypeError)."""
     roots = ['--base_root', str(tmp_path)]
     assert why in exits_with_one_line(main, argv + roots, capsys)
     assert not any(tmp_path.iterdir())

@@ -112,7 +112,8 @@ def run(config):
         for label in images.labels:
             counts[label] += 1
         width = max(len(c) for c in images.classes)
-        print(f'{len(images.classes)} classes, {len(images)} images:')
+        n = len(images.classes)
+        print(f"{n} class{'es' if n > 1 else ''}, {len(images)} images:")
         for cls, count in zip(images.classes, counts):
             print(f'  {cls:<{width}}  {count}')
     weights = inception_utils.default_weights_path(config['backend'])

@@ -123,6 +123,14 @@ def test_two_flat_folders_of_one_name_are_each_their_own(tmp_path):
     assert 'broken.jpg' in run.stderr
 
 
+def test_one_class_folder_is_counted_as_one_class(tmp_path):
+    """The histogram said '1 classes' (the round-11 session's own-data run); a flag only
+    train.py reads, and refuses, ends the run after the listing."""
+    make_folder(tmp_path / 'one', {'only': ('RGB', 3)})
+    run = launch(tmp_path, tmp_path / 'one', '--G_lr', '-1')
+    assert run.stdout.splitlines()[:2] == ['1 class, 3 images:', '  only  3']
+
+
 def test_a_file_as_the_folder_is_named_as_a_file(tmp_path):
     (tmp_path / 'afile.png').write_bytes(b'x')
     run = launch(tmp_path, tmp_path / 'afile.png')

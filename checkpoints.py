@@ -382,11 +382,18 @@ MAX_HASH_WORK = 10_000_000
 
 class _Shape:
     """What check_pickle_hashing knows of an object the pickle builds: the entries hashing
-    it reaches (h) and, for a container, its direct members."""
-    __slots__ = ('h', 'members')
+    it reaches (h), how deep it nests containers (depth: exact for a tuple or frozenset,
+    which cannot grow), and, for a container, its direct members."""
+    __slots__ = ('h', 'depth', 'members')
 
-    def __init__(self, h=1, members=None):
-        self.h, self.members = h, members if members is not None else []
+    def __init__(self, h=1, members=None, depth=0):
+        self.h, self.depth = h, depth
+        self.members = members if members is not None else []
+
+
+def _deepest(shapes):
+    """1 + the deepest of shapes (a container holding them)."""
+    return 1 + max((m.depth for m in shapes), default=0)
 
 
 def _reach(args):
@@ -497,16 +504,21 @@ def _shape_op(op, stack, marks, mark):
         work = sum(p.h for p in popped)  # torch looks the storage key up
     if name in ('APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS', 'BUILD'):
         popped[0].members.extend(items)  # built in place: the object stays
+        popped[0].depth = max(popped[0].depth, _deepest(items))
         stack.append(popped[0])
     elif name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'FROZENSET'):
         members = sliced or popped
-        stack.append(_Shape(1 + sum(m.h for m in members), members))
+        stack.append(_Shape(1 + sum(m.h for m in members), members, _deepest(members)))
     elif name in ('LIST', 'DICT'):
-        stack.append(_Shape(1, sliced))
+        stack.append(_Shape(1, sliced, _deepest(sliced)))
     elif name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'OBJ', 'INST'):
-        stack.append(_Shape(1 + work))  # frozenset(items) hashes as its items do
+        # frozenset(items) hashes as its items do, and nests as deep.
+        stack.append(_Shape(1 + work, depth=_deepest(popped + sliced)))
     else:
         stack.extend(_Shape() for _ in op.stack_after)
+    if stack and stack[-1].depth > MAX_DEPTH:
+        raise pickle.UnpicklingError(f'it nests containers more than {MAX_DEPTH} deep (a '
+                                     f'hash or repr of them would overflow the stack)')
     return work
 
 
@@ -575,6 +587,10 @@ def torch_load(path, map_location='cpu'):
 # 23 KB file (L = [L, L], 90 levels) a tree of 2^90 entries. A release or project checkpoint
 # holds a few thousand.
 MAX_ENTRIES = 1_000_000
+# Containers nested in containers: a checkpoint nests a few levels (an optimizer's state, a
+# config's lists); a repr, a hash or a recursive walk of 10^5 levels overflows the stack (a
+# tuple's hash in C: a segmentation fault).
+MAX_DEPTH = 100
 
 
 def check_loaded_tensors(obj, path):
@@ -582,20 +598,26 @@ def check_loaded_tensors(obj, path):
     dense (sparse: no optimizer or layer takes it), has no data (meta), or declares more
     elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
     elements, which every later full read would materialise); and a file whose objects, as
-    a tree, hold more than MAX_ENTRIES entries (so that every later walk is bounded)."""
-    stack, seen = [obj], 0  # iterative: a crafted file can nest containers deeper than the stack
+    a tree, hold more than MAX_ENTRIES entries or nest containers more than MAX_DEPTH deep (so
+    that every later walk, repr or hash is bounded and recurses little)."""
+    # Iterative: a crafted file can nest containers deeper than the stack.
+    stack, seen = [(obj, 0)], 0
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         seen += 1
         if seen > MAX_ENTRIES:
             raise CheckpointError(f'{path} holds more than {MAX_ENTRIES} entries (a container '
                                   f'counted each time it is referenced), which no checkpoint is '
                                   f'saved with; the file is crafted or damaged')
+        if depth > MAX_DEPTH:
+            raise CheckpointError(f'{path} nests containers more than {MAX_DEPTH} deep, which '
+                                  f'no checkpoint is saved with; the file is crafted or damaged')
         if isinstance(item, dict):
-            stack.extend(item.keys())  # a key can be a tuple of shared tuples
-            stack.extend(item.values())
+            # A key can be a tuple of shared tuples.
+            stack.extend((k, depth + 1) for k in item.keys())
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+            stack.extend((m, depth + 1) for m in item)
         elif isinstance(item, torch.Tensor):
             if item.layout != torch.strided or item.is_meta or item.is_quantized:
                 raise CheckpointError(f'{path} holds a {item.layout} {item.device.type} tensor '

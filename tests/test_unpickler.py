@@ -329,7 +329,8 @@ def test_a_real_checkpoint_hashes_little(tmp_path):
 def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path):
     """The file formats end to end, in a child (a hash of 2^45 entries would never return):
     a zip G.pth whose data.pkl holds the key, and a legacy one (magic, protocol, sys info,
-    then the object), both refused in one line and at once."""
+    then the object), both refused in one line and at once; and a zip whose key nests 200,000
+    tuples deep."""
     import subprocess
     import zipfile
     body = b'\x80\x02' + HASH_ROUTES['SETITEM'](tuple_dag(45)) + b'.'
@@ -341,6 +342,10 @@ def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path
         0x1950a86a20f9469cfc6c, 1001, {'protocol_version': 1001, 'little_endian': True,
                                        'type_sizes': {'short': 2, 'int': 4, 'long': 4}}))
     (tmp_path / 'legacy.pth').write_bytes(header + body)
+    with zipfile.ZipFile(tmp_path / 'deep.pth', 'w', zipfile.ZIP_STORED) as z:
+        z.writestr('archive/data.pkl', b'\x80\x02}K\x00' + b'\x85' * 200_000 + b'K\x01s.')
+        z.writestr('archive/version', '3\n')
+        z.writestr('archive/byteorder', 'little')
     code = ('import sys, checkpoints\n'
             'for path in sys.argv[1:]:\n'
             '    try:\n'
@@ -348,7 +353,31 @@ def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path
             '    except checkpoints.CheckpointError as e:\n'
             '        print(e)\n')
     done = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'zip.pth'),
-                           str(tmp_path / 'legacy.pth')], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                           str(tmp_path / 'legacy.pth'), str(tmp_path / 'deep.pth')],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 2 and all('would hash more than' in line for line in lines), done
+    assert len(lines) == 3 and all('would hash more than' in line for line in lines[:2]), done
+    assert 'nests containers more than' in lines[2]  # a segmentation fault before
+
+
+def test_containers_nested_past_the_bound_are_refused_before_and_after_unpickling():
+    """A dict key of 0 in 200,000 one-element tuples (200 KB, 2 x 10^5 entries hashed, under
+    the entry bound): torch's unpickler crashed the process hashing it (a C stack overflow,
+    the outside attacker's round 11), and a value nested 1,100 deep ended in a RecursionError
+    from a repr. The scan refuses a tuple deeper than MAX_DEPTH as it is built; the walk of
+    what was loaded, any container that deep (a list can be deepened after it was referenced,
+    which the scan does not follow)."""
+    from checkpoints import MAX_DEPTH, check_loaded_tensors, check_pickle_hashing
+
+    def key_of_depth(n):
+        return b'\x80\x02}K\x00' + b'\x85' * n + b'K\x01s.'
+    check_pickle_hashing(io.BytesIO(key_of_depth(MAX_DEPTH - 1)))
+    for n in (MAX_DEPTH + 1, 200_000):
+        with pytest.raises(pickle.UnpicklingError, match=f'more than {MAX_DEPTH} deep'):
+            check_pickle_hashing(io.BytesIO(key_of_depth(n)))
+    deep = []
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    check_loaded_tensors({'a': deep[0]}, 'x.pth')
+    with pytest.raises(CheckpointError, match=f'nests containers more than {MAX_DEPTH} deep'):
+        check_loaded_tensors({'a': deep}, 'x.pth')

@@ -530,7 +530,13 @@ class release_pickle:
 
     @staticmethod
     def load(file, **kwargs):
-        return ReleaseUnpickler(file, **kwargs).load()
+        obj = ReleaseUnpickler(file, **kwargs).load()
+        # torch reads the header (ints and a dict) and the storage keys this way, and hashes
+        # each key to find its storage: keys are strings, and a tuple of shared tuples would
+        # hash 2^levels entries after the scan.
+        if isinstance(obj, list) and not all(isinstance(k, (str, bytes)) for k in obj):
+            raise pickle.UnpicklingError('its storage keys are not all strings')
+        return obj
 
 
 # What weights_only loading may build beyond tensors and plain data: the release's ReLU and

@@ -342,6 +342,10 @@ def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path
         0x1950a86a20f9469cfc6c, 1001, {'protocol_version': 1001, 'little_endian': True,
                                        'type_sizes': {'short': 2, 'int': 4, 'long': 4}}))
     (tmp_path / 'legacy.pth').write_bytes(header + body)
+    # The storage keys torch hashes after the object (a DAG key in them hung the loader past
+    # SIGTERM, the outside attacker's round 11).
+    (tmp_path / 'keys.pth').write_bytes(header + pickle.dumps({'itr': 2}, protocol=2)
+                                        + b'\x80\x02]K\x00' + b'2\x86' * 45 + b'a.')
     with zipfile.ZipFile(tmp_path / 'deep.pth', 'w', zipfile.ZIP_STORED) as z:
         z.writestr('archive/data.pkl', b'\x80\x02}K\x00' + b'\x85' * 200_000 + b'K\x01s.')
         z.writestr('archive/version', '3\n')
@@ -353,11 +357,13 @@ def test_torch_load_refuses_a_key_of_shared_references_in_either_format(tmp_path
             '    except checkpoints.CheckpointError as e:\n'
             '        print(e)\n')
     done = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'zip.pth'),
-                           str(tmp_path / 'legacy.pth'), str(tmp_path / 'deep.pth')],
+                           str(tmp_path / 'legacy.pth'), str(tmp_path / 'deep.pth'),
+                           str(tmp_path / 'keys.pth')],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 3 and all('would hash more than' in line for line in lines[:2]), done
+    assert len(lines) == 4 and all('would hash more than' in line for line in lines[:2]), done
     assert 'nests containers more than' in lines[2]  # a segmentation fault before
+    assert 'storage keys are not all strings' in lines[3]
 
 
 def test_containers_nested_past_the_bound_are_refused_before_and_after_unpickling():

@@ -124,11 +124,13 @@ def test_two_flat_folders_of_one_name_are_each_their_own(tmp_path):
 
 
 def test_one_class_folder_is_counted_as_one_class(tmp_path):
-    """The histogram said '1 classes' (the round-11 session's own-data run); a flag only
-    train.py reads, and refuses, ends the run after the listing."""
+    """The histogram said '1 classes' (this session's own-data run); an unreadable image
+    ends the run after the listing, at make_hdf5.py."""
     make_folder(tmp_path / 'one', {'only': ('RGB', 3)})
-    run = launch(tmp_path, tmp_path / 'one', '--G_lr', '-1')
-    assert run.stdout.splitlines()[:2] == ['1 class, 3 images:', '  only  3']
+    (tmp_path / 'one' / 'only' / 'broken.png').write_bytes(b'not an image')
+    run = launch(tmp_path, tmp_path / 'one')
+    assert run.stdout.splitlines()[:2] == ['1 class, 4 images:', '  only  4']
+    assert run.returncode == 2 and 'broken.png' in run.stderr
 
 
 def test_a_file_as_the_folder_is_named_as_a_file(tmp_path):

@@ -22,6 +22,7 @@ import torch.nn as nn
 import step_helpers
 from distributed import all_gather_objects, get_rank, get_world_size
 from files import (  # noqa: F401  (release-facing names; new code imports from files)
+    BoundedReader,
     FileError,
     atomic_link,
     atomic_open,
@@ -360,7 +361,7 @@ class ReleaseUnpickler(pickle.Unpickler):
         """Unpickle, once check_pickle_hashing has read the pickle ahead and come back."""
         file = self._file
         start = file.tell()
-        check_pickle_hashing(file if self._left is None else _BoundedReader(file, self._left))
+        check_pickle_hashing(file if self._left is None else BoundedReader(file, self._left))
         file.seek(start)
         return super().load()
 
@@ -401,24 +402,6 @@ def _reach(args):
     may hash: each argument, its members and theirs, as they are now."""
     return sum(a.h + sum(m.h + sum(mm.h for mm in m.members) for m in a.members)
                for a in args)
-
-
-class _BoundedReader:
-    """A file's read() that never asks for more bytes than are left: a declared length of
-    2^60 is then a short read, not an allocation."""
-
-    def __init__(self, file, left):
-        self.file, self.left = file, left
-
-    def read(self, n=-1):
-        data = self.file.read(self.left if n is None or n < 0 else min(n, self.left))
-        self.left -= len(data)
-        return data
-
-    def readline(self):
-        line = self.file.readline(self.left)
-        self.left -= len(line)
-        return line
 
 
 def _pickle_ops(stream):

@@ -581,6 +581,24 @@ def read_bounded(f, nbytes, what, path):
     return data
 
 
+class BoundedReader:
+    """A file's read() that never asks for more bytes than are left: a declared length of
+    2^60 is then a short read, not an allocation."""
+
+    def __init__(self, file, left):
+        self.file, self.left = file, left
+
+    def read(self, n=-1):
+        data = self.file.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def readline(self):
+        line = self.file.readline(self.left)
+        self.left -= len(line)
+        return line
+
+
 def read_lines(path, what='log', max_line=1 << 20):
     """Yield the lines of a regular text file, refusing (FileError) a line longer than
     max_line bytes, so a file without newlines cannot fill memory."""

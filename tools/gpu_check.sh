@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: tests/test_cuda.py, then tools/benchmark.py --config i128 (G_ch = D_ch = 96,
-# batch 32) in modes fp32, bf16, bf16+cl, fp16 and compile+bf16+cl, all in one results file:
+# batch 32) in modes fp32, compile+bf16+cl, bf16, bf16+cl and fp16, all in one results file:
 # $OUT/gpu_check_results.txt when OUT is set, else ./gpu_check_results.txt. It fits in 8 minutes
 # on one H200-class GPU: the tests get at most 4 minutes and the benchmark what is left (modes
 # that do not fit are reported as stopped or skipped).
@@ -20,7 +20,7 @@ case "${1:-}" in
     --dry-run) BENCH=(--device cpu --ch 8 --batch_size 2 --warmup 1 --reps 1 --itrs 1
                       --modes fp32,bf16,bf16+cl,fp16) ;;
     '') BENCH=(--batch_size 32 --warmup 3 --reps 3 --itrs 5
-               --modes fp32,bf16,bf16+cl,fp16,compile+bf16+cl) ;;
+               --modes fp32,compile+bf16+cl,bf16,bf16+cl,fp16) ;;
     *) echo "usage: bash tools/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
 esac
 

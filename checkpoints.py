@@ -404,19 +404,52 @@ def _reach(args):
                for a in args)
 
 
+# What check_pickle_hashing does with each opcode, worked out once from pickletools' table
+# (the scan runs once per opcode of every pickle loaded: a BigGAN-128 Adam state has 10^5).
+_MEMO_PUT, _MEMO_GET, _DUP, _MARK, _POP, _STOP, _OTHER = range(7)
+_KEYS, _ITEMS, _REACH, _PERSID = range(1, 5)            # what an opcode hashes
+_IN_PLACE, _TUPLE, _CONTAINER, _CALL, _PUSH = range(5)  # what it leaves on the stack
+
+
+def _op_plan(op):
+    """(kind, marked, taken, hashes, leaves, pushed) of one opcode for check_pickle_hashing."""
+    name, before = op.name, op.stack_before
+    kind = {'PUT': _MEMO_PUT, 'BINPUT': _MEMO_PUT, 'LONG_BINPUT': _MEMO_PUT,
+            'MEMOIZE': _MEMO_PUT, 'GET': _MEMO_GET, 'BINGET': _MEMO_GET,
+            'LONG_BINGET': _MEMO_GET, 'DUP': _DUP, 'MARK': _MARK, 'POP': _POP,
+            'STOP': _STOP}.get(name, _OTHER)
+    marked = pickletools.markobject in before
+    taken = before.index(pickletools.markobject) if marked else len(before)
+    hashes = (_KEYS if name in ('SETITEM', 'SETITEMS', 'DICT') else
+              _ITEMS if name in ('ADDITEMS', 'FROZENSET') else
+              _REACH if name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'BUILD', 'OBJ', 'INST') else
+              _PERSID if name in ('BINPERSID', 'PERSID') else 0)
+    leaves = (_IN_PLACE if name in ('APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS',
+                                    'BUILD') else
+              _TUPLE if name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'FROZENSET') else
+              _CONTAINER if name in ('LIST', 'DICT') else
+              _CALL if name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'OBJ', 'INST') else _PUSH)
+    return kind, marked, taken, hashes, leaves, len(op.stack_after)
+
+
+_PLANS = {op.code.encode('latin-1'): (op, _op_plan(op)) for op in pickletools.opcodes}
+
+
 def _pickle_ops(stream):
-    """(opcode, memo index or None) for each opcode of the pickle on stream, through STOP:
-    pickletools' readers read each argument, except that a line is read as bytes (a GLOBAL's
-    non-ASCII name is the unpickler's to refuse, not a reason to stop reading)."""
+    """(opcode, its plan, memo index or None) for each opcode of the pickle on stream, through
+    STOP: pickletools' readers read each argument, except that a line is read as bytes (a
+    GLOBAL's non-ASCII name is the unpickler's to refuse, not a reason to stop reading)."""
+    read, readline = stream.read, stream.readline
     while True:
-        code = stream.read(1)
-        op = pickletools.code2op.get(code.decode('latin-1'))
-        if op is None:
+        code = read(1)
+        found = _PLANS.get(code)
+        if found is None:
             raise pickle.UnpicklingError(f'opcode {code!r} unknown' if code
                                          else 'the pickle ends before its STOP')
+        op, plan = found
         index = None
         if op.arg is not None and op.arg.n == pickletools.UP_TO_NEWLINE:
-            lines = [stream.readline() for _ in range(2 if op.name in ('GLOBAL', 'INST') else 1)]
+            lines = [readline() for _ in range(2 if op.name in ('GLOBAL', 'INST') else 1)]
             if not all(line.endswith(b'\n') for line in lines):
                 raise pickle.UnpicklingError(f'{op.name} has no newline')
             if op.name in ('PUT', 'GET'):
@@ -424,8 +457,8 @@ def _pickle_ops(stream):
         elif op.arg is not None:
             arg = op.arg.reader(stream)
             index = arg if isinstance(arg, int) else None
-        yield op, index
-        if op.name == 'STOP':
+        yield op, plan, index
+        if plan[0] == _STOP:
             return
 
 
@@ -435,22 +468,21 @@ def check_pickle_hashing(stream):
     the marks and the memo with _Shapes. Returns the entries counted (at least those the
     unpickling hashes)."""
     stack, marks, memo, work = [], [], {}, 0
-    mark = pickletools.markobject
     try:
-        for op, index in _pickle_ops(stream):
-            name = op.name
-            if name == 'MARK':
+        for op, plan, index in _pickle_ops(stream):
+            kind = plan[0]
+            if kind == _MARK:
                 marks.append(len(stack))
-            elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
-                memo[len(memo) if name == 'MEMOIZE' else index] = stack[-1]
-            elif name in ('GET', 'BINGET', 'LONG_BINGET'):
+            elif kind == _MEMO_PUT:
+                memo[len(memo) if op.name == 'MEMOIZE' else index] = stack[-1]
+            elif kind == _MEMO_GET:
                 stack.append(memo[index])
-            elif name == 'DUP':
+            elif kind == _DUP:
                 stack.append(stack[-1])
-            elif name == 'POP' and marks and marks[-1] == len(stack):
+            elif kind == _POP and marks and marks[-1] == len(stack):
                 marks.pop()  # as pickle's own POP does, a mark on top is dropped
             else:
-                work += _shape_op(op, stack, marks, mark)
+                work += _shape_op(op.name, plan, stack, marks)
                 if work > MAX_HASH_WORK:
                     raise pickle.UnpicklingError(
                         f'unpickling it would hash more than {MAX_HASH_WORK} entries (shared '
@@ -460,46 +492,49 @@ def check_pickle_hashing(stream):
     return work
 
 
-def _shape_op(op, stack, marks, mark):
+def _shape_op(name, plan, stack, marks):
     """Apply one opcode (not a memo or mark one) to check_pickle_hashing's stack; returns
     the entries it hashes."""
-    name, before = op.name, op.stack_before
+    _, marked, taken, hashes, leaves, pushed = plan
     sliced = []
-    if mark in before:
+    if marked:
         start = marks.pop()
         sliced, stack[start:] = stack[start:], []
-        count = before.index(mark)
-    else:
-        count = len(before)
-    if count > len(stack):
+    if taken > len(stack):
         raise IndexError(f'{name} finds too few objects on the stack')
-    popped = stack[len(stack) - count:]
-    del stack[len(stack) - count:]
-    items = popped[1:] if name in ('APPEND', 'SETITEM') else sliced
+    if taken:
+        popped = stack[-taken:]
+        del stack[-taken:]
+    else:
+        popped = []
     work = 0
-    if name in ('SETITEM', 'SETITEMS', 'DICT'):
+    if hashes == _KEYS:
+        items = popped[1:] if name == 'SETITEM' else sliced
         work = sum(k.h for k in items[::2])  # each key is hashed
-    elif name in ('ADDITEMS', 'FROZENSET'):
-        work = sum(i.h for i in items)
-    elif name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'BUILD', 'OBJ', 'INST'):
+    elif hashes == _ITEMS:
+        work = sum(i.h for i in sliced)
+    elif hashes == _REACH:
         work = _reach(popped + sliced)
-    elif name in ('BINPERSID', 'PERSID'):
+    elif hashes == _PERSID:
         work = sum(p.h for p in popped)  # torch looks the storage key up
-    if name in ('APPEND', 'APPENDS', 'SETITEM', 'SETITEMS', 'ADDITEMS', 'BUILD'):
+    if leaves == _PUSH:
+        for _ in range(pushed):
+            stack.append(_Shape())
+        return work
+    if leaves == _IN_PLACE:
+        items = popped[1:] if name in ('APPEND', 'SETITEM') else sliced
         popped[0].members.extend(items)  # built in place: the object stays
         popped[0].depth = max(popped[0].depth, _deepest(items))
         stack.append(popped[0])
-    elif name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'FROZENSET'):
+    elif leaves == _TUPLE:
         members = sliced or popped
         stack.append(_Shape(1 + sum(m.h for m in members), members, _deepest(members)))
-    elif name in ('LIST', 'DICT'):
+    elif leaves == _CONTAINER:
         stack.append(_Shape(1, sliced, _deepest(sliced)))
-    elif name in ('REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'OBJ', 'INST'):
+    else:
         # frozenset(items) hashes as its items do, and nests as deep.
         stack.append(_Shape(1 + work, depth=_deepest(popped + sliced)))
-    else:
-        stack.extend(_Shape() for _ in op.stack_after)
-    if stack and stack[-1].depth > MAX_DEPTH:
+    if stack[-1].depth > MAX_DEPTH:
         raise pickle.UnpicklingError(f'it nests containers more than {MAX_DEPTH} deep (a '
                                      f'hash or repr of them would overflow the stack)')
     return work

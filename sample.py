@@ -6,6 +6,7 @@ import flags  # first: a Ctrl-C during the slow imports below is one line (flags
 
 # isort: split
 import functools
+import math
 import os
 import zipfile
 
@@ -105,9 +106,9 @@ def truncation_values(spec):
     except ValueError:
         raise utils.ConfigError('--sample_trunc_curves takes start_step_end, e.g. '
                                 f'0.05_0.05_1.0, got {spec!r}') from None
-    if start <= 0 or step <= 0 or end < start:
-        raise utils.ConfigError('--sample_trunc_curves needs start > 0, step > 0 and '
-                                f'end >= start, got {spec!r}')
+    if not all(map(math.isfinite, (start, step, end))) or start <= 0 or step <= 0 or end < start:
+        raise utils.ConfigError('--sample_trunc_curves needs finite numbers with start > 0, '
+                                f'step > 0 and end >= start, got {spec!r}')
     check_fits(8 * (int((end - start) / step) + 2), f'--sample_trunc_curves {spec}\'s values',
                'take a larger step')
     return [float(v) for v in np.arange(start, end + step, step)]  # the release's range

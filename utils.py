@@ -106,6 +106,10 @@ def check_model_fits(config, source, nets=('Generator',)):
         nbytes = weights_nbytes(config, nets)
     except (RuntimeError, OverflowError):  # a size beyond int64 ('Storage size ... overflowed')
         nbytes = math.inf
+    except TypeError as e:  # one dimension beyond int64: torch cannot even take the shape
+        if 'Overflow' not in str(e):
+            raise
+        nbytes = math.inf
     check_fits(nbytes, f"the weights of the {' and '.join(nets)} "
                f'({source})', 'check --G_ch, --D_ch, --dim_z, --shared_dim, --n_classes and '
                '--resolution')

@@ -97,9 +97,10 @@ def hf_noise(source, truncation, seed=1):
 
 def assert_exact(source, G, truncation):
     error = image_error(source, G, truncation)
-    noise = hf_noise(source, truncation)
-    assert error < EXACT, (f'max pixel error {error:.2e} (HF float32 vs float64 on this '
-                           f'stand-in: {noise:.2e})')
+    if error >= EXACT:  # HF's own float64 run only to explain a failure: it costs seconds
+        noise = hf_noise(source, truncation)
+        pytest.fail(f'max pixel error {error:.2e} (HF float32 vs float64 on this stand-in: '
+                    f'{noise:.2e})')
 
 
 # ----------------------------------------------------------------------------
@@ -115,7 +116,10 @@ def test_images_equal_hf(hf128, weights, truncation):
 @pytest.mark.parametrize('resolution, truncation, seed', [(256, 0.56, 0), (512, 0.123, 1)])
 def test_other_sizes(tmp_path, resolution, truncation, seed):
     """deep-256 and deep-512 layouts (more blocks, attention index, 512's extra stage)."""
-    source = Source.standin(str(tmp_path / 'hf'), resolution=resolution, seed=seed, batch=8)
+    # Batch 4: the stand-in's measuring passes cost half of batch 8's; at batch 2 its BN
+    # statistics, from 32 positions in the first block, let activations grow until float32's
+    # own error (7e-5 against float64 at 512 px) neared the bar.
+    source = Source.standin(str(tmp_path / 'hf'), resolution=resolution, seed=seed, batch=4)
     G = convert(source, truncation, tmp_path / 'weights', 'deep')
     assert G.resolution == resolution
     assert_exact(source, G, truncation)

@@ -266,9 +266,16 @@ def test_stored_config_of_wrong_types_or_sizes(data_root, run_dir, capsys, key, 
     assert not samples.exists() or not any(samples.rglob('*.jpg'))
 
 
-def test_a_model_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path, capsys):
+@pytest.mark.parametrize('flag,value', [
+    ('--G_ch', 10 ** 6), ('--G_ch', 2 ** 58), ('--G_ch', 2 ** 63 - 1), ('--D_ch', 2 ** 62),
+    ('--shared_dim', 2 ** 62)])
+def test_a_model_too_large_for_memory_is_refused_at_start_up(data_root, tmp_path, capsys,
+                                                             flag, value):
+    """Widths whose weights exceed memory, and widths whose layer shapes exceed int64 (torch
+    cannot take the shape: the attacker's round 12 saw its TypeError traceback), are refused
+    in one line before anything is written."""
     out = tmp_path / 'out'
-    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', '--G_ch', str(10 ** 6))
+    argv = run_flags(data_root, str(out), NAME, '--total_itrs', '1', flag, str(value))
     assert '(from the flags) take' in exits_with_one_line(train.main, argv, capsys)
     assert not out.exists()
 
@@ -500,6 +507,11 @@ def test_attention_flags_the_models_parse(value):
     (['--sample_trunc_curves', '0_0.1_1'], 'start > 0'),
     (['--sample_trunc_curves', '1_0_2'], 'step > 0'),
     (['--sample_trunc_curves', 'a_b'], 'start_step_end'),
+    # Not finite: an OverflowError or ValueError traceback counting the values (round 12).
+    (['--sample_trunc_curves', '0.1_0.1_inf'], 'finite numbers'),
+    (['--sample_trunc_curves', '0.1_0.1_1e309'], 'finite numbers'),
+    (['--sample_trunc_curves', '0.1_nan_1'], 'finite numbers'),
+    (['--sample_trunc_curves', 'nan_0.1_1'], 'finite numbers'),
     (['--sample_inception_metrics', '--num_inception_images', '9'], 'at least 10')])
 def test_sampling_ranges(data_root, run_dir, capsys, extra, expect):
     line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir, *extra), capsys)

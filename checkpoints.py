@@ -6,6 +6,7 @@ that builds only the few types such a file holds, for every pickle in the file.
 """
 import codecs
 import collections
+import contextlib
 import functools
 import io
 import math
@@ -14,6 +15,7 @@ import pickle
 import pickletools
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -569,8 +571,18 @@ def load_zip_checkpoint(path, map_location='cpu'):
     with open(path, 'rb') as f:
         record = torch._C.PyTorchFileReader(f).get_record('data.pkl')
     check_pickle_hashing(io.BytesIO(record))
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
+    with torch.serialization.safe_globals(SAFE_GLOBALS), quiet_torch_load():
         return torch.load(path, map_location=map_location, weights_only=True)
+
+
+@contextlib.contextmanager
+def quiet_torch_load():
+    """A context in which torch.load's own warnings are not shown: it warns on stderr of
+    pickle protocols torch.save does not write (4, 5) before it fails or loads, and what is
+    wrong with a file is said in the one line its refusal gives."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=UserWarning, module='torch.serialization')
+        yield
 
 
 def torch_load(path, map_location='cpu'):
@@ -587,8 +599,9 @@ def torch_load(path, map_location='cpu'):
         if magic == b'PK':
             obj = load_zip_checkpoint(path, map_location)
         elif magic[:1] == b'\x80':  # a pickle: PyTorch 1.0-1.5's format
-            obj = torch.load(path, map_location=map_location, weights_only=False,
-                             pickle_module=release_pickle)
+            with quiet_torch_load():
+                obj = torch.load(path, map_location=map_location, weights_only=False,
+                                 pickle_module=release_pickle)
         else:
             raise ValueError('empty file' if not magic else 'not a PyTorch zip or pickle file')
     except Exception as e:  # any failure to parse is the file's fault: name it, in one line
@@ -886,6 +899,10 @@ def load_error_reason(error):
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and lines[0].startswith('Weights only load failed'):
         lines = lines[1:]
+        # 'Please file an issue ... WeightsUnpickler error: <reason, here or on a later line>'
+        if lines and lines[0].startswith('Please file an issue'):
+            rest = lines[0].partition('WeightsUnpickler error:')[2].strip()
+            lines = ([rest] if rest else []) + lines[1:]
     first = lines[0].split('. ')[0].strip() if lines else ''
     return f'{type(error).__name__}: {first[:200]}' if first else type(error).__name__
 

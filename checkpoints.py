@@ -16,6 +16,7 @@ import pickletools
 import random
 import re
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     check_name,
     check_writable,
     file_digest,
+    own_folder,
     remove_stale_temps,
     scratch_folder,
     size_limit,
@@ -215,7 +217,7 @@ def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
                    'launch_optim': asked_settings(state_dict, state_dict['config'])},
                   path('state_dict')))
     try:
-        os.makedirs(root, exist_ok=True)
+        own_folder(weights_root, experiment_name)
         atomic_save_set(items)
     except (OSError, RuntimeError, FileError) as e:  # torch.save's write errors: RuntimeError
         before = ('the previous checkpoint there is whole' if os.path.isfile(path('state_dict'))
@@ -569,6 +571,13 @@ def load_zip_checkpoint(path, map_location='cpu'):
     """torch.load, weights_only, of a zip-format file whose pickle (its data.pkl, read by
     torch's own zip reader) check_pickle_hashing passed; raises what loading raises."""
     with open(path, 'rb') as f:
+        # Two entries of one name are read as one or the other depending on the reader, so
+        # what is checked here might not be what another tool loads.
+        counts = collections.Counter(zipfile.ZipFile(f).namelist())
+        twice = next((name for name, n in counts.items() if n > 1), None)
+        if twice is not None:
+            raise ValueError(f'two zip entries are named {twice}')
+        f.seek(0)
         record = torch._C.PyTorchFileReader(f).get_record('data.pkl')
     check_pickle_hashing(io.BytesIO(record))
     with torch.serialization.safe_globals(SAFE_GLOBALS), quiet_torch_load():
@@ -967,10 +976,12 @@ def mismatched_companion(folder, saved, loading=()):
     if unlisted:
         return unlisted[0], 'not in the record of the files state_dict.pth was saved with'
     for name, want in record.items():
-        path = os.path.join(folder, str(name))
-        if (not isinstance(want, dict) or not isinstance(name, str)
-                or os.path.basename(name) != name):
-            return str(name), 'its record in state_dict.pth is damaged'
+        try:
+            path = os.path.join(folder, check_name(name, 'file'))
+        except FileError:
+            return ascii(name), 'its name in the record of state_dict.pth is not a file name'
+        if not isinstance(want, dict):
+            return name, 'its record in state_dict.pth is damaged'
         if not os.path.isfile(path):
             return name, 'missing'
         if os.path.getsize(path) != want.get('size'):

@@ -41,7 +41,15 @@ from checkpoints import (
     torch_load,
 )
 from datasets import DATASETS
-from files import atomic_save_set, check_declared, check_name, file_size, open_regular, read_bounded
+from files import (
+    atomic_save_set,
+    check_declared,
+    check_name,
+    file_size,
+    open_regular,
+    own_folder,
+    read_bounded,
+)
 from flags import one_line
 
 # pytorch-pretrained-BigGAN's BigGANConfig defaults (deep-128): a config.json overrides them.
@@ -200,7 +208,7 @@ def save_checkpoint(state, config, weights_root, experiment_name, info, overwrit
     if bad is not None:
         raise flags.ConfigError(f'not writing {folder}: the converted weight {bad} is NaN or '
                                 f'Inf; the source files are damaged')
-    os.makedirs(folder, exist_ok=True)
+    own_folder(weights_root, experiment_name)
     path = functools.partial(checkpoint_path, weights_root, experiment_name)
     meta = {**initial_state(plain_config(config)), 'pretrained': info}
     items = [(state, path('G')), (state, path('G_ema')), (meta, path('state_dict'))]

@@ -485,7 +485,12 @@ def read_labels(labels, path):
     check_declared(labels.dtype.itemsize * n, f'its {n} labels', path,
                          limit=os.path.getsize(path) if unfiltered else None)
     check_declared((labels.dtype.itemsize + 8) * n, f'its {n} labels', path)
-    return read_hdf5(labels, slice(None), path).astype(np.int64)
+    stored = read_hdf5(labels, slice(None), path)
+    # uint64 past int64 would wrap to negative class indices, not convert.
+    if stored.dtype.kind == 'u' and n and stored.max() > np.iinfo(np.int64).max:
+        raise DatasetError(f'{path} holds a label of {stored.max()}, beyond int64; labels are '
+                           f'class indices from 0: fix the labels')
+    return stored.astype(np.int64)
 
 
 def normalize(img):

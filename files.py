@@ -446,6 +446,39 @@ def check_name(name, what):
     return name
 
 
+def _link_refusal(path):
+    """The one line refusing a symbolic link where this project writes a folder of its own."""
+    return FileError(f'{path} is a symbolic link (to {os.readlink(path)}); this project writes '
+                     f'only inside the roots given, so it does not write through links below '
+                     f'them: replace the link by a folder, or pass the folder it names as the '
+                     f'root')
+
+
+def own_folder(root, *names, deep=False):
+    """root/name/..., created, every name one plain component (check_name) and every folder
+    below root a real folder: a symbolic link planted there, which would carry the writes to
+    a place outside the roots, is refused with one line (FileError). root itself is the
+    user's to choose and may be a link. With deep, the last folder, if it exists, must hold no
+    linked folder at any depth either (checked once at start-up, before anything is written).
+    Every folder this project writes into below a root is made here."""
+    os.makedirs(root, exist_ok=True)
+    path = root
+    for name in names:
+        path = os.path.join(path, check_name(str(name), 'folder name'))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise _link_refusal(path)
+        if not stat.S_ISDIR(mode):
+            raise FileError(f'{path} is a file where a folder is written; move it away')
+    for folder, dirs, _ in os.walk(path) if deep and names else ():
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                raise _link_refusal(os.path.join(folder, name))
+    return path
+
+
 # ----------------------------------------------------------------------------
 # Reading untrusted files: regular files only, every declared size bounded.
 

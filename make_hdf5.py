@@ -188,6 +188,10 @@ def hdf5_source(path):
     with dset.open_hdf5(path) as f:
         shape, dtype = f['imgs'].shape, f['imgs'].dtype
         check_hdf5_stored(f['imgs'], path, "'imgs'")
+        labels = dset.read_labels(f['labels'], path)
+    if len(labels) and labels.min() < 0:
+        raise flags.ConfigError(f'{path} holds a label of {labels.min()}; labels are class '
+                                f'indices from 0: fix the labels')
     if dtype != np.uint8:
         # The writer stores uint8: other values would wrap (uint16 300 -> 44), not convert.
         raise flags.ConfigError(f"{path} holds {dtype} images; make_hdf5.py rewrites uint8 "

@@ -544,8 +544,7 @@ def report_collapse(run, logs_root):
 def plot_run(run, logs_root, x='itr', window=100, onsets=()):
     """The figures one run's logs allow, beside its logs, collapse onsets marked; returns
     their paths."""
-    folder = os.path.join(logs_root, run['name'])
-    os.makedirs(folder, exist_ok=True)
+    folder = files.own_folder(logs_root, run['name'])
     figures = []
     if run['tests']:
         figures.append(('IS_FID', lambda: figure_IS_FID(run, x)))

@@ -17,7 +17,14 @@ from tqdm import trange
 
 import utils
 from checkpoints import load_weights
-from files import atomic_open, check_disk, check_fits, remove_stale_temps, scratch_folder
+from files import (
+    atomic_open,
+    check_disk,
+    check_fits,
+    own_folder,
+    remove_stale_temps,
+    scratch_folder,
+)
 
 # What --config_from_name leaves to the command line: the release's list, plus where and how
 # this run happens (paths, device, metrics), which describe the run rather than the model.
@@ -157,9 +164,8 @@ def run(config):
     if config['sample_npz']:
         check_npz_room(config['sample_num_npz'], config['resolution'], config['samples_root'])
     utils.prepare_root(config, keys=['samples_root'])
-    folder = f"{config['samples_root']}/{experiment_name}"
+    folder = own_folder(config['samples_root'], experiment_name, deep=True)
     remove_stale_temps(folder, recursive=True)
-    os.makedirs(folder, exist_ok=True)
 
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,

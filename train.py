@@ -31,7 +31,7 @@ from checkpoints import (
 )
 from datasets import check_training_set, get_data_loaders, to_float
 from distributed import setup_distributed
-from files import hold_lock, is_temp, release_locks, remove_stale_temps
+from files import hold_lock, is_temp, own_folder, release_locks, remove_stale_temps
 
 
 def build_models(config, device):
@@ -266,9 +266,10 @@ def run(config):
     test_log = train_log = None
     if rank == 0:
         utils.prepare_root(config)
+        for root in ('weights_root', 'logs_root', 'samples_root'):
+            own_folder(config[root], experiment_name, deep=True)
         # One training per experiment at a time: a second would interleave the logs and
         # checkpoints (held until this process ends).
-        os.makedirs(f"{config['logs_root']}/{experiment_name}", exist_ok=True)
         hold_lock(f"{config['logs_root']}/{experiment_name}/.train.lock",
                   f'experiment {experiment_name}')
         for root in ('weights_root', 'logs_root', 'samples_root'):

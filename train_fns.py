@@ -2,7 +2,6 @@
 import functools
 import math
 import operator
-import os
 
 import torch
 
@@ -11,6 +10,7 @@ import losses
 import utils
 from checkpoints import save_weights
 from distributed import broadcast_object, get_rank, get_world_size
+from files import own_folder
 from metrics import BEST
 from step_helpers import Precision, lecam_anchors, ortho_hook, train_only
 
@@ -152,8 +152,7 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
         return
     G_sample = which_G(G, G_ema, config)
     with utils.sampling(G_sample, z_, y_, config):
-        folder = f"{config['samples_root']}/{experiment_name}"
-        os.makedirs(folder, exist_ok=True)
+        folder = own_folder(config['samples_root'], experiment_name)
         fixed_Gz = utils.run_G(G_sample, fixed_z, fixed_y, config['parallel'])
         utils.save_image(fixed_Gz, f"{folder}/fixed_samples{state_dict['itr']}.jpg",
                          nrow=int(fixed_Gz.shape[0] ** 0.5))

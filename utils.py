@@ -45,7 +45,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
-from files import check_fits, check_name, open_append
+from files import check_fits, check_name, open_append, own_folder
 from flags import (  # noqa: F401
     FLAGS,
     ROOTS,
@@ -476,8 +476,7 @@ def tensorboard_modules():
 
 def write_metadata(logs_root, experiment_name, config, state_dict):
     """metalog.txt: when, the config and the state of this run."""
-    os.makedirs(f'{logs_root}/{experiment_name}', exist_ok=True)
-    with atomic_open(f'{logs_root}/{experiment_name}/metalog.txt', 'w') as f:
+    with atomic_open(f'{own_folder(logs_root, experiment_name)}/metalog.txt', 'w') as f:
         f.write(f'datetime: {str(datetime.datetime.now())}\n')
         f.write(f'config: {str(config)}\n')
         f.write(f"state: {str({k: v for k, v in state_dict.items() if k != 'rng'})}\n")
@@ -690,8 +689,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
     """Sheets of samples_per_class samples (columns) for classes_per_sheet classes (rows);
     z from z_.sample_() when it holds a sheet row, else from draw_z."""
     device = next(G.parameters()).device
-    folder = f'{samples_root}/{experiment_name}/{folder_number}'
-    os.makedirs(folder, exist_ok=True)
+    folder = own_folder(samples_root, experiment_name, folder_number)
     for i in range(math.ceil(num_classes / classes_per_sheet)):
         y = torch.arange(i * classes_per_sheet, min((i + 1) * classes_per_sheet, num_classes),
                          device=device)
@@ -744,8 +742,7 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
         ys = ys.view(-1) if not ys.is_floating_point() else ys
         out_ims = run_G(G, zs.view(-1, G.dim_z), ys, parallel, embedded=True)
     style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
-    folder = f'{samples_root}/{experiment_name}/{folder_number}'
-    os.makedirs(folder, exist_ok=True)
+    folder = own_folder(samples_root, experiment_name, folder_number)
     save_image(out_ims, f'{folder}/interp{style}{sheet_number}.jpg', nrow=steps)
 
 

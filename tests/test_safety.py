@@ -1429,6 +1429,87 @@ def test_a_log_replaced_by_a_link_is_not_written_through(data_root, run_dir, tmp
     assert victim.read_text() == 'keep\n'
 
 
+def outside_folder(tmp_path, name='outside'):
+    """A folder outside every root, with one file in it; returns it."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / 'keep.txt').write_text('keep\n')
+    return folder
+
+
+@pytest.mark.parametrize('where', ['samples/exp/4', 'samples/exp', 'logs/exp', 'weights/exp'])
+def test_a_folder_linked_inside_a_root_is_not_written_through(data_root, run_dir, tmp_path,
+                                                               capsys, where):
+    """A folder below a root replaced by a symbolic link to a folder outside the roots: sheets
+    (samples/exp/4, the next save's) and a resumed run's files were written through it. Now
+    training stops at start-up with one line naming the link, and the folder outside is
+    unchanged (the outside attacker's round 12). weights/exp is moved outside first, so the
+    resume reads its own checkpoint through the link and refuses only to write there."""
+    outside = outside_folder(tmp_path)
+    link = run_dir / where
+    if link.exists():
+        for entry in link.iterdir():
+            entry.rename(outside / entry.name)
+        link.rmdir()
+    link.symlink_to(outside)
+    before = tree(outside)
+    line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    assert f'{link} is a symbolic link' in line and 'pass the folder it names' in line
+    assert tree(outside) == before
+
+
+def test_sample_and_plot_logs_do_not_write_through_a_linked_folder(data_root, run_dir,
+                                                                  tmp_path, capsys):
+    """sample.py's samples folder and plot_logs.py's run folder linked outside the roots: one
+    line each, nothing written outside (plot_logs.py wrote losses.png through the link)."""
+    import plot_logs
+    outside = outside_folder(tmp_path)
+    shutil.rmtree(run_dir / 'samples' / NAME)
+    (run_dir / 'samples' / NAME).symlink_to(outside)
+    line = exits_with_one_line(sample.main, sample_argv(data_root, run_dir), capsys)
+    assert f"{run_dir / 'samples' / NAME} is a symbolic link" in line
+    logs = outside_folder(tmp_path, 'outside_logs')
+    (logs / 'G_loss.log').write_text('1: 1.0\n2: 2.0\n')
+    (run_dir / 'logs' / 'lnk').symlink_to(logs)
+    before = tree(outside), tree(logs)
+    line = exits_with_one_line(plot_logs.main, ['--experiment_name', 'lnk', '--logs_root',
+                                                str(run_dir / 'logs')], capsys)
+    assert f"{run_dir / 'logs' / 'lnk'} is a symbolic link" in line
+    assert (tree(outside), tree(logs)) == before
+
+
+def test_own_folder_refuses_a_link_or_file_at_every_depth(tmp_path):
+    """files.own_folder, through which every folder written below a root is made: a link at
+    any depth below the root, or a file where a folder goes, is refused; a linked folder
+    deeper inside, with deep; the root itself may be a link (the user's choice)."""
+    real = tmp_path / 'real'
+    real.mkdir()
+    (tmp_path / 'root').symlink_to(real, target_is_directory=True)
+    root = str(tmp_path / 'root')
+    assert files.own_folder(root, 'a', 'b', 'c') == os.path.join(root, 'a', 'b', 'c')
+    assert (real / 'a' / 'b' / 'c').is_dir()
+    outside = outside_folder(tmp_path)
+    for depth in range(3):
+        names = ['x', 'y', 'z']
+        files.own_folder(root, *names[:depth])
+        link = os.path.join(root, *names[:depth + 1])
+        os.symlink(outside, link)
+        with pytest.raises(files.FileError, match=f'{link} is a symbolic link'):
+            files.own_folder(root, *names)
+        os.remove(link)
+        open(link, 'w').close()
+        with pytest.raises(files.FileError, match='is a file where a folder is written'):
+            files.own_folder(root, *names)
+        os.remove(link)
+    os.symlink(outside, os.path.join(root, 'a', 'b', 'deep'))
+    files.own_folder(root, 'a')
+    with pytest.raises(files.FileError, match='deep is a symbolic link'):
+        files.own_folder(root, 'a', deep=True)
+    with pytest.raises(files.FileError, match='holds a path separator'):
+        files.own_folder(root, 'a/../..')
+    assert os.listdir(outside) == ['keep.txt']
+
+
 def test_a_copy_slot_from_the_state_stays_within_the_copies(data_root, run_dir, capsys):
     """state_dict.pth's save_num of 2**62 (a count like any other, so it loads) wrote a whole
     _copy4611686018427387904 set that rotation never replaced; the slot is now held within

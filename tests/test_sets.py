@@ -102,6 +102,45 @@ def test_bit_flip_in_G_is_refused(tmp_path):
     assert '\n' not in str(e.value) and 'train first' in str(e.value)
 
 
+@pytest.mark.parametrize('name', ['G.pth\x00x', '../G.pth', '', '.', 'a/G.pth', 'G.pth\n', 7])
+def test_a_record_naming_no_plain_file_is_refused_in_printable_words(tmp_path, name):
+    """A files record whose key is no plain file name (a NUL, a separator, '..', not a
+    string): refused as a damaged record, the name written escaped (a raw NUL reached the
+    terminal: the outside attacker's round 12) and no file outside the folder looked at."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, E = tiny_models(config, seed=1)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, E)
+    path = f'{root}/exp/state_dict.pth'
+    saved = torch.load(path, weights_only=True)
+    saved['files'][name] = saved['files']['G.pth']
+    torch.save(saved, path)
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        load(root, config)
+    msg = str(e.value)
+    assert 'is not a file name' in msg and ascii(name) in msg
+    assert msg.isprintable()
+
+
+@pytest.mark.parametrize('entry', ['data/0', 'data.pkl', 'version'])
+def test_a_zip_checkpoint_with_an_entry_twice_is_refused(tmp_path, entry):
+    """A zip checkpoint holding an entry twice (the second all NaN, the outside attacker's
+    round 12) loaded as if whole: which copy a reader takes is the reader's choice, so what is
+    checked might not be what another tool loads. Refused in one line naming the entry."""
+    import zipfile
+    G, _, _ = tiny_models(tiny_config(), seed=1)
+    path = tmp_path / 'G.pth'
+    torch.save(G.state_dict(), path)
+    assert sorted(checkpoints.torch_load(str(path))) == sorted(G.state_dict())
+    with zipfile.ZipFile(path) as z:
+        items = [(info.filename, z.read(info)) for info in z.infolist()]
+    name, data = next((n, d) for n, d in items if n.endswith('/' + entry))
+    with zipfile.ZipFile(path, 'a', zipfile.ZIP_STORED) as z, pytest.warns(UserWarning):
+        z.writestr(name, data if entry != 'data/0' else
+                   np.full(len(data) // 4, np.nan, np.float32).tobytes())
+    with pytest.raises(checkpoints.CheckpointError, match=f'two zip entries are named {name}'):
+        checkpoints.torch_load(str(path))
+
+
 def test_release_style_set_without_record_loads(tmp_path):
     """A state_dict.pth without 'files' (the release's) loads as before."""
     root, config = str(tmp_path), tiny_config()
@@ -188,6 +227,30 @@ def test_make_hdf5_refuses_uint16_source(tmp_path, capsys):
                         '--dataset_root', str(src), '--no_progress'])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and 'uint16' in err[0]
+    assert not out.exists() or not os.listdir(out)
+
+
+@pytest.mark.parametrize('labels,why', [
+    (np.array([0, 1, -1, 2], np.int8), 'a label of -1'),
+    (np.array([0, 1, 2 ** 63 + 1, 2], np.uint64), 'beyond int64'),
+    (np.array([0, 1.5, 1, 2], np.float32), 'float32 labels')])
+def test_make_hdf5_refuses_labels_it_would_wrap(tmp_path, capsys, labels, why):
+    """An HDF5 source whose labels are negative, past int64 (uint64 2^63 + 1 became a negative
+    int64) or not integers was rewritten as if valid (the outside attacker's round 12): exit
+    2, one line, no output."""
+    import h5py
+
+    import make_hdf5
+    src = tmp_path / 'src.hdf5'
+    with h5py.File(src, 'w') as f:
+        f['imgs'] = np.zeros((4, 3, 16, 16), np.uint8)
+        f['labels'] = labels
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as e:
+        make_hdf5.main(['--dataset', 'I16', '--data_root', str(out),
+                        '--dataset_root', str(src), '--no_progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and why in err[0], err
     assert not out.exists() or not os.listdir(out)
 
 

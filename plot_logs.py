@@ -581,6 +581,10 @@ def run(config):
     tested = [r for r in runs if r['tests']]
     if len(runs) > 1 and tested:
         check_protocols(tested, mix)
+    # So is every run's folder: a linked one among several must stop us before the others'
+    # figures are written, not half-way through.
+    for r in runs:
+        files.own_folder(logs_root, r['name'])
     paths = []
     for r in runs:
         onsets = report_collapse(r, logs_root) if config['collapse'] else ()

@@ -1476,6 +1476,12 @@ def test_sample_and_plot_logs_do_not_write_through_a_linked_folder(data_root, ru
                                                 str(run_dir / 'logs')], capsys)
     assert f"{run_dir / 'logs' / 'lnk'} is a symbolic link" in line
     assert (tree(outside), tree(logs)) == before
+    # Among several runs (a pattern), the linked one stops plotting before any run's figure.
+    own = tree(run_dir / 'logs')
+    line = exits_with_one_line(plot_logs.main, ['--experiment_name', '*', '--logs_root',
+                                                str(run_dir / 'logs')], capsys)
+    assert f"{run_dir / 'logs' / 'lnk'} is a symbolic link" in line
+    assert (tree(outside), tree(logs), tree(run_dir / 'logs')) == (*before, own)
 
 
 def test_own_folder_refuses_a_link_or_file_at_every_depth(tmp_path):

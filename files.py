@@ -483,9 +483,10 @@ def own_folder(root, *names, deep=False):
 # Reading untrusted files: regular files only, every declared size bounded.
 
 def open_append(path, what='log'):
-    """open(path, 'a') for a log this process appends to, created if missing; a symlink in
-    its place (which would carry the lines to a file outside the roots), a FIFO or a device
-    is refused with one line (FileError). The check is made on the open descriptor."""
+    """open(path, 'a') for a log this process appends to, created if missing; a symlink or a
+    hard link in its place (either would carry the lines to a file outside the roots), a FIFO
+    or a device is refused with one line (FileError). The checks are made on the open
+    descriptor."""
     flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0)
              | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
@@ -497,6 +498,16 @@ def open_append(path, what='log'):
         if e.errno == errno.ENXIO:  # a FIFO nothing reads, opened without blocking
             raise FileError(f'{what} {path} is not a regular file (a FIFO); remove it') from None
         raise FileError(f'{what} {path} cannot be opened for appending ({e.strerror})') from None
+    try:
+        links = os.fstat(fd).st_nlink
+    except OSError:
+        links = 1
+    if links > 1:
+        # Appending writes the one inode every name shares, which may lie outside the roots.
+        os.close(fd)
+        raise FileError(f'{what} {path} is a hard link ({links} names share the file): lines '
+                        f'appended there would change the others too; remove it, or copy it '
+                        f'(cp) to give it a file of its own')
     return _regular(fd, 'a', f'{what} {path} is not a regular file (a FIFO or device); remove '
                              f'it')
 

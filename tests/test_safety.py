@@ -1429,6 +1429,30 @@ def test_a_log_replaced_by_a_link_is_not_written_through(data_root, run_dir, tmp
     assert victim.read_text() == 'keep\n'
 
 
+def test_a_log_hard_linked_to_an_outside_file_is_not_appended_to(data_root, run_dir, tmp_path,
+                                                                  capsys):
+    """A resumed run's log replaced by a hard link to a file outside the roots (one inode, two
+    names): the resume appended its lines to the outside file (the outside attacker's round
+    13). Now it stops with one line naming the log, and the outside file is unchanged; so do
+    both loggers."""
+    where = run_dir / 'logs' / NAME / 'G_loss.log'
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep\n')
+    where.unlink()
+    os.link(victim, where)
+    argv = run_flags(data_root, str(run_dir), NAME, '--resume', '--total_itrs', '4')
+    line = exits_with_one_line(train.main, argv, capsys)
+    assert f'{where} is a hard link' in line and victim.read_text() == 'keep\n'
+    (tmp_path / 'logs').mkdir()
+    os.link(victim, tmp_path / 'logs' / 'm.jsonl')
+    os.link(victim, tmp_path / 'logs' / 'x.log')
+    for log in [lambda: utils.MetricsLogger(str(tmp_path / 'logs' / 'm.jsonl')).log(itr=1),
+                lambda: utils.MyLogger(str(tmp_path / 'logs')).log(1, x=1.0)]:
+        with pytest.raises(files.FileError, match='is a hard link'):
+            log()
+    assert victim.read_text() == 'keep\n'
+
+
 def outside_folder(tmp_path, name='outside'):
     """A folder outside every root, with one file in it; returns it."""
     folder = tmp_path / name

@@ -516,7 +516,12 @@ def test_duplicate_roots_and_refusals(tmp_path):
                            'no weights folder w/zz/'),
                           (['a', 'c'], 'no weights folder weights/a/'),
                           (['a'], 'give SOURCE and TARGET'),
-                          (['a', 'x/y', '--weights_root', 'w'], 'not an experiment name')]:
+                          (['a', 'x/y', '--weights_root', 'w'], 'not an experiment name'),
+                          # An empty root made the paths absolute: `tmp` was /tmp (round 13).
+                          (['tmp', 'c', '--weights_root=', '--logs_root=l'],
+                           '--weights_root is empty'),
+                          (['tmp', 'c', '--weights_root', 'w', '--logs_root', ''],
+                           '--logs_root is empty')]:
         code, err = duplicate(tmp_path, *args)
         assert code == 2 and len(err) == 1 and message in err[0], (args, err)
     (tmp_path / 'l' / 'c_log.jsonl').write_text('{}\n')

@@ -31,6 +31,9 @@ while [ $# -gt 0 ]; do
     *) names+=("$1"); shift ;;
   esac
 done
+# An empty root would make every path absolute: SOURCE and TARGET at the file system's root.
+[ -n "$weights_root" ] || fail "--weights_root is empty: give the folder (default weights)"
+[ -n "$logs_root" ] || fail "--logs_root is empty: give the folder (default logs)"
 [ ${#names[@]} -eq 2 ] || fail "give SOURCE and TARGET experiment names; $usage"
 source=${names[0]}
 target=${names[1]}

@@ -919,8 +919,11 @@ def load_error_reason(error):
 def check_kind(obj, path, name):
     """Refuse a loaded file that is not what a checkpoint's `name` file holds."""
     if name in ('G', 'D', 'G_ema'):
-        ok = isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
-        kind = 'a state dict of tensors'
+        # Names, as a module's state_dict has: the checks and load_state_dict match keys
+        # as strings (an int key was an AttributeError traceback).
+        ok = isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in obj.items())
+        kind = 'a state dict of tensors by name'
     elif name.endswith('_optim'):
         ok = isinstance(obj, dict) and {'state', 'param_groups'} <= set(obj)
         kind = "an optimizer's state dict"

@@ -546,3 +546,24 @@ def test_weights_of_another_kind_are_refused(tmp_path, dtype):
     with pytest.raises(checkpoints.ConfigError, match='dtype mismatch'):
         checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2)
     assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())
+
+
+@pytest.mark.parametrize('strict', [True, False])
+@pytest.mark.parametrize('key', [3, b'x', ('a',), None])
+@pytest.mark.parametrize('name', ['G', 'G_ema'])
+def test_a_state_dict_key_that_is_not_a_name_is_refused(tmp_path, name, key, strict):
+    """A weights file with a key that is not a string (pickle-legal; the record refreshed):
+    sample.py's non-strict load raised AttributeError ('int' object has no attribute
+    'endswith', the outside attacker's round 13). Refused in one line, nothing loaded."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = tiny_models(config, seed=1)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+    corrupt_state(root, name, set_key(key, torch.zeros(1)))
+    G2, D2, E2 = tiny_models(config, seed=9)
+    before = {k: v.clone() for k, v in G2.state_dict().items()}
+    with pytest.raises(checkpoints.CheckpointError, match=f'{name}.pth holds a dict, not a '
+                                                          'state dict of tensors by name') as e:
+        checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2,
+                                 strict=strict)
+    assert '\n' not in str(e.value)
+    assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())

@@ -4,10 +4,12 @@ share, the one check of flag values, and the runner that turns bad input into on
 Nothing here imports the project's other modules, so every file can use it.
 """
 import math
+import os
 import re
 import signal
 import struct
 import sys
+import threading
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, ArgumentTypeError
 
 
@@ -58,18 +60,27 @@ def _raise_interrupt(signum, frame):
 
 
 def _quiet_interrupt(kind, error, tb, report=sys.excepthook):
-    """sys.excepthook: a Ctrl-C that no run_cli catches (it came during an entry point's
-    imports, before run_cli) is the same one line; the interpreter still exits as by SIGINT."""
-    if issubclass(kind, KeyboardInterrupt):
-        print(f'stopped by signal {int(signal.SIGINT)}', file=sys.stderr)
-    else:
+    """sys.excepthook: a Ctrl-C or SIGTERM that no run_cli catches (it came during an entry
+    point's imports, before run_cli) is the same one line; the process still ends as by the
+    signal."""
+    if not issubclass(kind, KeyboardInterrupt):
         report(kind, error, tb)
+        return
+    signum = error.args[0] if error.args and isinstance(error.args[0], int) else signal.SIGINT
+    print(f'stopped by signal {int(signum)}', file=sys.stderr, flush=True)
+    if signum != signal.SIGINT:  # the interpreter ends an uncaught KeyboardInterrupt by SIGINT
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 # Entry points import this module first (their heavy imports take seconds); an interactive
-# session keeps its tracebacks.
+# session keeps its tracebacks. SIGTERM unwinds from here on, as in run_cli, unless someone
+# already handles it.
 if not hasattr(sys, 'ps1') and not sys.flags.interactive:
     sys.excepthook = _quiet_interrupt
+    if (signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def one_line(error):

@@ -59,10 +59,19 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
-def _quiet_interrupt(kind, error, tb, report=sys.excepthook):
-    """sys.excepthook: a Ctrl-C or SIGTERM that no run_cli catches (it came during an entry
-    point's imports, before run_cli) is the same one line; the process still ends as by the
-    signal."""
+# The top-level modules requirements.txt installs, as `import` names them.
+REQUIREMENTS = ('torch', 'torchvision', 'numpy', 'h5py', 'scipy', 'tqdm', 'PIL', 'matplotlib')
+
+
+def _start_up_hook(kind, error, tb, report=sys.excepthook):
+    """sys.excepthook for what ends an entry point before run_cli can catch it (during its
+    imports): a Ctrl-C or SIGTERM is the same one line, the process still ending as by the
+    signal; a requirement this Python lacks is one line and exit status 2."""
+    if issubclass(kind, ModuleNotFoundError) and (error.name or '').split('.')[0] in REQUIREMENTS:
+        print(f'error: {sys.executable} has no module {error.name!r}: install the requirements '
+              f'into it (pip install -r requirements.txt) or run the Python they are installed '
+              f'in (e.g. .venv/bin/python)', file=sys.stderr, flush=True)
+        os._exit(2)
     if not issubclass(kind, KeyboardInterrupt):
         report(kind, error, tb)
         return
@@ -77,7 +86,7 @@ def _quiet_interrupt(kind, error, tb, report=sys.excepthook):
 # session keeps its tracebacks. SIGTERM unwinds from here on, as in run_cli, unless someone
 # already handles it.
 if not hasattr(sys, 'ps1') and not sys.flags.interactive:
-    sys.excepthook = _quiet_interrupt
+    sys.excepthook = _start_up_hook
     if (signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
             and threading.current_thread() is threading.main_thread()):
         signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -25,6 +25,7 @@ check_count TOTAL_ITRS iterations
 check_count TRAIN_SECONDS seconds
 # A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
 check_count SAVE_EVERY 'iterations (the sheets are drawn from the last checkpoint)'
+check_python
 
 # Model flags, shared by train.py and sample.py so the checkpoint loads. G_ch/D_ch 8 (32
 # channels at every stage): 16 is ~3x slower per step here. Batch 32: 1.6x batch 16's time

@@ -58,6 +58,7 @@ check_count TRAIN_SECONDS seconds
 check_count METRIC_IMAGES images
 # A run without saves leaves nothing to sample: SAVE_EVERY must be a positive count.
 check_count SAVE_EVERY 'iterations (the sheets are drawn from the last checkpoint)'
+check_python
 
 # NAME and the roots become flag values of the commands below, where a leading '-' would read
 # as a flag.

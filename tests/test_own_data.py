@@ -323,6 +323,23 @@ def test_a_count_from_the_environment_is_checked_up_front(tmp_path, script, var,
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('script', ['launch_own_data.sh', 'launch_demo.sh'])
+@pytest.mark.parametrize('env,line', [
+    ({'TOTAL_ITRS': '5\n6'}, "error: TOTAL_ITRS $'5\\n6' must be a positive whole number of "
+                             'iterations, at most 999999999'),
+    ({'PYTHON': '/nothere/python'}, 'error: PYTHON /nothere/python is not a command: set '
+                                    'PYTHON to the interpreter the requirements are installed '
+                                    'in (e.g. PYTHON=.venv/bin/python)')])
+def test_an_odd_environment_is_one_line(tmp_path, script, env, line):
+    """A count holding a newline was a refusal over two lines; a PYTHON that is no command
+    was `timeout`'s two lines and status 127 (the outside attacker's round 13)."""
+    run = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, 'PYTHON': 'false', **env})
+    assert (run.returncode, run.stderr.splitlines()) == (2, [line])
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_resolution_without_an_architecture_is_refused_before_the_hdf5(tmp_path):
     """RESOLUTION=48: train.py refused it only after make_hdf5.py had written the file."""
     run = subprocess.run(['bash', SCRIPT, str(tmp_path)], cwd=tmp_path, capture_output=True,

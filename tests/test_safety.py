@@ -7,6 +7,7 @@ import glob
 import io
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -1196,6 +1197,37 @@ def test_a_ctrl_c_during_the_imports_is_one_line(name, signum, tmp_path):
                           env={**os.environ, 'PYTHONPATH': str(tmp_path)})
     assert (done.returncode, done.stderr, done.stdout) == (-signum,
                                                            f'stopped by signal {signum}\n', '')
+
+
+# syncbn_error.py imports torch only after it parses its flags.
+@pytest.mark.parametrize('name', sorted(ENTRY_POINTS) + HEAVY_TOOLS[:-1])
+def test_a_python_without_the_requirements_is_one_line(name, tmp_path):
+    """Run by a Python that lacks the requirements (the system's, PYTHON unset in a launch
+    script), an entry point ended with ModuleNotFoundError's traceback (the outside
+    attacker's round 13): now one line naming the interpreter and what to do, exit 2. A
+    torch and a numpy that are not there stand in, ahead on the path of the real ones."""
+    for module in ('torch', 'numpy'):
+        (tmp_path / f'{module}.py').write_text(
+            f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, f'{name}.py'), '--help'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    assert (done.returncode, done.stdout) == (2, '')
+    assert re.fullmatch(f"error: {re.escape(sys.executable)} has no module '(torch|numpy)': "
+                        r'install the requirements into it \(pip install -r requirements.txt\) '
+                        r'or run the Python they are installed in \(e.g. .venv/bin/python\)\n',
+                        done.stderr), done.stderr
+
+
+def test_a_missing_module_that_is_no_requirement_keeps_its_traceback(tmp_path):
+    """Only the requirements get the line: any other missing module is a bug to see whole."""
+    (tmp_path / 'numpy.py').write_text(
+        "raise ModuleNotFoundError(\"No module named 'nothere'\", name='nothere')\n")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'sample.py'), '--help'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    assert done.returncode == 1 and done.stderr.startswith('Traceback')
+    assert "ModuleNotFoundError: No module named 'nothere'" in done.stderr
 
 
 @pytest.mark.parametrize('extra,why', [

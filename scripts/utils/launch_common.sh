@@ -4,9 +4,22 @@
 # check_count VAR WHAT: refuse, with one line and exit status 2, a VAR that is not a positive
 # whole number of at most 9 digits (bash's arithmetic and `timeout` misread longer ones).
 check_count() {
-  local value=${!1}
+  local value=${!1} shown
   if ! [[ $value =~ ^[0-9]{1,9}$ ]] || [ "$value" -lt 1 ]; then
-    echo "error: $1 '$value' must be a positive whole number of $2, at most 999999999" >&2
+    # A value holding a newline or control character is shown escaped: the line stays one.
+    if [[ $value =~ [[:cntrl:]] ]]; then printf -v shown '%q' "$value"; else shown="'$value'"; fi
+    echo "error: $1 $shown must be a positive whole number of $2, at most 999999999" >&2
+    exit 2
+  fi
+}
+
+# check_python: refuse, with one line and exit status 2, a PYTHON that is no command (the
+# scripts' first command failed with status 127 and two lines of `timeout`'s).
+check_python() {
+  if ! command -v -- "$PYTHON" >/dev/null 2>&1; then
+    local shown
+    printf -v shown '%q' "$PYTHON"
+    echo "error: PYTHON $shown is not a command: set PYTHON to the interpreter the requirements are installed in (e.g. PYTHON=.venv/bin/python)" >&2
     exit 2
   fi
 }
@@ -54,7 +67,8 @@ train_capped() {
   wait "$TRAINING" || rc=$?
   trap - TERM INT
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
-    echo "train.py failed with exit status $rc" >&2
+    # Status 2 comes with train.py's own line saying why.
+    [ "$rc" -eq 2 ] || echo "train.py failed with exit status $rc" >&2
     exit "$rc"
   fi
   if [ ! -f "$weights/state_dict.pth" ]; then

@@ -639,6 +639,9 @@ MAX_ENTRIES = 1_000_000
 MAX_DEPTH = 100
 
 
+_NONE = object()  # no such key: None itself is one a crafted file may hold
+
+
 def check_loaded_tensors(obj, path):
     """Refuse a tensor no checkpoint is saved with, before anything reads it: one that is not
     dense (sparse: no optimizer or layer takes it), has no data (meta), or declares more
@@ -659,7 +662,14 @@ def check_loaded_tensors(obj, path):
             raise CheckpointError(f'{path} nests containers more than {MAX_DEPTH} deep, which '
                                   f'no checkpoint is saved with; the file is crafted or damaged')
         if isinstance(item, dict):
-            # A key can be a tuple of shared tuples.
+            # Names and an optimizer's parameter indices are the only keys a checkpoint has;
+            # every reader looks keys up, prints or sorts them as such.
+            odd = next((k for k in item if not isinstance(k, str)
+                        and (not isinstance(k, int) or isinstance(k, bool))), _NONE)
+            if odd is not _NONE:
+                raise CheckpointError(f'{path} holds a dict keyed by a {type(odd).__name__}, '
+                                      f'which no checkpoint is saved with (keys are names or '
+                                      f'parameter numbers); the file is crafted or damaged')
             stack.extend((k, depth + 1) for k in item.keys())
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
@@ -916,20 +926,37 @@ def load_error_reason(error):
     return f'{type(error).__name__}: {first[:200]}' if first else type(error).__name__
 
 
+def _by_name(obj):
+    """Whether obj is a dict whose keys are all names (strings)."""
+    return isinstance(obj, dict) and all(isinstance(k, str) for k in obj)
+
+
+def _optimizer_layout(obj):
+    """Whether obj is laid out as torch's optimizer state_dict() is: {'state': {parameter
+    number: {name: value}}, 'param_groups': [{name: value, 'params': [parameter number]}]}."""
+    def number(i):
+        return isinstance(i, int) and not isinstance(i, bool)
+    state, groups = (obj.get('state'), obj.get('param_groups')) if _by_name(obj) else (0, 0)
+    return (isinstance(state, dict) and isinstance(groups, list)
+            and all(number(i) and _by_name(entry) for i, entry in state.items())
+            and all(_by_name(g) and isinstance(g.get('params'), list)
+                    and all(map(number, g['params'])) for g in groups))
+
+
 def check_kind(obj, path, name):
-    """Refuse a loaded file that is not what a checkpoint's `name` file holds."""
+    """Refuse a loaded file that is not laid out as a checkpoint's `name` file is: keys of
+    the types every later check and torch's loaders look them up as (an int key in a state
+    dict was an AttributeError traceback, a list as an optimizer's state a ValueError)."""
     if name in ('G', 'D', 'G_ema'):
-        # Names, as a module's state_dict has: the checks and load_state_dict match keys
-        # as strings (an int key was an AttributeError traceback).
-        ok = isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                           for k, v in obj.items())
+        ok = _by_name(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
         kind = 'a state dict of tensors by name'
     elif name.endswith('_optim'):
-        ok = isinstance(obj, dict) and {'state', 'param_groups'} <= set(obj)
-        kind = "an optimizer's state dict"
+        ok = _optimizer_layout(obj)
+        kind = "an optimizer's state dict (state by parameter number, groups of settings)"
     else:
-        ok = isinstance(obj, dict) and 'itr' in obj
-        kind = 'a training state (itr, epoch, ...)'
+        ok = (_by_name(obj) and 'itr' in obj
+              and ('config' not in obj or _by_name(obj['config'])))
+        kind = 'a training state (itr, epoch, ..., a config by name)'
     if not ok:
         raise CheckpointError(f'{path} holds a {type(obj).__name__}, not {kind}; it is not a '
                               f'{name}.pth of this project or the release')

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from checkpoints import load_error_reason, load_zip_checkpoint
+from checkpoints import check_loaded_tensors, load_error_reason, load_zip_checkpoint
 from distributed import is_distributed, pick_device
 from files import (
     NPZ_ERRORS,
@@ -334,8 +334,10 @@ def _load_state_dict_file(net, path, backend):
         state = load_zip_checkpoint(path)
     except Exception as err:  # refused, truncated or not a torch file
         raise _weights_error(backend, path, f'unreadable ({load_error_reason(err)})') from None
-    if not isinstance(state, dict):
-        raise _weights_error(backend, path, 'does not hold a state dict')
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                              for k, v in state.items()):
+        raise _weights_error(backend, path, 'does not hold a state dict of tensors by name')
+    check_loaded_tensors(state, path)
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

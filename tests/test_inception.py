@@ -336,6 +336,20 @@ def test_wrong_weights_file_is_refused(tmp_path):
                               device='cpu')
 
 
+@pytest.mark.parametrize('key', [3, ('fc.weight',), None, b'fc.weight'])
+def test_weights_keyed_by_no_name_are_refused(tmp_path, key):
+    """An Inception weights file with a key that is not a string: load_state_dict's
+    AttributeError traceback in evaluate.py, train.py and sample.py (the outside attacker's
+    round 13). Now one line naming the file and the flag."""
+    path = tmp_path / 'odd.pth'
+    state = iu.build_inception_net('torchvision').state_dict()
+    state[key] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(iu.InceptionWeightsError, match='tensors by name') as err:
+        iu.load_inception_net(backend='torchvision', weights_path=str(path), device='cpu')
+    _assert_one_line_weights_error(err, path)
+
+
 def _assert_one_line_weights_error(err, path):
     """The message is one line naming the file, the place and the flag."""
     msg = str(err.value)

@@ -561,9 +561,80 @@ def test_a_state_dict_key_that_is_not_a_name_is_refused(tmp_path, name, key, str
     corrupt_state(root, name, set_key(key, torch.zeros(1)))
     G2, D2, E2 = tiny_models(config, seed=9)
     before = {k: v.clone() for k, v in G2.state_dict().items()}
-    with pytest.raises(checkpoints.CheckpointError, match=f'{name}.pth holds a dict, not a '
-                                                          'state dict of tensors by name') as e:
+    # An int is a key some checkpoint files have (an optimizer's parameter numbers), so
+    # it is the state dict's layout that refuses it; any other type no file has.
+    why = ('holds a dict, not a state dict of tensors by name' if isinstance(key, int)
+           else f'holds a dict keyed by a {type(key).__name__}')
+    with pytest.raises(checkpoints.CheckpointError, match=f'{name}.pth {why}') as e:
         checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2,
                                  strict=strict)
     assert '\n' not in str(e.value)
     assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())
+
+
+def in_first_entry(key, value):
+    """change(obj): obj['state']'s first entry gets key = value."""
+    def change(obj):
+        next(iter(obj['state'].values()))[key] = value
+    return change
+
+
+def in_group(key, value):
+    def change(obj):
+        obj['param_groups'][0][key] = value
+    return change
+
+
+def in_config(key, value):
+    def change(obj):
+        obj['config'][key] = value
+    return change
+
+
+# (file, change, the refusal's words). The outside attacker's round 13 found each route: an
+# int, tuple, bytes or None key was an AttributeError or TypeError traceback (sample.py,
+# --resume), an optimizer's state as a list, tuple or str a ValueError or AttributeError in
+# its checks, and an int key in a param group, the training state or its config was taken.
+ODD_LAYOUTS = [
+    ('D', set_key(('x',), torch.zeros(1)), 'dict keyed by a tuple'),
+    ('G_ema', set_key(b'linear.weight', torch.zeros(1)), 'dict keyed by a bytes'),
+    ('G_optim', set_key(7, 1), "not an optimizer's state dict"),
+    ('G_optim', lambda obj: obj.update(state=list(obj['state'].items())),
+     "not an optimizer's state dict"),
+    ('D_optim', lambda obj: obj.update(state=tuple(obj['state'].values())),
+     "not an optimizer's state dict"),
+    ('G_optim', set_key('state', 'ab'), "not an optimizer's state dict"),
+    ('G_optim', in_group(3, 0.5), "not an optimizer's state dict"),
+    ('G_optim', in_first_entry(2, torch.zeros(1)), "not an optimizer's state dict"),
+    ('G_optim', lambda obj: obj['param_groups'][0].update(params=None),
+     "not an optimizer's state dict"),
+    ('G_optim', lambda obj: obj['param_groups'][0]['params'].append('a'),
+     "not an optimizer's state dict"),
+    ('G_optim', lambda obj: obj['state'].update({2.5: {}}), 'dict keyed by a float'),
+    ('state_dict', set_key(5, 1), 'not a training state'),
+    ('state_dict', in_config(5, 1), 'not a training state'),
+    ('state_dict', in_config(None, 1), 'dict keyed by a NoneType'),
+    ('state_dict', in_config(1.5, 1), 'dict keyed by a float'),
+]
+
+
+@pytest.mark.parametrize('name,change,why', ODD_LAYOUTS,
+                         ids=[f'{n}-{i}' for i, (n, _, _) in enumerate(ODD_LAYOUTS)])
+def test_a_file_laid_out_as_no_checkpoint_is_refused(tmp_path, name, change, why):
+    """A set file whose keys or containers are of types no checkpoint is saved with (the
+    record refreshed, so the checks behind it see it): one line naming the file, nothing
+    loaded, on both routes (a resume's strict load and sample.py's)."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = stepped_models(config)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+    corrupt_state(root, name, change)
+    for strict, load_optim in [(True, True), (False, False)]:
+        if not load_optim and name.endswith('_optim'):
+            continue
+        G2, D2, E2 = tiny_models(config, seed=9)
+        before = {k: v.clone() for k, v in G2.state_dict().items()}
+        with pytest.raises(checkpoints.CheckpointError, match=why) as e:
+            checkpoints.load_weights(G2, D2, state(-1, config), root, 'exp', None, E2,
+                                     strict=strict, load_optim=load_optim)
+        assert '\n' not in str(e.value) and f'{name}.pth' in str(e.value)
+        assert all(torch.equal(v, before[k]) for k, v in G2.state_dict().items())

@@ -124,12 +124,19 @@ def test_naming_opcodes_in_a_zip_file_are_one_line_without_warnings(tmp_path, ma
     import warnings
     import zipfile
     # numpy's Float64DType is one of the few globals the zip route builds (SAFE_GLOBALS).
-    for module, name in [pair for pair in DANGEROUS if pair != ('numpy.dtypes', 'Float64DType')]:
+    pairs = [pair for pair in DANGEROUS if pair != ('numpy.dtypes', 'Float64DType')]
+    for i, (module, name) in enumerate([pairs[0]] + pairs):
         path = tmp_path / 'G_ema.pth'
         with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
             z.writestr('archive/data.pkl', make(module, name))
             z.writestr('archive/version', '3\n')
             z.writestr('archive/byteorder', 'little')
+        if i == 0:
+            # Once unwatched: the first refusal imports torch's modules for it (an import
+            # is an 'exec' event), which an earlier test of the module may have done or not.
+            with pytest.raises(CheckpointError):
+                torch_load(str(path))
+            continue
         with watch() as events, warnings.catch_warnings(record=True) as shown, \
                 pytest.raises(CheckpointError) as error:
             warnings.simplefilter('always')

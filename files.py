@@ -157,7 +157,12 @@ def atomic_path(path):
     tmp = temp_path(path)
     # Created here, exclusively and without following links, so a planted file or symlink of
     # this name cannot redirect the write; writers then open this regular file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    except (NotADirectoryError, FileNotFoundError, PermissionError) as e:
+        # Named by the file asked for: the temporary name means nothing to the user.
+        raise FileError(f'cannot write {path}: {e.strerror} ({folder} must be a folder this '
+                        f'process may write in); give another path') from None
     try:
         with full_disk_named(path):
             yield tmp

@@ -585,6 +585,10 @@ def run(config):
     # figures are written, not half-way through.
     for r in runs:
         files.own_folder(logs_root, r['name'])
+    compare_out = config['compare_out'] or os.path.join(logs_root, 'compare_IS_FID.png')
+    if len(runs) > 1 and tested and not os.path.isdir(os.path.dirname(compare_out) or '.'):
+        raise flags.ConfigError(f'--compare_out {compare_out}: {os.path.dirname(compare_out)} '
+                                f'is not a folder; give a path in an existing folder')
     paths = []
     for r in runs:
         onsets = report_collapse(r, logs_root) if config['collapse'] else ()
@@ -592,7 +596,7 @@ def run(config):
         if not r['tests']:
             print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
     if len(runs) > 1 and tested:
-        paths.append(config['compare_out'] or os.path.join(logs_root, 'compare_IS_FID.png'))
+        paths.append(compare_out)
         save(figure_compare(tested, config['x']), paths[-1])
     return paths
 

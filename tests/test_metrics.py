@@ -9,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import files
 import inception_utils
 import metrics
 
@@ -443,6 +444,38 @@ def test_plot_logs_refuses_mixed_protocols(tmp_path, capsys):
         assert sorted(p.name for p in tmp_path.rglob('*.png')) == before  # nothing written
     plot('mixed', '--mix_protocols')
     assert (tmp_path / 'mixed' / 'IS_FID.png').exists()
+
+
+@pytest.mark.parametrize('where', ['G_loss.log/x.png', 'nowhere/x.png'])
+def test_plot_logs_compare_out_in_no_folder_is_refused_before_any_figure(tmp_path, capsys,
+                                                                        where):
+    """--compare_out inside a file or a missing folder: the per-run figures were written,
+    then the comparison failed with errno's text naming its temporary file (the outside
+    attacker's round 13). Now one line naming --compare_out, before any figure."""
+    import plot_logs
+    for name in ('a', 'b'):
+        write_jsonl(tmp_path / f'{name}_log.jsonl', stamped_records([None, None]))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'G_loss.log').write_text('1: 1.0\n2: 2.0\n')
+    out = tmp_path / 'a' / where
+    with pytest.raises(SystemExit) as exit_info:
+        plot_logs.main(['--logs_root', str(tmp_path), '--experiment_name', 'a', 'b',
+                        '--compare_out', str(out)])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f'error: --compare_out {out}: {out.parent} is not a folder; give a path '
+                    f'in an existing folder')
+    assert not list(tmp_path.rglob('*.png')) and not list(tmp_path.rglob('*.tmp-*'))
+
+
+def test_a_write_into_no_folder_names_the_file_asked_for(tmp_path):
+    """files.atomic_path, every writer's: a target in a missing folder or under a file is
+    one line naming the target, not its temporary file."""
+    (tmp_path / 'f').write_text('x')
+    for target in (tmp_path / 'f' / 'x.png', tmp_path / 'none' / 'x.png'):
+        with pytest.raises(files.FileError, match=f'cannot write {target}: .* must be a folder'):
+            with files.atomic_open(str(target)) as f:
+                f.write(b'x')
 
 
 @pytest.mark.parametrize('damage,where', [

@@ -587,10 +587,13 @@ def load_zip_checkpoint(path, map_location='cpu'):
 @contextlib.contextmanager
 def quiet_torch_load():
     """A context in which torch.load's own warnings are not shown: it warns on stderr of
-    pickle protocols torch.save does not write (4, 5) before it fails or loads, and what is
-    wrong with a file is said in the one line its refusal gives."""
+    pickle protocols torch.save does not write (4, 5), of deprecated storages and quantized
+    tensors, before it fails or loads, and what is wrong with a file is said in the one line
+    its refusal gives."""
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=UserWarning, module='torch.serialization')
+        # Every torch module's: its loader builds storages and quantized tensors through
+        # deprecated paths (torch._utils), each warning on stderr.
+        warnings.filterwarnings('ignore', category=UserWarning, module='torch')
         yield
 
 
@@ -676,9 +679,11 @@ def check_loaded_tensors(obj, path):
             stack.extend((m, depth + 1) for m in item)
         elif isinstance(item, torch.Tensor):
             if item.layout != torch.strided or item.is_meta or item.is_quantized:
-                raise CheckpointError(f'{path} holds a {item.layout} {item.device.type} tensor '
-                                      f'of shape {tuple(item.shape)}, not a dense one with '
-                                      f'data; the file is crafted or damaged')
+                kind = ('quantized' if item.is_quantized else 'meta (no data)' if item.is_meta
+                        else str(item.layout).replace('torch.', ''))
+                raise CheckpointError(f'{path} holds a {kind} tensor of shape '
+                                      f'{tuple(item.shape)}, not a dense one with data; the '
+                                      f'file is crafted or damaged')
             needed = item.numel() * item.element_size()
             held = item.untyped_storage().nbytes()
             if needed > held:

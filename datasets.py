@@ -187,11 +187,21 @@ def to_rgb(img):
     return img.convert('RGB')
 
 
+def decode_image(f):
+    """The pixels of an open image file as 8-bit RGB (to_rgb): the one decoder of image
+    folders, make_hdf5.py and evaluate.py. PIL's DecompressionBombWarning (an image of more
+    than 89 M pixels, which it still decodes) is not shown; past twice that PIL refuses it
+    (DecompressionBombError), as every caller reports."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        return to_rgb(Image.open(f))
+
+
 def default_loader(path):
     """Decode an image file to RGB as the release does (to_rgb); a FIFO or device named like
     an image is refused (FileError) rather than waited on."""
     with open_regular(path, 'image') as f:
-        return to_rgb(Image.open(f))
+        return decode_image(f)
 
 
 def folder_signature(root):

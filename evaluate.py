@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import inception_utils
 import metrics
 import utils
-from datasets import to_float
+from datasets import decode_image, to_float
 from files import FileError, check_name, check_npz, check_writable, file_digest, open_regular
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -68,8 +68,7 @@ def _folder_batches(files, batch_size):
     for path in files:
         with open_regular(path, 'image') as f:
             try:
-                with Image.open(f) as im:
-                    pixels = np.asarray(im.convert('RGB'), dtype=np.uint8)
+                pixels = np.asarray(decode_image(f), dtype=np.uint8)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 raise FileError(f'image {path} cannot be decoded ({type(err).__name__})'
                                 ) from None

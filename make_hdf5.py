@@ -126,7 +126,7 @@ def load_square(path, res):
     uint8 3 x res x res.
     """
     with open_regular(path, 'image') as f:  # a FIFO or device named x.png would block or never end
-        img = dset.to_rgb(Image.open(f))
+        img = dset.decode_image(f)
     w, h = img.size
     side = min(w, h)
     # torchvision's center_crop offsets (Python round, half to even).

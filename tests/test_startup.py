@@ -235,6 +235,33 @@ def truncated_png(path):
         f.write(data[:len(data) // 2])
 
 
+def test_a_large_image_under_pils_limit_decodes_without_its_warning(tmp_path, monkeypatch):
+    """An image of more pixels than PIL's warning threshold but fewer than its refusal's
+    (150 M of 89 M and 179 M): make_hdf5.py converted it, with PIL's DecompressionBombWarning
+    on stderr twice (the outside attacker's round 13). Every route decodes it (the same
+    pixels as PIL's own) without the warning; the threshold is lowered to keep it small."""
+    import warnings
+
+    import evaluate
+    import make_hdf5
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # the warning past 1000, refused past 2000
+    path = tmp_path / 'big.png'
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        expected = np.asarray(Image.open(path).convert('RGB'))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter('always')
+        loaded = np.asarray(datasets.default_loader(str(path)))
+        square = make_hdf5.load_square(str(path), 30)
+        batch = next(evaluate._folder_batches([str(path)], 4))
+    assert shown == [], [str(w.message) for w in shown]
+    assert np.array_equal(loaded, expected)
+    assert np.array_equal(batch[0].numpy(), expected.transpose(2, 0, 1))
+    assert np.array_equal(square, expected[:, 5:35].transpose(2, 0, 1))
+
+
 FOLDER_FLAGS = ['--dataset', 'mine', '--resolution', '32', '--n_classes', '2']
 
 

@@ -35,16 +35,44 @@ def pick_device(name=''):
     return device
 
 
+def launch_environment():
+    """(rank, world size) from torchrun's variables, checked before any rendezvous: one set
+    by hand that no launcher gives (RANK 5 of 2) waited for peers that never come, past
+    SIGTERM. Without WORLD_SIZE, (0, 1)."""
+    def number(name, default=None):
+        value = os.environ.get(name, default)
+        if value is None or not value.strip().isdigit():
+            raise ConfigError(f'{name}={value!r} in the environment is not a whole number >= 0 '
+                              f'while WORLD_SIZE is set: launch with torchrun '
+                              f'(docs/scaling.md), or unset WORLD_SIZE, RANK and LOCAL_RANK')
+        return int(value)
+    if 'WORLD_SIZE' not in os.environ:
+        return 0, 1
+    world_size = number('WORLD_SIZE')
+    rank = number('RANK', '0' if world_size == 1 else None)
+    local_rank = number('LOCAL_RANK', '0')
+    if world_size < 1 or rank >= world_size or local_rank > rank:
+        raise ConfigError(f'RANK {rank}, LOCAL_RANK {local_rank} and WORLD_SIZE {world_size} in '
+                          f'the environment are no launch torchrun makes (0 <= LOCAL_RANK <= '
+                          f'RANK < WORLD_SIZE): launch with torchrun (docs/scaling.md), or '
+                          f'unset WORLD_SIZE, RANK and LOCAL_RANK')
+    if world_size > 1:
+        missing = [v for v in ('MASTER_ADDR', 'MASTER_PORT') if not os.environ.get(v)]
+        if missing:
+            raise ConfigError(f"WORLD_SIZE {world_size} without {' and '.join(missing)} in "
+                              f'the environment: launch with torchrun (docs/scaling.md)')
+    return rank, world_size
+
+
 def setup_distributed(config):
     """Join the process group when launched by torchrun (RANK/WORLD_SIZE in the environment).
 
     Returns (rank, world_size, device): NCCL and one GPU per process on CUDA, Gloo on CPU.
     """
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank, world_size = launch_environment()
     device = pick_device(config.get('device'))
     if world_size == 1:
         return 0, 1, device
-    rank = int(os.environ['RANK'])
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if not dist.is_initialized():

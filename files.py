@@ -396,7 +396,8 @@ def check_memory(nbytes, what):
     Every process of this machine under torchrun (LOCAL_WORLD_SIZE) loads its own copy.
     """
     from distributed import get_rank
-    procs = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    procs = os.environ.get('LOCAL_WORLD_SIZE', '1')
+    procs = int(procs) if procs.strip().isdigit() and int(procs) > 0 else 1
     copies = f' x {procs} processes' if procs > 1 else ''
     avail = available_memory()
     have = 'unknown' if avail is None else _gb(avail)

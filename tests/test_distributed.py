@@ -243,3 +243,31 @@ def test_torchrun_writes_one_set_of_files_and_resumes_exactly(data_root, tmp_pat
     for run_dir, itrs in ((once, range(1, 2 * N + 1)), (split, range(1, 2 * N + 1))):
         lines = (run_dir / 'logs' / 'dist' / 'G_loss.log').read_text().split('\n')
         assert [int(line.split(':')[0]) for line in lines if line.strip()] == list(itrs)
+
+
+@pytest.mark.parametrize('env,why', [
+    ({'RANK': '5', 'WORLD_SIZE': '2'}, 'no launch torchrun makes'),
+    ({'RANK': '0', 'WORLD_SIZE': '0'}, 'no launch torchrun makes'),
+    ({'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '3'}, 'no launch torchrun makes'),
+    ({'RANK': '-1', 'WORLD_SIZE': '2'}, "RANK='-1' in the environment is not a whole number"),
+    ({'WORLD_SIZE': '2'}, "RANK=None in the environment is not a whole number"),
+    ({'RANK': '0', 'WORLD_SIZE': 'two'}, "WORLD_SIZE='two' in the environment"),
+    ({'RANK': '1', 'WORLD_SIZE': '2', 'MASTER_ADDR': ''}, 'without MASTER_ADDR and MASTER_PORT')])
+def test_a_launch_environment_set_by_hand_is_one_line(data_root, tmp_path, monkeypatch, capsys,
+                                                      env, why):
+    """RANK/WORLD_SIZE that no launcher sets (RANK 5 of 2): train.py waited at the rendezvous
+    for peers that never come, past SIGTERM, for 12 minutes and more (the outside attacker's
+    round 13). Now one line and exit 2 before anything is written."""
+    import train
+    from helpers import run_flags
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_flags(data_root, str(out), 'exp', '--total_itrs', '1'))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0] and 'torchrun' in err[0], err
+    assert not out.exists()

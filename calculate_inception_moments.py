@@ -77,7 +77,9 @@ def run(config):
                 config.get('n_classes') or nclass_dict[config['dataset']], backend)
         with torch.no_grad():
             for x, y in tqdm(loader):
-                pool, logits = net(to_float(x.to(device)).float())
+                images = to_float(x.to(device)).float()
+                pool, logits = net(images)
+                inception_utils.check_net_outputs(images, pool, logits)
                 feats.update(pool)
                 scores.update(F.softmax(logits.double(), 1))
                 if per_class is not None:

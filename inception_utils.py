@@ -379,6 +379,20 @@ def _gather_ranks(t):
     return torch.cat(parts, 0)
 
 
+def check_net_outputs(images, pool, logits):
+    """Refuse (MetricsError) a batch whose Inception features or logits are not finite,
+    before any statistic takes them in: blamed on the images when they hold NaN or Inf, else
+    on the network's weights (finite images, NaN features: a damaged --inception_weights)."""
+    if torch.isfinite(pool).all() and torch.isfinite(logits).all():
+        return
+    if not torch.isfinite(images).all():
+        raise MetricsError('the images hold NaN or Inf, so their Inception features do too; '
+                           'no statistic was computed from them')
+    raise MetricsError('the Inception network gives NaN or Inf features for finite images: '
+                       'its weights are damaged; check --inception_weights (or the backend\'s '
+                       'default file)')
+
+
 def iterate_inception_outputs(sample, net, num_images):
     """Yield (pool, logits, labels) batches for exactly num_images sampled images.
 
@@ -396,7 +410,9 @@ def iterate_inception_outputs(sample, net, num_images):
             # Inception always runs in float32, as in the release, even when G samples
             # under --amp: the moments it is compared with are float32 too.
             with torch.autocast(device.type, enabled=False):
-                pool, logits = net(images.to(device).float())
+                images = images.to(device).float()
+                pool, logits = net(images)
+            check_net_outputs(images, pool, logits)
             labels = torch.as_tensor(labels, device=device)
             pool, logits, labels = (_gather_ranks(t)[:num_images - seen]
                                     for t in (pool, logits, labels))
@@ -454,6 +470,11 @@ def find_moments_file(dataset, data_root='data'):
 def save_inception_moments(path, mu, sigma, backend, feats=None, count=None):
     """Write mu, sigma, backend (and optional real pool feats and the image count) atomically."""
     _check_backend(backend)
+    # The one writer of moments files: what no reader would accept is never written.
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()
+            and (feats is None or np.isfinite(feats).all())):
+        raise MetricsError(f'{path} was not written: its moments hold NaN or Inf (the '
+                           f'Inception features were not finite)')
     arrays = {'mu': as_float64(mu), 'sigma': as_float64(sigma),
               'backend': np.array(backend)}
     if count is not None:

@@ -201,3 +201,17 @@ def test_counts_that_ask_for_more_memory_than_there_is_are_refused(monkeypatch):
     with pytest.raises(utils.ConfigError, match='sample_trunc_curves'):
         sample.truncation_values('0.000000000001_0.000000000001_1.0')
     assert len(sample.truncation_values('0.05_0.05_1.0')) == 20  # the release's curve
+
+
+def test_an_inception_giving_nan_features_is_refused_and_writes_nothing(sources, tmp_path):
+    """Inception weights that give NaN features: FID was numpy's LinAlgError traceback and
+    --save_stats wrote all-NaN statistics, exit 0 (the outside attacker's round 13). Now one
+    line blaming the weights, nothing written."""
+    folder, npz, _, _ = sources
+    net = inception_utils.load_inception_net()
+    net.register_forward_hook(lambda module, args, out: tuple(t * float('nan') for t in out))
+    out = tmp_path / 'stats.npz'
+    for args in [(folder, '--save_stats', out), (folder, npz, '--metrics', 'IS,FID')]:
+        with pytest.raises(metrics.MetricsError, match='weights are damaged'):
+            evaluate_main(*args)
+    assert not out.exists()

@@ -587,3 +587,41 @@ def test_calculate_inception_moments_run(tmp_path, monkeypatch, hdf5):
     np.testing.assert_allclose(got['sigma'], np.cov(pool, rowvar=False),
                                rtol=1e-6, atol=1e-9)
     assert got['feats'].shape == (5, 8)
+
+
+@pytest.mark.parametrize('per_class', [False, True])
+def test_calculate_inception_moments_refuses_nan_features(tmp_path, monkeypatch, per_class):
+    """Inception weights that give NaN features (a damaged --inception_weights): all-NaN
+    moments and a per-class file were written, exit 0 (the outside attacker's round 13).
+    Now one line blaming the weights, and no file written."""
+    import calculate_inception_moments as cim
+
+    images = torch.rand(13, 3, 8, 8) * 2 - 1
+
+    def get_data_loaders(**config):
+        data = torch.utils.data.TensorDataset(images, torch.zeros(13, dtype=torch.int64))
+        return [torch.utils.data.DataLoader(data, batch_size=5)]
+    monkeypatch.setattr(cim, 'get_data_loaders', get_data_loaders)
+    monkeypatch.setattr(cim, 'check_dataset', lambda config: None)
+    monkeypatch.setattr(cim, 'check_training_set', lambda *a: None)
+    net = FakeInception()
+    net.register_forward_hook(lambda module, args, out: tuple(t * float('nan') for t in out))
+    monkeypatch.setattr(iu, 'check_inception_weights', lambda *a: 'x')
+    monkeypatch.setattr(iu, 'load_inception_net', lambda *a, **k: net)
+    argv = ['--dataset', 'S8_hdf5', '--data_root', str(tmp_path), '--device', 'cpu',
+            '--n_classes', '1'] + (['--per_class'] if per_class else [])
+    with pytest.raises(iu.MetricsError, match='weights are damaged; check --inception_weights'):
+        cim.run(vars(cim.prepare_parser().parse_args(argv)))
+    assert os.listdir(tmp_path) == []
+
+
+def test_moments_holding_nan_are_never_written(tmp_path):
+    """save_inception_moments, the one writer of moments files, refuses what every reader
+    would refuse."""
+    path = tmp_path / 'm.npz'
+    for mu, sigma, feats in [(np.full(3, np.nan), np.eye(3), None),
+                             (np.zeros(3), np.eye(3) * np.inf, None),
+                             (np.zeros(3), np.eye(3), np.full((4, 3), np.nan))]:
+        with pytest.raises(iu.MetricsError, match='was not written'):
+            iu.save_inception_moments(str(path), mu, sigma, 'torchvision', feats)
+    assert not path.exists()

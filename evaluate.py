@@ -93,7 +93,7 @@ def _npz_images(path):
     _npz_image_count(path)
     with np.load(path, allow_pickle=False) as data:
         x = data['x']
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3 or not len(x):
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3 or not all(x.shape):
         raise FileError(f'{path}: x must be uint8 N x 3 x H x W images, got {x.dtype} '
                         f'{tuple(x.shape)}')
     return x
@@ -173,6 +173,14 @@ def source_statistics(spec, kind, config, net, keep, device):
     """{'mu', 'sigma', 'feats', 'count', 'IS' ((mean, std) or None), 'stamp'} of a source."""
     if kind == 'statistics':
         out = load_statistics(spec, config['inception_backend'])
+        # Statistics of another width are of no features this network gives (0- or 1-wide
+        # ones against themselves gave FID 0).
+        n = getattr(net, 'module', net).pool_features
+        if len(out['mu']) != n:
+            raise inception_utils.InceptionMomentsError(
+                f"statistics {spec} hold {len(out['mu'])} features, but the "
+                f"{config['inception_backend']} Inception network gives {n}; make them with "
+                f'evaluate.py SOURCE --save_stats')
         return {**out, 'IS': None, 'stamp': {}}
     stamp = {}
     if kind == CHECKPOINT:

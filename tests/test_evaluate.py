@@ -139,7 +139,18 @@ def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
              ([tmp_path / 'inf_feats.npz', npz, '--metrics', 'KID', '--kid_subset_size', '5'],
               'KID features hold NaN'),
              ([folder, tmp_path / 'objects.npz'], 'Python objects'),
-             ([tmp_path / 'good.npz', tmp_path / 'good.npz', '--metrics', 'IS'], 'IS needs images')]
+             ([tmp_path / 'good.npz', tmp_path / 'good.npz', '--metrics', 'IS'], 'IS needs images'),
+             # The outside attacker's round 13: statistics of another width than the
+             # network's (0 wide: a ValueError; 1 wide against itself: FID 0), and images of
+             # no pixels (a RuntimeError in the resize).
+             ([tmp_path / 'one.npz', tmp_path / 'one.npz'],
+              'hold 1 features, but the torchvision Inception network gives 8'),
+             ([tmp_path / 'none.npz', npz], 'hold 0 features, but the torchvision Inception'),
+             ([folder, tmp_path / 'empty_images.npz'], 'x must be uint8 N x 3 x H x W images, '
+                                                       'got uint8 (4, 3, 0, 0)')]
+    np.savez(tmp_path / 'one.npz', mu=np.zeros(1), sigma=np.eye(1))
+    np.savez(tmp_path / 'none.npz', mu=np.zeros(0), sigma=np.zeros((0, 0)))
+    np.savez(tmp_path / 'empty_images.npz', x=np.zeros((4, 3, 0, 0), np.uint8))
     exits_with_one_line_each(cases, capsys)
 
 

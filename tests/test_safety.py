@@ -1,5 +1,6 @@
 """Attacks and faults: loading never runs code, every bad input gets one line and exit status 2
 with nothing written, and a run that dies leaves no temporary file and a loadable checkpoint."""
+import argparse
 import ast
 import builtins
 import errno
@@ -1217,6 +1218,23 @@ def test_a_python_without_the_requirements_is_one_line(name, tmp_path):
                         r'install the requirements into it \(pip install -r requirements.txt\) '
                         r'or run the Python they are installed in \(e.g. .venv/bin/python\)\n',
                         done.stderr), done.stderr
+
+
+def test_check_pretrained_sizes_its_models_before_building_them():
+    """tools/check_pretrained.py --channel_width 10^12: a 26-line RuntimeError from the
+    allocator (the outside attacker's round 13). Now one line, exit 2, before any model; its
+    defaults pass the check."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'check_pretrained.py'),
+                           '--sizes', '128', '--channel_width', str(10 ** 12)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, '')
+    assert re.fullmatch(r'error: the 128px models of --channel_width 1000000000000 take about '
+                        r'10\^\d+ GB, more than the .* GB of memory available; use a smaller '
+                        r'--channel_width or fewer --sizes\n', done.stderr), done.stderr
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import check_pretrained
+    check_pretrained.check_sizes(argparse.Namespace(sizes=[128, 256, 512], channel_width=128,
+                                                    z_dim=128, num_classes=1000, float64=True))
 
 
 def test_a_missing_module_that_is_no_requirement_keeps_its_traceback(tmp_path):

@@ -22,6 +22,7 @@ from flags import ToolParser, bounded, run_cli
 
 # isort: split
 import copy
+import math
 import subprocess
 import tempfile
 import time
@@ -30,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import truncnorm
 
-from conftest import hf_standin, load_as_sample, save_hf
+import convert_pretrained
+from conftest import HF_LAYERS, hf_standin, load_as_sample, save_hf
+from files import check_fits
 
 
 def main():
@@ -49,8 +52,23 @@ def main():
     run_cli(run, parser, namespace=True)
 
 
+def check_sizes(args):
+    """Refuse (one line) sizes whose models do not fit in memory, before any is built: HF's
+    stand-in, its files, our converted G, and a float64 copy with --float64."""
+    for size in args.sizes:
+        cfg = {**convert_pretrained.HF_DEFAULTS, 'output_dim': size, 'z_dim': args.z_dim,
+               'class_embed_dim': args.z_dim, 'channel_width': args.channel_width,
+               'num_classes': args.num_classes, 'layers': HF_LAYERS[size]}
+        shapes = convert_pretrained.hf_shapes(cfg, convert_pretrained.hf_arch(cfg)[2])
+        count = sum(math.prod(shape) for shape in shapes.values())  # Python ints: no overflow
+        check_fits(4 * count * (5 if args.float64 else 3),
+                   f'the {size}px models of --channel_width {args.channel_width}',
+                   'use a smaller --channel_width or fewer --sizes')
+
+
 def run(args):
     """The tool on its parsed flags."""
+    check_sizes(args)
     torch.set_num_threads(args.threads)
     print('size  truncation  max |ours - HF|  HF f32 vs f64  HF params   our params  convert s')
     with tempfile.TemporaryDirectory() as tmp:

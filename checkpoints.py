@@ -802,18 +802,20 @@ def check_settings_agree(optim_state, state, name, path):
 
 
 def _setting_ok(key, value, ours):
-    """Whether a loaded optimizer setting may stand for ours: a number of ours' kind (betas
-    below 1: Adam divides by 1 - beta^t), and every other setting (amsgrad, maximize, foreach,
-    ...: how the algorithm runs, which the flags fix, and which needs state of its own) equal
-    to ours."""
+    """Whether a loaded optimizer setting may stand for ours: a rate of ours' kind (lr, eps,
+    betas below 1: Adam divides by 1 - beta^t), and every other setting (weight_decay,
+    amsgrad, maximize, foreach, ...: how the algorithm runs, which the flags fix, and which
+    may need state of its own) equal to ours."""
     if key == 'betas':
         return (_like(value, ours) and all(not isinstance(b, torch.Tensor) and float(b) < 1
                                            for b in value))
     if isinstance(ours, (int, float)) and not isinstance(ours, bool):
         # A plain number within float32's range: Adam's fused and foreach paths take no
-        # tensor lr, and a larger one overflows in the first step.
+        # tensor lr, and a larger one overflows in the first step. Only the rates a flag
+        # sets may differ from ours; weight_decay, which none sets, is the code's (a file's
+        # 0.1 was trained with and saved again, silently).
         return (not isinstance(value, torch.Tensor) and _like(value, ours)
-                and value <= FLOAT32_MAX)
+                and value <= FLOAT32_MAX and (key in ('lr', 'eps') or value == ours))
     return type(value) is type(ours) and value == ours
 
 

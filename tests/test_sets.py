@@ -414,6 +414,8 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     # and a beta of 1 (Adam divides by 1 - beta^t): the outside attacker's round 3.
     ('G_optim', first_group('amsgrad', True), 'amsgrad'),
     ('G_optim', first_group('maximize', True), 'maximize'),
+    # No flag sets it: a file's 0.1 was trained with and saved again (round 13).
+    ('G_optim', first_group('weight_decay', 0.1), 'its weight_decay 0.1'),
     ('G_optim', first_group('betas', (1.0, 0.999)), 'betas'),
     # A group's rate that contradicts the optim_settings saved with it (a resume took it).
     ('G_optim', first_group('lr', 7.0), 'contradict'),

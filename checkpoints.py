@@ -563,8 +563,12 @@ class release_pickle:
 
 # What weights_only loading may build beyond tensors and plain data: the release's ReLU and
 # numpy scalars (a release state_dict re-saved by a newer torch holds both).
-SAFE_GLOBALS = [nn.ReLU, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
-                getattr(np, '_core', getattr(np, 'core', None)).multiarray.scalar]
+# numpy >= 1.25 pickles a scalar's dtype by its class: every numeric and bool one a config
+# or count may be saved as (a legacy file's np.int64 loaded; a zip file's was refused).
+SAFE_GLOBALS = [nn.ReLU, np.dtype, _MULTIARRAY.multiarray.scalar,
+                *(getattr(np.dtypes, f'{kind}DType') for kind in (
+                    'Float64', 'Float32', 'Float16', 'Int64', 'Int32', 'Int16', 'Int8', 'UInt64',
+                    'UInt32', 'UInt16', 'UInt8', 'Bool'))]
 
 
 def load_zip_checkpoint(path, map_location='cpu'):

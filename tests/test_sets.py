@@ -666,3 +666,17 @@ def test_a_quantized_tensor_is_refused_without_torchs_warnings(tmp_path):
                                  strict=False, load_optim=False)
     assert shown == [], [str(w.message) for w in shown]
     assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('value', [np.int64(1), np.int32(1), np.int16(1), np.uint8(1)])
+def test_numpy_scalars_in_a_zip_training_state_load(tmp_path, value):
+    """A zip-format state_dict.pth whose itr is a numpy integer (as another tool may save it):
+    refused as 'truncated, damaged or not a checkpoint' while the same value loaded from a
+    legacy file (the outside attacker's round 13). numpy's scalars and the dtypes they are
+    pickled with load in both formats; the state keeps a plain number."""
+    root, config = str(tmp_path), tiny_config()
+    G, D, G_ema = tiny_models(config, seed=1)
+    checkpoints.save_weights(G, D, state(1, config), root, 'exp', None, G_ema)
+    corrupt_state(root, 'state_dict', set_key('itr', value))
+    out, _ = load(root, config)
+    assert out['itr'] == 1 and type(out['itr']) is int

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -590,14 +591,20 @@ def run(config):
         raise flags.ConfigError(f'--compare_out {compare_out}: {os.path.dirname(compare_out)} '
                                 f'is not a folder; give a path in an existing folder')
     paths = []
-    for r in runs:
-        onsets = report_collapse(r, logs_root) if config['collapse'] else ()
-        paths += plot_run(r, logs_root, config['x'], config['smooth'], onsets)
-        if not r['tests']:
-            print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID figure")
-    if len(runs) > 1 and tested:
-        paths.append(compare_out)
-        save(figure_compare(tested, config['x']), paths[-1])
+    with warnings.catch_warnings():
+        # matplotlib's, as it draws what the logs hold (a legend placed slowly over a million
+        # points, a log axis with no positive value), attributed to the line here that called
+        # it: the figures are written all the same.
+        warnings.simplefilter('ignore', UserWarning)
+        for r in runs:
+            onsets = report_collapse(r, logs_root) if config['collapse'] else ()
+            paths += plot_run(r, logs_root, config['x'], config['smooth'], onsets)
+            if not r['tests']:
+                print(f"{r['name']}: no tests logged ({r['name']}_log.jsonl), so no IS/FID "
+                      f'figure')
+        if len(runs) > 1 and tested:
+            paths.append(compare_out)
+            save(figure_compare(tested, config['x']), paths[-1])
     return paths
 
 

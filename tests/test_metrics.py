@@ -468,6 +468,23 @@ def test_plot_logs_compare_out_in_no_folder_is_refused_before_any_figure(tmp_pat
     assert not list(tmp_path.rglob('*.png')) and not list(tmp_path.rglob('*.tmp-*'))
 
 
+def test_plot_logs_draws_odd_logs_without_matplotlibs_warnings(tmp_path):
+    """A singular-value log of only -1 and NaN (no value a log axis can show): the figure
+    was written beside matplotlib's two-line UserWarning with its source line (the outside
+    attacker's round 13). The figure still; stderr empty (in a child: pytest would catch the
+    warning itself)."""
+    import subprocess
+    (tmp_path / 'r').mkdir()
+    (tmp_path / 'r' / 'G_loss.log').write_text('1: 1.0\n2: 2.0\n')
+    (tmp_path / 'r' / 'G_x_sv0.log').write_text('1: -1.0\n2: nan\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, 'plot_logs.py'), '--logs_root',
+                           str(tmp_path), '--experiment_name', 'r'], capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, '')
+    assert (tmp_path / 'r' / 'G_singular_values.png').stat().st_size > 0
+
+
 def test_a_write_into_no_folder_names_the_file_asked_for(tmp_path):
     """files.atomic_path, every writer's: a target in a missing folder or under a file is
     one line naming the target, not its temporary file."""

@@ -742,6 +742,11 @@ def check_npz(path, what='.npz file'):
                 if not info.filename.endswith('.npy'):
                     continue
                 member = f'{what} member {info.filename}'
+                if info.filename in shapes:
+                    # np.load reads one of the two (the zip directory's last), not
+                    # necessarily the one checked here.
+                    raise FileError(f'{path}: {member} is stored twice; the file is crafted '
+                                    f'or damaged')
                 check_declared(info.file_size, member, path)
                 if info.compress_type == zipfile.ZIP_STORED:
                     check_declared(info.compress_size, member, path, limit=length)

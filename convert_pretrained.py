@@ -227,9 +227,11 @@ def read_hf(folder):
     """(config with HF's defaults filled in and checked, state dict) of an HF model folder."""
     paths = [os.path.join(folder, name) for name in ('config.json', 'pytorch_model.bin')]
     for path in paths:
-        if not os.path.isfile(path):
+        # A FIFO, a device or a link to one is there, and not the file: open_regular says so.
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{path} is missing: --hf_dir takes a folder with HF's "
                                     f'config.json and pytorch_model.bin')
+        open_regular(path, os.path.basename(path)).close()
     with open_regular(paths[0], 'config.json') as f:
         if file_size(f) > MAX_CONFIG_BYTES:
             raise flags.ConfigError(f'{paths[0]} holds {file_size(f)} bytes; an HF config is '

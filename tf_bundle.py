@@ -222,9 +222,11 @@ def read_block(f, offset, size, path, verify=True):
     f.seek(offset)
     raw = files.read_bounded(f, size + 5, 'a table block', path)
     if verify and struct.unpack('<I', raw[-4:])[0] != mask_crc(crc32c(raw[:-4])):
-        raise BundleError(f'checksum mismatch in table block at offset {offset}')
+        raise BundleError(f'{path}: checksum mismatch in its table block at offset {offset}: '
+                          f'the file is damaged; download the module again')
     if raw[size] != 0:
-        raise BundleError(f'compressed table blocks (type {raw[size]}) are not supported')
+        raise BundleError(f'{path}: compressed table blocks (type {raw[size]}) are not '
+                          f'supported')
     return raw[:size]
 
 

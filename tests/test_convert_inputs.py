@@ -97,6 +97,40 @@ def test_entries_are_checked_against_the_config(hf_source, tmp_path, capsys, key
     assert message in line and key in line, line
 
 
+@pytest.mark.parametrize('name', ['config.json', 'pytorch_model.bin'])
+@pytest.mark.parametrize('odd', ['fifo', 'devzero'])
+def test_an_hf_file_that_is_no_regular_file_is_named_so(hf_source, tmp_path, capsys, name, odd):
+    """config.json a FIFO, pytorch_model.bin a link to /dev/zero: refused, but as 'missing',
+    which sends the user looking for a file that is there (the outside attacker's round
+    13). Now the line says what it is."""
+    folder = write_hf(str(tmp_path / 'hf'), *hf_source)
+    path = os.path.join(folder, name)
+    os.remove(path)
+    if odd == 'fifo':
+        os.mkfifo(path)
+    else:
+        os.symlink('/dev/zero', path)
+    line = refused(['--hf_dir', folder, '--truncation', '0.5'], capsys, tmp_path / 'w')
+    assert line == (f'error: {name} {path} is not a regular file (a FIFO, device or folder); '
+                    f'give a file')
+
+
+def test_a_damaged_tf_index_block_names_its_file(tmp_path, capsys):
+    """A bit flipped in the index's first table block: 'checksum mismatch in table block at
+    offset 0', naming no file and no remedy (the outside attacker's round 13)."""
+    prefix = str(tmp_path / 'module' / 'variables' / 'variables')
+    tf_bundle.write_bundle(prefix, tfhub_variables(128))
+    with open(prefix + '.index', 'r+b') as f:
+        f.seek(3)
+        byte = f.read(1)
+        f.seek(3)
+        f.write(bytes([byte[0] ^ 1]))
+    line = refused(['--tfhub_dir', str(tmp_path / 'module'), '-r', '128'], capsys,
+                   tmp_path / 'w')
+    assert f'{prefix}.index: checksum mismatch in its table block at offset 0' in line, line
+    assert 'download the module again' in line
+
+
 def tf_refused(tmp_path, capsys, variables, *extra):
     tf_bundle.write_bundle(str(tmp_path / 'module' / 'variables' / 'variables'), variables)
     return refused(['--tfhub_dir', str(tmp_path / 'module'), '-r', '128'] + list(extra),

@@ -327,9 +327,13 @@ def test_a_count_from_the_environment_is_checked_up_front(tmp_path, script, var,
 @pytest.mark.parametrize('env,line', [
     ({'TOTAL_ITRS': '5\n6'}, "error: TOTAL_ITRS $'5\\n6' must be a positive whole number of "
                              'iterations, at most 999999999'),
-    ({'PYTHON': '/nothere/python'}, 'error: PYTHON /nothere/python is not a command: set '
+    ({'PYTHON': '/nothere/python'}, 'error: PYTHON /nothere/python is not a program: set '
                                     'PYTHON to the interpreter the requirements are installed '
-                                    'in (e.g. PYTHON=.venv/bin/python)')])
+                                    'in (e.g. PYTHON=.venv/bin/python)'),
+    # A shell builtin or keyword is a command but no program `timeout` can run (round 14).
+    *[({'PYTHON': name}, f'error: PYTHON {name} is not a program: set PYTHON to the '
+                         'interpreter the requirements are installed in (e.g. '
+                         'PYTHON=.venv/bin/python)') for name in ('exit', 'if', 'cd')]])
 def test_an_odd_environment_is_one_line(tmp_path, script, env, line):
     """A count holding a newline was a refusal over two lines; a PYTHON that is no command
     was `timeout`'s two lines and status 127 (the outside attacker's round 13)."""

@@ -532,6 +532,56 @@ def test_duplicate_roots_and_refusals(tmp_path):
     assert tree(tmp_path) == before
 
 
+
+@pytest.mark.parametrize('names', [['no\nsuch', 'b'], ['a', 'b\nc'], ['a', '\x1b[2Jx'],
+                                   ['a\x7f', 'b']])
+def test_duplicate_refuses_names_train_py_refuses(tmp_path, names):
+    """A name holding a control character (train.py's files.check_name refuses it) was copied
+    to, or named over two lines when missing (round 14): one line, nothing created."""
+    (tmp_path / 'weights' / 'a').mkdir(parents=True)
+    before = sorted(os.listdir(tmp_path / 'weights'))
+    code, err = duplicate(tmp_path, *names)
+    assert code == 2 and len(err) == 1 and 'is not an experiment name' in err[0], err
+    assert sorted(os.listdir(tmp_path / 'weights')) == before
+    assert not (tmp_path / 'logs').exists()
+
+
+def test_duplicate_writes_through_no_link_planted_at_a_temp_name(tmp_path):
+    """Links planted at every name `TARGET.tmp<pid>` could take (the copy's temp name) carried
+    the copy outside the roots and left TARGET a link there (round 14): the copy goes to a folder
+    the script creates itself."""
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (tmp_path / 'weights' / 'a').mkdir(parents=True)
+    (tmp_path / 'weights' / 'a' / 'G.pth').write_bytes(b'g')
+    limit = int(open('/proc/sys/kernel/pid_max').read()) if os.path.exists(
+        '/proc/sys/kernel/pid_max') else 32768
+    for pid in range(max(os.getpid() - 500, 1), min(os.getpid() + 3000, limit)):
+        os.symlink(outside, tmp_path / 'weights' / f'u.tmp{pid}')
+    code, err = duplicate(tmp_path, 'a', 'u')
+    assert code == 0, err
+    assert os.listdir(outside) == []
+    target = tmp_path / 'weights' / 'u'
+    assert not target.is_symlink() and (target / 'G.pth').read_bytes() == b'g'
+
+
+def test_duplicate_past_the_file_size_limit_is_one_line_and_leaves_no_target(tmp_path):
+    """Past `ulimit -f` cp was killed by SIGXFSZ: status 153 and bash's line (round 14). Now
+    cp's error is one line, exit 2, and the weights copied before the failing logs copy are
+    removed too (all or nothing)."""
+    (tmp_path / 'weights' / 'a').mkdir(parents=True)
+    (tmp_path / 'weights' / 'a' / 'G.pth').write_bytes(b'g' * 1000)
+    (tmp_path / 'logs' / 'a').mkdir(parents=True)
+    (tmp_path / 'logs' / 'a' / 'G_loss.log').write_bytes(b'1: 1.0\n' * 20000)  # 140 KB
+    proc = subprocess.run(['bash', '-c', 'ulimit -f 20; exec bash "$0" a b',
+                           os.path.join(ROOT, 'scripts', 'utils', 'duplicate.sh')],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    err = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(err) == 1, (proc.returncode, err)
+    assert 'could not copy logs/a to logs/b' in err[0] and 'File too large' in err[0]
+    assert sorted(os.listdir(tmp_path / 'weights')) == ['a']
+    assert sorted(os.listdir(tmp_path / 'logs')) == ['a']
+
 def test_test_results_no_metric_can_give_are_left_out(tmp_path, capsys):
     """A jsonl FID below 0 or an IS of inf (a damaged log; train.py never logs one) is left
     out of the figures with a note, not drawn or starred as the best; the record's other

@@ -11,7 +11,8 @@
 set -euo pipefail
 
 usage="usage: duplicate.sh SOURCE TARGET [--weights_root DIR] [--logs_root DIR]"
-fail() { echo "error: $1" >&2; exit 2; }
+# One line whatever the names hold: control characters (a newline among them) are shown as '?'.
+fail() { local line=$1; echo "error: ${line//[[:cntrl:]]/?}" >&2; exit 2; }
 
 weights_root=weights
 logs_root=logs
@@ -37,8 +38,13 @@ done
 [ ${#names[@]} -eq 2 ] || fail "give SOURCE and TARGET experiment names; $usage"
 source=${names[0]}
 target=${names[1]}
+# The names train.py takes (files.check_name): one plain component, no control characters.
 for name in "$source" "$target"; do
-  case "$name" in ''|*/*|.|..) fail "'$name' is not an experiment name (no slashes)" ;; esac
+  case "$name" in
+    ''|*/*|.|..|*[[:cntrl:]]*)
+      printf -v shown '%q' "$name"
+      fail "$shown is not an experiment name: give one plain name (no \"/\", \"..\" or control characters)" ;;
+  esac
 done
 
 pairs=("$weights_root/$source" "$weights_root/$target"
@@ -53,15 +59,29 @@ for ((i = 0; i < ${#pairs[@]}; i += 2)); do
   [ ! -e "${pairs[i]}" ] || found+=("$i")
 done
 
-# Each copy gets its final name only once whole, so an interrupted run leaves no half target.
+# Each copy is made in a fresh folder of its own (mktemp: created here, so nothing planted at
+# a guessable name is written through) and gets its final name only once whole, so an
+# interrupted run leaves no half target. With the file size limit's signal ignored, a copy
+# past `ulimit -f` is cp's error, refused in one line like any other.
+trap '' XFSZ
+# All or nothing: a refusal midway removes the copies this run made.
 tmp=""
-trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
+made=()
+trap 'status=$?; [ -z "$tmp" ] || rm -rf -- "$tmp"
+      [ "$status" -eq 0 ] || [ ${#made[@]} -eq 0 ] || rm -rf -- "${made[@]}"' EXIT
 for i in "${found[@]}"; do
   src=${pairs[i]}
   dst=${pairs[i+1]}
-  tmp="$dst.tmp$$"
-  cp -a "$src" "$tmp"
-  mv "$tmp" "$dst"
+  tmp=$(mktemp -d "$(dirname -- "$dst")/.duplicate.XXXXXX" 2>/dev/null) ||
+    fail "cannot create a folder beside $dst: check that its root is writable"
+  if ! err=$(cp -a -- "$src" "$tmp/copy" 2>&1); then
+    fail "could not copy $src to $dst (${err%%$'\n'*}); nothing is left under TARGET's name"
+  fi
+  # -T: never into a folder that appeared at dst meanwhile; -n: never over a file there.
+  mv -T -n -- "$tmp/copy" "$dst" 2>/dev/null || true
+  [ ! -e "$tmp/copy" ] || fail "$dst appeared while copying: pick another TARGET or remove it"
+  made+=("$dst")
+  rm -rf -- "$tmp"
   tmp=""
   echo "copied $src to $dst"
 done

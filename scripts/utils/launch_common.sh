@@ -13,13 +13,14 @@ check_count() {
   fi
 }
 
-# check_python: refuse, with one line and exit status 2, a PYTHON that is no command (the
-# scripts' first command failed with status 127 and two lines of `timeout`'s).
+# check_python: refuse, with one line and exit status 2, a PYTHON that is no program (the
+# scripts' first command failed with status 127 and two lines of `timeout`'s). `type -P`, not
+# `command -v`: `timeout` runs programs only, so a shell builtin or keyword (exit, cd) is none.
 check_python() {
-  if ! command -v -- "$PYTHON" >/dev/null 2>&1; then
+  if ! type -P -- "$PYTHON" >/dev/null 2>&1; then
     local shown
     printf -v shown '%q' "$PYTHON"
-    echo "error: PYTHON $shown is not a command: set PYTHON to the interpreter the requirements are installed in (e.g. PYTHON=.venv/bin/python)" >&2
+    echo "error: PYTHON $shown is not a program: set PYTHON to the interpreter the requirements are installed in (e.g. PYTHON=.venv/bin/python)" >&2
     exit 2
   fi
 }

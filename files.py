@@ -493,11 +493,28 @@ def open_append(path, what='log'):
     hard link in its place (either would carry the lines to a file outside the roots), a FIFO
     or a device is refused with one line (FileError). The checks are made on the open
     descriptor."""
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0)
+    return _open_append(path, what, create=True)
+
+
+def check_appendable(path, what='log'):
+    """Refuse (FileError), as open_append would, a file at path that no line may be appended
+    to; nothing is created or written. A resume runs it over every log it will append to
+    before its first step, so a planted link or FIFO stops the run before anything is written."""
+    try:
+        _open_append(path, what, create=False).close()
+    except FileNotFoundError:
+        pass
+
+
+def _open_append(path, what, create):
+    """open_append's one mechanism: the file opened for appending with the checks made."""
+    flags = (os.O_WRONLY | os.O_APPEND | getattr(os, 'O_NOFOLLOW', 0)
              | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o666)
     except OSError as e:
+        if e.errno == errno.ENOENT and not create:
+            raise
         if e.errno == errno.ELOOP:
             raise FileError(f'{what} {path} is a symbolic link; logs are written only to '
                             f'files of their own: remove the link') from None

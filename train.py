@@ -281,6 +281,8 @@ def run(config):
                                        reinitialize=not config['resume'])
         train_log = utils.MyLogger(f"{config['logs_root']}/{experiment_name}",
                                    reinitialize=not config['resume'], logstyle=config['logstyle'])
+        test_log.check()
+        train_log.check()
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
 
     # Distribute.

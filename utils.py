@@ -45,7 +45,7 @@ from datasets import (  # noqa: F401
     root_dict,
 )
 from distributed import pick_device
-from files import check_fits, check_name, open_append, own_folder
+from files import check_appendable, check_fits, check_name, open_append, own_folder
 from flags import (  # noqa: F401
     FLAGS,
     ROOTS,
@@ -320,6 +320,10 @@ class MetricsLogger(object):
         if os.path.exists(self.fname) and self.reinitialize:
             os.remove(self.fname)
 
+    def check(self):
+        """Refuse, before anything is written, a log file no line may be appended to."""
+        check_appendable(self.fname, 'test log')
+
     def log(self, record=None, **kwargs):
         record = dict(record or {})
         record.update(kwargs)
@@ -337,6 +341,13 @@ class MyLogger(object):
         self.reinitialize = reinitialize
         self.metrics = []
         self.logstyle = logstyle
+
+    def check(self):
+        """Refuse, before anything is written, any *.log here no line may be appended to (a
+        resume appends to each metric's log only when it first logs it, after a step)."""
+        for entry in sorted(os.listdir(self.root)):
+            if entry.endswith('.log'):
+                check_appendable(os.path.join(self.root, entry))
 
     def reinit(self, item):
         """Delete a metric's old log when starting afresh."""

@@ -1505,6 +1505,32 @@ def test_a_log_hard_linked_to_an_outside_file_is_not_appended_to(data_root, run_
     assert victim.read_text() == 'keep\n'
 
 
+
+@pytest.mark.parametrize('plant', ['symlink', 'hard link', 'fifo'])
+def test_a_bad_log_stops_a_resume_before_anything_is_written(data_root, run_dir, tmp_path,
+                                                             capsys, plant):
+    """A resumed run's last-written log replaced by a link or a FIFO: the refusal came when
+    that log was first written, after the iteration had trained, the other logs got its lines
+    and metalog.txt was rewritten (round 14). Every log is now checked at start-up: one line,
+    and the run's files are byte for byte as they were."""
+    logs = run_dir / 'logs' / NAME
+    where = logs / sorted(p for p in os.listdir(logs) if p.endswith('.log'))[-1]
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep\n')
+    where.unlink()
+    if plant == 'symlink':
+        where.symlink_to(victim)
+    elif plant == 'hard link':
+        os.link(victim, where)
+    else:
+        os.mkfifo(where)
+    before = {k: v for k, v in tree(run_dir).items() if not k.endswith('.train.lock')}
+    line = exits_with_one_line(train.main, resume_argv(data_root, run_dir), capsys)
+    assert str(where) in line, line
+    after = {k: v for k, v in tree(run_dir).items() if not k.endswith('.train.lock')}
+    assert after == before and victim.read_text() == 'keep\n'
+
+
 def outside_folder(tmp_path, name='outside'):
     """A folder outside every root, with one file in it; returns it."""
     folder = tmp_path / name

@@ -518,6 +518,23 @@ def _image_count(count, path):
     return int(count)
 
 
+def known_backend(value, what, command):
+    """The backend a moments file records, which must be one of BACKENDS: any other value (a
+    number, a name of no backend, control characters) is a damaged file, and advising
+    `--inception_backend` with it would name a choice that does not exist."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in 'SU':
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode('utf-8', 'replace')
+    if isinstance(value, str) and value in BACKENDS:
+        return value
+    shown = ascii(value.item() if isinstance(value, np.ndarray) and value.size == 1
+                  else value)[:60]
+    raise InceptionMomentsError(f'{what} record the backend {shown}, which is none of '
+                                f'{", ".join(BACKENDS)}: the file is damaged; recompute them '
+                                f'with: {command}')
+
+
 def read_moments_file(path, backend, command, feats=True):
     """{'mu', 'sigma' (float64), 'count' (None when unrecorded), 'feats' (None when absent or
     not asked for)} of a moments or statistics .npz, read without unpickling anything, only
@@ -529,7 +546,8 @@ def read_moments_file(path, backend, command, feats=True):
         with np.load(path, allow_pickle=False) as data:
             # Files without a 'backend' entry were written by the release, which only knew
             # torchvision's Inception.
-            file_backend = str(data['backend'])[:40] if 'backend' in data else 'torchvision'
+            file_backend = (known_backend(data['backend'], f'Inception moments {path}', command)
+                            if 'backend' in data else 'torchvision')
             if file_backend != backend:
                 raise InceptionMomentsError(
                     f'Inception moments {path} were computed with the {file_backend} backend, '
@@ -576,8 +594,8 @@ def check_moments(moments, path, command):
     """Refuse (InceptionMomentsError, one line ending with command) moments no FID can be
     computed from: mu not (D,) or sigma not (D, D), values not finite, sigma not symmetric or
     not positive semi-definite (within SYMMETRY_TOL / PSD_TOL), beyond what float32 features
-    give, KID features not (K, D) or not finite. The FID of such moments would be NaN or
-    negative, and be logged as a number."""
+    give, KID features not (K, D), not finite or beyond float32. The FID of such moments
+    would be NaN or negative, and be logged as a number."""
     mu, sigma = moments['mu'], moments['sigma']
     feats = moments.get('feats')
     problem = None
@@ -600,6 +618,9 @@ def check_moments(moments, path, command):
         problem = f'the KID features have shape {feats.shape}, not (K, {len(mu)})'
     elif feats is not None and not np.isfinite(feats).all():
         problem = 'the KID features hold NaN or Inf'
+    elif feats is not None and np.abs(feats).max(initial=0) > FLOAT32_MAX:
+        problem = (f'the KID features hold values beyond float32 (up to {FLOAT32_MAX:.3g}), in '
+                   f'which Inception gives them')
     elif moments.get('count') is not None and moments['count'] < 2:
         problem = f"they claim to be of {moments['count']} images (a covariance needs 2)"
     if problem is not None:
@@ -733,8 +754,9 @@ class PerClassMoments:
                               f'{sigma.dtype}, not integers and floats')
         if not isinstance(file_backend, (str, bytes)):
             raise self._error('have no backend attribute')
-        file_backend = (file_backend.decode('utf-8', 'replace') if isinstance(file_backend, bytes)
-                        else file_backend)[:40]
+        file_backend = known_backend(file_backend, f'per-class Inception moments {path}',
+                                     f'calculate_inception_moments.py --per_class '
+                                     f'--inception_backend {backend}')
         if file_backend != backend:
             raise InceptionMomentsError(
                 f'per-class Inception moments {path} were computed with the {file_backend} '

@@ -358,7 +358,15 @@ def calculate_kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0,
         score = ((kxx.sum() - kxx.trace()) / off
                  + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean())
         scores[i] = score.item()
-    return float(scores.mean()), float(scores.std())
+    # Float32 features of extreme size (a damaged statistics file) give scores whose spread
+    # overflows float64: no KID to log, as valid_fid refuses a FID that is no distance.
+    with np.errstate(over='ignore', invalid='ignore'):
+        mean, std = float(scores.mean()), float(scores.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise MetricsError(f'KID came out as {mean:.3g} +/- {std:.3g}, which is no result (the '
+                           f'features are not what Inception gives); nothing was logged for '
+                           f'this test')
+    return mean, std
 
 
 # ----------------------------------------------------------------------------

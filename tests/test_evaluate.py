@@ -4,6 +4,7 @@ bad inputs refused in one line. (The checkpoint source: tests/test_metrics_e2e.p
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -153,6 +154,43 @@ def test_bad_statistics_and_arrays_one_line_exit_2(sources, tmp_path, capsys):
     np.savez(tmp_path / 'empty_images.npz', x=np.zeros((4, 3, 0, 0), np.uint8))
     exits_with_one_line_each(cases, capsys)
 
+
+
+def test_statistics_no_inception_gives_are_refused_without_warnings(sources, tmp_path, capsys):
+    """The outside attacker's round 14: KID features of 1e30 in float32 printed a KID of
+    1e180 +/- inf after numpy's overflow warning (and logged Infinity); float64 ones of 1e209
+    gave KID nan; a backend recorded as the number 3 advised `--inception_backend 3`, which
+    argparse refuses. Each is now one line, under warnings turned into errors."""
+    rng = np.random.default_rng(0)
+    good = rng.random((30, 8)).astype(np.float32)
+    np.savez(tmp_path / 'good.npz', mu=good.mean(0), sigma=np.cov(good.T), feats=good)
+    np.savez(tmp_path / 'f32_huge.npz', mu=good.mean(0), sigma=np.cov(good.T),
+             feats=(good * 1e30).astype(np.float32))
+    np.savez(tmp_path / 'f64_huge.npz', mu=good.mean(0), sigma=np.cov(good.T),
+             feats=good.astype(np.float64) * 1e209)
+    np.savez(tmp_path / 'backend_int.npz', mu=good.mean(0), sigma=np.cov(good.T),
+             backend=np.array(3))
+    np.savez(tmp_path / 'backend_nl.npz', mu=good.mean(0), sigma=np.cov(good.T),
+             backend=np.array('torch\nvision'))
+    kid = ['--metrics', 'KID', '--kid_subset_size', '10', '--kid_subsets', '2']
+    cases = [([tmp_path / 'f32_huge.npz', tmp_path / 'good.npz', *kid],
+              'KID came out as'),
+             ([tmp_path / 'f64_huge.npz', tmp_path / 'good.npz', *kid],
+              'the KID features hold values beyond float32'),
+             ([tmp_path / 'backend_int.npz', tmp_path / 'good.npz'],
+              'record the backend 3, which is none of torchvision, tf_fid: the file is damaged'),
+             ([tmp_path / 'backend_nl.npz', tmp_path / 'good.npz'],
+              "record the backend 'torch\\nvision', which is none of")]
+    before = sorted(os.listdir(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        exits_with_one_line_each(cases, capsys)
+    assert sorted(os.listdir(tmp_path)) == before
+    # The same statistics, within float32 and of a known backend, give a finite KID.
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        result = evaluate_main(tmp_path / 'good.npz', tmp_path / 'good.npz', *kid)
+    assert np.isfinite(result['KID_mean']) and np.isfinite(result['KID_std'])
 
 def test_config_from_name_keeps_the_measurement_flags_of_the_command_line(monkeypatch):
     """A checkpoint's stored config gives the model flags, never how it is measured: every

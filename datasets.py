@@ -40,6 +40,12 @@ from files import (  # noqa: F401  (release-era names, kept importable from here
 from flags import ConfigError, one_line
 from s32 import S32_CLASSES, S32_DEFAULT_PER_CLASS, S32_RES, make_s32  # noqa: F401
 
+# torch warns (four lines, at every loader built and every epoch) when --num_workers is above
+# its count of cores; the release's defaults (8, make_hdf5.py's 16) are above it on most
+# machines, and its line would stand before the one line of a refusal. The workers asked for
+# are held to memory instead (utils.prepare_config, make_hdf5.py).
+warnings.filterwarnings('ignore', message='This DataLoader will create', category=UserWarning)
+
 IMG_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                   '.tiff', '.webp']
 

@@ -1,6 +1,8 @@
 """Tests for make_hdf5.py: exact pixels, HDF5 layout, atomic output, bad images, S32."""
 
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -11,6 +13,7 @@ from PIL import Image
 
 import datasets as dset
 import make_hdf5
+from helpers import ROOT
 
 RES = 16
 
@@ -282,3 +285,20 @@ def test_pixels_of_no_stated_range_are_refused_with_the_path(folder, capsys, mod
         _convert(folder, '--num_workers', '0')
     line = _exit_line(info, capsys)
     assert str(path) in line and kind in line and 'convert it to 8 bits' in line
+
+
+def test_more_workers_than_cores_add_no_warning_to_a_refusal(folder):
+    """With make_hdf5.py's default 16 workers on a machine of fewer cores, torch's four-line
+    warning about the worker count stood before the one line of a refusal (the outside
+    attacker's round 14: a text file named .png). Run as a child so the warning would reach its
+    stderr."""
+    if (os.cpu_count() or 1) >= 16:
+        pytest.skip('torch warns only when the workers outnumber the cores')
+    bad = folder / 'ImageNet' / 'a' / 'zz.png'
+    bad.write_text('not an image')
+    run = subprocess.run([sys.executable, os.path.join(ROOT, 'make_hdf5.py'), '--dataset',
+                          f'I{RES}', '--data_root', str(folder), '--n_classes', '3',
+                          '--batch_size', '4', '--no_progress', '--num_workers', '16'],
+                         capture_output=True, text=True, timeout=300, cwd=folder)
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
+    assert str(bad) in run.stderr and not (folder / f'ILSVRC{RES}.hdf5').exists()

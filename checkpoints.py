@@ -37,6 +37,7 @@ from files import (  # noqa: F401  (release-facing names; new code imports from 
     check_name,
     check_writable,
     file_digest,
+    open_regular,
     own_folder,
     remove_stale_temps,
     scratch_folder,
@@ -581,6 +582,15 @@ def load_zip_checkpoint(path, map_location='cpu'):
         twice = next((name for name, n in counts.items() if n > 1), None)
         if twice is not None:
             raise ValueError(f'two zip entries are named {twice}')
+        # torch's reader skips the entries' CRC-32s, so a flipped byte in a tensor would load
+        # as a weight: every entry is read through once, zipfile checking its CRC at the end
+        # (after its declared size is held to memory, as a deflated entry is inflated).
+        archive = zipfile.ZipFile(f)
+        for info in archive.infolist():
+            check_declared(info.file_size, f'zip entry {info.filename!r}', path)
+            with archive.open(info) as member:
+                while member.read(1 << 24):
+                    pass
         f.seek(0)
         record = torch._C.PyTorchFileReader(f).get_record('data.pkl')
     check_pickle_hashing(io.BytesIO(record))
@@ -607,10 +617,13 @@ def torch_load(path, map_location='cpu'):
     Zip-format files (every torch >= 1.6 writes them) go through weights_only=True only; the
     legacy format (the release's files) through ReleaseUnpickler.
     """
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f'{path}: no such file')
-    with open(path, 'rb') as f:
-        magic = f.read(2)
+    try:  # a FIFO, a device or a link to one is there, and is no file to load
+        with open_regular(path, 'checkpoint') as f:
+            magic = f.read(2)
+    except FileError as e:
+        raise CheckpointError(str(e)) from None
     try:
         if magic == b'PK':
             obj = load_zip_checkpoint(path, map_location)
@@ -682,6 +695,10 @@ def check_loaded_tensors(obj, path):
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend((m, depth + 1) for m in item)
         elif isinstance(item, torch.Tensor):
+            if item.is_complex():  # loading one into a real parameter drops its imaginary part
+                raise CheckpointError(f'{path} holds a complex tensor of shape '
+                                      f'{tuple(item.shape)}, which no checkpoint is saved with; '
+                                      f'the file is crafted or damaged')
             if item.layout != torch.strided or item.is_meta or item.is_quantized:
                 kind = ('quantized' if item.is_quantized else 'meta (no data)' if item.is_meta
                         else str(item.layout).replace('torch.', ''))

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from checkpoints import check_loaded_tensors, load_error_reason, load_zip_checkpoint
+from checkpoints import (
+    CheckpointError,
+    check_loaded_tensors,
+    load_error_reason,
+    load_zip_checkpoint,
+)
 from distributed import is_distributed, pick_device
 from files import (
     NPZ_ERRORS,
@@ -313,7 +318,9 @@ def check_inception_weights(backend='torchvision', weights_path=None):
     """
     _check_backend(backend)
     path = weights_path or default_weights_path(backend)
-    if os.path.isfile(path):
+    if os.path.lexists(path):
+        # A FIFO, a device or a link to one is there, and not the file: open_regular says so.
+        open_regular(path, f'{backend} Inception weights').close()
         return path
     if not weights_path and backend == 'torchvision':
         try:
@@ -337,7 +344,10 @@ def _load_state_dict_file(net, path, backend):
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
                                               for k, v in state.items()):
         raise _weights_error(backend, path, 'does not hold a state dict of tensors by name')
-    check_loaded_tensors(state, path)
+    try:
+        check_loaded_tensors(state, path)
+    except CheckpointError as err:
+        raise _weights_error(backend, path, f'refused ({err})') from None
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

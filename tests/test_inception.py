@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import files
 import inception_utils as iu
 from helpers import FakeInception
 
@@ -349,6 +350,36 @@ def test_weights_keyed_by_no_name_are_refused(tmp_path, key):
         iu.load_inception_net(backend='torchvision', weights_path=str(path), device='cpu')
     _assert_one_line_weights_error(err, path)
 
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'device'])
+def test_weights_that_are_no_regular_file_are_named_so(tmp_path, kind):
+    """A FIFO or a link to /dev/zero given as --inception_weights was 'not found' with advice
+    to pass the path already given (the outside attacker's round 14)."""
+    path = tmp_path / 'w.pth'
+    if kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        path.symlink_to('/dev/zero')
+    with pytest.raises(files.FileError, match='is not a regular file') as err:
+        iu.check_inception_weights('torchvision', str(path))
+    assert str(path) in str(err.value) and '\n' not in str(err.value)
+
+
+def test_complex_weights_are_refused_without_torchs_warning(tmp_path):
+    """A complex tensor in the Inception weights was cast to real with torch's warning and
+    used (round 14): one line now."""
+    import warnings
+    path = tmp_path / 'complex.pth'
+    state = iu.build_inception_net('torchvision').state_dict()
+    state['fc.weight'] = state['fc.weight'].to(torch.complex64)
+    torch.save(state, path)
+    with warnings.catch_warnings(record=True) as shown, \
+            pytest.raises(iu.InceptionWeightsError, match='complex tensor') as err:
+        warnings.simplefilter('always')
+        iu.load_inception_net(backend='torchvision', weights_path=str(path), device='cpu')
+    assert shown == [], [str(w.message) for w in shown]
+    _assert_one_line_weights_error(err, path)
 
 def _assert_one_line_weights_error(err, path):
     """The message is one line naming the file, the place and the flag."""

@@ -662,10 +662,23 @@ MAX_DEPTH = 100
 _NONE = object()  # no such key: None itself is one a crafted file may hold
 
 
+def _overlaps(tensor):
+    """Whether two elements of a strided tensor may share memory (an expanded or as_strided
+    view): with its dimensions of size > 1 ordered by stride, each stride must pass the span
+    of the ones before it (every layout torch allocates, channels_last too, does)."""
+    dims = sorted((st, n) for n, st in zip(tensor.shape, tensor.stride()) if n > 1)
+    span = 1
+    for st, n in dims:
+        if st < span:
+            return True
+        span = st * n
+    return False
+
+
 def check_loaded_tensors(obj, path):
     """Refuse a tensor no checkpoint is saved with, before anything reads it: one that is not
-    dense (sparse: no optimizer or layer takes it), has no data (meta), or declares more
-    elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
+    dense (sparse: no optimizer or layer takes it), complex, has no data (meta), has elements
+    sharing memory, or declares more elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
     elements, which every later full read would materialise); and a file whose objects, as
     a tree, hold more than MAX_ENTRIES entries or nest containers more than MAX_DEPTH deep (so
     that every later walk, repr or hash is bounded and recurses little)."""
@@ -705,6 +718,12 @@ def check_loaded_tensors(obj, path):
                 raise CheckpointError(f'{path} holds a {kind} tensor of shape '
                                       f'{tuple(item.shape)}, not a dense one with data; the '
                                       f'file is crafted or damaged')
+            if _overlaps(item):
+                raise CheckpointError(f'{path} holds a tensor of shape {tuple(item.shape)} whose '
+                                      f'elements share memory (strides {item.stride()}), which '
+                                      f'no checkpoint is saved with; an in-place update (Adam '
+                                      f'moments) would write through the aliasing; the file is '
+                                      f'crafted or damaged')
             needed = item.numel() * item.element_size()
             held = item.untyped_storage().nbytes()
             if needed > held:

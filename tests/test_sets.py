@@ -454,6 +454,13 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_state('exp_avg', lambda v: torch.empty_like(v, device='meta')),
      'not a dense one with data'),
     ('G_optim', first_state('exp_avg', lambda v: v.to_sparse()), 'not a dense one with data'),
+    # Moments whose elements share memory: an expanded view crashed the first Adam step
+    # (31 lines), an overlapping as_strided one was updated through the aliasing and saved
+    # again (the outside attacker's round 14).
+    ('G_optim', first_state('exp_avg', lambda v: v.flatten()[:1].clone().expand(v.shape)),
+     'whose elements share memory'),
+    ('G_optim', first_state('exp_avg_sq', lambda v: v.flatten().clone().as_strided(
+        v.shape, (1,) * v.dim())), 'whose elements share memory'),
     ('G_optim', first_state('exp_avg_sq', lambda v: v.to(torch.float8_e4m3fn)),
      'float8_e4m3fn, not floating point'),
     # The step's saved state: a NaN or non-number LeCam anchor, a NaN or negative fp16 scale

@@ -678,8 +678,9 @@ def _overlaps(tensor):
 def check_loaded_tensors(obj, path):
     """Refuse a tensor no checkpoint is saved with, before anything reads it: one that is not
     dense (sparse: no optimizer or layer takes it), complex, has no data (meta), has elements
-    sharing memory, or declares more elements than its storage holds (a stride-0 view of a few bytes standing for 10^12
-    elements, which every later full read would materialise); and a file whose objects, as
+    sharing memory (a stride-0 view of a few bytes standing for 10^12 elements, which every
+    later full read would materialise), or declares more elements than its storage holds;
+    and a file whose objects, as
     a tree, hold more than MAX_ENTRIES entries or nest containers more than MAX_DEPTH deep (so
     that every later walk, repr or hash is bounded and recurses little)."""
     # Iterative: a crafted file can nest containers deeper than the stack.

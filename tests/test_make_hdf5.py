@@ -302,3 +302,18 @@ def test_more_workers_than_cores_add_no_warning_to_a_refusal(folder):
                          capture_output=True, text=True, timeout=300, cwd=folder)
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
     assert str(bad) in run.stderr and not (folder / f'ILSVRC{RES}.hdf5').exists()
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_image_is_decoded(folder, capsys,
+                                                                           monkeypatch):
+    """--output naming an existing folder was refused only once every image was decoded, the
+    finished file failing to replace it (the outside attacker's round 14)."""
+    out = folder / 'out'
+    out.mkdir()
+    decoded = []
+    monkeypatch.setattr(dset, 'decode_image', lambda *a, **k: decoded.append(a) or 1 / 0)
+    with pytest.raises(SystemExit) as info:
+        _convert(folder, '--output', str(out), '--num_workers', '0')
+    line = _exit_line(info, capsys)
+    assert f'the output {out} is a folder' in line and decoded == []
+    assert os.listdir(out) == []

@@ -1102,7 +1102,15 @@ TOOL_REFUSALS = [
     ('benchmark', ['--budget', '3.5e38', '--itrs', '1'], 'must be [0, 86400]'),
     ('bench_finite_check', ['--itrs', str(2 ** 63 - 1), '--reps', '1'], 'must be [12, 1000000]'),
     ('syncbn_error', ['--size', '0'], 'must be >= 1'),
-    ('measure_variety', ['--images_per_class', str(2 ** 31 - 1)], 'images take')]
+    ('measure_variety', ['--images_per_class', str(2 ** 31 - 1)], 'images take'),
+    # Sizes no memory holds (round 14): every benchmark mode started and failed in turn; an
+    # IndexError and an allocator traceback.
+    ('benchmark', ['--config', 's32', '--batch_size', '99999999999', '--ch', '4'],
+     'images of 32 x 32'),
+    ('benchmark', ['--config', 's32', '--modes', 'fp32,bogus', '--ch', '4'],
+     "unknown mode part(s) ['bogus']"),
+    ('bench_metrics', ['--dim', '1000000000'], 'features of 1000000000 dimensions take'),
+    ('syncbn_error', ['--channels', '1000000000000'], 'the layer cases of 8 x 1000000000000')]
 
 
 @pytest.mark.parametrize('tool,argv,why', TOOL_REFUSALS, ids=[t for t, _, _ in TOOL_REFUSALS])

@@ -25,6 +25,8 @@ import json
 import subprocess
 import time
 
+from files import check_fits
+
 
 def prdc_package_need(n_real, n_fake, itemsize=4):
     """Bytes the prdc package holds at its peak for float32 features: a nearest-neighbour
@@ -103,7 +105,12 @@ def measure(impl, n, dim, k, device, timeout=None):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', impl, '--n', str(n),
            '--dim', str(dim), '--k', str(k), '--device', device]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    base = int(proc.stdout.readline().split()[1])
+    first = proc.stdout.readline().split()
+    if len(first) != 2 or first[0] != 'BASE':  # it failed before measuring anything
+        proc.wait()
+        raise ConfigError(f'{impl} at N = {n} failed before its measurement (exit status '
+                          f'{proc.returncode})')
+    base = int(first[1])
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -148,6 +155,10 @@ def run(args):
                           f'other points')
     if args.child:
         return child(args.child, args.n, args.dim, args.k, args.device)
+    # Each child holds two sets of features (float32) and its float64 copies of a block.
+    for n in (args.n, args.n_large):
+        check_fits(2 * n * args.dim * (4 + 8), f'two sets of {n} features of {args.dim} '
+                   f'dimensions', 'lower --n, --n_large or --dim')
     print(f'{os.cpu_count()} CPUs; features {args.dim}-d float32, nearest_k {args.k}, '
           f'ours on {args.device}')
     print('| implementation | N per side | seconds | peak extra memory (GiB) | load avg '

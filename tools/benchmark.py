@@ -40,7 +40,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # First: a Ctrl-C during the slow imports below is one line (flags.py).
-from flags import ToolParser, bounded, run_cli
+from flags import ConfigError, ToolParser, bounded, run_cli
 
 # isort: split
 import argparse
@@ -71,7 +71,8 @@ def mode_flags(mode):
     parts = set(mode.split('+'))
     unknown = parts - {'fp32', 'bf16', 'fp16', 'cl', 'compile', 'release'}
     if unknown:
-        raise SystemExit(f'unknown mode part(s) {sorted(unknown)} in {mode!r}')
+        raise ConfigError(f'unknown mode part(s) {sorted(unknown)} in {mode!r}: --modes takes '
+                          f'fp32, bf16, fp16, cl, compile and release joined by +')
     flags = []
     if 'bf16' in parts:
         flags += ['--amp', 'bf16']
@@ -103,6 +104,27 @@ def release_style(G, D, G_ema, ema):
         ema.update = update
 
 
+def mode_config(args, mode):
+    """(train.py's config for one mode of the benchmark, whether it is the release's step),
+    refused in one line (ConfigError) when its model, batch or D's images would not fit."""
+    import utils
+    from files import check_fits
+    flags, release = mode_flags(mode)
+    argv = CONFIGS[args.config] + flags + ['--device', args.device]
+    if args.batch_size:
+        argv += ['--batch_size', str(args.batch_size)]
+    if args.ch:
+        argv += ['--G_ch', str(args.ch), '--D_ch', str(args.ch)]
+    if args.num_D_steps:
+        argv += ['--num_D_steps', str(args.num_D_steps)]
+    config = utils.prepare_config(vars(utils.prepare_parser().parse_args(argv)))
+    utils.check_model_fits(config, 'from the flags', ('Generator', 'Discriminator'))
+    n = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+    check_fits(4 * 3 * config['resolution'] ** 2 * n, f"D's {n} images a step",
+               'lower --batch_size or --num_D_steps')
+    return config, release
+
+
 def child(args):
     """Time one mode; prints one JSON line."""
     import torch
@@ -113,15 +135,7 @@ def child(args):
     import utils
     if args.threads:
         torch.set_num_threads(args.threads)
-    flags, release = mode_flags(args.mode)
-    argv = CONFIGS[args.config] + flags + ['--device', args.device]
-    if args.batch_size:
-        argv += ['--batch_size', str(args.batch_size)]
-    if args.ch:
-        argv += ['--G_ch', str(args.ch), '--D_ch', str(args.ch)]
-    if args.num_D_steps:
-        argv += ['--num_D_steps', str(args.num_D_steps)]
-    config = utils.prepare_config(vars(utils.prepare_parser().parse_args(argv)))
+    config, release = mode_config(args, args.mode)
     device = torch.device(config['device'])
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
@@ -222,13 +236,16 @@ def run(args):
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.mode:
         return child(args)
+    modes = [m.strip() for m in args.modes.split(',') if m.strip()]
+    for mode in modes:  # every mode's sizes, before the first one runs
+        mode_config(args, mode)
 
     results = []
     deadline = time.monotonic() + args.budget if args.budget else None
     load = ' '.join(f'{v:.2f}' for v in os.getloadavg())
     print(f'config {args.config} on {args.device}; {args.warmup} warm-up + {args.reps} x '
           f'{args.itrs} timed iterations per mode; load {load}', flush=True)
-    for mode in [m.strip() for m in args.modes.split(',') if m.strip()]:
+    for mode in modes:
         if 'fp16' in mode.split('+'):
             reason = fp16_supported(args.device)
             if reason:

@@ -41,6 +41,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+from files import check_fits
+
 MEASURES = ('out', 'param_grad', 'input_grad', 'buffers')
 G_FLAGS = ['--dataset', 'S32', '--G_ch', '8', '--dim_z', '8', '--G_shared', '--shared_dim', '8',
            '--hier', '--G_attn', '16', '--G_init', 'N02', '--device', 'cpu']
@@ -267,6 +269,11 @@ def main():
 
 def report(args):
     """The tool on its parsed flags."""
+    # Each case's input, output and gradients in float64 and float32, in both ranks and the
+    # one-process run: a generous 16 float64 copies of one batch.
+    check_fits(16 * 8 * args.batch * args.channels * args.size ** 2,
+               f'the layer cases of {args.batch} x {args.channels} x {args.size} x {args.size}',
+               'lower --batch, --channels or --size')
     torch.set_num_threads(1)
     print(format_table(measure(default_cases(args.batch, args.channels, args.size))))
 

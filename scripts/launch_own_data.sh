@@ -81,7 +81,7 @@ import os
 import flags
 import inception_utils
 from datasets import DatasetError, ImageFolder, is_image_file
-from files import check_name
+from files import atomic_path, check_name, own_folder
 
 
 def run(config):
@@ -97,14 +97,16 @@ def run(config):
         if any(e.is_dir() for e in entries) or not any(is_image_file(e.name) for e in entries):
             raise
         # No class subfolders: one class, a symlinked folder the data path reads as its class.
-        view = os.path.join(config['data_root'], f'{name}_1class')
+        # own_folder: the view is made below DATA_ROOT, never through a link planted there.
+        view = own_folder(config['data_root'], f'{name}_1class')
         link = os.path.join(view, name)
-        os.makedirs(view, exist_ok=True)
         target = os.path.abspath(folder)
         if not (os.path.islink(link) and os.readlink(link) == target):
-            # Another folder of the same name had the view: it now shows this one.
-            os.symlink(target, link + '.new')
-            os.replace(link + '.new', link)
+            # Another folder of the same name had the view: it now shows this one, the link
+            # made under a temporary name created here and renamed over the old one.
+            with atomic_path(link) as tmp:
+                os.remove(tmp)
+                os.symlink(target, tmp)
         images = ImageFolder(view, index_filename=index)
         print(f'1 class: {len(images)} images')
         flat = True

@@ -123,6 +123,21 @@ def test_two_flat_folders_of_one_name_are_each_their_own(tmp_path):
     assert 'broken.jpg' in run.stderr
 
 
+
+def test_a_flat_folders_view_is_not_made_through_a_planted_link(tmp_path):
+    """DATA_ROOT/<name>_1class planted as a symlink to a folder outside the roots: the view's
+    link and the image index were written there (the outside attacker's round 14). Now one
+    line naming the link, before anything is written; the folder outside stays empty."""
+    make_folder(tmp_path / 'flat', {'': ('RGB', 2)})
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'flat_1class').symlink_to(outside)
+    run = launch(tmp_path, tmp_path / 'flat')
+    errors = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(errors) == 1 and 'is a symbolic link' in errors[0], errors
+    assert os.listdir(outside) == [] and sorted(os.listdir(tmp_path / 'flat')) == ['0.png', '1.png']
+
 def test_one_class_folder_is_counted_as_one_class(tmp_path):
     """The histogram said '1 classes' (this session's own-data run); an unreadable image
     ends the run after the listing, at make_hdf5.py."""

@@ -101,15 +101,39 @@ def load_s32(root, seed=0, num_per_class=None):
     n = S32_DEFAULT_PER_CLASS if num_per_class is None else int(num_per_class)
     suffix = '' if n == S32_DEFAULT_PER_CLASS else f'_n{n}'
     path = os.path.join(root, f'S32_seed{seed}{suffix}.npz')
-    if os.path.exists(path):
-        try:
-            with open_regular(path, 'S32 cache') as fh, np.load(fh) as f:
-                return f['imgs'], f['labels']
-        except ValueError as e:
-            _refuse_pickles(path, e)
-            raise
+    if os.path.lexists(path):
+        return _read_s32_cache(path)
     imgs, labels = make_s32(n, seed)
     _atomic_savez(path, imgs=imgs, labels=labels)
+    return imgs, labels
+
+
+def _read_s32_cache(path):
+    """(imgs, labels) of an S32 cache, only once they are what make_s32 writes: uint8 RGB
+    images of S32_RES, one integer label of a class each. A damaged or foreign cache is one
+    line (DatasetError) saying to delete it, not a traceback at the first batch."""
+    def damaged(why):
+        return DatasetError(f'S32 cache {path} {why}; delete it and it will be rebuilt')
+    check_npz(path, 'S32 cache')
+    try:
+        with open_regular(path, 'S32 cache') as fh, np.load(fh) as f:
+            if 'imgs' not in f or 'labels' not in f:
+                raise damaged('lacks its imgs or labels array')
+            imgs, labels = f['imgs'], f['labels']
+    except ValueError as e:
+        _refuse_pickles(path, e)
+        if isinstance(e, DatasetError):
+            raise
+        raise damaged(f'cannot be read ({type(e).__name__})') from None
+    except NPZ_ERRORS as e:
+        raise damaged(f'cannot be read ({type(e).__name__})') from None
+    if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[1:] != (S32_RES, S32_RES, 3):
+        raise damaged(f'holds images of {imgs.dtype} {imgs.shape}, not uint8 N x {S32_RES} x '
+                      f'{S32_RES} x 3')
+    if labels.dtype.kind not in 'iu' or labels.shape != (len(imgs),):
+        raise damaged(f'holds labels of {labels.dtype} {labels.shape}, not {len(imgs)} integers')
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(S32_CLASSES)):
+        raise damaged(f'holds labels outside 0-{len(S32_CLASSES) - 1}')
     return imgs, labels
 
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import datasets as dset
+import flags
 
 N_PER_CLASS = 40
 
@@ -251,3 +252,37 @@ def test_cifar_missing_files_name_the_path(tmp_path, cls, folder):
         cls(root=str(tmp_path), transform=None, load_in_mem=False,
             index_filename='C10_imgs.npz')
     assert os.listdir(tmp_path) == []  # nothing downloaded
+
+
+def _s32_cache(root, **arrays):
+    """An S32 cache at root holding arrays (default: a small valid one)."""
+    rng = np.random.default_rng(0)
+    base = {'imgs': rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+            'labels': np.arange(6) % 10}
+    base.update(arrays)
+    path = os.path.join(root, 'S32_seed0_n6.npz')  # the cache of 6 images per class
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize('arrays,why', [
+    ({'imgs': np.zeros((6, 32, 32, 3), np.float16)}, 'holds images of float16'),
+    ({'imgs': np.zeros((6, 32, 32, 4), np.uint8)}, 'not uint8 N x 32 x 32 x 3'),
+    ({'labels': None}, 'lacks its imgs or labels array'),
+    ({'labels': np.arange(5)}, 'not 6 integers'),
+    ({'labels': np.full(6, 10)}, 'labels outside 0-9'),
+    ({'labels': np.zeros(6, np.float32)}, 'holds labels of float32'),
+    ('truncated', 'S32 cache')])
+def test_a_damaged_s32_cache_is_one_line(tmp_path, arrays, why):
+    """An S32 cache holding float16, 4-channel or label-less arrays, or truncated: tracebacks
+    from PIL, numpy or zipfile at start-up or the first batch (the outside attacker's round 14).
+    Each is now one line naming the file."""
+    if arrays == 'truncated':
+        path = _s32_cache(str(tmp_path))
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[:len(data) // 2])
+    else:
+        path = _s32_cache(str(tmp_path), **arrays)
+    with pytest.raises(flags.ConfigError) as err:
+        dset.load_s32(str(tmp_path), num_per_class=6)
+    assert why in str(err.value) and path in str(err.value) and '\n' not in str(err.value)

@@ -3,13 +3,20 @@ few collectives the rest of the project needs).
 
 Everything here works without a process group, as a job of one.
 """
+import datetime
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
 
 from flags import ConfigError
+
+# How long the ranks wait for each other at start-up (torch's default for a process group);
+# each wait polls the store in steps of POLL.
+RENDEZVOUS_SECONDS = 1800
+POLL = datetime.timedelta(seconds=1)
 
 
 def pick_device(name=''):
@@ -76,8 +83,55 @@ def setup_distributed(config):
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                                store=join_store(rank, world_size), rank=rank,
+                                world_size=world_size)
     return rank, world_size, device
+
+
+def join_store(rank, world_size):
+    """The TCP store at MASTER_ADDR:MASTER_PORT once every rank has checked in. torch's own
+    rendezvous waits for missing ranks inside C++, where neither SIGTERM nor Ctrl-C reaches
+    Python (a rank that never came hung the run for half an hour, signals ignored); here every
+    wait is a short one, so a signal ends it with its line, and a rank missing after
+    RENDEZVOUS_SECONDS is one line."""
+    addr, port = os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT'])
+    # Under torchrun the agent serves the store; a rank started by hand serves it as rank 0.
+    serve = rank == 0 and os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True'
+    deadline = time.monotonic() + RENDEZVOUS_SECONDS
+    noted = False
+
+    def waited(what):
+        nonlocal noted
+        if time.monotonic() > deadline:
+            raise ConfigError(f'rank {rank} of {world_size} waited {RENDEZVOUS_SECONDS} s for '
+                              f'{what} at {addr}:{port}: start every rank (torchrun, '
+                              f'docs/scaling.md), or unset WORLD_SIZE, RANK and LOCAL_RANK')
+        if not noted and time.monotonic() > deadline - RENDEZVOUS_SECONDS + 5:
+            print(f'note: rank {rank} of {world_size} is waiting for {what} at {addr}:{port}',
+                  flush=True)
+            noted = True
+        time.sleep(0.2)
+
+    while True:
+        try:
+            store = dist.TCPStore(addr, port, world_size, serve, timeout=POLL,
+                                  wait_for_workers=False)
+            break
+        except (RuntimeError, OSError) as err:  # DistNetworkError among them
+            if serve:
+                raise ConfigError(f'rank 0 cannot serve the rendezvous at {addr}:{port} '
+                                  f'({" ".join(str(err).split())[:120]}): pick a free '
+                                  f'MASTER_PORT') from None
+            waited('rank 0')
+    store.set_timeout(datetime.timedelta(seconds=RENDEZVOUS_SECONDS))
+    # Keyed by torchrun's run and restart, so a restarted job counts afresh in the same store.
+    key = ('biggan_joined_' + os.environ.get('TORCHELASTIC_RUN_ID', '') + '_'
+           + os.environ.get('TORCHELASTIC_RESTART_COUNT', '0'))
+    store.add(key, 1)
+    while store.add(key, 0) < world_size:
+        waited(f'{world_size - store.add(key, 0)} more of the {world_size} ranks')
+    return store
 
 
 def is_distributed():

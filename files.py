@@ -11,6 +11,7 @@
 import contextlib
 import errno
 import hashlib
+import io
 import math
 import os
 import re
@@ -193,9 +194,25 @@ def scratch_folder(name):
 
 @contextlib.contextmanager
 def atomic_open(path, mode='wb'):
-    """open() for writing through atomic_path."""
+    """open() for writing through atomic_path; the file object hides its descriptor (below)."""
     with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
+        yield _WritesOnly(f)
+
+
+class _WritesOnly:
+    """A file object without fileno(): writers that find one write to the descriptor from C
+    and may ignore a short write (PIL's encoders do: past `ulimit -f` a sheet was cut at the
+    limit and replaced the good one, silently), so every byte goes through Python's file,
+    which retries a short write and raises on a failed one."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def fileno(self):
+        raise io.UnsupportedOperation('fileno')
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def atomic_save_all(items):

@@ -19,6 +19,7 @@ import utils
 from checkpoints import load_weights
 from files import (
     atomic_open,
+    check_appendable,
     check_disk,
     check_fits,
     own_folder,
@@ -165,6 +166,8 @@ def run(config):
         check_npz_room(config['sample_num_npz'], config['resolution'], config['samples_root'])
     utils.prepare_root(config, keys=['samples_root'])
     folder = own_folder(config['samples_root'], experiment_name, deep=True)
+    if measure is not None:  # its records are appended after the sampling: check it first
+        check_appendable(f'{folder}/metrics.jsonl', 'metrics log')
     remove_stale_temps(folder, recursive=True)
 
     G_batch_size = max(config['G_batch_size'], config['batch_size'])

@@ -7,6 +7,7 @@ tensors instead of being sampled).
 """
 import glob
 import os
+import signal
 import subprocess
 import sys
 
@@ -271,3 +272,45 @@ def test_a_launch_environment_set_by_hand_is_one_line(data_root, tmp_path, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and why in err[0] and 'torchrun' in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize('rank', ['0', '1'])
+def test_a_rank_that_never_comes_is_one_line_after_the_wait(data_root, tmp_path, monkeypatch,
+                                                            capsys, rank):
+    """RANK 0 (or 1) of 2, set by hand, the other rank never started: torch's rendezvous
+    waited in C++ for half an hour, SIGTERM and Ctrl-C ignored (the outside attacker's round
+    14). Past distributed.RENDEZVOUS_SECONDS (2 here) it is one line and exit 2."""
+    import distributed
+    import train
+    from helpers import run_flags
+    monkeypatch.setattr(distributed, 'RENDEZVOUS_SECONDS', 2)
+    for var, value in {'RANK': rank, 'WORLD_SIZE': '2', 'LOCAL_RANK': '0',
+                       'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port())}.items():
+        monkeypatch.setenv(var, value)
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_flags(data_root, str(out), 'exp', '--total_itrs', '1'))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    what = 'rank 0' if rank == '1' else '1 more of the 2 ranks'
+    assert len(err) == 1 and f'waited 2 s for {what}' in err[0], err
+    assert not out.exists()
+
+
+def test_a_sigterm_ends_the_wait_for_a_rank(data_root, tmp_path):
+    """The same wait, ended by SIGTERM once its note is shown: the signal's one line, at once."""
+    env = {**os.environ, 'RANK': '0', 'WORLD_SIZE': '2', 'LOCAL_RANK': '0',
+           'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port())}
+    from helpers import run_flags
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'),
+                             *run_flags(data_root, str(tmp_path / 'out'), 'exp')],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if 'is waiting for 1 more of the 2 ranks' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert err.strip().splitlines() == ['stopped by signal 15'] and proc.returncode != 0

@@ -99,6 +99,24 @@ def test_train_tests_and_keeps_best_copy(trained):
     assert state['save_best_num'] == 1
 
 
+
+def test_sample_py_checks_its_metrics_log_before_sampling(trained, tmp_path, capsys):
+    """samples/NAME/metrics.jsonl hard-linked to a file outside the roots: sample.py wrote its
+    random sheet and computed the metrics before refusing it (the outside attacker's round
+    14). Now refused at start-up: one line, nothing written."""
+    setup = writable(trained, tmp_path)
+    folder = setup[0] / 'samples' / 'e2e'
+    folder.mkdir(parents=True, exist_ok=True)
+    victim = tmp_path / 'victim.jsonl'
+    victim.write_text('keep\n')
+    os.link(victim, folder / 'metrics.jsonl')
+    before = sorted(os.listdir(folder))
+    with pytest.raises(SystemExit) as info:
+        sample.main(flags(setup, '--sample_random', '--sample_inception_metrics'))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and 'is a hard link' in err[0], err
+    assert sorted(os.listdir(folder)) == before and victim.read_text() == 'keep\n'
+
 def test_sample_py_writes_everything(trained, tmp_path, capsys, monkeypatch):
     """sample.py on the checkpoint: npz with exactly N images, sheets, interps, metrics."""
     setup = writable(trained, tmp_path)

@@ -1331,6 +1331,23 @@ def test_a_file_size_limit_is_one_line_naming_what_and_where(data_root, run_dir,
         assert not untouched.exists() or not any(untouched.rglob('*.*')), argv[0]
 
 
+
+def test_a_sheet_past_the_file_size_limit_keeps_the_old_one(data_root, run_dir, tmp_path):
+    """sample.py --sample_sheets under `ulimit -f 1`: PIL wrote the JPEG to the descriptor
+    from C and ignored the short write, so a sheet cut at 1 KiB replaced the good one, exit 0
+    and no line (the outside attacker's round 14). Writers through files.atomic_open now see
+    no descriptor, and the failed write is one line; the old sheet is kept."""
+    sheet = tmp_path / 's' / NAME / '-1' / 'samples0.jpg'
+    sheet.parent.mkdir(parents=True)
+    sheet.write_bytes(b'the good sheet')
+    argv = ['sample.py'] + sample_argv(data_root, run_dir, '--sample_sheets', '--samples_root',
+                                       str(tmp_path / 's'))
+    argv = [a for a in argv if a != '--sample_random']
+    code, err = run_limited(argv, 1)
+    assert code == 2 and len(err) == 1 and 'a file size limit is reached' in err[0], (code, err)
+    assert str(sheet) in err[0] and sheet.read_bytes() == b'the good sheet'
+    assert sorted(os.listdir(sheet.parent)) == ['samples0.jpg']
+
 def test_a_dangling_link_as_a_root_is_one_line(data_root, tmp_path, capsys):
     """--weights_root a symlink to a folder that does not exist: makedirs said only
     '[Errno 17] File exists'; now the line names the link and its target, nothing written."""

@@ -114,7 +114,10 @@ def _read_s32_cache(path):
     line (DatasetError) saying to delete it, not a traceback at the first batch."""
     def damaged(why):
         return DatasetError(f'S32 cache {path} {why}; delete it and it will be rebuilt')
-    check_npz(path, 'S32 cache')
+    try:
+        check_npz(path, 'S32 cache')
+    except FileError as e:
+        raise DatasetError(f'{e}; delete it and it will be rebuilt') from None
     try:
         with open_regular(path, 'S32 cache') as fh, np.load(fh) as f:
             if 'imgs' not in f or 'labels' not in f:

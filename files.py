@@ -517,10 +517,12 @@ def check_appendable(path, what='log'):
     """Refuse (FileError), as open_append would, a file at path that no line may be appended
     to; nothing is created or written. A resume runs it over every log it will append to
     before its first step, so a planted link or FIFO stops the run before anything is written."""
-    try:
-        _open_append(path, what, create=False).close()
-    except FileNotFoundError:
-        pass
+    # Only what is there: a name that cannot exist (past the OS's length) hides nothing.
+    if os.path.lexists(path):
+        try:
+            _open_append(path, what, create=False).close()
+        except FileNotFoundError:  # gone since
+            pass
 
 
 def _open_append(path, what, create):

@@ -113,17 +113,21 @@ def join_store(rank, world_size):
             noted = True
         time.sleep(0.2)
 
-    while True:
+    # A client first waits for the port to accept a connection with a plain socket: torch's
+    # client logs a line of its own for every attempt that times out.
+    while not serve:
         try:
-            store = dist.TCPStore(addr, port, world_size, serve, timeout=POLL,
-                                  wait_for_workers=False)
+            socket.create_connection((addr, port), timeout=POLL.total_seconds()).close()
             break
-        except (RuntimeError, OSError) as err:  # DistNetworkError among them
-            if serve:
-                raise ConfigError(f'rank 0 cannot serve the rendezvous at {addr}:{port} '
-                                  f'({" ".join(str(err).split())[:120]}): pick a free '
-                                  f'MASTER_PORT') from None
+        except OSError:
             waited('rank 0')
+    try:
+        store = dist.TCPStore(addr, port, world_size, serve, timeout=POLL,
+                              wait_for_workers=False)
+    except (RuntimeError, OSError) as err:  # DistNetworkError among them
+        raise ConfigError(f'rank {rank} cannot {"serve" if serve else "reach"} the rendezvous '
+                          f'at {addr}:{port} ({" ".join(str(err).split())[:120]}): pick a '
+                          f'free MASTER_PORT') from None
     store.set_timeout(datetime.timedelta(seconds=RENDEZVOUS_SECONDS))
     # Keyed by torchrun's run and restart, so a restarted job counts afresh in the same store.
     key = ('biggan_joined_' + os.environ.get('TORCHELASTIC_RUN_ID', '') + '_'

@@ -1110,7 +1110,14 @@ TOOL_REFUSALS = [
     ('benchmark', ['--config', 's32', '--modes', 'fp32,bogus', '--ch', '4'],
      "unknown mode part(s) ['bogus']"),
     ('bench_metrics', ['--dim', '1000000000'], 'features of 1000000000 dimensions take'),
-    ('syncbn_error', ['--channels', '1000000000000'], 'the layer cases of 8 x 1000000000000')]
+    ('syncbn_error', ['--channels', '1000000000000'], 'the layer cases of 8 x 1000000000000'),
+    # Round 15: a 200000-px image drawn until the kernel killed the tool (rc 137); a batch of
+    # 10^9 images a traceback; 10^9 images generated or written for a minute and more.
+    ('bench_make_hdf5', ['--sizes', '100000', '200000', '--n_images', '4'],
+     'a generated image of 200000 px take'),
+    ('bench_make_hdf5', ['--n_images', '1000000000'], 'images and their HDF5 files need'),
+    ('bench_hdf5_read', ['--n_images', '1000000000', '--res', '512'], 'need about'),
+    ('check_pretrained', ['--batch', '1000000000'], 'a batch of 1000000000 images')]
 
 
 @pytest.mark.parametrize('tool,argv,why', TOOL_REFUSALS, ids=[t for t, _, _ in TOOL_REFUSALS])

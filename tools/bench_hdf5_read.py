@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 import datasets as dset
 import make_hdf5
+from files import check_disk
 
 # The release's chunk length (spelled out, so the script also runs on older versions of the
 # project, for before-and-after figures).
@@ -186,6 +187,11 @@ def run(args):
                           f'--batch_size {args.batch_size} per worker first, so it needs '
                           f'{need} or more')
     raw = args.n_images * 3 * args.res ** 2
+    # Every compression's file is written in full before it is read.
+    n_files = len(args.compressions.split(',')) * len(args.layouts.split(','))
+    check_disk(raw * n_files, args.dir or tempfile.gettempdir(),
+               f'{n_files} files of {args.n_images} images of {args.res} px',
+               'lower --n_images or --res, or pass --dir on a larger disk')
     print(f'{args.n_images} images of {args.res} px ({raw / 1e6:.0f} MB raw), batch '
           f'{args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
           f'torch {torch.__version__}')

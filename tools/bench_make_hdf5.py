@@ -42,6 +42,7 @@ from PIL import Image
 
 import datasets as dset
 import make_hdf5
+from files import check_disk, check_fits
 
 
 def make_folder(root, n_images, n_classes, sizes=(250, 500), seed=0):
@@ -219,6 +220,13 @@ def run(args):
     if args.sizes[0] > args.sizes[1]:
         raise ConfigError(f'--sizes {args.sizes[0]} {args.sizes[1]}: the smallest side first, '
                           f'then the largest')
+    # One generated image at the largest side is held whole while it is drawn and encoded;
+    # the JPEGs (at most their raw size) and the two HDF5 files go to the temporary folder.
+    check_fits(3 * args.sizes[1] ** 2 * 4, f'a generated image of {args.sizes[1]} px',
+               'lower --sizes')
+    folder_bytes = 0 if args.folder else args.n_images * 3 * args.sizes[1] ** 2
+    check_disk(folder_bytes + 2 * args.n_images * 3 * args.res ** 2, tempfile.gettempdir(),
+               f'{args.n_images} images and their HDF5 files', 'lower --n_images or --sizes')
     with tempfile.TemporaryDirectory() as tmp:
         root = args.folder
         if root is None:

@@ -64,6 +64,10 @@ def check_sizes(args):
         check_fits(4 * count * (5 if args.float64 else 3),
                    f'the {size}px models of --channel_width {args.channel_width}',
                    'use a smaller --channel_width or fewer --sizes')
+        # Each model's output images and its widest activations, float32 (float64 too).
+        check_fits(4 * args.batch * (3 * size ** 2 + 16 * args.channel_width * size ** 2)
+                   * (2 if args.float64 else 1),
+                   f'a batch of {args.batch} images of {size}px', 'use a smaller --batch')
 
 
 def run(args):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import inception_utils
 from datasets import check_dataset, check_training_set, get_data_loaders, nclass_dict, to_float
 from distributed import pick_device
-from files import atomic_path, check_writable
+from files import atomic_path, check_target, check_writable
 
 
 def prepare_parser():
@@ -46,6 +46,13 @@ def run(config):
     flags.check_flags(config)
     check_dataset(config)
     check_writable(config['data_root'], '--data_root')
+    # What it writes, checked before any image is read (a folder or FIFO there).
+    path = os.path.join(config['data_root'], inception_utils.moments_filename(config['dataset']))
+    per_class_path = os.path.join(config['data_root'], inception_utils.per_class_moments_filename(
+        config['dataset']))
+    check_target(path, 'the moments file')
+    if config.get('per_class'):
+        check_target(per_class_path, 'the per-class moments file')
     device = pick_device(config['device'])
     torch.manual_seed(config['seed'])
     backend = config['inception_backend']
@@ -66,8 +73,6 @@ def run(config):
     num_images = len(loader.dataset)
     scores = inception_utils.InceptionScoreStats(num_images,
                                                  min(10, num_images))
-    per_class_path = os.path.join(config['data_root'], inception_utils.per_class_moments_filename(
-        config['dataset']))
     with contextlib.ExitStack() as stack:
         per_class = None
         if config.get('per_class'):
@@ -91,8 +96,6 @@ def run(config):
     is_mean, is_std = scores.result()
     print(f'Training data from dataset {config["dataset"]} has IS of '
           f'{is_mean:5.5f} +/- {is_std:5.5f} ({backend} backend)')
-    path = os.path.join(config['data_root'],
-                        inception_utils.moments_filename(config['dataset']))
     inception_utils.save_inception_moments(
         path, feats.mean, feats.cov, backend,
         feats.feats if config['kid_feats'] > 0 else None, count=feats.n)

@@ -759,6 +759,12 @@ def check_optimizer_state(optim, loaded, path):
                 raise CheckpointError(f'{path}: its {key} {shown(theirs_group[key])!r:.60} is '
                                       f'not an optimizer setting like {value!r}; the file is '
                                       f'damaged')
+        # Settings ours lacks (another torch's, a scheduler's initial_lr) are kept by torch's
+        # load: each must be a plain setting, a number finite and within float32.
+        for key, value in theirs_group.items():
+            if key not in group and not _extra_setting_ok(value):
+                raise CheckpointError(f'{path}: its {key} {shown(value)!r:.60} is not an '
+                                      f'optimizer setting; the file is damaged')
     storages = {}  # every moment's storage: one for two moments is an alias, across entries too
     for index, state in states.items():
         if not isinstance(index, int) or index not in param_of or not isinstance(state, dict):
@@ -858,6 +864,19 @@ def _setting_ok(key, value, ours):
         return (not isinstance(value, torch.Tensor) and _like(value, ours)
                 and value <= FLOAT32_MAX and (key in ('lr', 'eps') or value == ours))
     return type(value) is type(ours) and value == ours
+
+
+def _extra_setting_ok(value):
+    """Whether a group setting the built optimizer has no key for is plain: None, a bool, a
+    short string, or a finite number within float32 (a tuple of them, as betas are)."""
+    if isinstance(value, (tuple, list)):
+        return len(value) <= 8 and all(_extra_setting_ok(v) for v in value)
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 100
+    return (isinstance(value, (int, float)) and math.isfinite(value)
+            and abs(value) <= FLOAT32_MAX)
 
 
 def _like(value, ours):

@@ -133,6 +133,8 @@ def _read_s32_cache(path):
     if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[1:] != (S32_RES, S32_RES, 3):
         raise damaged(f'holds images of {imgs.dtype} {imgs.shape}, not uint8 N x {S32_RES} x '
                       f'{S32_RES} x 3')
+    if len(imgs) == 0:  # make_s32 writes at least one image of each class
+        raise damaged('holds no images')
     if labels.dtype.kind not in 'iu' or labels.shape != (len(imgs),):
         raise damaged(f'holds labels of {labels.dtype} {labels.shape}, not {len(imgs)} integers')
     if len(labels) and (labels.min() < 0 or labels.max() >= len(S32_CLASSES)):

@@ -148,12 +148,32 @@ def full_disk_named(path):
                         f'there (or raise the limit) and run again') from None
 
 
+def check_target(path, what='output'):
+    """Refuse (FileError) a path no file of this project may replace: a folder, a device, a
+    FIFO or a socket there (the rename would put a file in place of /dev/null or of a named
+    pipe). A regular file or a symbolic link (which the rename replaces, not what it names) may
+    be replaced. Every atomic write checks its target here; entry points check theirs at
+    start-up too, before any work."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise FileError(f'cannot write {path}: {e.strerror}; give another path') from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = ('a folder' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode)
+                else 'a socket' if stat.S_ISSOCK(mode) else 'a device')
+        raise FileError(f'cannot write {what} {path}: it is {kind}, which a file would '
+                        f'replace; give a file path')
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write path's content to; once the block ends it is synced
     and renamed over path, so a kill at any moment leaves the old file or the new one. On
     any exception (Ctrl-C and SIGTERM included) the temporary file is removed."""
     folder = os.path.dirname(os.path.abspath(path))
+    check_target(path)
     remove_stale_temps(folder, target=path)
     tmp = temp_path(path)
     # Created here, exclusively and without following links, so a planted file or symlink of

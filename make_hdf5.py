@@ -38,6 +38,7 @@ from files import (
     check_disk,
     check_fits,
     check_hdf5_stored,
+    check_target,
     check_writable,
     open_regular,
 )
@@ -338,6 +339,7 @@ def run(config):
         default = os.path.basename(output_path({**config, 'output': None}, res))
         raise flags.ConfigError(f'the output {path} is a folder; give --output a file path '
                                 f'(e.g. {os.path.join(path, default)})')
+    check_target(path, 'the output')  # a device or FIFO there: before any image is decoded
     # Before any image is decoded: the loader's batches in flight (prefetched four deep per
     # worker) must fit in memory, and an uncompressed file on the output's disk.
     in_flight = config['batch_size'] * max(1, 4 * config['num_workers'])

@@ -140,3 +140,45 @@ def test_an_empty_root_is_refused_and_base_root_says_what_it_replaces(capsys):
         'every root under it)']
     utils.update_config_roots(vars(parse(['--base_root', 'b'])))  # the defaults: no note
     assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'device', 'folder', 'socket'])
+def test_no_atomic_write_replaces_what_is_no_file(tmp_path, kind):
+    """An atomic write renames its finished file over the target: a FIFO or a device node
+    there (/dev/null) became a regular file (the outside attacker's round 15). files.check_target,
+    which every atomic write goes through, refuses it first; a regular file or a link may be
+    replaced."""
+    import socket
+    import stat
+    target = tmp_path / 'out.bin'
+    if kind == 'fifo':
+        os.mkfifo(target)
+    elif kind == 'device':
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    elif kind == 'folder':
+        target.mkdir()
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(target))
+    before = os.lstat(target).st_mode
+    with pytest.raises(files.FileError, match=f'cannot write output {target}: it is a'):
+        with files.atomic_open(str(target)) as f:
+            f.write(b'x')
+    assert os.lstat(target).st_mode == before and os.listdir(tmp_path) == ['out.bin']
+    link = tmp_path / 'link.bin'
+    link.symlink_to(tmp_path / 'elsewhere')
+    with files.atomic_open(str(link)) as f:
+        f.write(b'x')
+    assert not link.is_symlink() and link.read_bytes() == b'x'
+
+
+def test_calculate_inception_moments_checks_its_output_before_reading(tmp_path, capsys):
+    """Its moments file's path a folder: refused only after every image went through Inception
+    (round 15); now at start-up, with nothing read."""
+    (tmp_path / 'S32_inception_moments.npz').mkdir()
+    with pytest.raises(SystemExit) as info:
+        calculate_inception_moments.main(['--dataset', 'S32', '--data_root', str(tmp_path),
+                                          '--inception_weights', str(tmp_path / 'none.pth')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and 'it is a folder' in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ['S32_inception_moments.npz']

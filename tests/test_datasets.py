@@ -272,6 +272,9 @@ def _s32_cache(root, **arrays):
     ({'labels': np.arange(5)}, 'not 6 integers'),
     ({'labels': np.full(6, 10)}, 'labels outside 0-9'),
     ({'labels': np.zeros(6, np.float32)}, 'holds labels of float32'),
+    # Round 15: no images was refused with advice to make it again with make_hdf5.py.
+    ({'imgs': np.zeros((0, 32, 32, 3), np.uint8), 'labels': np.zeros(0, np.int64)},
+     'holds no images'),
     ('truncated', 'S32 cache')])
 def test_a_damaged_s32_cache_is_one_line(tmp_path, arrays, why):
     """An S32 cache holding float16, 4-channel or label-less arrays, or truncated: tracebacks

@@ -304,16 +304,27 @@ def test_more_workers_than_cores_add_no_warning_to_a_refusal(folder):
     assert str(bad) in run.stderr and not (folder / f'ILSVRC{RES}.hdf5').exists()
 
 
-def test_an_output_that_is_a_folder_is_refused_before_any_image_is_decoded(folder, capsys,
-                                                                           monkeypatch):
-    """--output naming an existing folder was refused only once every image was decoded, the
-    finished file failing to replace it (the outside attacker's round 14)."""
+@pytest.mark.parametrize('kind,why', [('folder', 'is a folder'), ('fifo', 'it is a FIFO'),
+                                      ('device', 'it is a device')])
+def test_an_output_that_is_no_file_is_refused_before_any_image_is_decoded(folder, capsys,
+                                                                          monkeypatch, kind, why):
+    """--output naming an existing folder was refused only once every image was decoded (the
+    outside attacker's round 14); a FIFO or a device node there (/dev/null) was replaced by the
+    finished file, exit 0 (round 15). Each is refused before any image is decoded, the node
+    left as it was (files.check_target, which every atomic write goes through)."""
+    import stat
     out = folder / 'out'
-    out.mkdir()
+    if kind == 'folder':
+        out.mkdir()
+    elif kind == 'fifo':
+        os.mkfifo(out)
+    else:
+        os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of its own
     decoded = []
     monkeypatch.setattr(dset, 'decode_image', lambda *a, **k: decoded.append(a) or 1 / 0)
     with pytest.raises(SystemExit) as info:
         _convert(folder, '--output', str(out), '--num_workers', '0')
     line = _exit_line(info, capsys)
-    assert f'the output {out} is a folder' in line and decoded == []
-    assert os.listdir(out) == []
+    assert str(out) in line and why in line and decoded == []
+    mode = os.lstat(out).st_mode
+    assert {'folder': stat.S_ISDIR, 'fifo': stat.S_ISFIFO, 'device': stat.S_ISCHR}[kind](mode)

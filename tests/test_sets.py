@@ -446,6 +446,10 @@ def test_the_step_states_the_refusals_start_from_are_valid():
     ('G_optim', first_state('step', lambda v: torch.tensor(2.0 ** 24)), 'not a count'),
     ('G_optim', first_group('lr', torch.tensor(5e-5)), r"its lr 'tensor\(4.99"),
     ('G_optim', first_group('lr', 1e300), r'its lr 1e\+300'),
+    # A setting the built optimizer has no key for, kept by torch's load (round 15).
+    ('G_optim', first_group('initial_lr', float('inf')), 'its initial_lr inf is not an '
+                                                         'optimizer setting'),
+    ('G_optim', first_group('initial_lr', torch.tensor(1.0)), 'its initial_lr'),
     ('G_optim', first_state('exp_avg_sq', lambda v: -v.abs() - 1), 'negative'),
     ('G_optim', lambda obj: obj['state'][0].update(exp_avg_sq=obj['state'][0]['exp_avg'].abs_()),
      'shares its storage with'),

@@ -1249,7 +1249,8 @@ def test_check_pretrained_sizes_its_models_before_building_them():
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import check_pretrained
     check_pretrained.check_sizes(argparse.Namespace(sizes=[128, 256, 512], channel_width=128,
-                                                    z_dim=128, num_classes=1000, float64=True))
+                                                    z_dim=128, num_classes=1000, float64=True,
+                                                    batch=2))
 
 
 def test_a_missing_module_that_is_no_requirement_keeps_its_traceback(tmp_path):

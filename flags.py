@@ -49,6 +49,9 @@ def run_cli(run, parser, argv=None, namespace=False):
     except KeyboardInterrupt as e:
         signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
         print(f'stopped by signal {signum}', file=sys.stderr)
+        # What the unwinding leaves to clean up at exit (a DataLoader's killed workers) would
+        # print 'Exception ignored in ...' tracebacks after the line: the stop is the news.
+        sys.unraisablehook = _ignore_unraisable
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -61,6 +64,10 @@ def _raise_interrupt(signum, frame):
 
 # The top-level modules requirements.txt installs, as `import` names them.
 REQUIREMENTS = ('torch', 'torchvision', 'numpy', 'h5py', 'scipy', 'tqdm', 'PIL', 'matplotlib')
+
+
+def _ignore_unraisable(unraisable):
+    """sys.unraisablehook once a run is stopped by a signal: nothing more to say."""
 
 
 def _start_up_hook(kind, error, tb, report=sys.excepthook):

@@ -1721,3 +1721,25 @@ def test_a_second_training_of_the_same_experiment_is_refused(data_root, run_dir,
     assert f'experiment {NAME} is in use by another process (it holds {lock})' in line
     assert tree(run_dir) == before
     train.main(resume_argv(data_root, run_dir))  # released: the run goes on
+
+
+def test_a_signal_stop_prints_no_clean_up_tracebacks_after_its_line(tmp_path):
+    """SIGTERM during calculate_inception_moments.py with loader workers: after the line, the
+    loader's clean-up at exit printed a 20-line 'Exception ignored in ... DataLoader worker
+    killed by signal' (the outside attacker's round 15). What fails in clean-up after a signal
+    stop is not shown; the run's own line is the last one."""
+    script = tmp_path / 'entry.py'
+    script.write_text(
+        'import argparse, sys\n'
+        f'sys.path.insert(0, {ROOT!r})\n'
+        'import flags\n'
+        'class Workers:\n'
+        '    def __del__(self):\n'
+        "        raise RuntimeError('DataLoader worker (pid 1) is killed by signal')\n"
+        'def run(config):\n'
+        '    sys.modules[__name__].held = Workers()  # cleaned up at exit\n'
+        '    raise KeyboardInterrupt(15)\n'
+        'flags.run_cli(run, argparse.ArgumentParser(), [])\n')
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (143, 'stopped by signal 15\n'), done.stderr

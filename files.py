@@ -163,8 +163,8 @@ def check_target(path, what='output'):
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         kind = ('a folder' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode)
                 else 'a socket' if stat.S_ISSOCK(mode) else 'a device')
-        raise FileError(f'cannot write {what} {path}: it is {kind}, which a file would '
-                        f'replace; give a file path')
+        raise FileError(f'cannot write {what} {path}: it is {kind}, which this project never '
+                        f'replaces with a file; remove it or give another path')
 
 
 @contextlib.contextmanager

@@ -578,14 +578,14 @@ def load_zip_checkpoint(path, map_location='cpu'):
     with open(path, 'rb') as f:
         # Two entries of one name are read as one or the other depending on the reader, so
         # what is checked here might not be what another tool loads.
-        counts = collections.Counter(zipfile.ZipFile(f).namelist())
+        archive = zipfile.ZipFile(f)
+        counts = collections.Counter(archive.namelist())
         twice = next((name for name, n in counts.items() if n > 1), None)
         if twice is not None:
             raise ValueError(f'two zip entries are named {twice}')
         # torch's reader skips the entries' CRC-32s, so a flipped byte in a tensor would load
         # as a weight: every entry is read through once, zipfile checking its CRC at the end
         # (after its declared size is held to memory, as a deflated entry is inflated).
-        archive = zipfile.ZipFile(f)
         for info in archive.infolist():
             check_declared(info.file_size, f'zip entry {info.filename!r}', path)
             with archive.open(info) as member:

@@ -120,16 +120,15 @@ def _read_s32_cache(path):
         raise DatasetError(f'{e}; delete it and it will be rebuilt') from None
     try:
         with open_regular(path, 'S32 cache') as fh, np.load(fh) as f:
-            if 'imgs' not in f or 'labels' not in f:
-                raise damaged('lacks its imgs or labels array')
-            imgs, labels = f['imgs'], f['labels']
-    except ValueError as e:
-        _refuse_pickles(path, e)
-        if isinstance(e, DatasetError):
-            raise
-        raise damaged(f'cannot be read ({type(e).__name__})') from None
+            arrays = {key: f[key] for key in ('imgs', 'labels') if key in f}
+    except FileError:
+        raise
     except NPZ_ERRORS as e:
+        _refuse_pickles(path, e)
         raise damaged(f'cannot be read ({type(e).__name__})') from None
+    if len(arrays) != 2:
+        raise damaged('lacks its imgs or labels array')
+    imgs, labels = arrays['imgs'], arrays['labels']
     if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[1:] != (S32_RES, S32_RES, 3):
         raise damaged(f'holds images of {imgs.dtype} {imgs.shape}, not uint8 N x {S32_RES} x '
                       f'{S32_RES} x 3')

@@ -98,16 +98,16 @@ def join_store(rank, world_size):
     addr, port = os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT'])
     # Under torchrun the agent serves the store; a rank started by hand serves it as rank 0.
     serve = rank == 0 and os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True'
-    deadline = time.monotonic() + RENDEZVOUS_SECONDS
+    start = time.monotonic()
     noted = False
 
     def waited(what):
         nonlocal noted
-        if time.monotonic() > deadline:
+        if time.monotonic() > start + RENDEZVOUS_SECONDS:
             raise ConfigError(f'rank {rank} of {world_size} waited {RENDEZVOUS_SECONDS} s for '
                               f'{what} at {addr}:{port}: start every rank (torchrun, '
                               f'docs/scaling.md), or unset WORLD_SIZE, RANK and LOCAL_RANK')
-        if not noted and time.monotonic() > deadline - RENDEZVOUS_SECONDS + 5:
+        if not noted and time.monotonic() > start + 5:
             print(f'note: rank {rank} of {world_size} is waiting for {what} at {addr}:{port}',
                   flush=True)
             noted = True
@@ -133,8 +133,8 @@ def join_store(rank, world_size):
     key = ('biggan_joined_' + os.environ.get('TORCHELASTIC_RUN_ID', '') + '_'
            + os.environ.get('TORCHELASTIC_RESTART_COUNT', '0'))
     store.add(key, 1)
-    while store.add(key, 0) < world_size:
-        waited(f'{world_size - store.add(key, 0)} more of the {world_size} ranks')
+    while (joined := store.add(key, 0)) < world_size:
+        waited(f'{world_size - joined} more of the {world_size} ranks')
     return store
 
 

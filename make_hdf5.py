@@ -335,11 +335,7 @@ def run(config):
         n = len(folder)
         batches = folder_batches(folder.paths, folder.labels, res, config)
     check_writable(os.path.dirname(os.path.abspath(path)), 'the output folder')
-    if os.path.isdir(path) and not os.path.islink(path):  # the finished file cannot replace it
-        default = os.path.basename(output_path({**config, 'output': None}, res))
-        raise flags.ConfigError(f'the output {path} is a folder; give --output a file path '
-                                f'(e.g. {os.path.join(path, default)})')
-    check_target(path, 'the output')  # a device or FIFO there: before any image is decoded
+    check_target(path, 'the output')  # a folder, FIFO or device there: before any decoding
     # Before any image is decoded: the loader's batches in flight (prefetched four deep per
     # worker) must fit in memory, and an uncompressed file on the output's disk.
     in_flight = config['batch_size'] * max(1, 4 * config['num_workers'])

@@ -246,6 +246,22 @@ def test_torchrun_writes_one_set_of_files_and_resumes_exactly(data_root, tmp_pat
         assert [int(line.split(':')[0]) for line in lines if line.strip()] == list(itrs)
 
 
+def refused_at_start_up(data_root, tmp_path, monkeypatch, capsys, env):
+    """train.py under env (every other launch variable unset): exit 2; its stderr lines;
+    nothing written."""
+    import train
+    from helpers import run_flags
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_flags(data_root, str(out), 'exp', '--total_itrs', '1'))
+    assert exit_info.value.code == 2 and not out.exists()
+    return capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize('env,why', [
     ({'RANK': '5', 'WORLD_SIZE': '2'}, 'no launch torchrun makes'),
     ({'RANK': '0', 'WORLD_SIZE': '0'}, 'no launch torchrun makes'),
@@ -259,19 +275,8 @@ def test_a_launch_environment_set_by_hand_is_one_line(data_root, tmp_path, monke
     """RANK/WORLD_SIZE that no launcher sets (RANK 5 of 2): train.py waited at the rendezvous
     for peers that never come, past SIGTERM, for 12 minutes and more (the outside attacker's
     round 13). Now one line and exit 2 before anything is written."""
-    import train
-    from helpers import run_flags
-    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    out = tmp_path / 'out'
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(run_flags(data_root, str(out), 'exp', '--total_itrs', '1'))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refused_at_start_up(data_root, tmp_path, monkeypatch, capsys, env)
     assert len(err) == 1 and why in err[0] and 'torchrun' in err[0], err
-    assert not out.exists()
 
 
 @pytest.mark.parametrize('rank', ['0', '1'])
@@ -281,20 +286,12 @@ def test_a_rank_that_never_comes_is_one_line_after_the_wait(data_root, tmp_path,
     waited in C++ for half an hour, SIGTERM and Ctrl-C ignored (the outside attacker's round
     14). Past distributed.RENDEZVOUS_SECONDS (2 here) it is one line and exit 2."""
     import distributed
-    import train
-    from helpers import run_flags
     monkeypatch.setattr(distributed, 'RENDEZVOUS_SECONDS', 2)
-    for var, value in {'RANK': rank, 'WORLD_SIZE': '2', 'LOCAL_RANK': '0',
-                       'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port())}.items():
-        monkeypatch.setenv(var, value)
-    out = tmp_path / 'out'
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(run_flags(data_root, str(out), 'exp', '--total_itrs', '1'))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refused_at_start_up(data_root, tmp_path, monkeypatch, capsys, {
+        'RANK': rank, 'WORLD_SIZE': '2', 'LOCAL_RANK': '0', 'MASTER_ADDR': '127.0.0.1',
+        'MASTER_PORT': str(free_port())})
     what = 'rank 0' if rank == '1' else '1 more of the 2 ranks'
     assert len(err) == 1 and f'waited 2 s for {what}' in err[0], err
-    assert not out.exists()
 
 
 @pytest.mark.parametrize('rank,note', [('0', 'is waiting for 1 more of the 2 ranks'),
